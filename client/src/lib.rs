@@ -1,0 +1,286 @@
+//! Get ServiceNow access tokens from `snctld`.
+//!
+//! The daemon holds the OAuth client secret and refresh tokens and keeps an
+//! access token fresh; this library asks it for one over a Unix socket. It
+//! is synchronous and small: std, [`snctl_shared`] and interprocess, no
+//! async runtime and no HTTP stack.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), snctl::ClientError> {
+//! let token = snctl::Client::connect_default()?.token("prod")?;
+//! println!("{} expires at {}", token.instance_url, token.expires_at);
+//! let bearer = format!("Bearer {}", token.access_token.expose());
+//! # let _ = bearer;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use interprocess::local_socket::prelude::*;
+use interprocess::local_socket::{GenericFilePath, Stream};
+
+use snctl_shared::frame::{self, FrameError, MAX_REQUEST_FRAME};
+use snctl_shared::protocol::{
+    AddRequest, AuthSummary, DaemonStatus, Hello, HelloReply, NameRequest, RemoveReply,
+    RemoveRequest, Reply, Request, Response, TokenRequest, UpdateRequest,
+};
+
+/// The protocol types, for callers that build admin requests.
+pub use snctl_shared::protocol;
+pub use snctl_shared::protocol::TokenReply as Token;
+pub use snctl_shared::{Error, ErrorKind, Secret, PROTOCOL_VERSION};
+
+/// How long to wait for an answer. Admin requests talk to the instance,
+/// which may take a while; a token from memory takes microseconds.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why a request did not get an answer.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The socket could not be opened: no daemon, or no permission.
+    Connect {
+        /// The socket tried.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The connection failed or the daemon sent something unreadable.
+    Connection {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: FrameError,
+    },
+    /// The daemon answered with an error.
+    Daemon(Error),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Connect { path, source } => match source.kind() {
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => write!(
+                    f,
+                    "snctld is not running at {}: start it (systemctl start snctld), or point SNCTL_SOCKET or --socket at its socket",
+                    path.display()
+                ),
+                io::ErrorKind::PermissionDenied => write!(
+                    f,
+                    "no permission to open {}: ask an admin to add you to the socket's group (usually snctl)",
+                    path.display()
+                ),
+                _ => write!(f, "cannot connect to snctld at {}: {source}", path.display()),
+            },
+            ClientError::Connection { path, source } => match source {
+                FrameError::Closed => write!(
+                    f,
+                    "snctld at {} closed the connection (it may be stopping or at its connection limit; see its log)",
+                    path.display()
+                ),
+                other => write!(f, "lost the connection to snctld at {}: {other}", path.display()),
+            },
+            ClientError::Daemon(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Connect { source, .. } => Some(source),
+            ClientError::Connection { source, .. } => Some(source),
+            ClientError::Daemon(error) => Some(error),
+        }
+    }
+}
+
+impl ClientError {
+    /// The coarse kind, which fixes `snctl`'s exit code.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ClientError::Connect { .. } | ClientError::Connection { .. } => ErrorKind::Unreachable,
+            ClientError::Daemon(error) => error.kind(),
+        }
+    }
+}
+
+/// A connection to `snctld`. One connection serves any number of requests,
+/// one at a time.
+pub struct Client {
+    stream: Stream,
+    path: PathBuf,
+    daemon_version: String,
+}
+
+impl Client {
+    /// Connects to the socket found the usual way: `$SNCTL_SOCKET`, the user
+    /// daemon's socket if it exists, else the system daemon's.
+    ///
+    /// ```no_run
+    /// let mut client = snctl::Client::connect_default()?;
+    /// let token = client.token("prod")?;
+    /// # Ok::<(), snctl::ClientError>(())
+    /// ```
+    pub fn connect_default() -> Result<Client, ClientError> {
+        Client::connect(&snctl_shared::paths::client_socket(None))
+    }
+
+    /// Connects to the daemon at `path` and checks that it speaks this
+    /// protocol version.
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        };
+        let name = path.to_fs_name::<GenericFilePath>().map_err(connect_err)?;
+        let stream = Stream::connect(name).map_err(connect_err)?;
+        stream
+            .set_recv_timeout(Some(DEFAULT_TIMEOUT))
+            .map_err(connect_err)?;
+        stream
+            .set_send_timeout(Some(DEFAULT_TIMEOUT))
+            .map_err(connect_err)?;
+        let mut client = Client {
+            stream,
+            path: path.to_path_buf(),
+            daemon_version: String::new(),
+        };
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        frame::write_frame(&mut client.stream, &hello, MAX_REQUEST_FRAME)
+            .map_err(|e| client.lost(e))?;
+        let reply: HelloReply =
+            frame::read_response(&mut client.stream).map_err(|e| client.lost(e))?;
+        if reply.protocol_version != PROTOCOL_VERSION {
+            return Err(ClientError::Daemon(Error::ProtocolMismatch {
+                daemon: reply.protocol_version,
+                client: PROTOCOL_VERSION,
+            }));
+        }
+        client.daemon_version = reply.daemon_version;
+        Ok(client)
+    }
+
+    fn lost(&self, source: FrameError) -> ClientError {
+        ClientError::Connection {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The daemon's package version, from the handshake.
+    pub fn daemon_version(&self) -> &str {
+        &self.daemon_version
+    }
+
+    /// The socket this client is connected to.
+    pub fn socket(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sets how long to wait for each answer (default [`DEFAULT_TIMEOUT`]).
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let err = |source| ClientError::Connect {
+            path: self.path.clone(),
+            source,
+        };
+        self.stream.set_recv_timeout(Some(timeout)).map_err(err)?;
+        self.stream.set_send_timeout(Some(timeout)).map_err(err)
+    }
+
+    /// Sends one request and waits for its answer.
+    pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        frame::write_frame(&mut self.stream, request, MAX_REQUEST_FRAME)
+            .map_err(|e| self.lost(e))?;
+        let response: Response =
+            frame::read_response(&mut self.stream).map_err(|e| self.lost(e))?;
+        response.map_err(ClientError::Daemon)
+    }
+
+    fn unexpected(&self, reply: Reply) -> ClientError {
+        self.lost(FrameError::Decode(format!("unexpected answer {reply:?}")))
+    }
+
+    /// An access token for authentication `name`, valid for at least 60 s.
+    pub fn token(&mut self, name: &str) -> Result<Token, ClientError> {
+        self.token_with(name, Duration::from_secs(60))
+    }
+
+    /// An access token valid for at least `min_valid`; the daemon refreshes
+    /// first when the token in hand has less left.
+    pub fn token_with(&mut self, name: &str, min_valid: Duration) -> Result<Token, ClientError> {
+        let request = Request::Token(TokenRequest {
+            name: name.to_string(),
+            min_valid_secs: min_valid.as_secs().min(u32::MAX as u64) as u32,
+        });
+        match self.request(&request)? {
+            Reply::Token(token) => Ok(token),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Every authentication this caller may see.
+    pub fn list(&mut self) -> Result<Vec<AuthSummary>, ClientError> {
+        match self.request(&Request::List)? {
+            Reply::List(list) => Ok(list),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// One authentication, without secrets.
+    pub fn show(&mut self, name: &str) -> Result<AuthSummary, ClientError> {
+        self.auth_request(Request::Show(NameRequest {
+            name: name.to_string(),
+        }))
+    }
+
+    /// How the daemon is doing.
+    pub fn status(&mut self) -> Result<DaemonStatus, ClientError> {
+        match self.request(&Request::Status)? {
+            Reply::Status(status) => Ok(status),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Registers an authentication; the daemon saves it only once it has
+    /// obtained a token with it.
+    pub fn add(&mut self, request: AddRequest) -> Result<AuthSummary, ClientError> {
+        self.auth_request(Request::Add(request))
+    }
+
+    /// Changes an authentication once the new settings have worked.
+    pub fn update(&mut self, request: UpdateRequest) -> Result<AuthSummary, ClientError> {
+        self.auth_request(Request::Update(request))
+    }
+
+    /// Gets a new access token now.
+    pub fn refresh(&mut self, name: &str) -> Result<AuthSummary, ClientError> {
+        self.auth_request(Request::Refresh(NameRequest {
+            name: name.to_string(),
+        }))
+    }
+
+    /// Revokes (unless `keep_upstream`) and deletes an authentication.
+    pub fn remove(&mut self, name: &str, keep_upstream: bool) -> Result<RemoveReply, ClientError> {
+        let request = Request::Remove(RemoveRequest {
+            name: name.to_string(),
+            keep_upstream,
+        });
+        match self.request(&request)? {
+            Reply::Removed(reply) => Ok(reply),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    fn auth_request(&mut self, request: Request) -> Result<AuthSummary, ClientError> {
+        match self.request(&request)? {
+            Reply::Auth(summary) => Ok(summary),
+            other => Err(self.unexpected(other)),
+        }
+    }
+}

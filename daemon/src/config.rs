@@ -1,0 +1,286 @@
+//! Configuration: paths from the command line and the environment, tuning
+//! from an optional TOML file (`/etc/snctld/snctld.toml`, or
+//! `$XDG_CONFIG_HOME/snctld/snctld.toml` in user mode).
+//!
+//! ```toml
+//! [server]
+//! max_connections = 512
+//! idle_timeout_secs = 120
+//! read_timeout_secs = 10
+//!
+//! [refresh]
+//! ahead = 0.75            # refresh when 75 % of a token's lifetime has passed
+//! jitter = 0.05
+//! backoff_min_secs = 2
+//! backoff_max_secs = 300
+//!
+//! [http]
+//! ca_file = "/etc/ssl/private/proxy-ca.pem"
+//! connect_timeout_secs = 10
+//! request_timeout_secs = 30
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use snctl_shared::paths::{self, APP_DIR, SOCKET_FILE};
+
+use crate::server::Limits;
+use crate::servicenow::HttpConfig;
+use crate::tokens::RefreshPolicy;
+
+/// Everything the daemon needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// `$CREDENTIALS_DIRECTORY`, where systemd puts `snctld.key`.
+    pub credentials_dir: Option<PathBuf>,
+    /// Mode of the socket file: 0600 for a user daemon, 0660 for the system one.
+    pub socket_mode: u32,
+    /// Mode of directories the daemon creates for its socket.
+    pub socket_dir_mode: u32,
+    pub limits: Limits,
+    pub http: HttpConfig,
+    pub refresh: RefreshPolicy,
+}
+
+/// Whether the daemon serves the whole host or one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    System,
+    User,
+}
+
+impl Mode {
+    /// Root runs the system daemon; anyone else a user daemon.
+    pub fn detect() -> Mode {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } == 0 {
+            Mode::System
+        } else {
+            Mode::User
+        }
+    }
+}
+
+/// The command line's say on paths.
+#[derive(Debug, Default, Clone)]
+pub struct PathOverrides {
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Paths(String),
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the configuration {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    refresh: RefreshSection,
+    #[serde(default)]
+    http: HttpSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    max_connections: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+    read_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshSection {
+    ahead: Option<f64>,
+    jitter: Option<f64>,
+    backoff_min_secs: Option<u64>,
+    backoff_max_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    ca_file: Option<PathBuf>,
+    connect_timeout_secs: Option<u64>,
+    request_timeout_secs: Option<u64>,
+}
+
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn home_dir(sub: &str) -> Option<PathBuf> {
+    env_dir("HOME").map(|h| h.join(sub))
+}
+
+impl Config {
+    /// Builds the configuration for `mode` from the overrides, the
+    /// environment and the config file (when there is one).
+    pub fn load(mode: Mode, overrides: PathOverrides) -> Result<Config, ConfigError> {
+        let (socket, state_dir, config_file) = match mode {
+            Mode::System => (
+                PathBuf::from(paths::SYSTEM_SOCKET),
+                PathBuf::from("/var/lib").join(APP_DIR),
+                PathBuf::from("/etc").join(APP_DIR).join("snctld.toml"),
+            ),
+            Mode::User => (
+                env_dir("XDG_RUNTIME_DIR")
+                    .map(|d| d.join(APP_DIR).join(SOCKET_FILE))
+                    .unwrap_or_default(),
+                env_dir("XDG_STATE_HOME")
+                    .or_else(|| home_dir(".local/state"))
+                    .map(|d| d.join(APP_DIR))
+                    .unwrap_or_default(),
+                env_dir("XDG_CONFIG_HOME")
+                    .or_else(|| home_dir(".config"))
+                    .map(|d| d.join(APP_DIR).join("snctld.toml"))
+                    .unwrap_or_default(),
+            ),
+        };
+        let socket = overrides.socket.unwrap_or(socket);
+        let state_dir = overrides.state_dir.unwrap_or(state_dir);
+        if socket.as_os_str().is_empty() {
+            return Err(ConfigError::Paths(
+                "XDG_RUNTIME_DIR is not set, so there is no default socket path: give --socket PATH".into(),
+            ));
+        }
+        if state_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Paths(
+                "neither XDG_STATE_HOME nor HOME is set: give --state-dir DIR".into(),
+            ));
+        }
+        let (file, explicit) = match overrides.config {
+            Some(path) => (path, true),
+            None => (config_file, false),
+        };
+        let mut config = Config {
+            socket,
+            state_dir,
+            credentials_dir: env_dir("CREDENTIALS_DIRECTORY"),
+            socket_mode: if mode == Mode::System { 0o660 } else { 0o600 },
+            socket_dir_mode: if mode == Mode::System { 0o755 } else { 0o700 },
+            limits: Limits::default(),
+            http: HttpConfig::default(),
+            refresh: RefreshPolicy::default(),
+        };
+        if explicit || file.exists() {
+            config.apply_file(&file)?;
+        }
+        Ok(config)
+    }
+
+    /// Reads a TOML file over the current values.
+    pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: File = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        let parse_err = |message: &str| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: message.to_string(),
+        };
+        let secs = Duration::from_secs;
+        let s = file.server;
+        if let Some(n) = s.max_connections {
+            if n == 0 {
+                return Err(parse_err("server.max_connections must be at least 1"));
+            }
+            self.limits.max_connections = n;
+        }
+        self.limits.idle_timeout = s
+            .idle_timeout_secs
+            .map(secs)
+            .unwrap_or(self.limits.idle_timeout);
+        self.limits.read_timeout = s
+            .read_timeout_secs
+            .map(secs)
+            .unwrap_or(self.limits.read_timeout);
+        let r = file.refresh;
+        if let Some(ahead) = r.ahead {
+            if !(0.1..=0.95).contains(&ahead) {
+                return Err(parse_err("refresh.ahead must be between 0.1 and 0.95"));
+            }
+            self.refresh.ahead = ahead;
+        }
+        if let Some(jitter) = r.jitter {
+            if !(0.0..=0.2).contains(&jitter) {
+                return Err(parse_err("refresh.jitter must be between 0 and 0.2"));
+            }
+            self.refresh.jitter = jitter;
+        }
+        self.refresh.backoff_min = r
+            .backoff_min_secs
+            .map(secs)
+            .unwrap_or(self.refresh.backoff_min);
+        self.refresh.backoff_max = r
+            .backoff_max_secs
+            .map(secs)
+            .unwrap_or(self.refresh.backoff_max);
+        let h = file.http;
+        if h.ca_file.is_some() {
+            self.http.ca_file = h.ca_file;
+        }
+        self.http.connect_timeout = h
+            .connect_timeout_secs
+            .map(secs)
+            .unwrap_or(self.http.connect_timeout);
+        self.http.request_timeout = h
+            .request_timeout_secs
+            .map(secs)
+            .unwrap_or(self.http.request_timeout);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_apply_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snctld.toml");
+        std::fs::write(
+            &path,
+            "[server]\nmax_connections = 3\n[refresh]\nahead = 0.5\n",
+        )
+        .unwrap();
+        let overrides = PathOverrides {
+            socket: Some(dir.path().join("s.sock")),
+            state_dir: Some(dir.path().to_path_buf()),
+            config: Some(path.clone()),
+        };
+        let config = Config::load(Mode::User, overrides.clone()).unwrap();
+        assert_eq!(config.limits.max_connections, 3);
+        assert_eq!(config.refresh.ahead, 0.5);
+        assert_eq!(config.socket_mode, 0o600);
+
+        std::fs::write(&path, "[server]\nmax_conections = 3\n").unwrap();
+        let err = Config::load(Mode::User, overrides).unwrap_err().to_string();
+        assert!(err.contains("max_conections"), "{err}");
+    }
+}

@@ -1,0 +1,420 @@
+//! The master key and the sealing of secrets at rest.
+//!
+//! Every secret stored in the database (client secret, access token, refresh
+//! token) is sealed with AES-256-GCM under the master key. A sealed blob is:
+//!
+//! ```text
+//! +---------+-------------+--------------+------------------------------+
+//! | version | key id      | nonce        | ciphertext || 16-byte tag   |
+//! | 1 byte  | 8 bytes     | 12 bytes     |                              |
+//! +---------+-------------+--------------+------------------------------+
+//! ```
+//!
+//! The nonce is random for every seal. The additional data binds the blob
+//! to the authentication name and the field it belongs to, so a blob copied
+//! to another row or column does not open. The key id is derived from the
+//! key (HMAC-SHA256 of a fixed label), so it identifies the key without
+//! revealing anything about it.
+//!
+//! The key comes from `$CREDENTIALS_DIRECTORY/snctld.key` when systemd passes
+//! one, else from `snctld.key` in the state directory, created on first
+//! start. A key file that group or others can read is refused.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use snctl_shared::Secret;
+
+/// File name of the master key, in the state or credentials directory.
+pub const KEY_FILE: &str = "snctld.key";
+const BLOB_VERSION: u8 = 1;
+const KEY_ID_LEN: usize = 8;
+const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
+const KEY_ID_LABEL: &[u8] = b"snctld master key id v1";
+
+/// Why the master key could not be loaded or a blob not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("cannot read the master key {path}: {source}")]
+    ReadKey { path: PathBuf, source: io::Error },
+    #[error("cannot create the master key {path}: {source}")]
+    CreateKey { path: PathBuf, source: io::Error },
+    #[error("the master key {path} is readable by group or others (mode {mode:o}): run `chmod 600 {path}` and start again")]
+    LoosePermissions { path: PathBuf, mode: u32 },
+    #[error("the master key {path} is not a key: expected 32 bytes, or 64 hex digits")]
+    BadKey { path: PathBuf },
+    #[error("the master key {path} (key id {found}) is not the key this database was sealed with (key id {expected}): start with the right key; nothing was changed")]
+    WrongKey {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("the database was sealed with key id {expected} but no master key was found at {looked}: restore that key file; nothing was changed")]
+    MissingKey { looked: String, expected: String },
+    #[error("a stored secret ({field} of {name}) does not open with the master key: the database or key was altered")]
+    Open { name: String, field: &'static str },
+    #[error("the system random number generator failed")]
+    Random,
+}
+
+/// Where the master key came from, for the start-up log and `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// Passed by systemd (`LoadCredential=` / `LoadCredentialEncrypted=`).
+    Credentials(PathBuf),
+    /// The key file in the state directory.
+    StateDir(PathBuf),
+    /// Created now, in the state directory.
+    Created(PathBuf),
+}
+
+impl KeySource {
+    /// The key file's path.
+    pub fn path(&self) -> &Path {
+        match self {
+            KeySource::Credentials(p) | KeySource::StateDir(p) | KeySource::Created(p) => p,
+        }
+    }
+}
+
+/// The AES-256-GCM master key.
+pub struct MasterKey {
+    key: LessSafeKey,
+    id: [u8; KEY_ID_LEN],
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MasterKey({})", self.id_hex())
+    }
+}
+
+impl MasterKey {
+    fn from_bytes(bytes: &[u8; 32]) -> Self {
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, bytes), KEY_ID_LABEL);
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&tag.as_ref()[..KEY_ID_LEN]);
+        let key = UnboundKey::new(&AES_256_GCM, bytes).expect("32 bytes is an AES-256 key");
+        MasterKey {
+            key: LessSafeKey::new(key),
+            id,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// A new random key (used on first start and by tests).
+    pub fn generate() -> Result<(Self, Zeroizing<[u8; 32]>), CryptoError> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(bytes.as_mut())
+            .map_err(|_| CryptoError::Random)?;
+        Ok((MasterKey::from_bytes(&bytes), bytes))
+    }
+
+    /// The key id as 16 hex digits.
+    pub fn id_hex(&self) -> String {
+        hex(&self.id)
+    }
+
+    /// Seals `plaintext` as the `field` of authentication `name`.
+    pub fn seal(
+        &self,
+        name: &str,
+        field: &'static str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| CryptoError::Random)?;
+        let mut blob = Vec::with_capacity(HEADER_LEN + plaintext.len() + AES_256_GCM.tag_len());
+        blob.push(BLOB_VERSION);
+        blob.extend_from_slice(&self.id);
+        blob.extend_from_slice(&nonce);
+        blob.extend_from_slice(plaintext);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(name, field)),
+                &mut blob[HEADER_LEN..],
+            )
+            .map_err(|_| CryptoError::Random)?;
+        blob.extend_from_slice(tag.as_ref());
+        Ok(blob)
+    }
+
+    /// Seals a secret string.
+    pub fn seal_secret(
+        &self,
+        name: &str,
+        field: &'static str,
+        secret: &Secret,
+    ) -> Result<Vec<u8>, CryptoError> {
+        self.seal(name, field, secret.expose().as_bytes())
+    }
+
+    /// Opens a blob sealed as the `field` of authentication `name`.
+    pub fn open(
+        &self,
+        name: &str,
+        field: &'static str,
+        blob: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let fail = || CryptoError::Open {
+            name: name.to_string(),
+            field,
+        };
+        if blob.len() < HEADER_LEN + AES_256_GCM.tag_len()
+            || blob[0] != BLOB_VERSION
+            || blob[1..1 + KEY_ID_LEN] != self.id
+        {
+            return Err(fail());
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&blob[1 + KEY_ID_LEN..HEADER_LEN])
+            .map_err(|_| fail())?;
+        let mut buf = Zeroizing::new(blob[HEADER_LEN..].to_vec());
+        let len = self
+            .key
+            .open_in_place(nonce, Aad::from(aad(name, field)), buf.as_mut_slice())
+            .map_err(|_| fail())?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Opens a blob holding a secret string.
+    pub fn open_secret(
+        &self,
+        name: &str,
+        field: &'static str,
+        blob: &[u8],
+    ) -> Result<Secret, CryptoError> {
+        let bytes = self.open(name, field, blob)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| CryptoError::Open {
+            name: name.to_string(),
+            field,
+        })?;
+        Ok(Secret::new(text.to_string()))
+    }
+
+    /// The key id recorded in a sealed blob, as hex.
+    pub fn blob_key_id(blob: &[u8]) -> Option<String> {
+        (blob.len() > KEY_ID_LEN).then(|| hex(&blob[1..1 + KEY_ID_LEN]))
+    }
+}
+
+fn aad(name: &str, field: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(8 + name.len() + field.len());
+    aad.extend_from_slice(b"snctld\0");
+    aad.extend_from_slice(name.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(field.as_bytes());
+    aad
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// The value sealed in the database to recognise the right key at start.
+const CHECK_NAME: &str = "";
+const CHECK_FIELD: &str = "key_check";
+const CHECK_PLAINTEXT: &[u8] = b"snctld key check v1";
+
+/// Seals the key check value stored in a new database.
+pub fn key_check(key: &MasterKey) -> Result<Vec<u8>, CryptoError> {
+    key.seal(CHECK_NAME, CHECK_FIELD, CHECK_PLAINTEXT)
+}
+
+/// Loads the master key and proves it is the one `check` was sealed with.
+///
+/// `check` is the database's stored check value, `None` for a new database:
+/// only then is a missing key file created. Nothing is written when this
+/// fails.
+pub fn load_master_key(
+    credentials_dir: Option<&Path>,
+    state_dir: &Path,
+    check: Option<&[u8]>,
+) -> Result<(MasterKey, KeySource), CryptoError> {
+    let from_credentials = credentials_dir.map(|dir| dir.join(KEY_FILE));
+    let state_key = state_dir.join(KEY_FILE);
+    let (key, source) = match from_credentials.filter(|p| p.exists()) {
+        Some(path) => (read_key_file(&path)?, KeySource::Credentials(path)),
+        None if state_key.exists() => (read_key_file(&state_key)?, KeySource::StateDir(state_key)),
+        None => match check {
+            Some(check) => {
+                return Err(CryptoError::MissingKey {
+                    looked: match credentials_dir {
+                        Some(dir) => format!(
+                            "{} or {}",
+                            dir.join(KEY_FILE).display(),
+                            state_key.display()
+                        ),
+                        None => state_key.display().to_string(),
+                    },
+                    expected: MasterKey::blob_key_id(check).unwrap_or_else(|| "?".into()),
+                })
+            }
+            None => (create_key_file(&state_key)?, KeySource::Created(state_key)),
+        },
+    };
+    if let Some(check) = check {
+        let opens = key
+            .open(CHECK_NAME, CHECK_FIELD, check)
+            .is_ok_and(|plain| plain.as_slice() == CHECK_PLAINTEXT);
+        if !opens {
+            return Err(CryptoError::WrongKey {
+                path: source.path().to_path_buf(),
+                found: key.id_hex(),
+                expected: MasterKey::blob_key_id(check).unwrap_or_else(|| "?".into()),
+            });
+        }
+    }
+    Ok((key, source))
+}
+
+fn read_key_file(path: &Path) -> Result<MasterKey, CryptoError> {
+    let read_err = |source| CryptoError::ReadKey {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(read_err)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CryptoError::LoosePermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    // A key file is tiny; anything big is not ours.
+    if meta.size() > 1024 {
+        return Err(CryptoError::BadKey {
+            path: path.to_path_buf(),
+        });
+    }
+    let content = Zeroizing::new(fs::read(path).map_err(read_err)?);
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    if content.len() == 32 {
+        bytes.copy_from_slice(&content);
+    } else {
+        let text = std::str::from_utf8(&content)
+            .map_err(|_| CryptoError::BadKey {
+                path: path.to_path_buf(),
+            })?
+            .trim();
+        if text.len() != 64 {
+            return Err(CryptoError::BadKey {
+                path: path.to_path_buf(),
+            });
+        }
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| {
+                CryptoError::BadKey {
+                    path: path.to_path_buf(),
+                }
+            })?;
+        }
+    }
+    Ok(MasterKey::from_bytes(&bytes))
+}
+
+fn create_key_file(path: &Path) -> Result<MasterKey, CryptoError> {
+    let create_err = |source| CryptoError::CreateKey {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (key, bytes) = MasterKey::generate()?;
+    let text = Zeroizing::new(format!("{}\n", hex(bytes.as_ref())));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(create_err)?;
+    file.write_all(text.as_bytes()).map_err(create_err)?;
+    file.sync_all().map_err(create_err)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(create_err)?;
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_binding() {
+        let (key, _) = MasterKey::generate().unwrap();
+        let blob = key.seal("prod", "client_secret", b"s3cret").unwrap();
+        assert_eq!(
+            key.open("prod", "client_secret", &blob).unwrap().as_slice(),
+            b"s3cret"
+        );
+        // Bound to name and field.
+        assert!(key.open("dev", "client_secret", &blob).is_err());
+        assert!(key.open("prod", "access_token", &blob).is_err());
+        // A fresh nonce each time.
+        assert_ne!(blob, key.seal("prod", "client_secret", b"s3cret").unwrap());
+        // Tampering is detected.
+        let mut bad = blob.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(key.open("prod", "client_secret", &bad).is_err());
+        // Another key does not open it.
+        let (other, _) = MasterKey::generate().unwrap();
+        assert!(other.open("prod", "client_secret", &blob).is_err());
+        assert!(!blob.windows(6).any(|w| w == b"s3cret"));
+    }
+
+    #[test]
+    fn first_start_creates_a_private_key_then_reuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, source) = load_master_key(None, dir.path(), None).unwrap();
+        assert!(matches!(source, KeySource::Created(_)));
+        let mode = fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let check = key_check(&key).unwrap();
+        let (again, source) = load_master_key(None, dir.path(), Some(&check)).unwrap();
+        assert!(matches!(source, KeySource::StateDir(_)));
+        assert_eq!(again.id_hex(), key.id_hex());
+    }
+
+    #[test]
+    fn loose_permissions_wrong_and_missing_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _) = load_master_key(None, dir.path(), None).unwrap();
+        let check = key_check(&key).unwrap();
+        let path = dir.path().join(KEY_FILE);
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = load_master_key(None, dir.path(), Some(&check)).unwrap_err();
+        assert!(matches!(err, CryptoError::LoosePermissions { .. }), "{err}");
+        assert!(err.to_string().contains("chmod 600"));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+
+        // A credentials directory key wins over the state dir and is checked.
+        let creds = tempfile::tempdir().unwrap();
+        let other = creds.path().join(KEY_FILE);
+        fs::write(&other, "ab".repeat(32)).unwrap();
+        fs::set_permissions(&other, fs::Permissions::from_mode(0o400)).unwrap();
+        let err = load_master_key(Some(creds.path()), dir.path(), Some(&check)).unwrap_err();
+        assert!(matches!(err, CryptoError::WrongKey { .. }), "{err}");
+
+        fs::remove_file(&path).unwrap();
+        let err = load_master_key(None, dir.path(), Some(&check)).unwrap_err();
+        assert!(matches!(err, CryptoError::MissingKey { .. }), "{err}");
+        assert!(!path.exists(), "no key is created for an existing database");
+    }
+}

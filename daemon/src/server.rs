@@ -1,0 +1,282 @@
+//! The socket: accepting connections, reading frames, answering them.
+//!
+//! One task per connection, any number of requests per connection, one at
+//! a time. A connection waiting for its next request may idle for
+//! `idle_timeout`; once a frame has started it must arrive whole within
+//! `read_timeout`. Anything wrong with a frame (too large, malformed, late)
+//! ends that connection and nothing else. Past `max_connections`, new
+//! connections are closed at once.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::{Listener as IpcListener, Stream};
+use interprocess::local_socket::traits::tokio::Listener as _;
+use interprocess::local_socket::traits::StreamCommon as _;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use snctl_shared::frame::{self, FrameError, HEADER_LEN, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
+use snctl_shared::protocol::{Hello, HelloReply, Request, Response};
+use snctl_shared::PROTOCOL_VERSION;
+
+use crate::Daemon;
+
+/// Limits on connections.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// How long a connection may wait between requests.
+    pub idle_timeout: Duration,
+    /// How long a started frame may take to arrive, and a reply to be taken.
+    pub read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(120),
+            read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "another snctld is already serving {0}: stop it first, or give this one another --socket"
+    )]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket: move it away or choose another --socket")]
+    NotASocket(PathBuf),
+    #[error("cannot create the socket directory {path}: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("cannot listen on {path}: {source}")]
+    Listen { path: PathBuf, source: io::Error },
+}
+
+/// A listening socket.
+pub struct Listener {
+    inner: IpcListener,
+    path: PathBuf,
+}
+
+impl Listener {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Binds the socket at `path` with `mode`, replacing a stale socket file
+/// left by a daemon that died, but never one that still answers.
+pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<Listener, BindError> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(dir_mode)
+            .create(dir)
+            .map_err(|source| BindError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(BindError::NotASocket(path.to_path_buf()))
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(BindError::InUse(path.to_path_buf())),
+            Err(_) => {
+                tracing::info!(path = %path.display(), "replacing a stale socket");
+                let _ = std::fs::remove_file(path);
+            }
+        },
+        Err(_) => {}
+    }
+    let listen_err = |source| BindError::Listen {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path.to_fs_name::<GenericFilePath>().map_err(listen_err)?;
+    let inner = ListenerOptions::new()
+        .name(name)
+        .mode(mode as libc::mode_t)
+        // Unlink the socket file when the listener is dropped.
+        .reclaim_name(true)
+        .create_tokio()
+        .map_err(listen_err)?;
+    Ok(Listener {
+        inner,
+        path: path.to_path_buf(),
+    })
+}
+
+/// Counts open connections for `snctl status`.
+#[derive(Default)]
+pub struct Gauge(AtomicU32);
+
+impl Gauge {
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+struct Open<'a>(&'a Gauge);
+
+impl<'a> Open<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.0.fetch_add(1, Ordering::Relaxed);
+        Open(gauge)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts connections until `stop` is cancelled, then waits for the
+/// requests in flight to be answered.
+pub async fn serve(
+    listener: Listener,
+    daemon: Arc<Daemon>,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.inner.accept() => match accepted {
+                Ok(stream) => stream,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(
+                limit = limits.max_connections,
+                "connection limit reached; closing a new connection"
+            );
+            drop(stream);
+            continue;
+        };
+        let (daemon, limits, stop) = (daemon.clone(), limits.clone(), stop.clone());
+        tracker.spawn(async move {
+            let _open = Open::new(&daemon.connections);
+            if let Err(error) = connection(stream, &daemon, &limits, &stop).await {
+                tracing::debug!(%error, "connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("idle for too long")]
+    Idle,
+    #[error("frame not completed in time")]
+    Slow,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("client speaks protocol {0}")]
+    Version(u32),
+}
+
+async fn connection(
+    mut stream: Stream,
+    daemon: &Daemon,
+    limits: &Limits,
+    stop: &CancellationToken,
+) -> Result<(), ConnError> {
+    let peer = stream.peer_creds().ok();
+    tracing::trace!(uid = ?peer.as_ref().and_then(|p| p.euid()), pid = ?peer.as_ref().and_then(|p| p.pid()), "connection");
+
+    let Some(hello) = read_frame::<Hello>(&mut stream, limits, stop).await? else {
+        return Ok(());
+    };
+    let reply = HelloReply {
+        protocol_version: PROTOCOL_VERSION,
+        daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    write_frame(&mut stream, &reply, limits).await?;
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(ConnError::Version(hello.protocol_version));
+    }
+    while let Some(request) = read_frame::<Request>(&mut stream, limits, stop).await? {
+        let kind = request.kind();
+        let response: Response = daemon.handle(request).await;
+        if let Err(error) = &response {
+            tracing::debug!(request = kind, %error, "request failed");
+        }
+        write_frame(&mut stream, &response, limits).await?;
+    }
+    Ok(())
+}
+
+/// Reads one frame; `None` when the client closed the connection or the
+/// daemon is stopping between requests.
+async fn read_frame<T: serde::de::DeserializeOwned>(
+    stream: &mut Stream,
+    limits: &Limits,
+    stop: &CancellationToken,
+) -> Result<Option<T>, ConnError> {
+    let mut header = [0u8; HEADER_LEN];
+    let first = tokio::select! {
+        _ = stop.cancelled() => return Ok(None),
+        read = tokio::time::timeout(limits.idle_timeout, stream.read(&mut header)) => read,
+    };
+    let got = first
+        .map_err(|_| ConnError::Idle)?
+        .map_err(FrameError::Io)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    let rest = async {
+        stream.read_exact(&mut header[got..]).await?;
+        let len = frame::payload_len(header, MAX_REQUEST_FRAME)?;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await?;
+        Ok::<_, FrameError>(payload)
+    };
+    let payload = tokio::time::timeout(limits.read_timeout, rest)
+        .await
+        .map_err(|_| ConnError::Slow)??;
+    Ok(Some(frame::decode_request(&payload)?))
+}
+
+async fn write_frame<T: Serialize>(
+    stream: &mut Stream,
+    message: &T,
+    limits: &Limits,
+) -> Result<(), ConnError> {
+    let bytes = frame::encode(message, MAX_RESPONSE_FRAME)?;
+    tokio::time::timeout(limits.read_timeout, stream.write_all(&bytes))
+        .await
+        .map_err(|_| ConnError::Slow)?
+        .map_err(FrameError::Io)?;
+    Ok(())
+}

@@ -1,0 +1,559 @@
+//! The OAuth client for ServiceNow instances: the only module that speaks
+//! HTTP.
+//!
+//! oauth2 builds the requests and parses successful token responses; the
+//! transport underneath is our own [`AsyncHttpClient`] over one pooled
+//! reqwest client, so that every answer ServiceNow gives can be told apart
+//! before oauth2 sees it. ServiceNow's failures are not RFC 6749 shaped: a
+//! wrong secret, a disabled grant and a missing OAuth Application User all
+//! answer 401 `{"error":"server_error","error_description":"access_denied"}`,
+//! a hibernating instance answers 200 with an HTML page, and the usual 429s,
+//! 5xx and network faults happen. Each becomes a [`Failure`] with an
+//! [`UpstreamKind`] and a one-line explanation.
+
+use std::error::Error as _;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use oauth2::basic::{BasicClient, BasicTokenType};
+use oauth2::{
+    AccessToken, AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse,
+    RequestTokenError, RevocationUrl, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
+};
+
+use snctl_shared::protocol::{ClientAuth, UpstreamKind};
+use snctl_shared::Secret;
+
+use crate::clock;
+use crate::store::{Authentication, TokenSet};
+
+/// Token endpoint, relative to the instance URL.
+pub const TOKEN_PATH: &str = "/oauth_token.do";
+/// Revocation endpoint, relative to the instance URL.
+pub const REVOKE_PATH: &str = "/oauth_revoke_token.do";
+/// Lifetime assumed when a token response has no `expires_in`
+/// (ServiceNow's default access token lifespan).
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(1800);
+// Bodies larger than this are not a token response; stop reading.
+const MAX_BODY: usize = 256 * 1024;
+
+/// HTTP settings shared by every instance.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Extra CA certificates (PEM), for proxies that re-sign HTTPS.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            ca_file: None,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A failed call to the instance.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: UpstreamKind,
+    pub status: Option<u16>,
+    /// What was observed, without advice.
+    pub detail: String,
+    /// The instance asked us to wait this long (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    fn new(kind: UpstreamKind, status: Option<u16>, detail: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            status,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Whether retrying later may help; a rejected credential never gets
+    /// better by itself.
+    pub fn is_transient(&self) -> bool {
+        self.kind != UpstreamKind::AccessDenied
+    }
+
+    /// One line for the admin: what happened at `instance` and what to do.
+    pub fn explain(&self, instance: &str) -> String {
+        match self.kind {
+            UpstreamKind::AccessDenied => format!(
+                "{instance} refused the client credentials (HTTP 401 access_denied): check the client \
+                 secret, that the system property glide.oauth.inbound.client.credential.grant_type.enabled \
+                 is true, and that the Application Registry record has an OAuth Application User"
+            ),
+            UpstreamKind::RateLimited => format!(
+                "{instance} is rate limiting token requests (HTTP 429{}); snctld waits before trying again",
+                self.retry_after
+                    .map(|d| format!(", Retry-After {} s", d.as_secs()))
+                    .unwrap_or_default()
+            ),
+            UpstreamKind::ServerError => format!(
+                "{instance} answered the token request with HTTP {} ({}): the instance may be down or \
+                 upgrading; snctld retries with backoff",
+                self.status.unwrap_or(500),
+                self.detail
+            ),
+            UpstreamKind::HttpStatus => format!(
+                "{instance} answered the token request with HTTP {} ({}): check the instance URL",
+                self.status.unwrap_or(0),
+                self.detail
+            ),
+            UpstreamKind::NotJson => format!(
+                "{instance} answered with a web page instead of a token ({}): a hibernating developer \
+                 instance does this; wake it, or check the instance URL",
+                self.detail
+            ),
+            UpstreamKind::BadResponse => format!(
+                "{instance} sent an answer that is not a valid token response ({})",
+                self.detail
+            ),
+            UpstreamKind::Timeout => format!(
+                "no answer from {instance} in time ({}): check the network or HTTPS_PROXY; snctld retries",
+                self.detail
+            ),
+            UpstreamKind::Connection => format!(
+                "cannot talk to {instance} ({}): check the instance URL, DNS, firewall or HTTPS_PROXY",
+                self.detail
+            ),
+            UpstreamKind::Tls => format!(
+                "TLS failure talking to {instance} ({}): if a proxy re-signs HTTPS, set ca_file in snctld.toml",
+                self.detail
+            ),
+        }
+    }
+}
+
+/// Checks and normalises an instance URL: `https://host[:port]`, or
+/// `http://` for loopback hosts only (tests and demos).
+pub fn normalize_instance_url(input: &str) -> Result<String, String> {
+    let url = url::Url::parse(input.trim()).map_err(|e| {
+        format!("instance URL {input:?} is not a URL ({e}): use https://NAME.service-now.com")
+    })?;
+    let host = url.host_str().ok_or_else(|| {
+        format!("instance URL {input:?} has no host: use https://NAME.service-now.com")
+    })?;
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(format!(
+                "instance URL {input:?} uses plain http: tokens would cross the network in clear; use https://"
+            ))
+        }
+        other => return Err(format!("instance URL {input:?} has scheme {other:?}: use https://")),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "instance URL {input:?} must not carry a user name or password"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() || url.path() != "/" {
+        return Err(format!(
+            "instance URL {input:?} must be the instance root, like https://NAME.service-now.com"
+        ));
+    }
+    let mut out = format!("{}://{}", url.scheme(), host);
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    Ok(out)
+}
+
+/// What the transport returns instead of a response oauth2 should parse:
+/// every answer that is not a 200 with a JSON body, and network failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Transport {
+    #[error("HTTP {status}")]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+    #[error("not JSON")]
+    NotJson { status: u16, detail: String },
+    #[error("{0}")]
+    Request(#[source] reqwest::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The HTTP client for every instance: one connection pool.
+#[derive(Clone)]
+pub struct ServiceNow {
+    http: reqwest::Client,
+    request_timeout: Duration,
+}
+
+impl ServiceNow {
+    pub fn new(config: &HttpConfig) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            // oauth2 advises against following redirects at the token endpoint.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(concat!("snctld/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cannot read ca_file {}: {e}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                anyhow::anyhow!("ca_file {} is not PEM certificates: {e}", path.display())
+            })? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(ServiceNow {
+            http: builder.build()?,
+            request_timeout: config.request_timeout,
+        })
+    }
+
+    /// Gets a token with the authentication's grant.
+    pub async fn request_token(&self, auth: &Authentication) -> Result<TokenSet, Failure> {
+        let client = oauth_client(auth)?;
+        let mut request = client.exchange_client_credentials();
+        if let Some(scope) = &auth.scope {
+            request =
+                request.add_scopes(scope.split_whitespace().map(|s| Scope::new(s.to_string())));
+        }
+        let started = clock::now_ms();
+        let response = request
+            .request_async(self)
+            .await
+            .map_err(|e| self.classify(e))?;
+        let lifetime = response.expires_in().unwrap_or(DEFAULT_LIFETIME);
+        if !matches!(response.token_type(), BasicTokenType::Bearer) {
+            return Err(Failure::new(
+                UpstreamKind::BadResponse,
+                Some(200),
+                format!("token type {:?} instead of Bearer", response.token_type()),
+            ));
+        }
+        Ok(TokenSet {
+            access_token: Secret::new(response.access_token().secret().clone()),
+            // Count the lifetime from when we asked, not when the answer
+            // arrived: the instance started the clock no later than that.
+            expires_at_ms: started + lifetime.as_millis() as i64,
+            obtained_at_ms: started,
+            refresh_token: response
+                .refresh_token()
+                .map(|t| Secret::new(t.secret().clone())),
+        })
+    }
+
+    /// Revokes a token at the instance.
+    pub async fn revoke(&self, auth: &Authentication, token: &Secret) -> Result<(), Failure> {
+        let revocation = RevocationUrl::new(format!("{}{REVOKE_PATH}", auth.instance_url))
+            .map_err(|e| Failure::new(UpstreamKind::Connection, None, e.to_string()))?;
+        let client = oauth_client(auth)?.set_revocation_url(revocation);
+        let token =
+            StandardRevocableToken::AccessToken(AccessToken::new(token.expose().to_string()));
+        client
+            .revoke_token(token)
+            .map_err(|e| Failure::new(UpstreamKind::BadResponse, None, e.to_string()))?
+            .request_async(self)
+            .await
+            .map_err(|e| self.classify(e))
+    }
+
+    fn classify<T: oauth2::ErrorResponse>(
+        &self,
+        error: RequestTokenError<Transport, T>,
+    ) -> Failure {
+        match error {
+            RequestTokenError::Request(Transport::Status {
+                status,
+                retry_after,
+                detail,
+            }) => {
+                let kind = match status {
+                    // ServiceNow's one answer for every refused credential.
+                    401 => UpstreamKind::AccessDenied,
+                    429 => UpstreamKind::RateLimited,
+                    500..=599 => UpstreamKind::ServerError,
+                    _ => UpstreamKind::HttpStatus,
+                };
+                Failure {
+                    retry_after,
+                    ..Failure::new(kind, Some(status), detail)
+                }
+            }
+            RequestTokenError::Request(Transport::NotJson { status, detail }) => {
+                Failure::new(UpstreamKind::NotJson, Some(status), detail)
+            }
+            RequestTokenError::Request(Transport::Request(e)) => {
+                classify_transport(&e, self.request_timeout)
+            }
+            RequestTokenError::Request(Transport::Other(e)) => {
+                Failure::new(UpstreamKind::Connection, None, e)
+            }
+            RequestTokenError::Parse(e, _body) => Failure::new(
+                UpstreamKind::BadResponse,
+                Some(200),
+                format!("malformed JSON at {}: {}", e.path(), e.inner()),
+            ),
+            RequestTokenError::ServerResponse(e) => {
+                Failure::new(UpstreamKind::HttpStatus, None, e.to_string())
+            }
+            RequestTokenError::Other(e) => Failure::new(UpstreamKind::BadResponse, None, e),
+        }
+    }
+}
+
+type Client = BasicClient<
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
+fn oauth_client(auth: &Authentication) -> Result<Client, Failure> {
+    let token_url = TokenUrl::new(format!("{}{TOKEN_PATH}", auth.instance_url))
+        .map_err(|e| Failure::new(UpstreamKind::Connection, None, e.to_string()))?;
+    Ok(BasicClient::new(ClientId::new(auth.client_id.clone()))
+        .set_client_secret(ClientSecret::new(auth.client_secret.expose().to_string()))
+        .set_auth_type(match auth.client_auth {
+            ClientAuth::Form => AuthType::RequestBody,
+            ClientAuth::Basic => AuthType::BasicAuth,
+        })
+        .set_token_uri(token_url))
+}
+
+fn classify_transport(error: &reqwest::Error, timeout: Duration) -> Failure {
+    if error.is_timeout() {
+        return Failure::new(
+            UpstreamKind::Timeout,
+            None,
+            format!("no complete answer within {} s", timeout.as_secs()),
+        );
+    }
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Failure::new(UpstreamKind::Tls, None, tls.to_string());
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return Failure::new(UpstreamKind::Tls, None, tls.to_string());
+            }
+        }
+        source = e.source();
+    }
+    Failure::new(UpstreamKind::Connection, None, error_chain(error))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+}
+
+/// A short description of a body that is not what we expected: the JSON
+/// error fields when there are some, else the HTML title, else its size.
+fn describe_body(headers: &http::HeaderMap, body: &[u8]) -> String {
+    if is_json(headers) {
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+            let field = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            // ServiceNow: {"error":"server_error","error_description":"access_denied"}
+            // and for the REST API {"error":{"message":..,"detail":..}}.
+            let error = field("error").or_else(|| {
+                value
+                    .get("error")
+                    .and_then(|e| e.get("message"))
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            });
+            let description = field("error_description");
+            return match (error, description) {
+                (Some(e), Some(d)) => format!("{e}: {d}"),
+                (Some(e), None) => e,
+                (None, Some(d)) => d,
+                (None, None) => "JSON without an error field".into(),
+            };
+        }
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+    if let Some(start) = text.to_ascii_lowercase().find("<title>") {
+        let rest = &text[start + 7..];
+        let title: String = rest
+            .split('<')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !title.is_empty() {
+            return format!("page titled {:?}", truncate(&title, 80));
+        }
+    }
+    let kind = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("no content type");
+    format!("{} bytes of {kind}", body.len())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+impl<'c> AsyncHttpClient<'c> for ServiceNow {
+    type Error = Transport;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Transport>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let request = reqwest::Request::try_from(request).map_err(Transport::Request)?;
+            let mut response = self
+                .http
+                .execute(request)
+                .await
+                .map_err(Transport::Request)?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(Transport::Request)? {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(Transport::Other(format!(
+                        "answer larger than {MAX_BODY} bytes"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            if status != http::StatusCode::OK {
+                return Err(Transport::Status {
+                    status: status.as_u16(),
+                    retry_after: retry_after(&headers),
+                    detail: describe_body(&headers, &body),
+                });
+            }
+            if !is_json(&headers) {
+                return Err(Transport::NotJson {
+                    status: status.as_u16(),
+                    detail: describe_body(&headers, &body),
+                });
+            }
+            let mut builder = http::Response::builder().status(status);
+            for (name, value) in headers.iter() {
+                builder = builder.header(name, value);
+            }
+            builder
+                .body(body)
+                .map_err(|e| Transport::Other(e.to_string()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_urls_are_https_except_loopback() {
+        assert_eq!(
+            normalize_instance_url("https://acme.service-now.com/").unwrap(),
+            "https://acme.service-now.com"
+        );
+        assert_eq!(
+            normalize_instance_url("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            normalize_instance_url("http://[::1]:80").unwrap(),
+            "http://[::1]:80"
+        );
+        assert!(normalize_instance_url("http://acme.service-now.com").is_err());
+        assert!(normalize_instance_url("ftp://acme").is_err());
+        assert!(normalize_instance_url("https://u:p@acme.service-now.com").is_err());
+        assert!(normalize_instance_url("https://acme.service-now.com/now/nav").is_err());
+        assert!(normalize_instance_url("acme.service-now.com").is_err());
+    }
+
+    #[test]
+    fn bodies_are_described_without_dumping_them() {
+        let mut json = http::HeaderMap::new();
+        json.insert(
+            http::header::CONTENT_TYPE,
+            "application/json;charset=UTF-8".parse().unwrap(),
+        );
+        assert_eq!(
+            describe_body(
+                &json,
+                br#"{"error":"server_error","error_description":"access_denied"}"#
+            ),
+            "server_error: access_denied"
+        );
+        let mut html = http::HeaderMap::new();
+        html.insert(http::header::CONTENT_TYPE, "text/html".parse().unwrap());
+        assert_eq!(
+            describe_body(
+                &html,
+                b"<html><head><title>Instance Hibernating</title></head></html>"
+            ),
+            "page titled \"Instance Hibernating\""
+        );
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+    }
+}

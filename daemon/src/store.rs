@@ -1,0 +1,681 @@
+//! The database: every authentication, its sealed secrets and its tokens.
+//!
+//! SQLite in WAL mode with `synchronous=FULL`, so a committed refresh
+//! survives a power cut. The schema version lives in `user_version` and
+//! migrations run at start. Every write is one `BEGIN IMMEDIATE`
+//! transaction. rusqlite is blocking, so the connection lives on a thread of
+//! its own ([`Store::spawn`]); async code sends it closures and awaits the
+//! answer, and the runtime never waits on the disk.
+//!
+//! Secrets are sealed with [`MasterKey`] before they reach SQL; this module
+//! never writes one in clear.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use snctl_shared::protocol::{AuthState, ClientAuth, Grant};
+use snctl_shared::Secret;
+
+use crate::crypto::{self, CryptoError, MasterKey};
+
+/// The schema this build writes. See [`migrate`] for the history.
+pub const SCHEMA_VERSION: i64 = 1;
+/// Database file name inside the state directory.
+pub const DB_FILE: &str = "snctld.db";
+
+const F_CLIENT_SECRET: &str = "client_secret";
+const F_ACCESS_TOKEN: &str = "access_token";
+const F_REFRESH_TOKEN: &str = "refresh_token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("the database has schema version {found}, newer than this snctld supports ({supported}): install a newer snctld")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("the database holds an unknown {what} {value:?}: it was written by a newer snctld")]
+    Unknown { what: &'static str, value: String },
+    #[error("an authentication with this name already exists")]
+    AlreadyExists,
+    #[error("the store has shut down")]
+    Closed,
+}
+
+/// One authentication's settings: what is needed to ask for a token.
+#[derive(Debug, Clone)]
+pub struct Authentication {
+    pub name: String,
+    pub instance_url: String,
+    pub grant: Grant,
+    pub client_id: String,
+    pub client_auth: ClientAuth,
+    pub scope: Option<String>,
+    pub client_secret: Secret,
+    pub created_at_ms: i64,
+}
+
+/// Tokens obtained from the instance.
+#[derive(Debug, Clone)]
+pub struct TokenSet {
+    pub access_token: Secret,
+    pub expires_at_ms: i64,
+    pub obtained_at_ms: i64,
+    pub refresh_token: Option<Secret>,
+}
+
+/// A stored authentication with its tokens and health.
+#[derive(Debug)]
+pub struct Record {
+    pub auth: Authentication,
+    pub tokens: Option<TokenSet>,
+    pub state: AuthState,
+    pub last_error: Option<String>,
+}
+
+/// A database connection that has not yet been checked against a key.
+pub struct UncheckedDb {
+    conn: Connection,
+}
+
+impl UncheckedDb {
+    /// Opens (or creates, mode 0600) the database. Writes nothing.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if !path.exists() {
+            // SQLite would create the file with the umask's mode; create it
+            // private first. The -wal and -shm files copy this mode.
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| {
+                    open_err(rusqlite::Error::InvalidPath(
+                        format!("{}: {e}", path.display()).into(),
+                    ))
+                })?;
+        }
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(UncheckedDb { conn })
+    }
+
+    /// The stored key check value; `None` for a new database.
+    pub fn key_check(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let has_meta: bool = self.conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_meta {
+            return Ok(None);
+        }
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Sets up WAL, migrates and records the key check: the first writes.
+    /// Call only once the key has been proven right.
+    pub fn prepare(self, key: Arc<MasterKey>) -> Result<Db, StoreError> {
+        let conn = self.conn;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if mode != "wal" {
+            tracing::warn!(mode, "the database could not be switched to WAL mode");
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        let mut db = Db { conn, key };
+        migrate(&mut db.conn)?;
+        if UncheckedDb::key_check_of(&db.conn)?.is_none() {
+            let check = crypto::key_check(&db.key)?;
+            let tx = db
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
+                [check],
+            )?;
+            tx.commit()?;
+        }
+        Ok(db)
+    }
+
+    fn key_check_of(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(conn
+            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], one transaction per step.
+///
+/// - 1: `meta` (key check) and `authentications`.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 1 {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "CREATE TABLE meta (
+                key   TEXT PRIMARY KEY,
+                value BLOB NOT NULL
+            ) STRICT;
+            CREATE TABLE authentications (
+                name              TEXT PRIMARY KEY,
+                instance_url      TEXT NOT NULL,
+                grant_type        TEXT NOT NULL,
+                client_id         TEXT NOT NULL,
+                client_auth       TEXT NOT NULL,
+                scope             TEXT,
+                client_secret     BLOB NOT NULL,
+                access_token      BLOB,
+                access_expires_ms INTEGER,
+                obtained_ms       INTEGER,
+                refresh_token     BLOB,
+                state             TEXT NOT NULL DEFAULT 'ok',
+                last_error        TEXT,
+                created_ms        INTEGER NOT NULL,
+                updated_ms        INTEGER NOT NULL
+            ) STRICT;
+            PRAGMA user_version = 1;",
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The checked, migrated database. Lives on the store thread.
+pub struct Db {
+    conn: Connection,
+    key: Arc<MasterKey>,
+}
+
+fn grant_from(s: String) -> Result<Grant, StoreError> {
+    match s.as_str() {
+        "client-credentials" => Ok(Grant::ClientCredentials),
+        _ => Err(StoreError::Unknown {
+            what: "grant",
+            value: s,
+        }),
+    }
+}
+
+fn client_auth_from(s: String) -> Result<ClientAuth, StoreError> {
+    match s.as_str() {
+        "form" => Ok(ClientAuth::Form),
+        "basic" => Ok(ClientAuth::Basic),
+        _ => Err(StoreError::Unknown {
+            what: "client authentication",
+            value: s,
+        }),
+    }
+}
+
+fn state_from(s: String) -> Result<AuthState, StoreError> {
+    match s.as_str() {
+        "ok" => Ok(AuthState::Ok),
+        "failing" => Ok(AuthState::Failing),
+        "rejected" => Ok(AuthState::Rejected),
+        _ => Err(StoreError::Unknown {
+            what: "state",
+            value: s,
+        }),
+    }
+}
+
+fn now_ms() -> i64 {
+    crate::clock::now_ms()
+}
+
+impl Db {
+    /// Every stored authentication, secrets opened.
+    pub fn load_all(&mut self) -> Result<Vec<Record>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, instance_url, grant_type, client_id, client_auth, scope, client_secret,
+                    access_token, access_expires_ms, obtained_ms, refresh_token, state, last_error,
+                    created_ms
+             FROM authentications ORDER BY name",
+        )?;
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Vec<u8>,
+            Option<Vec<u8>>,
+            Option<i64>,
+            Option<i64>,
+            Option<Vec<u8>>,
+            String,
+            Option<String>,
+            i64,
+        );
+        let rows: Vec<Row> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                    r.get(12)?,
+                    r.get(13)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut records = Vec::with_capacity(rows.len());
+        for (
+            name,
+            instance_url,
+            grant,
+            client_id,
+            client_auth,
+            scope,
+            secret,
+            access,
+            expires,
+            obtained,
+            refresh,
+            state,
+            last_error,
+            created,
+        ) in rows
+        {
+            let client_secret = self.key.open_secret(&name, F_CLIENT_SECRET, &secret)?;
+            let tokens = match (access, expires) {
+                (Some(access), Some(expires_at_ms)) => Some(TokenSet {
+                    access_token: self.key.open_secret(&name, F_ACCESS_TOKEN, &access)?,
+                    expires_at_ms,
+                    obtained_at_ms: obtained.unwrap_or(expires_at_ms),
+                    refresh_token: refresh
+                        .map(|blob| self.key.open_secret(&name, F_REFRESH_TOKEN, &blob))
+                        .transpose()?,
+                }),
+                _ => None,
+            };
+            records.push(Record {
+                auth: Authentication {
+                    name,
+                    instance_url,
+                    grant: grant_from(grant)?,
+                    client_id,
+                    client_auth: client_auth_from(client_auth)?,
+                    scope,
+                    client_secret,
+                    created_at_ms: created,
+                },
+                tokens,
+                state: state_from(state)?,
+                last_error,
+            });
+        }
+        Ok(records)
+    }
+
+    /// Stores a new authentication with its first tokens.
+    pub fn insert(&mut self, auth: &Authentication, tokens: &TokenSet) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row(
+            "SELECT count(*) FROM authentications WHERE name = ?1",
+            [&auth.name],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if exists {
+            return Err(StoreError::AlreadyExists);
+        }
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO authentications (name, instance_url, grant_type, client_id, client_auth,
+                 scope, client_secret, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                auth.name,
+                auth.instance_url,
+                auth.grant.as_str(),
+                auth.client_id,
+                auth.client_auth.as_str(),
+                auth.scope,
+                self.key
+                    .seal_secret(&auth.name, F_CLIENT_SECRET, &auth.client_secret)?,
+                auth.created_at_ms,
+                now,
+            ],
+        )?;
+        Self::write_tokens(&tx, &self.key, &auth.name, tokens, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces an authentication's settings and tokens (after an update
+    /// proved the new settings work).
+    pub fn replace(
+        &mut self,
+        auth: &Authentication,
+        tokens: &TokenSet,
+    ) -> Result<bool, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let changed = tx.execute(
+            "UPDATE authentications SET instance_url = ?2, client_id = ?3, client_auth = ?4,
+                 scope = ?5, client_secret = ?6, refresh_token = NULL, updated_ms = ?7
+             WHERE name = ?1",
+            params![
+                auth.name,
+                auth.instance_url,
+                auth.client_id,
+                auth.client_auth.as_str(),
+                auth.scope,
+                self.key
+                    .seal_secret(&auth.name, F_CLIENT_SECRET, &auth.client_secret)?,
+                now,
+            ],
+        )?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        Self::write_tokens(&tx, &self.key, &auth.name, tokens, now)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Commits freshly obtained tokens and marks the authentication healthy.
+    /// A refresh token in `tokens` replaces the stored one; without one the
+    /// stored one stays.
+    pub fn save_tokens(&mut self, name: &str, tokens: &TokenSet) -> Result<bool, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found = Self::write_tokens(&tx, &self.key, name, tokens, now_ms())?;
+        tx.commit()?;
+        Ok(found)
+    }
+
+    fn write_tokens(
+        tx: &rusqlite::Transaction<'_>,
+        key: &MasterKey,
+        name: &str,
+        tokens: &TokenSet,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let access = key.seal_secret(name, F_ACCESS_TOKEN, &tokens.access_token)?;
+        let refresh = tokens
+            .refresh_token
+            .as_ref()
+            .map(|r| key.seal_secret(name, F_REFRESH_TOKEN, r))
+            .transpose()?;
+        let changed = tx.execute(
+            "UPDATE authentications SET access_token = ?2, access_expires_ms = ?3, obtained_ms = ?4,
+                 refresh_token = coalesce(?5, refresh_token), state = 'ok', last_error = NULL,
+                 updated_ms = ?6
+             WHERE name = ?1",
+            params![name, access, tokens.expires_at_ms, tokens.obtained_at_ms, refresh, now],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Records an authentication's health after a failed refresh.
+    pub fn set_health(
+        &mut self,
+        name: &str,
+        state: AuthState,
+        last_error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE authentications SET state = ?2, last_error = ?3, updated_ms = ?4 WHERE name = ?1",
+            params![name, state.as_str(), last_error, now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes an authentication. Returns whether it existed.
+    pub fn delete(&mut self, name: &str) -> Result<bool, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute("DELETE FROM authentications WHERE name = ?1", [name])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Runs SQLite's quick integrity check.
+    pub fn quick_check(&mut self) -> Result<String, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))?)
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Db) -> Flow + Send>;
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Handle to the store thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// The store thread; [`StoreThread::join`] waits until every job sent
+/// before [`Store::close`] has run.
+pub struct StoreThread(JoinHandle<()>);
+
+impl StoreThread {
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("the store thread panicked");
+        }
+    }
+}
+
+impl Store {
+    /// Moves `db` to a thread of its own.
+    pub fn spawn(mut db: Db) -> std::io::Result<(Store, StoreThread)> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("snctld-store".into())
+            .spawn(move || {
+                while let Ok(job) = queue.recv() {
+                    if let Flow::Stop = job(&mut db) {
+                        break;
+                    }
+                }
+            })?;
+        Ok((Store { jobs }, StoreThread(thread)))
+    }
+
+    /// Runs `f` on the store thread and returns its result.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut Db) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |db| {
+            let _ = tx.send(f(db));
+            Flow::Continue
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Asks the thread to stop once the jobs already queued have run.
+    pub fn close(&self) {
+        let _ = self.jobs.send(Box::new(|_| Flow::Stop));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, key: &Arc<MasterKey>) -> Db {
+        UncheckedDb::open(&dir.join(DB_FILE))
+            .unwrap()
+            .prepare(key.clone())
+            .unwrap()
+    }
+
+    fn sample(name: &str) -> (Authentication, TokenSet) {
+        (
+            Authentication {
+                name: name.into(),
+                instance_url: "https://acme.service-now.com".into(),
+                grant: Grant::ClientCredentials,
+                client_id: "cid".into(),
+                client_auth: ClientAuth::Form,
+                scope: None,
+                client_secret: Secret::new("client-secret-canary".into()),
+                created_at_ms: 1,
+            },
+            TokenSet {
+                access_token: Secret::new("access-token-canary".into()),
+                expires_at_ms: 2_000,
+                obtained_at_ms: 1_000,
+                refresh_token: None,
+            },
+        )
+    }
+
+    #[test]
+    fn insert_load_replace_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(MasterKey::generate().unwrap().0);
+        let mut db = open(dir.path(), &key);
+        let (auth, tokens) = sample("prod");
+        db.insert(&auth, &tokens).unwrap();
+        assert!(matches!(
+            db.insert(&auth, &tokens),
+            Err(StoreError::AlreadyExists)
+        ));
+        let mut records = db.load_all().unwrap();
+        assert_eq!(records.len(), 1);
+        let r = records.pop().unwrap();
+        assert_eq!(r.auth.client_secret.expose(), "client-secret-canary");
+        assert_eq!(
+            r.tokens.unwrap().access_token.expose(),
+            "access-token-canary"
+        );
+
+        db.set_health("prod", AuthState::Rejected, Some("denied"))
+            .unwrap();
+        assert_eq!(db.load_all().unwrap()[0].state, AuthState::Rejected);
+        let newer = TokenSet {
+            access_token: Secret::new("second".into()),
+            refresh_token: Some(Secret::new("rt".into())),
+            ..tokens.clone()
+        };
+        assert!(db.save_tokens("prod", &newer).unwrap());
+        let r = &db.load_all().unwrap()[0];
+        assert_eq!(r.state, AuthState::Ok);
+        assert_eq!(
+            r.tokens
+                .as_ref()
+                .unwrap()
+                .refresh_token
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "rt"
+        );
+        // A response without a refresh token keeps the stored one.
+        assert!(db.save_tokens("prod", &tokens).unwrap());
+        let r = &db.load_all().unwrap()[0];
+        assert_eq!(
+            r.tokens
+                .as_ref()
+                .unwrap()
+                .refresh_token
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "rt"
+        );
+
+        assert!(db.delete("prod").unwrap());
+        assert!(!db.delete("prod").unwrap());
+        assert_eq!(db.quick_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn reopen_checks_the_key_and_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(MasterKey::generate().unwrap().0);
+        let (auth, tokens) = sample("prod");
+        open(dir.path(), &key).insert(&auth, &tokens).unwrap();
+        let unchecked = UncheckedDb::open(&dir.path().join(DB_FILE)).unwrap();
+        let check = unchecked.key_check().unwrap().expect("check stored");
+        assert_eq!(MasterKey::blob_key_id(&check).unwrap(), key.id_hex());
+        let mut db = unchecked.prepare(key).unwrap();
+        assert_eq!(db.load_all().unwrap().len(), 1);
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            let raw = std::fs::read(file.unwrap().path()).unwrap();
+            for needle in [&b"client-secret-canary"[..], b"access-token-canary"] {
+                assert!(!raw.windows(needle.len()).any(|w| w == needle));
+            }
+        }
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        assert!(matches!(
+            UncheckedDb::open(&path),
+            Err(StoreError::SchemaTooNew { found: 99, .. })
+        ));
+    }
+}

@@ -1,0 +1,705 @@
+//! The token cache and the refresh scheduler.
+//!
+//! The hot path ([`Tokens::token`]) reads a token from memory: one read lock
+//! on the name map and one short mutex on the entry, no disk, no network.
+//! Everything that talks to the instance for an authentication holds that
+//! authentication's `flight` lock, so however many callers wait there is one
+//! upstream request at a time, and callers that queued behind a refresh
+//! find its token when they get the lock.
+//!
+//! Each authentication has a scheduler task that refreshes ahead of expiry
+//! (at a jittered fraction of the lifetime) and retries failures with
+//! exponential backoff, honouring `Retry-After`. A credential the instance
+//! refuses is not retried until an admin acts. New tokens are committed to
+//! the store before anyone receives them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use snctl_shared::protocol::{
+    AddRequest, AuthState, AuthSummary, RemoveReply, RemoveRequest, TokenReply, UpdateRequest,
+    UpstreamError, UpstreamKind,
+};
+use snctl_shared::{name, Error, Secret};
+
+use crate::clock::{self, now_ms};
+use crate::servicenow::{normalize_instance_url, Failure, ServiceNow};
+use crate::store::{Authentication, Record, Store, StoreError, TokenSet};
+
+/// When to refresh and how to back off.
+#[derive(Debug, Clone)]
+pub struct RefreshPolicy {
+    /// Refresh once this fraction of a token's lifetime has passed.
+    pub ahead: f64,
+    /// Spread refreshes by up to this fraction of the lifetime either way,
+    /// so that authentications added together do not refresh together.
+    pub jitter: f64,
+    /// First retry delay after a failure; doubles per failure.
+    pub backoff_min: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Longest `Retry-After` honoured.
+    pub retry_after_max: Duration,
+    /// Upstream token requests in flight at once, all authentications together.
+    pub max_concurrent_upstream: usize,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        RefreshPolicy {
+            ahead: 0.75,
+            jitter: 0.05,
+            backoff_min: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+            retry_after_max: Duration::from_secs(3600),
+            max_concurrent_upstream: 16,
+        }
+    }
+}
+
+struct Token {
+    access: Secret,
+    expires_at_ms: i64,
+    obtained_at_ms: i64,
+}
+
+struct Shared {
+    auth: Arc<Authentication>,
+    token: Option<Token>,
+    state: AuthState,
+    last_error: Option<UpstreamError>,
+    failures: u32,
+    retry_at_ms: Option<i64>,
+    next_refresh_ms: Option<i64>,
+    last_refresh_ms: Option<i64>,
+}
+
+struct Entry {
+    shared: Mutex<Shared>,
+    /// Held by whoever talks to the instance for this authentication.
+    flight: tokio::sync::Mutex<()>,
+    /// Tells the scheduler that its plan changed.
+    wake: Notify,
+    cancel: CancellationToken,
+}
+
+impl Entry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // A panic while holding this lock leaves plain data behind; keep going.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reply(shared: &Shared, token: &Token) -> TokenReply {
+        TokenReply {
+            access_token: token.access.clone(),
+            expires_at: token.expires_at_ms / 1000,
+            instance_url: shared.auth.instance_url.clone(),
+        }
+    }
+
+    /// A token valid for at least `min_valid_ms` more.
+    fn fresh(&self, min_valid_ms: i64) -> Option<TokenReply> {
+        let shared = self.lock();
+        let token = shared.token.as_ref()?;
+        (token.expires_at_ms - now_ms() > min_valid_ms).then(|| Self::reply(&shared, token))
+    }
+
+    /// Why no upstream call should be made now, if there is a reason.
+    fn holdoff(&self, name: &str) -> Option<Error> {
+        let shared = self.lock();
+        let error = shared.last_error.clone()?;
+        match shared.state {
+            AuthState::Rejected => Some(Error::Upstream(UpstreamError {
+                message: format!("{}; then run `snctl refresh {name}`", error.message),
+                ..error
+            })),
+            AuthState::Failing if shared.retry_at_ms.is_some_and(|t| t > now_ms()) => {
+                Some(Error::Upstream(error))
+            }
+            _ => None,
+        }
+    }
+
+    fn lifetime_ms(&self) -> Option<i64> {
+        let shared = self.lock();
+        shared
+            .token
+            .as_ref()
+            .map(|t| t.expires_at_ms - t.obtained_at_ms)
+    }
+
+    /// When the scheduler should act next; `None` means wait to be woken.
+    fn due_ms(&self) -> Option<i64> {
+        let shared = self.lock();
+        match shared.state {
+            AuthState::Rejected => None,
+            AuthState::Failing => shared.retry_at_ms.or(Some(now_ms())),
+            AuthState::Ok => shared.next_refresh_ms.or(Some(now_ms())),
+        }
+    }
+
+    fn summary(&self) -> AuthSummary {
+        let shared = self.lock();
+        let auth = &shared.auth;
+        AuthSummary {
+            name: auth.name.clone(),
+            instance_url: auth.instance_url.clone(),
+            grant: auth.grant,
+            client_id: auth.client_id.clone(),
+            client_auth: auth.client_auth,
+            scope: auth.scope.clone(),
+            state: shared.state,
+            last_error: shared.last_error.as_ref().map(|e| e.message.clone()),
+            access_expires_at: shared.token.as_ref().map(|t| t.expires_at_ms / 1000),
+            last_refresh_at: shared.last_refresh_ms.map(|t| t / 1000),
+            next_refresh_at: match shared.state {
+                AuthState::Ok => shared.next_refresh_ms,
+                AuthState::Failing => shared.retry_at_ms,
+                AuthState::Rejected => None,
+            }
+            .map(|t| t / 1000),
+            created_at: auth.created_at_ms / 1000,
+        }
+    }
+}
+
+struct Inner {
+    entries: RwLock<HashMap<String, Arc<Entry>>>,
+    store: Store,
+    upstream: ServiceNow,
+    policy: RefreshPolicy,
+    permits: Semaphore,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The cache of every authentication's tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Tokens {
+    inner: Arc<Inner>,
+}
+
+/// Counts for `snctl status`.
+pub struct Overview {
+    pub authentications: u32,
+    pub unhealthy: u32,
+    pub next_refresh: Option<(String, i64)>,
+}
+
+fn internal(error: StoreError) -> Error {
+    tracing::error!(%error, "store failure");
+    Error::Internal {
+        message: format!("the database failed: {error}"),
+    }
+}
+
+fn upstream_error(failure: &Failure, instance: &str, retry_at_ms: Option<i64>) -> UpstreamError {
+    UpstreamError {
+        kind: failure.kind,
+        status: failure.status,
+        message: failure.explain(instance),
+        retry_at: retry_at_ms.map(|t| t / 1000),
+    }
+}
+
+impl Tokens {
+    /// Builds the cache from the stored records and starts a scheduler for
+    /// each authentication.
+    pub fn start(
+        records: Vec<Record>,
+        store: Store,
+        upstream: ServiceNow,
+        policy: RefreshPolicy,
+    ) -> Tokens {
+        let tokens = Tokens {
+            inner: Arc::new(Inner {
+                entries: RwLock::new(HashMap::with_capacity(records.len())),
+                store,
+                upstream,
+                permits: Semaphore::new(policy.max_concurrent_upstream.max(1)),
+                policy,
+                stop: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        };
+        for record in records {
+            let last_error = record.last_error.map(|message| UpstreamError {
+                kind: if record.state == AuthState::Rejected {
+                    UpstreamKind::AccessDenied
+                } else {
+                    UpstreamKind::Connection
+                },
+                status: None,
+                message,
+                retry_at: None,
+            });
+            let name = record.auth.name.clone();
+            let entry = tokens.new_entry(record.auth, record.tokens, record.state, last_error);
+            tokens.write_entries().insert(name, entry.clone());
+            tokens.spawn_scheduler(entry);
+        }
+        tokens
+    }
+
+    fn read_entries(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Entry>>> {
+        self.inner.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_entries(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Entry>>> {
+        self.inner
+            .entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn entry(&self, name: &str) -> Result<Arc<Entry>, Error> {
+        self.read_entries()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                name: name.to_string(),
+            })
+    }
+
+    fn new_entry(
+        &self,
+        auth: Authentication,
+        tokens: Option<TokenSet>,
+        state: AuthState,
+        last_error: Option<UpstreamError>,
+    ) -> Arc<Entry> {
+        let mut shared = Shared {
+            auth: Arc::new(auth),
+            token: None,
+            state,
+            last_error,
+            failures: 0,
+            retry_at_ms: None,
+            next_refresh_ms: None,
+            last_refresh_ms: None,
+        };
+        if let Some(tokens) = tokens {
+            self.install(&mut shared, tokens);
+            // A stored failure state outlives the restart; install() reset it.
+            shared.state = state;
+        }
+        Arc::new(Entry {
+            shared: Mutex::new(shared),
+            flight: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            cancel: self.inner.stop.child_token(),
+        })
+    }
+
+    /// Puts new tokens in place and plans the next refresh.
+    fn install(&self, shared: &mut Shared, tokens: TokenSet) {
+        let lifetime = (tokens.expires_at_ms - tokens.obtained_at_ms).max(0) as f64;
+        let policy = &self.inner.policy;
+        let jitter = if policy.jitter > 0.0 {
+            rand::thread_rng().gen_range(-policy.jitter..policy.jitter)
+        } else {
+            0.0
+        };
+        let at = tokens.obtained_at_ms + (lifetime * (policy.ahead + jitter)).round() as i64;
+        shared.next_refresh_ms = Some(at.min(tokens.expires_at_ms));
+        shared.last_refresh_ms = Some(tokens.obtained_at_ms);
+        shared.token = Some(Token {
+            access: tokens.access_token,
+            expires_at_ms: tokens.expires_at_ms,
+            obtained_at_ms: tokens.obtained_at_ms,
+        });
+        shared.state = AuthState::Ok;
+        shared.last_error = None;
+        shared.failures = 0;
+        shared.retry_at_ms = None;
+    }
+
+    fn backoff(&self, failures: u32, failure: &Failure) -> Duration {
+        let policy = &self.inner.policy;
+        let exp = policy
+            .backoff_min
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+            .min(policy.backoff_max);
+        // Full jitter over the upper half: spread, but never much sooner.
+        let half = exp / 2;
+        let delay = half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0));
+        match failure.retry_after {
+            Some(asked) => delay.max(asked.min(policy.retry_after_max)),
+            None => delay,
+        }
+    }
+
+    /// Asks the instance for a new token and commits it. The caller holds
+    /// the entry's flight lock.
+    async fn fetch(&self, entry: &Entry) -> Result<(), Error> {
+        let auth = entry.lock().auth.clone();
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable {
+                message: "snctld is shutting down".into(),
+            })?;
+        let result = self.inner.upstream.request_token(&auth).await;
+        match result {
+            Ok(tokens) => {
+                let name = auth.name.clone();
+                let to_store = tokens.clone();
+                let found = self
+                    .inner
+                    .store
+                    .call(move |db| db.save_tokens(&name, &to_store))
+                    .await
+                    .map_err(internal)?;
+                if !found {
+                    return Err(Error::NotFound {
+                        name: auth.name.clone(),
+                    });
+                }
+                let expires_in = (tokens.expires_at_ms - now_ms()) / 1000;
+                self.install(&mut entry.lock(), tokens);
+                entry.wake.notify_one();
+                tracing::info!(name = %auth.name, expires_in, "access token refreshed");
+                Ok(())
+            }
+            Err(failure) => {
+                let (error, changed) = {
+                    let mut shared = entry.lock();
+                    shared.failures += 1;
+                    let before = shared.state;
+                    if failure.is_transient() {
+                        shared.state = AuthState::Failing;
+                        shared.retry_at_ms = Some(
+                            now_ms() + self.backoff(shared.failures, &failure).as_millis() as i64,
+                        );
+                    } else {
+                        shared.state = AuthState::Rejected;
+                        shared.retry_at_ms = None;
+                    }
+                    let error = upstream_error(&failure, &auth.instance_url, shared.retry_at_ms);
+                    shared.last_error = Some(error.clone());
+                    (error, before != shared.state || shared.failures == 1)
+                };
+                entry.wake.notify_one();
+                tracing::warn!(name = %auth.name, kind = ?failure.kind, status = ?failure.status,
+                    retry_at = ?error.retry_at, "refresh failed: {}", error.message);
+                if changed {
+                    let (name, state, message) =
+                        (auth.name.clone(), entry.lock().state, error.message.clone());
+                    if let Err(e) = self
+                        .inner
+                        .store
+                        .call(move |db| db.set_health(&name, state, Some(&message)))
+                        .await
+                    {
+                        tracing::error!(error = %e, "cannot record the failure");
+                    }
+                }
+                Err(Error::Upstream(error))
+            }
+        }
+    }
+
+    /// A token valid for at least `min_valid` more. Served from memory when
+    /// possible; otherwise refreshed first (one upstream request however
+    /// many callers wait). When the refresh fails, a token that is still
+    /// valid is served anyway.
+    pub async fn token(&self, name: &str, min_valid: Duration) -> Result<TokenReply, Error> {
+        let entry = self.entry(name)?;
+        let min_valid_ms = min_valid.as_millis() as i64;
+        if let Some(reply) = entry.fresh(min_valid_ms) {
+            return Ok(reply);
+        }
+        if entry
+            .lifetime_ms()
+            .is_some_and(|lifetime| min_valid_ms >= lifetime)
+        {
+            return Err(Error::invalid(format!(
+                "{name}'s tokens live {} s, so a token valid for {} s more cannot be had: ask for less",
+                entry.lifetime_ms().unwrap_or(0) / 1000,
+                min_valid.as_secs()
+            )));
+        }
+        let _flight = entry.flight.lock().await;
+        if let Some(reply) = entry.fresh(min_valid_ms) {
+            return Ok(reply);
+        }
+        let outcome = match entry.holdoff(name) {
+            Some(error) => Err(error),
+            None => self.fetch(&entry).await,
+        };
+        match outcome {
+            Ok(()) => entry.fresh(0).ok_or_else(|| Error::Internal {
+                message: "a new token expired at once; check the clock".into(),
+            }),
+            Err(error) => entry.fresh(0).ok_or(error),
+        }
+    }
+
+    /// Refreshes now, whatever the plan or the backoff (`snctl refresh`).
+    pub async fn refresh(&self, name: &str) -> Result<AuthSummary, Error> {
+        let entry = self.entry(name)?;
+        let _flight = entry.flight.lock().await;
+        self.fetch(&entry).await?;
+        Ok(entry.summary())
+    }
+
+    fn check_auth(auth: &Authentication) -> Result<(), Error> {
+        if auth.client_id.trim().is_empty() {
+            return Err(Error::invalid(
+                "the client ID is empty: copy it from the Application Registry record",
+            ));
+        }
+        if auth.client_secret.is_empty() {
+            return Err(Error::invalid(
+                "the client secret is empty: copy it from the Application Registry record",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Registers an authentication once it has produced a token.
+    pub async fn add(&self, request: AddRequest) -> Result<AuthSummary, Error> {
+        name::validate(&request.name).map_err(Error::invalid)?;
+        if self.read_entries().contains_key(&request.name) {
+            return Err(Error::AlreadyExists { name: request.name });
+        }
+        let auth = Authentication {
+            instance_url: normalize_instance_url(&request.instance_url).map_err(Error::invalid)?,
+            name: request.name,
+            grant: request.grant,
+            client_id: request.client_id.trim().to_string(),
+            client_auth: request.client_auth,
+            scope: request
+                .scope
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+            client_secret: request.client_secret,
+            created_at_ms: now_ms(),
+        };
+        Self::check_auth(&auth)?;
+        let tokens = self.verify(&auth).await?;
+        let (to_store, stored_tokens) = (auth.clone(), tokens.clone());
+        self.inner
+            .store
+            .call(move |db| db.insert(&to_store, &stored_tokens))
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyExists => Error::AlreadyExists {
+                    name: auth.name.clone(),
+                },
+                other => internal(other),
+            })?;
+        let name = auth.name.clone();
+        let entry = self.new_entry(auth, Some(tokens), AuthState::Ok, None);
+        self.write_entries().insert(name.clone(), entry.clone());
+        self.spawn_scheduler(entry.clone());
+        tracing::info!(%name, "authentication added");
+        Ok(entry.summary())
+    }
+
+    /// Gets a first token with settings that are not stored yet.
+    async fn verify(&self, auth: &Authentication) -> Result<TokenSet, Error> {
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable {
+                message: "snctld is shutting down".into(),
+            })?;
+        self.inner
+            .upstream
+            .request_token(auth)
+            .await
+            .map_err(|failure| {
+                Error::Upstream(UpstreamError {
+                    message: format!("{}; nothing was saved", failure.explain(&auth.instance_url)),
+                    ..upstream_error(&failure, &auth.instance_url, None)
+                })
+            })
+    }
+
+    /// Changes settings once the new ones have produced a token.
+    pub async fn update(&self, request: UpdateRequest) -> Result<AuthSummary, Error> {
+        let entry = self.entry(&request.name)?;
+        let _flight = entry.flight.lock().await;
+        let mut auth = (*entry.lock().auth).clone();
+        let mut changed = false;
+        if let Some(url) = request.instance_url {
+            auth.instance_url = normalize_instance_url(&url).map_err(Error::invalid)?;
+            changed = true;
+        }
+        if let Some(id) = request.client_id {
+            auth.client_id = id.trim().to_string();
+            changed = true;
+        }
+        if let Some(secret) = request.client_secret {
+            auth.client_secret = secret;
+            changed = true;
+        }
+        if let Some(method) = request.client_auth {
+            auth.client_auth = method;
+            changed = true;
+        }
+        if let Some(scope) = request.scope {
+            auth.scope = Some(scope.trim().to_string()).filter(|s| !s.is_empty());
+            changed = true;
+        }
+        if !changed {
+            return Err(Error::invalid(
+                "nothing to change: give --instance, --client-id, --client-secret-stdin, --client-auth or --scope",
+            ));
+        }
+        Self::check_auth(&auth)?;
+        let tokens = self.verify(&auth).await.map_err(|e| match e {
+            Error::Upstream(u) => Error::Upstream(UpstreamError {
+                message: u
+                    .message
+                    .replace("nothing was saved", "the previous settings stay in use"),
+                ..u
+            }),
+            other => other,
+        })?;
+        let (to_store, stored_tokens) = (auth.clone(), tokens.clone());
+        let found = self
+            .inner
+            .store
+            .call(move |db| db.replace(&to_store, &stored_tokens))
+            .await
+            .map_err(internal)?;
+        if !found {
+            return Err(Error::NotFound { name: auth.name });
+        }
+        tracing::info!(name = %auth.name, "authentication updated");
+        {
+            let mut shared = entry.lock();
+            shared.auth = Arc::new(auth);
+            self.install(&mut shared, tokens);
+        }
+        entry.wake.notify_one();
+        Ok(entry.summary())
+    }
+
+    /// Revokes (unless asked not to) and deletes an authentication.
+    pub async fn remove(&self, request: RemoveRequest) -> Result<RemoveReply, Error> {
+        let entry = self.entry(&request.name)?;
+        let _flight = entry.flight.lock().await;
+        // From here on nobody is handed this authentication's token.
+        if self.write_entries().remove(&request.name).is_none() {
+            return Err(Error::NotFound { name: request.name });
+        }
+        let (auth, access) = {
+            let shared = entry.lock();
+            (
+                shared.auth.clone(),
+                shared.token.as_ref().map(|t| t.access.clone()),
+            )
+        };
+        let mut reply = RemoveReply {
+            revoked: 0,
+            revoke_error: None,
+        };
+        if let (false, Some(access)) = (request.keep_upstream, access) {
+            match self.inner.upstream.revoke(&auth, &access).await {
+                Ok(()) => reply.revoked += 1,
+                Err(failure) => reply.revoke_error = Some(failure.explain(&auth.instance_url)),
+            }
+        }
+        let name = request.name.clone();
+        match self.inner.store.call(move |db| db.delete(&name)).await {
+            Ok(_) => {
+                entry.cancel.cancel();
+                tracing::info!(name = %request.name, revoked = reply.revoked, "authentication removed");
+                Ok(reply)
+            }
+            Err(e) => {
+                self.write_entries().insert(request.name, entry.clone());
+                Err(internal(e))
+            }
+        }
+    }
+
+    pub fn show(&self, name: &str) -> Result<AuthSummary, Error> {
+        Ok(self.entry(name)?.summary())
+    }
+
+    pub fn list(&self) -> Vec<AuthSummary> {
+        let entries: Vec<Arc<Entry>> = self.read_entries().values().cloned().collect();
+        let mut list: Vec<AuthSummary> = entries.iter().map(|e| e.summary()).collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    pub fn overview(&self) -> Overview {
+        let entries = self.read_entries();
+        let mut overview = Overview {
+            authentications: entries.len() as u32,
+            unhealthy: 0,
+            next_refresh: None,
+        };
+        for (name, entry) in entries.iter() {
+            if entry.lock().state != AuthState::Ok {
+                overview.unhealthy += 1;
+            }
+            if let Some(due) = entry.due_ms() {
+                if overview
+                    .next_refresh
+                    .as_ref()
+                    .is_none_or(|(_, t)| due / 1000 < *t)
+                {
+                    overview.next_refresh = Some((name.clone(), due / 1000));
+                }
+            }
+        }
+        overview
+    }
+
+    fn spawn_scheduler(&self, entry: Arc<Entry>) {
+        let tokens = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { tokens.schedule(entry).await });
+    }
+
+    async fn schedule(&self, entry: Arc<Entry>) {
+        loop {
+            let due = entry.due_ms();
+            let sleep = async {
+                match due {
+                    Some(at) => tokio::time::sleep(clock::until(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = entry.cancel.cancelled() => break,
+                _ = entry.wake.notified() => continue,
+                _ = sleep => {
+                    let _flight = tokio::select! {
+                        _ = entry.cancel.cancelled() => break,
+                        guard = entry.flight.lock() => guard,
+                    };
+                    // Someone may have refreshed while we waited for the lock.
+                    if entry.due_ms().is_some_and(|at| at <= now_ms()) {
+                        // The outcome is recorded on the entry and logged.
+                        let _ = self.fetch(&entry).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops every scheduler and waits for in-flight refreshes to finish.
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}

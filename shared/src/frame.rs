@@ -1,0 +1,287 @@
+//! Bytes <-> messages. The only module that knows the wire encoding.
+//!
+//! A frame is:
+//!
+//! ```text
+//! +----------------------+-----------------------------------------+
+//! | length: u32, LE      | payload: `length` bytes of bincode 2    |
+//! +----------------------+-----------------------------------------+
+//! ```
+//!
+//! The payload is the message encoded with bincode 2.0.1's standard
+//! configuration through serde: little-endian, variable-length integers
+//! (values below 251 take one byte; then a marker byte 251/252/253 and
+//! 2/4/8 bytes), strings and sequences as a length then their items, enum
+//! variants as their index, `Option` as 0 or 1 then the value.
+//!
+//! Two limits protect the reader: the length is checked against a cap for
+//! the direction before anything is allocated (requests are small;
+//! responses may list thousands of authentications), and bincode itself runs
+//! with the same limit so that a length *inside* the payload cannot make it
+//! allocate more. A payload must be consumed exactly; trailing bytes are an
+//! error.
+
+use std::io::{self, Read, Write};
+
+use bincode::config::{Configuration, Limit};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Largest frame a client may send to the daemon.
+pub const MAX_REQUEST_FRAME: usize = 64 * 1024;
+/// Largest frame the daemon may send to a client.
+pub const MAX_RESPONSE_FRAME: usize = 16 * 1024 * 1024;
+/// Bytes in the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+type Config<const N: usize> =
+    Configuration<bincode::config::LittleEndian, bincode::config::Varint, Limit<N>>;
+
+fn config<const N: usize>() -> Config<N> {
+    bincode::config::standard().with_limit::<N>()
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix claims more than the reader accepts.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Claimed length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload is not a valid message.
+    #[error("malformed frame: {0}")]
+    Decode(String),
+    /// The message could not be encoded (or is larger than the limit).
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+    /// The peer closed the connection between frames.
+    #[error("connection closed")]
+    Closed,
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Encodes `message` as a whole frame (length prefix included).
+///
+/// Fails when the payload would exceed `max` bytes.
+pub fn encode<T: Serialize>(message: &T, max: usize) -> Result<Vec<u8>, FrameError> {
+    let mut frame = vec![0u8; HEADER_LEN];
+    bincode::serde::encode_into_std_write(message, &mut frame, config::<MAX_RESPONSE_FRAME>())
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let len = frame.len() - HEADER_LEN;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    frame[..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(frame)
+}
+
+/// Reads the payload length from a frame header, refusing lengths above `max`.
+pub fn payload_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+/// Decodes a request-direction payload (client to daemon).
+pub fn decode_request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    decode_with(payload, config::<MAX_REQUEST_FRAME>())
+}
+
+/// Decodes a response-direction payload (daemon to client).
+pub fn decode_response<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    decode_with(payload, config::<MAX_RESPONSE_FRAME>())
+}
+
+fn decode_with<T: DeserializeOwned, const N: usize>(
+    payload: &[u8],
+    config: Config<N>,
+) -> Result<T, FrameError> {
+    let (message, used) = bincode::serde::decode_from_slice(payload, config)
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != payload.len() {
+        return Err(FrameError::Decode(format!(
+            "{} trailing bytes after the message",
+            payload.len() - used
+        )));
+    }
+    Ok(message)
+}
+
+/// Writes one frame to a blocking writer.
+pub fn write_frame<W: Write, T: Serialize>(
+    writer: &mut W,
+    message: &T,
+    max: usize,
+) -> Result<(), FrameError> {
+    writer.write_all(&encode(message, max)?)?;
+    writer.flush()?;
+    Ok(())
+}
+
+/// Reads one response-direction frame from a blocking reader.
+///
+/// End of stream before the first header byte is [`FrameError::Closed`].
+pub fn read_response<R: Read, T: DeserializeOwned>(reader: &mut R) -> Result<T, FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut filled = 0;
+    while filled < HEADER_LEN {
+        match reader.read(&mut header[filled..]) {
+            Ok(0) if filled == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = payload_len(header, MAX_RESPONSE_FRAME)?;
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload)?;
+    decode_response(&payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::*;
+    use crate::Secret;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    // Golden frames: these bytes are the protocol. A change here is a
+    // protocol change and needs a PROTOCOL_VERSION bump.
+    #[test]
+    fn golden_hello() {
+        let hello = Hello {
+            protocol_version: 1,
+            client_version: "0.1.0".into(),
+        };
+        let frame = encode(&hello, MAX_REQUEST_FRAME).unwrap();
+        assert_eq!(hex(&frame), "070000000105302e312e30");
+        let reply = HelloReply {
+            protocol_version: 1,
+            daemon_version: "0.1.0".into(),
+        };
+        let frame = encode(&reply, MAX_RESPONSE_FRAME).unwrap();
+        assert_eq!(hex(&frame), "070000000105302e312e30");
+    }
+
+    #[test]
+    fn golden_token_request_and_reply() {
+        let request = Request::Token(TokenRequest {
+            name: "prod".into(),
+            min_valid_secs: 300,
+        });
+        let frame = encode(&request, MAX_REQUEST_FRAME).unwrap();
+        // variant 0, "prod", 300 as varint (251 marker + u16 LE)
+        assert_eq!(hex(&frame), "09000000000470726f64fb2c01");
+        let response: Response = Ok(Reply::Token(TokenReply {
+            access_token: Secret::new("tok".into()),
+            expires_at: 1_700_000_000,
+            instance_url: "https://a".into(),
+        }));
+        let frame = encode(&response, MAX_RESPONSE_FRAME).unwrap();
+        // Ok(0), Token(0), "tok", zigzag i64 (3.4e9: 252 marker + u32 LE), "https://a"
+        assert_eq!(
+            hex(&frame),
+            "15000000000003746f6bfc00e2a7ca0968747470733a2f2f61"
+        );
+    }
+
+    #[test]
+    fn golden_error_response() {
+        let response: Response = Err(Error::NotFound { name: "x".into() });
+        let frame = encode(&response, MAX_RESPONSE_FRAME).unwrap();
+        assert_eq!(hex(&frame), "0400000001000178");
+    }
+
+    #[test]
+    fn round_trip_every_request_kind() {
+        let requests = [
+            Request::Token(TokenRequest {
+                name: "a".into(),
+                min_valid_secs: 0,
+            }),
+            Request::List,
+            Request::Show(NameRequest { name: "a".into() }),
+            Request::Add(AddRequest {
+                name: "a".into(),
+                instance_url: "https://x".into(),
+                grant: Grant::ClientCredentials,
+                client_id: "id".into(),
+                client_secret: Secret::new("s".into()),
+                client_auth: ClientAuth::Basic,
+                scope: Some("useraccount".into()),
+            }),
+            Request::Update(UpdateRequest {
+                name: "a".into(),
+                instance_url: None,
+                client_id: Some("id2".into()),
+                client_secret: None,
+                client_auth: None,
+                scope: None,
+            }),
+            Request::Remove(RemoveRequest {
+                name: "a".into(),
+                keep_upstream: true,
+            }),
+            Request::Refresh(NameRequest { name: "a".into() }),
+            Request::Status,
+        ];
+        for request in requests {
+            let frame = encode(&request, MAX_REQUEST_FRAME).unwrap();
+            let len = payload_len(frame[..4].try_into().unwrap(), MAX_REQUEST_FRAME).unwrap();
+            assert_eq!(len, frame.len() - 4);
+            let back: Request = decode_request(&frame[4..]).unwrap();
+            assert_eq!(back, request);
+        }
+    }
+
+    #[test]
+    fn oversized_lengths_are_refused_before_reading() {
+        let header = u32::MAX.to_le_bytes();
+        assert!(matches!(
+            payload_len(header, MAX_REQUEST_FRAME),
+            Err(FrameError::TooLarge { .. })
+        ));
+        // A reader that would hand out 4 GiB is never asked for the payload.
+        let mut reader = io::Cursor::new(header.to_vec()).chain(io::repeat(0));
+        assert!(matches!(
+            read_response::<_, Response>(&mut reader),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_length_inside_the_payload_cannot_claim_more_than_the_limit() {
+        // Show(name) whose string length claims u64::MAX bytes.
+        let mut payload = vec![2u8, 253];
+        payload.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_request::<Request>(&payload).is_err());
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_errors_not_panics() {
+        assert!(decode_request::<Request>(&[200, 1, 2, 3]).is_err());
+        assert!(decode_request::<Request>(&[]).is_err());
+        assert!(decode_request::<Request>(&[1, 0]).is_err(), "trailing byte");
+        assert!(decode_request::<Hello>(&[0xff; 16]).is_err());
+    }
+
+    #[test]
+    fn closed_between_frames_is_not_an_error_of_the_peer() {
+        let mut empty = io::empty();
+        assert!(matches!(
+            read_response::<_, Response>(&mut empty),
+            Err(FrameError::Closed)
+        ));
+    }
+}

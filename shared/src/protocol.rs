@@ -1,0 +1,506 @@
+//! The messages exchanged over the daemon's socket.
+//!
+//! A connection starts with the client sending [`Hello`] and the daemon
+//! answering [`HelloReply`] with its own version; when the versions differ,
+//! the daemon closes the connection after that reply and the client reports
+//! [`Error::ProtocolMismatch`]. After that the client sends any
+//! number of [`Request`]s, one at a time, each answered by one [`Response`].
+//! How each message becomes bytes is the business of [`crate::frame`].
+//!
+//! Compatibility rules: [`Hello`] and [`HelloReply`] never change shape, so that any two versions can at least tell each other
+//! that they disagree. Everything else may change only together with
+//! [`PROTOCOL_VERSION`]; new enum variants are appended at the end.
+//!
+//! Secrets travel only inward (a client secret in [`AddRequest`]); the only
+//! secret the daemon ever sends is an access token in [`TokenReply`].
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Secret;
+
+/// The protocol version spoken by this build. Bumped on any change to the
+/// shape of a [`Request`] or [`Response`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// First frame of every connection, client to daemon. Frozen forever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The client's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The client's package version, for the daemon's logs.
+    pub client_version: String,
+}
+
+/// The daemon's answer to a matching [`Hello`]. Frozen forever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// The daemon's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The daemon's package version.
+    pub daemon_version: String,
+}
+
+/// One request from a client. The daemon answers each with one [`Response`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// An access token for an authentication.
+    Token(TokenRequest),
+    /// Every authentication the caller may see.
+    List,
+    /// One authentication, without secrets.
+    Show(NameRequest),
+    /// Register a new authentication; it is saved only once it has worked.
+    Add(AddRequest),
+    /// Change an authentication's OAuth client or instance.
+    Update(UpdateRequest),
+    /// Revoke (unless asked not to) and delete an authentication.
+    Remove(RemoveRequest),
+    /// Get a new access token now.
+    Refresh(NameRequest),
+    /// How the daemon is doing.
+    Status,
+}
+
+impl Request {
+    /// A short name of the request kind, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Token(_) => "token",
+            Request::List => "list",
+            Request::Show(_) => "show",
+            Request::Add(_) => "add",
+            Request::Update(_) => "update",
+            Request::Remove(_) => "remove",
+            Request::Refresh(_) => "refresh",
+            Request::Status => "status",
+        }
+    }
+}
+
+/// The daemon's answer to one [`Request`].
+pub type Response = Result<Reply, Error>;
+
+/// A successful answer, one variant per request kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Answer to [`Request::Token`].
+    Token(TokenReply),
+    /// Answer to [`Request::List`].
+    List(Vec<AuthSummary>),
+    /// Answer to [`Request::Show`], [`Request::Add`], [`Request::Update`]
+    /// and [`Request::Refresh`]: the authentication as it now is.
+    Auth(AuthSummary),
+    /// Answer to [`Request::Remove`].
+    Removed(RemoveReply),
+    /// Answer to [`Request::Status`].
+    Status(DaemonStatus),
+}
+
+/// Asks for an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRequest {
+    /// The authentication's name.
+    pub name: String,
+    /// The token must stay valid at least this many seconds; the daemon
+    /// refreshes first when less is left.
+    pub min_valid_secs: u32,
+}
+
+/// Names one authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameRequest {
+    /// The authentication's name.
+    pub name: String,
+}
+
+/// An access token and what a caller needs to use it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenReply {
+    /// The bearer token.
+    pub access_token: Secret,
+    /// Seconds since the Unix epoch after which the token is no longer valid.
+    pub expires_at: i64,
+    /// The instance the token is for, e.g. `https://acme.service-now.com`.
+    pub instance_url: String,
+}
+
+/// How the OAuth client proves who it is at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` as form fields (ServiceNow's default).
+    Form,
+    /// HTTP Basic authentication.
+    Basic,
+}
+
+impl ClientAuth {
+    /// The spelling used on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Form => "form",
+            ClientAuth::Basic => "basic",
+        }
+    }
+}
+
+/// The OAuth grant an authentication uses to get tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Grant {
+    /// `client_credentials`: unattended, no refresh token.
+    ClientCredentials,
+}
+
+impl Grant {
+    /// The spelling used on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::ClientCredentials => "client-credentials",
+        }
+    }
+}
+
+/// Registers a new authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddRequest {
+    /// The name every later command uses.
+    pub name: String,
+    /// The instance URL, `https://NAME.service-now.com`.
+    pub instance_url: String,
+    /// The grant used to get tokens.
+    pub grant: Grant,
+    /// Client ID from the Application Registry record.
+    pub client_id: String,
+    /// Client secret from the Application Registry record.
+    pub client_secret: Secret,
+    /// How the client authenticates at the token endpoint.
+    pub client_auth: ClientAuth,
+    /// OAuth scope to request, if any.
+    pub scope: Option<String>,
+}
+
+/// Changes an authentication. Fields left `None` keep their value; the new
+/// settings must get a token before they replace the old ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    /// The authentication to change.
+    pub name: String,
+    /// A new instance URL.
+    pub instance_url: Option<String>,
+    /// A new client ID.
+    pub client_id: Option<String>,
+    /// A new client secret.
+    pub client_secret: Option<Secret>,
+    /// A new client authentication method.
+    pub client_auth: Option<ClientAuth>,
+    /// A new scope; `Some("")` removes the scope.
+    pub scope: Option<String>,
+}
+
+/// Deletes an authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    /// The authentication to delete.
+    pub name: String,
+    /// Skip revoking the tokens at the instance.
+    pub keep_upstream: bool,
+}
+
+/// What happened upstream when an authentication was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveReply {
+    /// How many tokens the instance accepted to revoke.
+    pub revoked: u32,
+    /// Why revoking failed, when it did (the authentication is deleted anyway).
+    pub revoke_error: Option<String>,
+}
+
+/// The health of an authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthState {
+    /// A valid token is in hand and refreshes succeed.
+    Ok,
+    /// The last refresh failed for a reason that may pass (instance down,
+    /// rate limit, network); the daemon retries with backoff.
+    Failing,
+    /// The instance refused the credentials; the daemon does not retry until
+    /// an admin runs `snctl update` or `snctl refresh`.
+    Rejected,
+}
+
+impl AuthState {
+    /// The spelling used in `snctl list` and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthState::Ok => "ok",
+            AuthState::Failing => "failing",
+            AuthState::Rejected => "rejected",
+        }
+    }
+}
+
+/// One authentication as admins see it: never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthSummary {
+    /// The authentication's name.
+    pub name: String,
+    /// The instance URL.
+    pub instance_url: String,
+    /// The grant.
+    pub grant: Grant,
+    /// The OAuth client ID (not a secret).
+    pub client_id: String,
+    /// How the client authenticates.
+    pub client_auth: ClientAuth,
+    /// The requested scope.
+    pub scope: Option<String>,
+    /// Health.
+    pub state: AuthState,
+    /// The last error, when the state is not `Ok`.
+    pub last_error: Option<String>,
+    /// When the current access token expires (Unix seconds).
+    pub access_expires_at: Option<i64>,
+    /// When the last successful refresh happened (Unix seconds).
+    pub last_refresh_at: Option<i64>,
+    /// When the daemon plans its next refresh (Unix seconds).
+    pub next_refresh_at: Option<i64>,
+    /// When the authentication was added (Unix seconds).
+    pub created_at: i64,
+}
+
+/// Answer to [`Request::Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// The daemon's package version.
+    pub version: String,
+    /// The daemon's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// The socket path the daemon serves.
+    pub socket: String,
+    /// The state directory (database and key).
+    pub state_dir: String,
+    /// How many authentications are stored.
+    pub authentications: u32,
+    /// How many are failing or rejected.
+    pub unhealthy: u32,
+    /// The next planned refresh: authentication name and Unix time.
+    pub next_refresh: Option<(String, i64)>,
+    /// Connections open right now, this one included.
+    pub connections: u32,
+}
+
+/// Coarse kind of an [`Error`], for callers that branch on it. Each maps to
+/// one of the CLI's documented exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Exit 1.
+    Other,
+    /// Exit 2.
+    Usage,
+    /// Exit 3.
+    Unreachable,
+    /// Exit 4.
+    NotFound,
+    /// Exit 5.
+    NeedsLogin,
+    /// Exit 6.
+    Forbidden,
+    /// Exit 7.
+    Upstream,
+}
+
+impl ErrorKind {
+    /// The `snctl` exit code for this kind (DESIGN §7).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Other => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::Unreachable => 3,
+            ErrorKind::NotFound => 4,
+            ErrorKind::NeedsLogin => 5,
+            ErrorKind::Forbidden => 6,
+            ErrorKind::Upstream => 7,
+        }
+    }
+}
+
+/// What went wrong at the instance, as far as it can be told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamKind {
+    /// ServiceNow's generic 401 `access_denied`: credentials, grant setting
+    /// or registry record. Not retried automatically.
+    AccessDenied,
+    /// 429 Too Many Requests.
+    RateLimited,
+    /// 5xx.
+    ServerError,
+    /// Another unexpected HTTP status.
+    HttpStatus,
+    /// The instance answered with an HTML page (often: hibernating).
+    NotJson,
+    /// The body was not the JSON a token endpoint returns.
+    BadResponse,
+    /// No answer in time.
+    Timeout,
+    /// The connection failed or was reset.
+    Connection,
+    /// TLS handshake or certificate failure.
+    Tls,
+}
+
+/// A failure at the instance, with the daemon's explanation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamError {
+    /// What kind of failure.
+    pub kind: UpstreamKind,
+    /// The HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    /// One line: what happened and what to do.
+    pub message: String,
+    /// When the daemon will try again (Unix seconds), if it will.
+    pub retry_at: Option<i64>,
+}
+
+/// Every way a request can fail. Crosses the socket as is; callers branch on
+/// the variant (or [`Error::kind`]), never on the text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Error {
+    /// No authentication has this name.
+    #[error(
+        "no authentication named {name:?}: see `snctl list`, or add it with `snctl add {name}`"
+    )]
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// `add` of a name that is taken.
+    #[error("an authentication named {name:?} already exists: use `snctl update {name}` to change it, or `snctl remove {name}` first")]
+    AlreadyExists {
+        /// The name asked for.
+        name: String,
+    },
+    /// A person must log in again.
+    #[error("authentication {name} needs a new login: run `snctl login {name}`")]
+    NeedsLogin {
+        /// The authentication.
+        name: String,
+    },
+    /// The caller may not do this.
+    #[error("forbidden: {reason}")]
+    Forbidden {
+        /// Which rule refused.
+        reason: String,
+    },
+    /// The instance failed or refused.
+    #[error("{}", .0.message)]
+    Upstream(UpstreamError),
+    /// The request itself is wrong (bad URL, bad name, impossible option).
+    #[error("{message}")]
+    InvalidRequest {
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The daemon cannot serve right now (shutting down, too busy).
+    #[error("the daemon cannot serve this request now: {message}")]
+    Unavailable {
+        /// Why.
+        message: String,
+    },
+    /// Client and daemon speak different protocol versions.
+    #[error("snctl speaks protocol {client} but snctld speaks {daemon}: install matching versions and restart snctld")]
+    ProtocolMismatch {
+        /// The daemon's version.
+        daemon: u32,
+        /// The client's version.
+        client: u32,
+    },
+    /// A failure inside the daemon; its log has the detail.
+    #[error("internal daemon error: {message} (see the snctld log)")]
+    Internal {
+        /// A short description.
+        message: String,
+    },
+}
+
+impl Error {
+    /// The coarse kind, which fixes the exit code.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::NeedsLogin { .. } => ErrorKind::NeedsLogin,
+            Error::Forbidden { .. } => ErrorKind::Forbidden,
+            Error::Upstream(_) => ErrorKind::Upstream,
+            Error::InvalidRequest { .. } => ErrorKind::Usage,
+            Error::Unavailable { .. } => ErrorKind::Unreachable,
+            Error::AlreadyExists { .. }
+            | Error::ProtocolMismatch { .. }
+            | Error::Internal { .. } => ErrorKind::Other,
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidRequest`].
+    pub fn invalid(message: impl fmt::Display) -> Self {
+        Error::InvalidRequest {
+            message: message.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_design() {
+        let cases = [
+            (Error::NotFound { name: "a".into() }, 4),
+            (Error::NeedsLogin { name: "a".into() }, 5),
+            (Error::Forbidden { reason: "r".into() }, 6),
+            (
+                Error::Upstream(UpstreamError {
+                    kind: UpstreamKind::AccessDenied,
+                    status: Some(401),
+                    message: "m".into(),
+                    retry_at: None,
+                }),
+                7,
+            ),
+            (Error::invalid("bad"), 2),
+            (
+                Error::Unavailable {
+                    message: "m".into(),
+                },
+                3,
+            ),
+            (Error::AlreadyExists { name: "a".into() }, 1),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.kind().exit_code(), code, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn messages_are_one_line_and_say_what_to_do() {
+        let e = Error::NeedsLogin {
+            name: "prod".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "authentication prod needs a new login: run `snctl login prod`"
+        );
+        let e = Error::NotFound {
+            name: "prod".into(),
+        };
+        assert!(e.to_string().contains("snctl add prod"));
+        assert!(!e.to_string().contains('\n'));
+    }
+}
