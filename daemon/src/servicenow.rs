@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use oauth2::basic::{BasicClient, BasicTokenType};
 use oauth2::{
-    AccessToken, AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse,
-    RequestTokenError, RevocationUrl, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
+    AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse,
+    RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
 
 use snctl_shared::protocol::{ClientAuth, UpstreamKind};
@@ -259,19 +259,40 @@ impl ServiceNow {
         })
     }
 
-    /// Revokes a token at the instance.
+    /// Revokes a token at the instance (`/oauth_revoke_token.do`, form
+    /// field `token`, the client authenticated as for the token endpoint).
+    ///
+    /// Sent by hand rather than through oauth2, whose revocation request
+    /// refuses any URL that is not https, and loopback instances are http.
     pub async fn revoke(&self, auth: &Authentication, token: &Secret) -> Result<(), Failure> {
-        let revocation = RevocationUrl::new(format!("{}{REVOKE_PATH}", auth.instance_url))
-            .map_err(|e| Failure::new(UpstreamKind::Connection, None, e.to_string()))?;
-        let client = oauth_client(auth)?.set_revocation_url(revocation);
-        let token =
-            StandardRevocableToken::AccessToken(AccessToken::new(token.expose().to_string()));
-        client
-            .revoke_token(token)
-            .map_err(|e| Failure::new(UpstreamKind::BadResponse, None, e.to_string()))?
-            .request_async(self)
-            .await
-            .map_err(|e| self.classify(e))
+        let mut form = vec![("token", token.expose())];
+        let mut request = self
+            .http
+            .post(format!("{}{REVOKE_PATH}", auth.instance_url));
+        match auth.client_auth {
+            ClientAuth::Form => {
+                form.push(("client_id", &auth.client_id));
+                form.push(("client_secret", auth.client_secret.expose()));
+            }
+            ClientAuth::Basic => {
+                request = request.basic_auth(&auth.client_id, Some(auth.client_secret.expose()));
+            }
+        }
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let request = request
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(body)
+            .build()
+            .map_err(|e| classify_transport(&e, self.request_timeout))?;
+        self.execute(request).await.map(drop).map_err(|e| {
+            self.classify::<oauth2::basic::BasicErrorResponse>(RequestTokenError::Request(e))
+        })
     }
 
     fn classify<T: oauth2::ErrorResponse>(
@@ -464,43 +485,50 @@ impl<'c> AsyncHttpClient<'c> for ServiceNow {
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
             let request = reqwest::Request::try_from(request).map_err(Transport::Request)?;
-            let mut response = self
-                .http
-                .execute(request)
-                .await
-                .map_err(Transport::Request)?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(Transport::Request)? {
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(Transport::Other(format!(
-                        "answer larger than {MAX_BODY} bytes"
-                    )));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            if status != http::StatusCode::OK {
-                return Err(Transport::Status {
-                    status: status.as_u16(),
-                    retry_after: retry_after(&headers),
-                    detail: describe_body(&headers, &body),
-                });
-            }
-            if !is_json(&headers) {
-                return Err(Transport::NotJson {
-                    status: status.as_u16(),
-                    detail: describe_body(&headers, &body),
-                });
-            }
-            let mut builder = http::Response::builder().status(status);
-            for (name, value) in headers.iter() {
-                builder = builder.header(name, value);
-            }
-            builder
-                .body(body)
-                .map_err(|e| Transport::Other(e.to_string()))
+            self.execute(request).await
         })
+    }
+}
+
+impl ServiceNow {
+    /// Sends a request; only a 200 with a JSON body comes back as a response.
+    async fn execute(&self, request: reqwest::Request) -> Result<HttpResponse, Transport> {
+        let mut response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(Transport::Request)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(Transport::Request)? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(Transport::Other(format!(
+                    "answer larger than {MAX_BODY} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if status != http::StatusCode::OK {
+            return Err(Transport::Status {
+                status: status.as_u16(),
+                retry_after: retry_after(&headers),
+                detail: describe_body(&headers, &body),
+            });
+        }
+        if !is_json(&headers) {
+            return Err(Transport::NotJson {
+                status: status.as_u16(),
+                detail: describe_body(&headers, &body),
+            });
+        }
+        let mut builder = http::Response::builder().status(status);
+        for (name, value) in headers.iter() {
+            builder = builder.header(name, value);
+        }
+        builder
+            .body(body)
+            .map_err(|e| Transport::Other(e.to_string()))
     }
 }
 

@@ -199,6 +199,14 @@ fn internal(error: StoreError) -> Error {
     }
 }
 
+fn too_long(name: &str, lifetime_ms: i64, min_valid: Duration) -> Error {
+    Error::invalid(format!(
+        "{name}'s tokens live {} s, so a token valid for {} s more cannot be had: ask for less",
+        lifetime_ms / 1000,
+        min_valid.as_secs()
+    ))
+}
+
 fn upstream_error(failure: &Failure, instance: &str, retry_at_ms: Option<i64>) -> UpstreamError {
     UpstreamError {
         kind: failure.kind,
@@ -417,15 +425,14 @@ impl Tokens {
         if let Some(reply) = entry.fresh(min_valid_ms) {
             return Ok(reply);
         }
-        if entry
+        // A valid token whose whole lifetime is shorter than the ask: the
+        // next one will be no longer, so refreshing would only hammer the
+        // instance.
+        if let Some(lifetime) = entry
             .lifetime_ms()
-            .is_some_and(|lifetime| min_valid_ms >= lifetime)
+            .filter(|l| min_valid_ms >= *l && entry.fresh(0).is_some())
         {
-            return Err(Error::invalid(format!(
-                "{name}'s tokens live {} s, so a token valid for {} s more cannot be had: ask for less",
-                entry.lifetime_ms().unwrap_or(0) / 1000,
-                min_valid.as_secs()
-            )));
+            return Err(too_long(name, lifetime, min_valid));
         }
         let _flight = entry.flight.lock().await;
         if let Some(reply) = entry.fresh(min_valid_ms) {
@@ -436,9 +443,13 @@ impl Tokens {
             None => self.fetch(&entry).await,
         };
         match outcome {
-            Ok(()) => entry.fresh(0).ok_or_else(|| Error::Internal {
-                message: "a new token expired at once; check the clock".into(),
-            }),
+            Ok(()) => match (entry.fresh(min_valid_ms), entry.lifetime_ms()) {
+                (Some(reply), _) => Ok(reply),
+                (None, Some(lifetime)) => Err(too_long(name, lifetime, min_valid)),
+                (None, None) => Err(Error::Internal {
+                    message: "a new token vanished".into(),
+                }),
+            },
             Err(error) => entry.fresh(0).ok_or(error),
         }
     }

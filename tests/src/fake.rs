@@ -1,0 +1,1160 @@
+//! A fake ServiceNow instance for snctl's end-to-end tests.
+//!
+//! It is a small HTTP/1.1 server written on raw TCP with `httparse` rather than a
+//! framework, because the tests need failures no framework will produce: a TCP reset
+//! before or after the token is issued, a body shorter than its `Content-Length`, a body
+//! trickling out one byte at a time, an HTML page where JSON was expected.
+//!
+//! ServiceNow behaviours it reproduces:
+//! - `POST /oauth_token.do` takes client authentication as form fields or HTTP Basic and
+//!   grants `client_credentials` (only while the system property
+//!   `glide.oauth.inbound.client.credential.grant_type.enabled` is on, and without a
+//!   refresh token), `password` and `refresh_token` (the refresh token is not rotated).
+//! - Every token or revocation failure is the same
+//!   `401 {"error":"server_error","error_description":"access_denied"}`, so a client
+//!   cannot tell a wrong secret from a disabled grant; snctl must cope with that.
+//! - `POST /oauth_revoke_token.do` revokes access and refresh tokens and answers `{}`.
+//! - `GET /api/now/table/<table>` needs a valid bearer token, otherwise it answers
+//!   ServiceNow's "User Not Authenticated" failure.
+//! - Anything else gets a ServiceNow-style JSON 404.
+//!
+//! Faults (see [`Fault`]) only ever apply to `POST /oauth_token.do`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use rand::Rng as _;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_BODY: usize = 1024 * 1024;
+const MAX_HEADERS: usize = 64;
+const JSON: &str = "application/json;charset=UTF-8";
+const ACCESS_DENIED: &str = r#"{"error":"server_error","error_description":"access_denied"}"#;
+const NOT_AUTHENTICATED: &str = r#"{"error":{"message":"User Not Authenticated","detail":"Required to provide Auth information"},"status":"failure"}"#;
+const NOT_FOUND: &str = r#"{"error":{"message":"Requested URI does not represent any resource","detail":null},"status":"failure"}"#;
+const HIBERNATING: &str = "<html><head><title>Instance Hibernating page</title></head>\
+<body><h1>Your instance is hibernating</h1>\
+<p>Sign in to the developer site to wake it up.</p></body></html>";
+const BAD_JSON: &str = r#"{"access_token": "abc", "expires_in": "#;
+const DEFAULT_SCOPE: &str = "useraccount";
+const DEFAULT_ACCESS_LIFETIME: u64 = 1800;
+const DEFAULT_REFRESH_LIFESPAN: u64 = 100 * 24 * 60 * 60;
+
+/// A misbehaviour applied to one (queued) or every (standing) `POST /oauth_token.do`.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with exactly this status, body, content type and optional `Retry-After`.
+    Status {
+        code: u16,
+        body: String,
+        content_type: &'static str,
+        retry_after: Option<String>,
+    },
+    /// `200 OK` with the HTML page a hibernating developer instance serves.
+    Html,
+    /// `200 OK` announced as JSON, with a body cut off mid-object.
+    BadJson,
+    /// `200 OK` whose `Content-Length` promises more bytes than are sent before closing.
+    Truncated,
+    /// Sleep, then answer normally.
+    Delay(Duration),
+    /// Answer normally, but send the body one byte per interval after the headers.
+    SlowBody(Duration),
+    /// Read the request, then reset the connection without issuing anything.
+    ResetBeforeProcessing,
+    /// Issue the token, then reset the connection instead of answering.
+    ResetAfterProcessing,
+}
+
+impl Fault {
+    /// A bare status with a generic OAuth-style JSON error body.
+    pub fn status(code: u16) -> Fault {
+        let description = match reason(code) {
+            "" => format!("HTTP {code}"),
+            phrase => phrase.to_owned(),
+        };
+        let body = serde_json::json!({"error": "server_error", "error_description": description});
+        json_fault(code, body.to_string(), None)
+    }
+
+    /// ServiceNow's rate limiter: 429 with `Retry-After` in seconds.
+    pub fn too_many_requests(retry_after_secs: u64) -> Fault {
+        let detail = format!("Too many requests; retry after {retry_after_secs} seconds");
+        let body = serde_json::json!({
+            "error": {"message": "Rate limit exceeded", "detail": detail},
+            "status": "failure",
+        });
+        json_fault(429, body.to_string(), Some(retry_after_secs.to_string()))
+    }
+
+    /// The generic 401 ServiceNow gives for every OAuth failure, without touching state.
+    pub fn access_denied() -> Fault {
+        json_fault(401, ACCESS_DENIED.to_owned(), None)
+    }
+}
+
+fn json_fault(code: u16, body: String, retry_after: Option<String>) -> Fault {
+    let content_type = JSON;
+    Fault::Status {
+        code,
+        body,
+        content_type,
+        retry_after,
+    }
+}
+
+/// A running fake instance on `127.0.0.1`. Dropping it stops accepting and closes
+/// every open connection.
+pub struct FakeInstance {
+    addr: SocketAddr,
+    state: Shared,
+    accept_task: JoinHandle<()>,
+}
+
+impl Drop for FakeInstance {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+impl FakeInstance {
+    /// Binds an ephemeral loopback port and starts serving on the current runtime.
+    pub async fn start() -> io::Result<FakeInstance> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let state: Shared = Arc::new(Mutex::new(State::new()));
+        let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&state)));
+        Ok(FakeInstance {
+            addr,
+            state,
+            accept_task,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Registers an Application Registry record (or replaces its secret).
+    pub fn add_client(&self, client_id: &str, client_secret: &str) {
+        let mut s = self.lock();
+        s.clients
+            .insert(client_id.to_owned(), client_secret.to_owned());
+    }
+
+    /// Rotates a client's secret; the old one stops working at once.
+    pub fn set_client_secret(&self, client_id: &str, client_secret: &str) {
+        self.add_client(client_id, client_secret);
+    }
+
+    /// A `sys_user` allowed to use the password grant.
+    pub fn add_user(&self, username: &str, password: &str) {
+        let mut s = self.lock();
+        s.users.insert(username.to_owned(), password.to_owned());
+    }
+
+    /// `glide.oauth.inbound.client.credential.grant_type.enabled`. On by default here,
+    /// unlike a fresh instance, so that most tests need no setup.
+    pub fn set_client_credentials_enabled(&self, enabled: bool) {
+        self.lock().client_credentials_enabled = enabled;
+    }
+
+    /// `expires_in` of access tokens issued from now on (default 1800).
+    pub fn set_access_lifetime(&self, secs: u64) {
+        self.lock().access_lifetime = secs;
+    }
+
+    /// Lifespan of refresh tokens issued from now on (default 100 days).
+    pub fn set_refresh_lifespan(&self, secs: u64) {
+        self.lock().refresh_lifespan = secs;
+    }
+
+    pub fn push_fault(&self, fault: Fault) {
+        self.lock().faults.push_back(fault);
+    }
+
+    pub fn set_standing_fault(&self, fault: Option<Fault>) {
+        self.lock().standing_fault = fault;
+    }
+
+    pub fn token_requests(&self) -> u64 {
+        self.lock().token_requests
+    }
+
+    pub fn tokens_issued(&self) -> u64 {
+        self.lock().tokens_issued
+    }
+
+    pub fn revoke_requests(&self) -> u64 {
+        self.lock().revoke_requests
+    }
+
+    pub fn table_requests(&self) -> u64 {
+        self.lock().table_requests
+    }
+
+    pub fn is_access_token_valid(&self, token: &str) -> bool {
+        self.lock().access_token_valid(token)
+    }
+
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        self.lock().issued_access.clone()
+    }
+
+    pub fn refresh_tokens_issued(&self) -> Vec<String> {
+        self.lock().issued_refresh.clone()
+    }
+
+    pub fn revoked_tokens(&self) -> Vec<String> {
+        self.lock().revoked_order.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+}
+
+type Shared = Arc<Mutex<State>>;
+
+// A test that panicked while holding the lock must not turn every later call into a
+// second panic that hides the first.
+fn lock(state: &Shared) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct RefreshGrant {
+    client_id: String,
+    scope: String,
+    expires_at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    clients: HashMap<String, String>,
+    users: HashMap<String, String>,
+    client_credentials_enabled: bool,
+    access_lifetime: u64,
+    refresh_lifespan: u64,
+    faults: VecDeque<Fault>,
+    standing_fault: Option<Fault>,
+    access_expiry: HashMap<String, Instant>,
+    refresh_grants: HashMap<String, RefreshGrant>,
+    issued_access: Vec<String>,
+    issued_refresh: Vec<String>,
+    revoked: HashSet<String>,
+    revoked_order: Vec<String>,
+    token_requests: u64,
+    tokens_issued: u64,
+    revoke_requests: u64,
+    table_requests: u64,
+}
+
+/// Field order matches ServiceNow's answer, which is easier to compare by eye in logs.
+#[derive(Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<&'a str>,
+    scope: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+struct Denied;
+
+impl State {
+    fn new() -> State {
+        State {
+            client_credentials_enabled: true,
+            access_lifetime: DEFAULT_ACCESS_LIFETIME,
+            refresh_lifespan: DEFAULT_REFRESH_LIFESPAN,
+            ..State::default()
+        }
+    }
+
+    fn access_token_valid(&self, token: &str) -> bool {
+        !self.revoked.contains(token)
+            && self
+                .access_expiry
+                .get(token)
+                .is_some_and(|expiry| Instant::now() < *expiry)
+    }
+
+    /// The authenticated client id, if the request names a known client and its secret.
+    fn authenticate(&self, req: &Request, form: &HashMap<String, String>) -> Option<String> {
+        let (id, secret) = client_credentials(req, form)?;
+        (self.clients.get(&id) == Some(&secret)).then_some(id)
+    }
+
+    /// Runs the token endpoint proper; the JSON body on success.
+    fn grant(&mut self, req: &Request) -> Result<String, Denied> {
+        let form = parse_form(&req.body);
+        let client_id = self.authenticate(req, &form).ok_or(Denied)?;
+        let field = |name: &str| form.get(name).map(String::as_str);
+        let requested_scope = field("scope").filter(|s| !s.is_empty()).map(str::to_owned);
+        let (refresh_token, scope) = match field("grant_type") {
+            Some("client_credentials") if self.client_credentials_enabled => (
+                None,
+                requested_scope.unwrap_or_else(|| DEFAULT_SCOPE.into()),
+            ),
+            Some("password") => {
+                let (Some(user), Some(password)) = (field("username"), field("password")) else {
+                    return Err(Denied);
+                };
+                if self.users.get(user).map(String::as_str) != Some(password) {
+                    return Err(Denied);
+                }
+                let scope = requested_scope.unwrap_or_else(|| DEFAULT_SCOPE.into());
+                let token = random_token();
+                let grant = RefreshGrant {
+                    client_id,
+                    scope: scope.clone(),
+                    expires_at: deadline(self.refresh_lifespan),
+                };
+                self.refresh_grants.insert(token.clone(), grant);
+                self.issued_refresh.push(token.clone());
+                (Some(token), scope)
+            }
+            Some("refresh_token") => {
+                let token = field("refresh_token").ok_or(Denied)?;
+                let grant = self.refresh_grants.get(token).ok_or(Denied)?;
+                if grant.client_id != client_id
+                    || self.revoked.contains(token)
+                    || Instant::now() >= grant.expires_at
+                {
+                    return Err(Denied);
+                }
+                let scope = requested_scope.unwrap_or_else(|| grant.scope.clone());
+                (Some(token.to_owned()), scope)
+            }
+            _ => return Err(Denied),
+        };
+        let access_token = random_token();
+        self.access_expiry
+            .insert(access_token.clone(), deadline(self.access_lifetime));
+        self.issued_access.push(access_token.clone());
+        self.tokens_issued += 1;
+        let body = TokenBody {
+            access_token: &access_token,
+            refresh_token: refresh_token.as_deref(),
+            scope: &scope,
+            token_type: "Bearer",
+            expires_in: self.access_lifetime,
+        };
+        serde_json::to_string(&body).map_err(|_| Denied)
+    }
+
+    fn revoke(&mut self, req: &Request) -> Response {
+        self.revoke_requests += 1;
+        let form = parse_form(&req.body);
+        if self.authenticate(req, &form).is_none() {
+            return denied();
+        }
+        let Some(token) = form.get("token") else {
+            return denied();
+        };
+        let known =
+            self.access_expiry.contains_key(token) || self.refresh_grants.contains_key(token);
+        if known && self.revoked.insert(token.clone()) {
+            self.revoked_order.push(token.clone());
+        }
+        // Unknown tokens still get 200, as RFC 7009 asks, so revocation is idempotent.
+        Response::new(200, JSON, "{}")
+    }
+
+    fn table(&mut self, req: &Request) -> Response {
+        self.table_requests += 1;
+        let token = req.header("authorization").and_then(bearer_token);
+        if !token.is_some_and(|t| self.access_token_valid(t)) {
+            return Response::new(401, JSON, NOT_AUTHENTICATED);
+        }
+        let body = serde_json::json!({"result": [{
+            "sys_id": format!("{:032x}", rand::random::<u128>()),
+            "number": "INC0010001",
+            "short_description": "fake incident",
+        }]});
+        Response::new(200, JSON, body.to_string())
+    }
+}
+
+/// 64 random bytes in unpadded base64url: 86 characters, the length ServiceNow uses.
+fn random_token() -> String {
+    let mut bytes = [0u8; 64];
+    rand::thread_rng().fill(&mut bytes[..]);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+// Clamped so that an absurd lifetime from a test cannot overflow `Instant`.
+fn deadline(secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs(secs.min(100 * 365 * 24 * 60 * 60))
+}
+
+fn parse_form(body: &[u8]) -> HashMap<String, String> {
+    let mut form = HashMap::new();
+    for (key, value) in form_urlencoded::parse(body) {
+        form.entry(key.into_owned()).or_insert(value.into_owned());
+    }
+    form
+}
+
+/// Clients authenticate either way; a Basic header, when present, is the one that counts.
+fn client_credentials(req: &Request, form: &HashMap<String, String>) -> Option<(String, String)> {
+    if let Some(basic) = req.header("authorization").and_then(basic_credentials) {
+        return Some(basic);
+    }
+    Some((
+        form.get("client_id")?.clone(),
+        form.get("client_secret")?.clone(),
+    ))
+}
+
+fn basic_credentials(value: &str) -> Option<(String, String)> {
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    Some((id.to_owned(), secret.to_owned()))
+}
+
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn denied() -> Response {
+    Response::new(401, JSON, ACCESS_DENIED)
+}
+
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    keep_alive: bool,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    fn head(&self, content_length: usize, close: bool) -> String {
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            content_length
+        );
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if close {
+            head.push_str("Connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        head
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+/// How the connection task should deliver an answer.
+enum Reply {
+    Full(Response),
+    Slow(Response, Duration),
+    Truncated,
+    Reset,
+}
+
+async fn accept_loop(listener: TcpListener, state: Shared) {
+    // Connections live in this set so that aborting the accept task also ends keep-alive
+    // connections, which would otherwise keep answering after the instance is dropped.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve_connection(stream, Arc::clone(&state)));
+                }
+                // Usually descriptor exhaustion; pausing avoids a hot loop until it clears.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, state: Shared) {
+    let mut buf = Vec::new();
+    loop {
+        let request = match read_request(&mut stream, &mut buf).await {
+            Ok(Some(request)) => request,
+            Ok(None) | Err(ReadError::Closed) => return,
+            Err(ReadError::Reject(code)) => {
+                let body = serde_json::json!({
+                    "error": {"message": reason(code), "detail": "Malformed request"},
+                    "status": "failure",
+                });
+                let response = Response::new(code, JSON, body.to_string());
+                if send(&mut stream, &response, true).await.is_ok() {
+                    close_gracefully(stream).await;
+                }
+                return;
+            }
+        };
+        let close = !request.keep_alive;
+        let delivered = match handle(&state, &request).await {
+            Reply::Full(response) => send(&mut stream, &response, close).await,
+            Reply::Slow(response, interval) => {
+                send_slowly(&mut stream, &response, interval, close).await
+            }
+            Reply::Truncated => {
+                let _ = send_truncated(&mut stream).await;
+                return;
+            }
+            Reply::Reset => {
+                reset(stream);
+                return;
+            }
+        };
+        if delivered.is_err() || close {
+            return;
+        }
+    }
+}
+
+async fn handle(state: &Shared, req: &Request) -> Reply {
+    let path = req
+        .path
+        .split_once('?')
+        .map_or(req.path.as_str(), |(p, _)| p);
+    let table = path
+        .strip_prefix("/api/now/table/")
+        .is_some_and(|t| !t.is_empty());
+    match (req.method.as_str(), path) {
+        ("POST", "/oauth_token.do") => token_endpoint(state, req).await,
+        ("POST", "/oauth_revoke_token.do") => Reply::Full(lock(state).revoke(req)),
+        ("GET", _) if table => Reply::Full(lock(state).table(req)),
+        _ => Reply::Full(Response::new(404, JSON, NOT_FOUND)),
+    }
+}
+
+async fn token_endpoint(state: &Shared, req: &Request) -> Reply {
+    let fault = {
+        let mut s = lock(state);
+        s.token_requests += 1;
+        let queued = s.faults.pop_front();
+        queued.or_else(|| s.standing_fault.clone())
+    };
+    let Some(fault) = fault else {
+        return Reply::Full(issue(state, req));
+    };
+    match fault {
+        Fault::Status {
+            code,
+            body,
+            content_type,
+            retry_after,
+        } => {
+            let mut response = Response::new(code, content_type, body);
+            if let Some(value) = retry_after {
+                response.headers.push(("Retry-After", value));
+            }
+            Reply::Full(response)
+        }
+        Fault::Html => Reply::Full(Response::new(200, "text/html;charset=UTF-8", HIBERNATING)),
+        Fault::BadJson => Reply::Full(Response::new(200, JSON, BAD_JSON)),
+        Fault::Truncated => Reply::Truncated,
+        Fault::Delay(delay) => {
+            // The token is issued after the delay even if the client gave up meanwhile,
+            // as a slow real instance would.
+            tokio::time::sleep(delay).await;
+            Reply::Full(issue(state, req))
+        }
+        Fault::SlowBody(interval) => Reply::Slow(issue(state, req), interval),
+        Fault::ResetBeforeProcessing => Reply::Reset,
+        Fault::ResetAfterProcessing => {
+            let _ = issue(state, req);
+            Reply::Reset
+        }
+    }
+}
+
+fn issue(state: &Shared, req: &Request) -> Response {
+    match lock(state).grant(req) {
+        Ok(body) => Response::new(200, JSON, body),
+        Err(Denied) => denied(),
+    }
+}
+
+async fn send(stream: &mut TcpStream, response: &Response, close: bool) -> io::Result<()> {
+    let mut bytes = response.head(response.body.len(), close).into_bytes();
+    bytes.extend_from_slice(&response.body);
+    stream.write_all(&bytes).await
+}
+
+async fn send_slowly(
+    stream: &mut TcpStream,
+    response: &Response,
+    interval: Duration,
+    close: bool,
+) -> io::Result<()> {
+    let head = response.head(response.body.len(), close);
+    stream.write_all(head.as_bytes()).await?;
+    for byte in &response.body {
+        tokio::time::sleep(interval).await;
+        stream.write_all(std::slice::from_ref(byte)).await?;
+    }
+    Ok(())
+}
+
+/// Promises a whole token response but sends only its first half, then closes cleanly,
+/// so the client sees EOF mid-body rather than a reset.
+async fn send_truncated(stream: &mut TcpStream) -> io::Result<()> {
+    let body = format!(
+        r#"{{"access_token":"{}","scope":"{DEFAULT_SCOPE}","token_type":"Bearer","expires_in":{DEFAULT_ACCESS_LIFETIME}}}"#,
+        random_token()
+    );
+    let response = Response::new(200, JSON, Vec::new());
+    stream
+        .write_all(response.head(body.len(), true).as_bytes())
+        .await?;
+    stream.write_all(&body.as_bytes()[..body.len() / 2]).await?;
+    stream.shutdown().await
+}
+
+fn reset(stream: TcpStream) {
+    // SO_LINGER 0 turns close() into an RST. Tokio deprecates set_linger because a
+    // non-zero linger blocks the thread on close; a zero linger never blocks, and this
+    // spelling works on every tokio 1.x, unlike the newer `set_zero_linger`.
+    #[allow(deprecated)]
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// After rejecting a request whose body was not read, closing at once would make the
+/// kernel answer the unread bytes with an RST that can destroy the error response
+/// before the client reads it. Half-close and drain for a while instead.
+async fn close_gracefully(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 8192];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+enum ReadError {
+    /// The peer went away or the socket failed; nothing can be answered.
+    Closed,
+    /// The request is unacceptable; answer with this status and close.
+    Reject(u16),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(_: io::Error) -> ReadError {
+        ReadError::Closed
+    }
+}
+
+/// Reads one request. `buf` carries bytes already received past the previous request,
+/// which matters for pipelining clients. `Ok(None)` is a clean close between requests.
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Request>, ReadError> {
+    let (mut request, head_len, content_length) = loop {
+        if !buf.is_empty() {
+            if let Some(parsed) = parse_head(buf)? {
+                break parsed;
+            }
+        }
+        if read_more(stream, buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(ReadError::Closed)
+            };
+        }
+    };
+    let end = head_len + content_length;
+    while buf.len() < end {
+        if read_more(stream, buf).await? == 0 {
+            return Err(ReadError::Closed);
+        }
+    }
+    request.body = buf[head_len..end].to_vec();
+    buf.drain(..end);
+    Ok(Some(request))
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut chunk = [0u8; 8192];
+    let n = stream.read(&mut chunk).await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+/// `Ok(None)` while the head is incomplete; otherwise the request (without body), the
+/// head length and the body length.
+fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, ReadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
+        _ => return Err(ReadError::Reject(400)),
+    };
+    let headers = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            let value = String::from_utf8_lossy(h.value).into_owned();
+            (h.name.to_ascii_lowercase(), value)
+        })
+        .collect();
+    let mut request = Request {
+        method: parsed.method.unwrap_or_default().to_owned(),
+        path: parsed.path.unwrap_or_default().to_owned(),
+        headers,
+        body: Vec::new(),
+        keep_alive: true,
+    };
+    let connection = request.header("connection").unwrap_or_default();
+    let has_token = |token: &str| {
+        connection
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    request.keep_alive = if parsed.version == Some(1) {
+        !has_token("close")
+    } else {
+        has_token("keep-alive")
+    };
+    // No client of ServiceNow's token endpoint streams its form, so chunked bodies are
+    // refused rather than half-supported.
+    if request.header("transfer-encoding").is_some() {
+        return Err(ReadError::Reject(411));
+    }
+    let content_length = match request.header("content-length") {
+        None => 0,
+        Some(value) => value
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| ReadError::Reject(400))?,
+    };
+    if content_length > MAX_BODY {
+        return Err(ReadError::Reject(413));
+    }
+    Ok(Some((request, head_len, content_length)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const ID: &str = "snctl";
+    const SECRET: &str = "s3cret";
+    const TOKEN: &str = "/oauth_token.do";
+    const REVOKE: &str = "/oauth_revoke_token.do";
+
+    async fn fake() -> FakeInstance {
+        let fake = FakeInstance::start().await.expect("start fake");
+        fake.add_client(ID, SECRET);
+        fake
+    }
+
+    // A proxy from the environment must not intercept loopback traffic.
+    fn http() -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client")
+    }
+
+    async fn try_post(
+        fake: &FakeInstance,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> reqwest::Result<reqwest::Response> {
+        let url = format!("{}{path}", fake.url());
+        http().post(url).form(form).send().await
+    }
+
+    async fn post(fake: &FakeInstance, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        try_post(fake, path, form).await.expect("send")
+    }
+
+    fn cc_form(secret: &str) -> [(&'static str, &str); 3] {
+        let grant = ("grant_type", "client_credentials");
+        [grant, ("client_id", ID), ("client_secret", secret)]
+    }
+
+    async fn json(response: reqwest::Response) -> Value {
+        response.json().await.expect("json body")
+    }
+
+    fn text(body: &Value, field: &str) -> String {
+        body[field].as_str().expect(field).to_owned()
+    }
+
+    async fn table(fake: &FakeInstance, token: &str) -> reqwest::Response {
+        let url = format!("{}/api/now/table/incident?sysparm_limit=1", fake.url());
+        http()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    /// Writes raw bytes and returns everything the server sends until it closes.
+    async fn raw_exchange(fake: &FakeInstance, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", fake.port()))
+            .await
+            .expect("connect");
+        stream.write_all(request).await.expect("write");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn client_credentials_issues_token_with_configured_lifetime() {
+        let fake = fake().await;
+        fake.set_access_lifetime(600);
+        let response = post(&fake, TOKEN, &cc_form(SECRET)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], JSON);
+        let body = json(response).await;
+        let token = text(&body, "access_token");
+        assert_eq!(token.len(), 86);
+        assert_eq!(
+            (&body["expires_in"], &body["token_type"]),
+            (&600.into(), &"Bearer".into())
+        );
+        assert_eq!(body["scope"], "useraccount");
+        assert!(body.get("refresh_token").is_none());
+        assert!(fake.is_access_token_valid(&token));
+        assert_eq!(fake.issued_access_tokens(), vec![token]);
+
+        let mut scoped = cc_form(SECRET).to_vec();
+        scoped.push(("scope", "custom"));
+        assert_eq!(
+            json(post(&fake, TOKEN, &scoped).await).await["scope"],
+            "custom"
+        );
+
+        fake.set_access_lifetime(0);
+        let expired = text(
+            &json(post(&fake, TOKEN, &cc_form(SECRET)).await).await,
+            "access_token",
+        );
+        assert!(!fake.is_access_token_valid(&expired));
+        assert_eq!((fake.token_requests(), fake.tokens_issued()), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn every_failure_is_the_same_generic_401() {
+        let fake = fake().await;
+        let no_secret = [("grant_type", "client_credentials"), ("client_id", ID)];
+        let mut unknown = cc_form(SECRET);
+        unknown[1].1 = "nobody";
+        let mut unsupported = cc_form(SECRET);
+        unsupported[0].1 = "authorization_code";
+        let forms: [&[(&str, &str)]; 4] = [&cc_form("wrong"), &unknown, &no_secret, &unsupported];
+        for form in forms {
+            let response = post(&fake, TOKEN, form).await;
+            assert_eq!(response.status(), 401);
+            assert_eq!(response.text().await.expect("body"), ACCESS_DENIED);
+        }
+
+        fake.set_client_credentials_enabled(false);
+        let disabled = post(&fake, TOKEN, &cc_form(SECRET)).await;
+        assert_eq!(disabled.text().await.expect("body"), ACCESS_DENIED);
+        fake.set_client_credentials_enabled(true);
+
+        fake.set_client_secret(ID, "rotated");
+        assert_eq!(post(&fake, TOKEN, &cc_form(SECRET)).await.status(), 401);
+        assert_eq!(post(&fake, TOKEN, &cc_form("rotated")).await.status(), 200);
+        assert_eq!((fake.token_requests(), fake.tokens_issued()), (7, 1));
+    }
+
+    #[tokio::test]
+    async fn basic_auth_is_accepted() {
+        let fake = fake().await;
+        let response = http()
+            .post(format!("{}{TOKEN}", fake.url()))
+            .basic_auth(ID, Some(SECRET))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        assert!(fake.is_access_token_valid(&text(&json(response).await, "access_token")));
+    }
+
+    #[tokio::test]
+    async fn table_api_requires_a_valid_bearer_token() {
+        let fake = fake().await;
+        let token = text(
+            &json(post(&fake, TOKEN, &cc_form(SECRET)).await).await,
+            "access_token",
+        );
+        let ok = table(&fake, &token).await;
+        assert_eq!(ok.status(), 200);
+        assert_eq!(json(ok).await["result"][0]["number"], "INC0010001");
+
+        let rejected = table(&fake, "bogus").await;
+        assert_eq!(rejected.status(), 401);
+        assert_eq!(rejected.text().await.expect("body"), NOT_AUTHENTICATED);
+        assert_eq!(fake.table_requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn revoked_access_token_is_no_longer_valid() {
+        let fake = fake().await;
+        let token = text(
+            &json(post(&fake, TOKEN, &cc_form(SECRET)).await).await,
+            "access_token",
+        );
+        let anonymous = post(&fake, REVOKE, &[("token", &token)]).await;
+        assert_eq!(anonymous.status(), 401);
+        assert!(fake.is_access_token_valid(&token));
+
+        let form = [
+            ("token", token.as_str()),
+            ("client_id", ID),
+            ("client_secret", SECRET),
+        ];
+        let response = post(&fake, REVOKE, &form).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.expect("body"), "{}");
+        assert!(!fake.is_access_token_valid(&token));
+        assert_eq!(table(&fake, &token).await.status(), 401);
+        assert_eq!(fake.revoked_tokens(), vec![token]);
+        assert_eq!(fake.revoke_requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn queued_429_carries_retry_after_and_applies_once() {
+        let fake = fake().await;
+        fake.push_fault(Fault::too_many_requests(7));
+        let limited = post(&fake, TOKEN, &cc_form(SECRET)).await;
+        assert_eq!(limited.status(), 429);
+        assert_eq!(limited.headers()["retry-after"], "7");
+        assert_eq!(post(&fake, TOKEN, &cc_form(SECRET)).await.status(), 200);
+        assert_eq!((fake.token_requests(), fake.tokens_issued()), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn standing_fault_applies_after_the_queue_until_cleared() {
+        let fake = fake().await;
+        fake.set_standing_fault(Some(Fault::status(503)));
+        fake.push_fault(Fault::access_denied());
+        for expected in [401, 503, 503] {
+            assert_eq!(
+                post(&fake, TOKEN, &cc_form(SECRET)).await.status(),
+                expected
+            );
+        }
+        fake.set_standing_fault(None);
+        assert_eq!(post(&fake, TOKEN, &cc_form(SECRET)).await.status(), 200);
+        assert_eq!((fake.token_requests(), fake.tokens_issued()), (4, 1));
+    }
+
+    #[tokio::test]
+    async fn html_bad_json_and_truncated_faults_give_unusable_200s() {
+        let fake = fake().await;
+        fake.push_fault(Fault::Html);
+        fake.push_fault(Fault::BadJson);
+        fake.push_fault(Fault::Truncated);
+        let html = post(&fake, TOKEN, &cc_form(SECRET)).await;
+        assert_eq!(html.status(), 200);
+        let content_type = html.headers()["content-type"].to_str().expect("ascii");
+        assert!(content_type.starts_with("text/html"));
+        assert!(html.text().await.expect("body").contains("hibernating"));
+
+        let bad = post(&fake, TOKEN, &cc_form(SECRET)).await;
+        assert!(bad.json::<Value>().await.is_err());
+
+        let truncated = post(&fake, TOKEN, &cc_form(SECRET)).await;
+        assert_eq!(truncated.status(), 200);
+        assert!(truncated.bytes().await.is_err());
+        assert_eq!((fake.token_requests(), fake.tokens_issued()), (3, 0));
+    }
+
+    #[tokio::test]
+    async fn delay_and_slow_body_still_deliver_a_valid_token() {
+        let fake = fake().await;
+        fake.push_fault(Fault::Delay(Duration::ZERO));
+        fake.push_fault(Fault::SlowBody(Duration::ZERO));
+        for _ in 0..2 {
+            let body = json(post(&fake, TOKEN, &cc_form(SECRET)).await).await;
+            assert!(fake.is_access_token_valid(&text(&body, "access_token")));
+        }
+        assert_eq!((fake.token_requests(), fake.tokens_issued()), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn reset_before_processing_issues_nothing() {
+        let fake = fake().await;
+        fake.push_fault(Fault::ResetBeforeProcessing);
+        assert!(try_post(&fake, TOKEN, &cc_form(SECRET)).await.is_err());
+        assert_eq!((fake.token_requests(), fake.tokens_issued()), (1, 0));
+        assert!(fake.issued_access_tokens().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reset_after_processing_issues_a_token_the_client_never_sees() {
+        let fake = fake().await;
+        fake.push_fault(Fault::ResetAfterProcessing);
+        assert!(try_post(&fake, TOKEN, &cc_form(SECRET)).await.is_err());
+        assert_eq!((fake.token_requests(), fake.tokens_issued()), (1, 1));
+        let issued = fake.issued_access_tokens();
+        assert_eq!(issued.len(), 1);
+        assert!(fake.is_access_token_valid(&issued[0]));
+    }
+
+    #[tokio::test]
+    async fn password_then_refresh_keeps_the_same_refresh_token() {
+        let fake = fake().await;
+        fake.add_user("admin", "hunter2");
+        fake.add_client("other", "x");
+        let client = [("client_id", ID), ("client_secret", SECRET)];
+        let user = [("username", "admin"), ("password", "hunter2")];
+        let password = [&[("grant_type", "password")], &client[..], &user[..]].concat();
+        let first = json(post(&fake, TOKEN, &password).await).await;
+        let refresh = text(&first, "refresh_token");
+        assert_eq!(fake.refresh_tokens_issued(), vec![refresh.clone()]);
+
+        let grant = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+        ];
+        let refresh_form = [&grant[..], &client[..]].concat();
+        let second = json(post(&fake, TOKEN, &refresh_form).await).await;
+        assert_eq!(text(&second, "refresh_token"), refresh);
+        assert_ne!(second["access_token"], first["access_token"]);
+        assert!(fake.is_access_token_valid(&text(&second, "access_token")));
+
+        let mut wrong_password = password.clone();
+        wrong_password[4].1 = "wrong";
+        let other_client = [
+            &grant[..],
+            &[("client_id", "other"), ("client_secret", "x")],
+        ]
+        .concat();
+        let mut revoke = client.to_vec();
+        revoke.push(("token", &refresh));
+        assert_eq!(post(&fake, TOKEN, &wrong_password).await.status(), 401);
+        assert_eq!(post(&fake, TOKEN, &other_client).await.status(), 401);
+        assert_eq!(post(&fake, REVOKE, &revoke).await.status(), 200);
+        let denied = post(&fake, TOKEN, &refresh_form).await;
+        assert_eq!(denied.text().await.expect("body"), ACCESS_DENIED);
+
+        fake.set_refresh_lifespan(0);
+        let expiring = text(
+            &json(post(&fake, TOKEN, &password).await).await,
+            "refresh_token",
+        );
+        let grant = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", expiring.as_str()),
+        ];
+        let expired = post(&fake, TOKEN, &[&grant[..], &client[..]].concat()).await;
+        assert_eq!(expired.status(), 401);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_rejected_and_unknown_paths_get_a_json_404() {
+        let fake = fake().await;
+        let garbage = raw_exchange(&fake, b"NOT HTTP AT ALL\r\n\r\n").await;
+        assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
+
+        let chunked = b"POST /oauth_token.do HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5\r\nhello\r\n0\r\n\r\n";
+        let answer = raw_exchange(&fake, chunked).await;
+        assert!(answer.starts_with("HTTP/1.1 411 "), "{answer}");
+
+        let mut huge = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        huge.resize(huge.len() + MAX_HEAD, b'a');
+        let answer = raw_exchange(&fake, &huge).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+
+        let answer = raw_exchange(&fake, b"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+        assert!(answer.ends_with(NOT_FOUND), "{answer}");
+        assert_eq!(fake.token_requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn keep_alive_serves_pipelined_requests_until_connection_close() {
+        let fake = fake().await;
+        let request = "GET /api/now/table/incident HTTP/1.1\r\n\r\n\
+            GET /api/now/table/incident HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let answer = raw_exchange(&fake, request.as_bytes()).await;
+        assert_eq!(answer.matches("HTTP/1.1 401 ").count(), 2, "{answer}");
+        assert!(answer.contains("Connection: close"));
+        assert_eq!(fake.table_requests(), 2);
+    }
+}

@@ -1,0 +1,335 @@
+//! Fixtures: a fake instance on a shared runtime, the daemon in-process on
+//! a runtime of its own, and the built `snctl` / `snctld` binaries.
+//!
+//! Every fixture stops what it started when dropped: [`TestDaemon`] asks the
+//! daemon to shut down and joins its thread; [`DaemonProcess`] sends SIGTERM
+//! and waits (SIGKILL after a bound).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+use snctld::config::Config;
+use snctld::server::Limits;
+use snctld::servicenow::HttpConfig;
+use snctld::tokens::RefreshPolicy;
+
+use crate::fake::FakeInstance;
+
+/// Client ID registered on every fake made by [`fake`].
+pub const CLIENT_ID: &str = "3f1c0ffee0ddba11";
+/// Its secret. Distinctive, so leak scans can look for it.
+pub const CLIENT_SECRET: &str = "client-secret-CANARY-7d1e";
+
+/// The runtime fakes run on.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime")
+    })
+}
+
+/// A fake instance with [`CLIENT_ID`] registered.
+pub fn fake() -> FakeInstance {
+    let fake = runtime()
+        .block_on(FakeInstance::start())
+        .expect("fake instance starts");
+    fake.add_client(CLIENT_ID, CLIENT_SECRET);
+    fake
+}
+
+/// A daemon configuration for tests: everything under `dir`, short
+/// upstream timeouts, quick backoff.
+pub fn test_config(dir: &Path) -> Config {
+    Config {
+        socket: dir.join("snctld.sock"),
+        state_dir: dir.join("state"),
+        credentials_dir: None,
+        socket_mode: 0o600,
+        socket_dir_mode: 0o700,
+        limits: Limits::default(),
+        http: HttpConfig {
+            ca_file: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+        },
+        refresh: RefreshPolicy {
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(5),
+            ..RefreshPolicy::default()
+        },
+    }
+}
+
+/// The daemon, in-process, on a runtime thread of its own.
+pub struct TestDaemon {
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestDaemon {
+    /// Starts a daemon with `config`; returns once it serves the socket, or
+    /// the start-up error.
+    pub fn start(config: Config) -> anyhow::Result<TestDaemon> {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread_config = config.clone();
+        let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+            let config = thread_config;
+            let state = match snctld::open_state(&config) {
+                Ok(state) => state,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("{e:#}")));
+                    return Ok(());
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = match snctld::server::bind(
+                    &config.socket,
+                    config.socket_mode,
+                    config.socket_dir_mode,
+                ) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return Ok(());
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                snctld::run(config, state, listener, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+            })
+        });
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(TestDaemon {
+                config,
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(message)) => {
+                let _ = thread.join();
+                Err(anyhow::anyhow!(message))
+            }
+            Err(_) => match thread.join() {
+                Ok(result) => Err(result
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("daemon thread ended"))),
+                Err(_) => Err(anyhow::anyhow!("daemon thread panicked")),
+            },
+        }
+    }
+
+    /// Starts a daemon in a new directory under `dir`.
+    pub fn in_dir(dir: &Path) -> TestDaemon {
+        TestDaemon::start(test_config(dir)).expect("daemon starts")
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.config.socket
+    }
+
+    /// A connected client.
+    pub fn client(&self) -> snctl::Client {
+        snctl::Client::connect(&self.config.socket).expect("client connects")
+    }
+
+    /// Shuts down gracefully and returns how `run` ended.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("daemon thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Path of a binary built from this workspace (`snctl`, `snctld`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/e2e-xxxx or target/<profile>/<bin>
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace, or run the tests with cargo test --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `snctl ARGS` against `socket`, with `stdin` piped in.
+pub fn snctl(socket: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(bin("snctl"))
+        .args(args)
+        .env("SNCTL_SOCKET", socket)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("snctl runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    child.wait_with_output().expect("snctl finishes")
+}
+
+/// `snctld` as a child process.
+pub struct DaemonProcess {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `snctld --socket DIR/snctld.sock --state-dir DIR/state` and
+    /// waits until the socket answers.
+    pub fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<DaemonProcess> {
+        let socket = dir.join("snctld.sock");
+        let state_dir = dir.join("state");
+        let child = Command::new(bin("snctld"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()?;
+        let mut process = DaemonProcess {
+            child: Some(child),
+            socket,
+            state_dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if snctl::Client::connect(&process.socket).is_ok() {
+                return Ok(process);
+            }
+            if let Some(status) = process
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                process.child = None;
+                anyhow::bail!("snctld exited with {status} before serving");
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("snctld did not serve {} in time", process.socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM, then wait; SIGKILL after 20 s. Returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        // SAFETY: kill with a pid we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `condition` until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    condition()
+}
+
+/// Every regular file under `dir`, read whole.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `haystack` contains `needle`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,212 @@
+//! The `snctl` binary against the in-process daemon: every command, exit
+//! codes and messages.
+
+use snctl_tests::harness::{fake, snctl, TestDaemon, CLIENT_ID, CLIENT_SECRET};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn add_list_show_token_refresh_update_exec_remove() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let sock = daemon.socket();
+    let url = fake.url();
+
+    let out = snctl(
+        sock,
+        &[
+            "add",
+            "prod",
+            "--instance",
+            &url,
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-stdin",
+        ],
+        Some(&format!("{CLIENT_SECRET}\n")),
+    );
+    assert!(out.status.success(), "add: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("added prod"));
+    assert_eq!(fake.tokens_issued(), 1);
+
+    let out = snctl(sock, &["list"], None);
+    assert!(out.status.success());
+    let list = text(&out.stdout);
+    assert!(
+        list.contains("prod") && list.contains(&url) && list.contains("client-credentials"),
+        "{list}"
+    );
+
+    let out = snctl(sock, &["list", "--json"], None);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["name"], "prod");
+    assert_eq!(json[0]["state"], "ok");
+    assert!(!text(&out.stdout).contains(CLIENT_SECRET));
+
+    let out = snctl(sock, &["show", "prod", "--json"], None);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["client_id"], CLIENT_ID);
+    assert_eq!(json["grant"], "client-credentials");
+    let out = snctl(sock, &["show", "prod"], None);
+    assert!(text(&out.stdout).contains("token expires:"));
+
+    // The token is only the token, newline-terminated, and the instance takes it.
+    let out = snctl(sock, &["token", "prod"], None);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(stdout.ends_with('\n') && stdout.lines().count() == 1);
+    let token = stdout.trim_end().to_string();
+    assert!(fake.is_access_token_valid(&token));
+    let table = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{url}/api/now/table/incident?sysparm_limit=1"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(table.status(), 200);
+    assert_eq!(fake.tokens_issued(), 1, "the token came from memory");
+
+    let out = snctl(sock, &["token", "prod", "--json"], None);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["access_token"], token.as_str());
+    assert_eq!(json["instance_url"], url.as_str());
+
+    let out = snctl(sock, &["refresh", "prod"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(fake.tokens_issued(), 2);
+    let refreshed = text(&snctl(sock, &["token", "prod"], None).stdout)
+        .trim_end()
+        .to_string();
+    assert_ne!(refreshed, token);
+
+    // exec hands the token and instance to the child.
+    let out = snctl(
+        sock,
+        &[
+            "exec",
+            "prod",
+            "--",
+            "sh",
+            "-c",
+            "printf '%s %s' \"$SN_INSTANCE_URL\" \"$SN_ACCESS_TOKEN\"",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{url} {refreshed}"));
+
+    // A rotated secret: update verifies the new one before saving it.
+    fake.set_client_secret(CLIENT_ID, "rotated-secret");
+    let out = snctl(
+        sock,
+        &["update", "prod", "--client-secret-stdin"],
+        Some("wrong-secret\n"),
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("previous settings stay in use"));
+    let out = snctl(
+        sock,
+        &["update", "prod", "--client-secret-stdin"],
+        Some("rotated-secret\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let current = text(&snctl(sock, &["token", "prod"], None).stdout)
+        .trim_end()
+        .to_string();
+    let out = snctl(sock, &["remove", "prod"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(fake.revoke_requests(), 1);
+    assert!(
+        !fake.is_access_token_valid(&current),
+        "remove revoked the token"
+    );
+    let out = snctl(sock, &["token", "prod"], None);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(text(&out.stderr).contains("no authentication named \"prod\""));
+}
+
+#[test]
+fn a_wrong_secret_saves_nothing_and_says_why() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let out = snctl(
+        daemon.socket(),
+        &[
+            "add",
+            "prod",
+            "--instance",
+            &fake.url(),
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-stdin",
+        ],
+        Some("not-the-secret"),
+    );
+    assert_eq!(out.status.code(), Some(7));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("glide.oauth.inbound.client.credential.grant_type.enabled"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("OAuth Application User"), "{stderr}");
+    assert!(stderr.contains("nothing was saved"), "{stderr}");
+    let out = snctl(daemon.socket(), &["list", "--json"], None);
+    assert_eq!(text(&out.stdout).trim(), "[]");
+    drop(daemon);
+    // Nor after a restart.
+    let daemon = TestDaemon::in_dir(dir.path());
+    assert!(daemon.client().list().unwrap().is_empty());
+}
+
+#[test]
+fn usage_errors_and_bad_urls_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let out = snctl(daemon.socket(), &["token"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let out = snctl(
+        daemon.socket(),
+        &[
+            "add",
+            "prod",
+            "--instance",
+            "http://acme.service-now.com",
+            "--client-id",
+            "x",
+            "--client-secret-stdin",
+        ],
+        Some("s"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("plain http"));
+    let out = snctl(
+        daemon.socket(),
+        &[
+            "add",
+            "bad/name",
+            "--instance",
+            "https://a.service-now.com",
+            "--client-id",
+            "x",
+            "--client-secret-stdin",
+        ],
+        Some("s"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn no_daemon_exits_3_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = snctl(&dir.path().join("none.sock"), &["token", "prod"], None);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).contains("snctld is not running"));
+}

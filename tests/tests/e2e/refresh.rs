@@ -1,0 +1,102 @@
+//! Refreshing: ahead of expiry with no caller, and one upstream request
+//! however many callers wait.
+
+use std::sync::Barrier;
+use std::time::Duration;
+
+use snctl_tests::fake::Fault;
+use snctl_tests::harness::{fake, wait_until, TestDaemon};
+
+use crate::add_request;
+
+#[test]
+fn tokens_are_refreshed_ahead_of_expiry_with_no_caller() {
+    let fake = fake();
+    fake.set_access_lifetime(2);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let first = daemon
+        .client()
+        .add(add_request("prod", &fake.url()))
+        .unwrap();
+    assert_eq!(fake.tokens_issued(), 1);
+    // Nobody asks; the scheduler refreshes at ~75 % of each 2 s lifetime.
+    assert!(
+        wait_until(Duration::from_secs(15), || fake.tokens_issued() >= 3),
+        "proactive refreshes seen: {}",
+        fake.tokens_issued() - 1
+    );
+    let token = daemon.client().token_with("prod", Duration::ZERO).unwrap();
+    assert!(fake.is_access_token_valid(token.access_token.expose()));
+    let now = daemon.client().show("prod").unwrap();
+    assert!(now.last_refresh_at >= first.last_refresh_at);
+    assert!(now.next_refresh_at.is_some());
+}
+
+#[test]
+fn five_hundred_callers_on_an_expired_token_cause_one_upstream_request() {
+    let fake = fake();
+    fake.set_access_lifetime(1);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    daemon
+        .client()
+        .add(add_request("prod", &fake.url()))
+        .unwrap();
+    drop(daemon);
+    // The stored token expires while the daemon is down.
+    std::thread::sleep(Duration::from_millis(1200));
+    fake.set_access_lifetime(1800);
+    // A slow answer keeps every caller waiting on the same refresh.
+    fake.push_fault(Fault::Delay(Duration::from_millis(800)));
+    let before = fake.token_requests();
+
+    let daemon = TestDaemon::in_dir(dir.path());
+    let callers = 500;
+    let barrier = Barrier::new(callers);
+    let tokens: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..callers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut client = daemon.client();
+                    barrier.wait();
+                    client
+                        .token("prod")
+                        .expect("token")
+                        .access_token
+                        .expose()
+                        .to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let upstream = fake.token_requests() - before;
+    println!(
+        "{callers} concurrent callers on an expired token: {upstream} upstream token request(s)"
+    );
+    assert_eq!(upstream, 1);
+    assert!(tokens.iter().all(|t| t == &tokens[0]));
+    assert!(fake.is_access_token_valid(&tokens[0]));
+}
+
+#[test]
+fn min_valid_forces_a_refresh_and_impossible_asks_are_refused() {
+    let fake = fake();
+    fake.set_access_lifetime(60);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let mut client = daemon.client();
+    client.add(add_request("prod", &fake.url())).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    // 59 s left is less than asked: refresh first.
+    let token = client.token_with("prod", Duration::from_secs(59)).unwrap();
+    assert_eq!(fake.tokens_issued(), 2);
+    assert!(fake.is_access_token_valid(token.access_token.expose()));
+    // A token can never be valid for longer than its lifetime.
+    let err = client
+        .token_with("prod", Duration::from_secs(600))
+        .unwrap_err();
+    assert_eq!(err.kind().exit_code(), 2, "{err}");
+    assert_eq!(fake.tokens_issued(), 2);
+}

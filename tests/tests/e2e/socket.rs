@@ -1,0 +1,155 @@
+//! Hostile or broken clients on the socket never stop others.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use rand::RngCore;
+use snctl_shared::frame::{self, MAX_REQUEST_FRAME};
+use snctl_shared::protocol::Hello;
+use snctl_tests::harness::{fake, test_config, TestDaemon};
+
+use crate::add_request;
+
+fn hello_bytes() -> Vec<u8> {
+    frame::encode(
+        &Hello {
+            protocol_version: snctl::PROTOCOL_VERSION,
+            client_version: "test".into(),
+        },
+        MAX_REQUEST_FRAME,
+    )
+    .unwrap()
+}
+
+/// Reads until the daemon closes the connection; true if it did.
+fn closed_by_daemon(stream: &mut UnixStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn bad_frames_end_only_their_connection() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let mut good = daemon.client();
+    good.add(add_request("prod", &fake.url())).unwrap();
+
+    // A 4 GiB length header, as the first frame and after a valid hello.
+    let mut s = UnixStream::connect(daemon.socket()).unwrap();
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    assert!(closed_by_daemon(&mut s));
+    let mut s = UnixStream::connect(daemon.socket()).unwrap();
+    s.write_all(&hello_bytes()).unwrap();
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    assert!(closed_by_daemon(&mut s));
+
+    // Random bytes.
+    let mut rng = rand::thread_rng();
+    for _ in 0..20 {
+        let mut junk = vec![0u8; 64];
+        rng.fill_bytes(&mut junk);
+        let mut s = UnixStream::connect(daemon.socket()).unwrap();
+        let _ = s.write_all(&junk);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        assert!(closed_by_daemon(&mut s));
+    }
+
+    // A half-written frame from a client that then vanishes.
+    let mut s = UnixStream::connect(daemon.socket()).unwrap();
+    s.write_all(&hello_bytes()[..3]).unwrap();
+    drop(s);
+
+    // The long-lived client and new ones are served throughout.
+    assert!(good.token("prod").is_ok());
+    assert!(daemon.client().token("prod").is_ok());
+}
+
+#[test]
+fn slow_and_idle_clients_do_not_block_others_and_time_out() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.limits.read_timeout = Duration::from_millis(500);
+    config.limits.idle_timeout = Duration::from_secs(1);
+    let daemon = TestDaemon::start(config).unwrap();
+    daemon
+        .client()
+        .add(add_request("prod", &fake.url()))
+        .unwrap();
+
+    // Started a frame, never finishes it.
+    let mut slow = UnixStream::connect(daemon.socket()).unwrap();
+    slow.write_all(&hello_bytes()[..2]).unwrap();
+    // Connected, never says anything.
+    let mut idle = UnixStream::connect(daemon.socket()).unwrap();
+
+    assert!(daemon.client().token("prod").is_ok());
+    assert!(closed_by_daemon(&mut slow), "a stalled frame is cut off");
+    assert!(closed_by_daemon(&mut idle), "an idle connection is closed");
+    assert!(daemon.client().token("prod").is_ok());
+}
+
+#[test]
+fn connections_past_the_cap_are_closed_and_the_rest_served() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.limits.max_connections = 4;
+    let daemon = TestDaemon::start(config).unwrap();
+    let mut clients: Vec<_> = (0..4).map(|_| daemon.client()).collect();
+    clients[0].add(add_request("prod", &fake.url())).unwrap();
+    // The fifth is closed during the handshake, with a clear error.
+    let err = snctl::Client::connect(daemon.socket())
+        .err()
+        .expect("refused");
+    assert_eq!(err.kind().exit_code(), 3, "{err}");
+    for client in &mut clients {
+        assert!(client.token("prod").is_ok());
+    }
+    drop(clients.pop());
+    assert!(snctl_tests::harness::wait_until(
+        Duration::from_secs(5),
+        || { snctl::Client::connect(daemon.socket()).is_ok() }
+    ));
+}
+
+#[test]
+fn the_socket_is_private_and_removed_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let socket = daemon.socket().to_path_buf();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A second daemon on the same socket refuses to start.
+    let err = TestDaemon::start(test_config(dir.path()))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("already serving"), "{err}");
+    daemon.stop().unwrap();
+    assert!(!socket.exists());
+}
+
+#[test]
+fn a_stale_socket_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    // A socket file nobody listens on, as a killed daemon leaves behind.
+    let listener = std::os::unix::net::UnixListener::bind(&config.socket).unwrap();
+    drop(listener);
+    assert!(config.socket.exists());
+    let daemon = TestDaemon::start(config).unwrap();
+    assert!(daemon.client().status().is_ok());
+}

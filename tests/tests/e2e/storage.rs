@@ -1,0 +1,160 @@
+//! What is on disk: survives restarts, holds no secret in clear, and is
+//! never touched by a daemon started with the wrong key.
+
+use std::os::unix::fs::PermissionsExt;
+
+use snctl_tests::harness::{
+    contains, fake, files_under, snctl, test_config, DaemonProcess, TestDaemon, CLIENT_SECRET,
+};
+
+use crate::add_request;
+
+#[test]
+fn a_restart_keeps_every_authentication_and_token() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    daemon
+        .client()
+        .add(add_request("prod", &fake.url()))
+        .unwrap();
+    daemon
+        .client()
+        .add(add_request("dev", &fake.url()))
+        .unwrap();
+    let before = daemon.client().token("prod").unwrap();
+    daemon.stop().unwrap();
+
+    let issued = fake.tokens_issued();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let names: Vec<String> = daemon
+        .client()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["dev", "prod"]);
+    let after = daemon.client().token("prod").unwrap();
+    assert_eq!(
+        after.access_token, before.access_token,
+        "the stored token is reused"
+    );
+    assert_eq!(
+        fake.tokens_issued(),
+        issued,
+        "no new upstream request after a restart"
+    );
+}
+
+#[test]
+fn the_state_directory_holds_no_secret_in_clear() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let mut client = daemon.client();
+    client.add(add_request("prod", &fake.url())).unwrap();
+    client.refresh("prod").unwrap();
+    client.refresh("prod").unwrap();
+    daemon.stop().unwrap();
+
+    let state = dir.path().join("state");
+    let files = files_under(&state);
+    assert!(files.iter().any(|(p, _)| p.ends_with("snctld.db")));
+    let mut needles = vec![CLIENT_SECRET.to_string()];
+    needles.extend(fake.issued_access_tokens());
+    assert_eq!(needles.len(), 4);
+    for (path, bytes) in &files {
+        for needle in &needles {
+            assert!(
+                !contains(bytes, needle.as_bytes()),
+                "{} holds a secret in clear",
+                path.display()
+            );
+        }
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
+    }
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
+#[test]
+fn a_wrong_key_stops_the_start_and_writes_nothing() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    daemon
+        .client()
+        .add(add_request("prod", &fake.url()))
+        .unwrap();
+    daemon.stop().unwrap();
+
+    let state = dir.path().join("state");
+    let key = state.join("snctld.key");
+    std::fs::write(&key, format!("{}\n", "42".repeat(32))).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let before = files_under(&state);
+    let err = TestDaemon::start(test_config(dir.path()))
+        .err()
+        .expect("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("not the key this database was sealed with"),
+        "{message}"
+    );
+    assert!(!message.contains('\n'));
+    assert_eq!(
+        files_under(&state),
+        before,
+        "nothing in the state directory changed"
+    );
+    assert!(
+        !dir.path().join("snctld.sock").exists(),
+        "no socket was created"
+    );
+
+    // An exposed key file is refused too.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = TestDaemon::start(test_config(dir.path()))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn the_daemon_binary_restarts_on_sigterm_without_losing_anything() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = DaemonProcess::start(dir.path(), &[]).unwrap();
+    let out = snctl(
+        &daemon.socket,
+        &[
+            "add",
+            "prod",
+            "--instance",
+            &fake.url(),
+            "--client-id",
+            snctl_tests::harness::CLIENT_ID,
+            "--client-secret-stdin",
+        ],
+        Some(CLIENT_SECRET),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = snctl(&daemon.socket, &["token", "prod"], None).stdout;
+    assert!(daemon.stop(), "SIGTERM exits 0");
+    assert!(!daemon.socket.exists(), "the socket is removed on shutdown");
+
+    let daemon = DaemonProcess::start(dir.path(), &[]).unwrap();
+    let again = snctl(&daemon.socket, &["token", "prod"], None);
+    assert!(again.status.success());
+    assert_eq!(again.stdout, token);
+    let status = snctl(&daemon.socket, &["status", "--json"], None);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["authentications"], 1);
+    assert_eq!(json["pid"], daemon.pid().unwrap());
+}
