@@ -548,7 +548,7 @@ mod tests {
         );
         assert_eq!(
             normalize_instance_url("http://[::1]:80").unwrap(),
-            "http://[::1]:80"
+            "http://[::1]"
         );
         assert!(normalize_instance_url("http://acme.service-now.com").is_err());
         assert!(normalize_instance_url("ftp://acme").is_err());

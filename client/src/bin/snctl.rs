@@ -355,13 +355,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
 /// The secret, from stdin (for scripts) or a no-echo prompt; never argv.
 fn read_secret(from_stdin: bool, prompt: &str) -> Result<Secret, Failure> {
     let secret = if from_stdin {
-        let mut text = String::new();
+        let mut text = zeroize::Zeroizing::new(String::new());
         std::io::stdin()
             .read_to_string(&mut text)
             .map_err(|e| other(format!("cannot read the secret from standard input: {e}")))?;
-        let trimmed = text.trim_end_matches(['\n', '\r']).to_string();
-        zero(&mut text);
-        trimmed
+        text.trim_end_matches(['\n', '\r']).to_string()
     } else {
         if !std::io::stdin().is_terminal() {
             return Err(usage(
@@ -377,11 +375,6 @@ fn read_secret(from_stdin: bool, prompt: &str) -> Result<Secret, Failure> {
         ));
     }
     Ok(Secret::new(secret))
-}
-
-fn zero(text: &mut String) {
-    // SAFETY: writing zero bytes keeps the string valid UTF-8.
-    unsafe { text.as_bytes_mut().fill(0) };
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
@@ -402,6 +395,9 @@ fn now_secs() -> i64 {
 fn relative(at: i64) -> String {
     let delta = at - now_secs();
     let span = delta.unsigned_abs();
+    if span == 0 {
+        return "now".into();
+    }
     let text = match span {
         0..=59 => format!("{span}s"),
         60..=3599 => format!("{}m", span / 60),
