@@ -29,20 +29,43 @@ fn an_unreachable_daemon_exits_3_with_one_line() {
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("snctl: snctld is not running at "), "{stderr}");
+    assert!(
+        stderr.starts_with("snctl: snctld is not running at "),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn the_secret_is_never_taken_from_argv() {
     let dir = tempfile::tempdir().unwrap();
     let out = snctl(
-        &["add", "prod", "--instance", "https://a.service-now.com", "--client-id", "x", "--client-secret", "s"],
+        &[
+            "add",
+            "prod",
+            "--instance",
+            "https://a.service-now.com",
+            "--client-id",
+            "x",
+            "--client-secret",
+            "s",
+        ],
         &dir.path().join("none.sock"),
     );
-    assert_eq!(out.status.code(), Some(2), "there is no --client-secret flag");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "there is no --client-secret flag"
+    );
     // Without a terminal and without --client-secret-stdin there is nothing to read.
     let out = Command::new(env!("CARGO_BIN_EXE_snctl"))
-        .args(["add", "prod", "--instance", "https://a.service-now.com", "--client-id", "x"])
+        .args([
+            "add",
+            "prod",
+            "--instance",
+            "https://a.service-now.com",
+            "--client-id",
+            "x",
+        ])
         .env("SNCTL_SOCKET", dir.path().join("none.sock"))
         .stdin(std::process::Stdio::null())
         .output()

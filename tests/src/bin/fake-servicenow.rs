@@ -7,9 +7,9 @@ use std::io::BufRead;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let client_id = args
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("usage: fake-servicenow CLIENT_ID [LIFETIME_SECS] < secret"))?;
+    let client_id = args.next().ok_or_else(|| {
+        anyhow::anyhow!("usage: fake-servicenow CLIENT_ID [LIFETIME_SECS] < secret")
+    })?;
     let lifetime: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1800);
     let mut secret = String::new();
     std::io::stdin().lock().read_line(&mut secret)?;

@@ -27,7 +27,12 @@ fn show_cmd(args: &[&str], out: &std::process::Output) {
 fn run(socket: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
     let out = snctl(socket, args, stdin);
     show_cmd(args, &out);
-    anyhow::ensure!(out.status.success(), "snctl {} failed ({})", args.join(" "), out.status);
+    anyhow::ensure!(
+        out.status.success(),
+        "snctl {} failed ({})",
+        args.join(" "),
+        out.status
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -42,7 +47,10 @@ fn build_binaries() -> anyhow::Result<()> {
     };
     let exe = std::env::current_exe()?;
     let release = exe.parent().is_some_and(|d| d.ends_with("release"));
-    println!("building snctl and snctld ({})…", if release { "release" } else { "debug" });
+    println!(
+        "building snctl and snctld ({})…",
+        if release { "release" } else { "debug" }
+    );
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "--quiet", "-p", "snctl", "-p", "snctld"]);
     if release {
@@ -65,17 +73,31 @@ fn main() -> anyhow::Result<()> {
     step("start snctld");
     let mut daemon = DaemonProcess::start(dir.path(), &[])?;
     let sock = daemon.socket.clone();
-    println!("snctld pid {} serving {}", daemon.pid().unwrap_or(0), sock.display());
+    println!(
+        "snctld pid {} serving {}",
+        daemon.pid().unwrap_or(0),
+        sock.display()
+    );
 
     step("register the OAuth client once (the secret is piped in, never on argv)");
     run(
         &sock,
-        &["add", "demo", "--instance", &fake.url(), "--client-id", CLIENT_ID, "--client-secret-stdin"],
+        &[
+            "add",
+            "demo",
+            "--instance",
+            &fake.url(),
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-stdin",
+        ],
         Some(CLIENT_SECRET),
     )?;
     run(&sock, &["list"], None)?;
 
-    step("eight processes ask for a token at once (--min-valid: tokens live only 10 s in this demo)");
+    step(
+        "eight processes ask for a token at once (--min-valid: tokens live only 10 s in this demo)",
+    );
     let children: Vec<_> = (0..8)
         .map(|_| {
             Command::new(harness::bin("snctl"))
@@ -92,7 +114,10 @@ fn main() -> anyhow::Result<()> {
         println!("process {i}: {}", short(&token));
         tokens.push(token);
     }
-    anyhow::ensure!(tokens.iter().all(|t| t == &tokens[0]), "processes got different tokens");
+    anyhow::ensure!(
+        tokens.iter().all(|t| t == &tokens[0]),
+        "processes got different tokens"
+    );
     println!(
         "all eight got the same token; the instance saw {} token request(s) in all",
         fake.token_requests()
@@ -102,10 +127,17 @@ fn main() -> anyhow::Result<()> {
     let response = reqwest::blocking::Client::builder()
         .no_proxy()
         .build()?
-        .get(format!("{}/api/now/table/incident?sysparm_limit=1", fake.url()))
+        .get(format!(
+            "{}/api/now/table/incident?sysparm_limit=1",
+            fake.url()
+        ))
         .bearer_auth(&tokens[0])
         .send()?;
-    println!("GET /api/now/table/incident -> {} {}", response.status(), response.text()?);
+    println!(
+        "GET /api/now/table/incident -> {} {}",
+        response.status(),
+        response.text()?
+    );
 
     step("wait for snctld to refresh ahead of expiry (tokens live 10 s here)");
     anyhow::ensure!(
