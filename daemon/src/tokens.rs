@@ -315,7 +315,13 @@ impl Tokens {
             0.0
         };
         let at = tokens.obtained_at_ms + (lifetime * (policy.ahead + jitter)).round() as i64;
-        shared.next_refresh_ms = Some(at.min(tokens.expires_at_ms));
+        // Never plan sooner than a second after the last token, whatever
+        // lifetime the instance claims, so a bogus `expires_in` cannot turn
+        // the scheduler into a loop.
+        shared.next_refresh_ms = Some(
+            at.min(tokens.expires_at_ms)
+                .max(tokens.obtained_at_ms + 1000),
+        );
         shared.last_refresh_ms = Some(tokens.obtained_at_ms);
         shared.token = Some(Token {
             access: tokens.access_token,
