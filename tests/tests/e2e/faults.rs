@@ -6,9 +6,9 @@ use std::time::Duration;
 use snctl::protocol::{AuthState, UpstreamKind};
 use snctl::{ClientError, Error};
 use snctl_tests::fake::Fault;
-use snctl_tests::harness::{fake, test_config, TestDaemon, CLIENT_ID};
+use snctl_tests::harness::CLIENT_ID;
 
-use crate::add_request;
+use crate::Prod;
 
 fn upstream_kind(err: &ClientError) -> Option<UpstreamKind> {
     match err {
@@ -20,13 +20,12 @@ fn upstream_kind(err: &ClientError) -> Option<UpstreamKind> {
 /// Adds `prod`, installs `fault` for every later token request, forces a
 /// refresh, and checks what users rely on.
 fn check_transient(fault: Fault, kind: UpstreamKind, words: &str) {
-    let fake = fake();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.http.request_timeout = Duration::from_secs(1);
-    let daemon = TestDaemon::start(config).unwrap();
+    let Prod {
+        dir: _dir,
+        fake,
+        daemon,
+    } = Prod::with(|_| {}, |c| c.http.request_timeout = Duration::from_secs(1));
     let mut client = daemon.client();
-    client.add(add_request("prod", &fake.url())).unwrap();
     let valid = client.token("prod").unwrap();
 
     fake.set_standing_fault(Some(fault));
@@ -103,11 +102,12 @@ fn a_connection_reset_keeps_the_valid_token() {
 
 #[test]
 fn rate_limiting_is_honoured() {
-    let fake = fake();
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = TestDaemon::in_dir(dir.path());
+    let Prod {
+        dir: _dir,
+        fake,
+        daemon,
+    } = Prod::start();
     let mut client = daemon.client();
-    client.add(add_request("prod", &fake.url())).unwrap();
     fake.push_fault(Fault::too_many_requests(120));
     let err = client.refresh("prod").unwrap_err();
     assert_eq!(
@@ -126,11 +126,12 @@ fn rate_limiting_is_honoured() {
 
 #[test]
 fn a_refused_credential_is_not_retried_until_an_admin_acts() {
-    let fake = fake();
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = TestDaemon::in_dir(dir.path());
+    let Prod {
+        dir: _dir,
+        fake,
+        daemon,
+    } = Prod::start();
     let mut client = daemon.client();
-    client.add(add_request("prod", &fake.url())).unwrap();
     let valid = client.token("prod").unwrap();
 
     // The admin rotated the secret in ServiceNow.

@@ -24,3 +24,41 @@ pub fn add_request(name: &str, instance: &str) -> AddRequest {
         scope: None,
     }
 }
+
+/// A fake instance, a daemon in a temp dir of its own, and `prod` added.
+/// Fields drop in order: the daemon stops before its directory goes.
+pub struct Prod {
+    pub daemon: snctl_tests::harness::TestDaemon,
+    pub dir: tempfile::TempDir,
+    pub fake: snctl_tests::fake::FakeInstance,
+}
+
+impl Prod {
+    /// With the default test configuration and fake.
+    pub fn start() -> Prod {
+        Prod::with(|_| {}, |_| {})
+    }
+
+    /// `prepare` sets the fake up before `prod` is added; `tune` adjusts the
+    /// daemon's configuration.
+    pub fn with(
+        prepare: impl FnOnce(&snctl_tests::fake::FakeInstance),
+        tune: impl FnOnce(&mut snctld::Config),
+    ) -> Prod {
+        let fake = snctl_tests::harness::fake();
+        prepare(&fake);
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = snctl_tests::harness::test_config(dir.path());
+        tune(&mut config);
+        let daemon = snctl_tests::harness::TestDaemon::start(config).unwrap();
+        daemon
+            .client()
+            .add(add_request("prod", &fake.url()))
+            .unwrap();
+        Prod { daemon, dir, fake }
+    }
+
+    pub fn client(&self) -> snctl::Client {
+        self.daemon.client()
+    }
+}

@@ -7,18 +7,16 @@ use std::time::Duration;
 use snctl_tests::fake::Fault;
 use snctl_tests::harness::{fake, wait_until, TestDaemon};
 
-use crate::add_request;
+use crate::{add_request, Prod};
 
 #[test]
 fn tokens_are_refreshed_ahead_of_expiry_with_no_caller() {
-    let fake = fake();
-    fake.set_access_lifetime(2);
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = TestDaemon::in_dir(dir.path());
-    let first = daemon
-        .client()
-        .add(add_request("prod", &fake.url()))
-        .unwrap();
+    let Prod {
+        dir: _dir,
+        fake,
+        daemon,
+    } = Prod::with(|f| f.set_access_lifetime(2), |_| {});
+    let first = daemon.client().show("prod").unwrap();
     assert_eq!(fake.tokens_issued(), 1);
     // Nobody asks; the scheduler refreshes at ~75 % of each 2 s lifetime.
     assert!(
@@ -82,12 +80,12 @@ fn five_hundred_callers_on_an_expired_token_cause_one_upstream_request() {
 
 #[test]
 fn min_valid_forces_a_refresh_and_impossible_asks_are_refused() {
-    let fake = fake();
-    fake.set_access_lifetime(60);
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = TestDaemon::in_dir(dir.path());
+    let Prod {
+        dir: _dir,
+        fake,
+        daemon,
+    } = Prod::with(|f| f.set_access_lifetime(60), |_| {});
     let mut client = daemon.client();
-    client.add(add_request("prod", &fake.url())).unwrap();
     std::thread::sleep(Duration::from_millis(1100));
     // 59 s left is less than asked: refresh first.
     let token = client.token_with("prod", Duration::from_secs(59)).unwrap();

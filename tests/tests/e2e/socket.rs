@@ -10,7 +10,7 @@ use snctl_shared::frame::{self, MAX_REQUEST_FRAME};
 use snctl_shared::protocol::Hello;
 use snctl_tests::harness::{fake, test_config, TestDaemon};
 
-use crate::add_request;
+use crate::{add_request, Prod};
 
 fn hello_bytes() -> Vec<u8> {
     frame::encode(
@@ -41,11 +41,12 @@ fn closed_by_daemon(stream: &mut UnixStream) -> bool {
 
 #[test]
 fn bad_frames_end_only_their_connection() {
-    let fake = fake();
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = TestDaemon::in_dir(dir.path());
+    let Prod {
+        dir: _dir,
+        fake: _fake,
+        daemon,
+    } = Prod::start();
     let mut good = daemon.client();
-    good.add(add_request("prod", &fake.url())).unwrap();
 
     // A 4 GiB length header, as the first frame and after a valid hello.
     let mut s = UnixStream::connect(daemon.socket()).unwrap();
@@ -79,16 +80,17 @@ fn bad_frames_end_only_their_connection() {
 
 #[test]
 fn slow_and_idle_clients_do_not_block_others_and_time_out() {
-    let fake = fake();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.limits.read_timeout = Duration::from_millis(500);
-    config.limits.idle_timeout = Duration::from_secs(1);
-    let daemon = TestDaemon::start(config).unwrap();
-    daemon
-        .client()
-        .add(add_request("prod", &fake.url()))
-        .unwrap();
+    let Prod {
+        dir: _dir,
+        fake: _fake,
+        daemon,
+    } = Prod::with(
+        |_| {},
+        |c| {
+            c.limits.read_timeout = Duration::from_millis(500);
+            c.limits.idle_timeout = Duration::from_secs(1);
+        },
+    );
 
     // Started a frame, never finishes it.
     let mut slow = UnixStream::connect(daemon.socket()).unwrap();

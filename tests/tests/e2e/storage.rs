@@ -7,17 +7,11 @@ use snctl_tests::harness::{
     contains, fake, files_under, snctl, test_config, DaemonProcess, TestDaemon, CLIENT_SECRET,
 };
 
-use crate::add_request;
+use crate::{add_request, Prod};
 
 #[test]
 fn a_restart_keeps_every_authentication_and_token() {
-    let fake = fake();
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = TestDaemon::in_dir(dir.path());
-    daemon
-        .client()
-        .add(add_request("prod", &fake.url()))
-        .unwrap();
+    let Prod { dir, fake, daemon } = Prod::start();
     daemon
         .client()
         .add(add_request("dev", &fake.url()))
@@ -49,11 +43,8 @@ fn a_restart_keeps_every_authentication_and_token() {
 
 #[test]
 fn the_state_directory_holds_no_secret_in_clear() {
-    let fake = fake();
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = TestDaemon::in_dir(dir.path());
+    let Prod { dir, fake, daemon } = Prod::start();
     let mut client = daemon.client();
-    client.add(add_request("prod", &fake.url())).unwrap();
     client.refresh("prod").unwrap();
     client.refresh("prod").unwrap();
     daemon.stop().unwrap();
@@ -81,13 +72,11 @@ fn the_state_directory_holds_no_secret_in_clear() {
 
 #[test]
 fn a_wrong_key_stops_the_start_and_writes_nothing() {
-    let fake = fake();
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = TestDaemon::in_dir(dir.path());
-    daemon
-        .client()
-        .add(add_request("prod", &fake.url()))
-        .unwrap();
+    let Prod {
+        dir,
+        fake: _fake,
+        daemon,
+    } = Prod::start();
     daemon.stop().unwrap();
 
     let state = dir.path().join("state");
