@@ -206,12 +206,15 @@ pub fn snctl(socket: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .expect("snctl runs");
     if let Some(input) = stdin {
-        child
+        // snctl may exit (a usage error) before reading its input.
+        if let Err(e) = child
             .stdin
             .take()
             .expect("stdin")
             .write_all(input.as_bytes())
-            .expect("write stdin");
+        {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+        }
     }
     child.wait_with_output().expect("snctl finishes")
 }
