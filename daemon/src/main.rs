@@ -13,8 +13,10 @@ use snctld::config::{Config, Mode, PathOverrides};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Stay in the foreground (the default; for systemd and terminals).
+    /// Stay in the foreground. This is the default (for systemd and
+    /// terminals); the flag exists so that unit files can say so.
     #[arg(long)]
+    #[allow(dead_code)]
     foreground: bool,
     /// Socket path [default: /run/snctld/snctld.sock as root,
     /// $XDG_RUNTIME_DIR/snctld/snctld.sock otherwise].
@@ -57,7 +59,8 @@ fn main() -> ExitCode {
     match start(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
+            // One line on stderr, which journald also collects; not through
+            // tracing, so that it shows whatever the log level.
             eprintln!("snctld: {error:#}");
             ExitCode::FAILURE
         }
@@ -68,7 +71,6 @@ fn start(args: Args) -> anyhow::Result<()> {
     // Files the daemon creates are private unless it says otherwise.
     // SAFETY: umask only sets the process file mode mask.
     unsafe { libc::umask(0o077) };
-    let _ = args.foreground;
     let overrides = PathOverrides {
         socket: args.socket,
         state_dir: args.state_dir,
