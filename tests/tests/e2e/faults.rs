@@ -17,6 +17,17 @@ fn upstream_kind(err: &ClientError) -> Option<UpstreamKind> {
     }
 }
 
+/// The valid token is served, even to callers asking for more validity
+/// than it has.
+fn assert_still_served(client: &mut snctl::Client, valid: &snctl::Token) {
+    for _ in 0..20 {
+        let token = client
+            .token_with("prod", Duration::from_secs(1799))
+            .unwrap();
+        assert_eq!(token.access_token, valid.access_token);
+    }
+}
+
 /// Adds `prod`, installs `fault` for every later token request, forces a
 /// refresh, and checks what users rely on.
 fn check_transient(fault: Fault, kind: UpstreamKind, words: &str) {
@@ -39,12 +50,7 @@ fn check_transient(fault: Fault, kind: UpstreamKind, words: &str) {
     // The valid token is still served, even to a caller asking for more
     // validity than it has, and asking does not hit the instance again.
     let asked = fake.token_requests();
-    for _ in 0..20 {
-        let token = client
-            .token_with("prod", Duration::from_secs(1799))
-            .unwrap();
-        assert_eq!(token.access_token, valid.access_token);
-    }
+    assert_still_served(&mut client, &valid);
     assert_eq!(
         fake.token_requests(),
         asked,
@@ -142,13 +148,7 @@ fn a_refused_credential_is_not_retried_until_an_admin_acts() {
         .to_string()
         .contains("glide.oauth.inbound.client.credential.grant_type.enabled"));
     let asked = fake.token_requests();
-    for _ in 0..20 {
-        // Still served while valid; no upstream request.
-        let token = client
-            .token_with("prod", Duration::from_secs(1799))
-            .unwrap();
-        assert_eq!(token.access_token, valid.access_token);
-    }
+    assert_still_served(&mut client, &valid);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         fake.token_requests(),
