@@ -56,20 +56,19 @@ fn the_secret_is_never_taken_from_argv() {
         Some(2),
         "there is no --client-secret flag"
     );
-    // Without a terminal and without --client-secret-stdin there is nothing to read.
-    let out = Command::new(env!("CARGO_BIN_EXE_snctl"))
-        .args([
+    // Without a terminal and without --client-secret-stdin there is nothing
+    // to read (`output()` gives the child an empty stdin).
+    let out = snctl(
+        &[
             "add",
             "prod",
             "--instance",
             "https://a.service-now.com",
             "--client-id",
             "x",
-        ])
-        .env("SNCTL_SOCKET", dir.path().join("none.sock"))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+        ],
+        &dir.path().join("none.sock"),
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--client-secret-stdin"));
 }

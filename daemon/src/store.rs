@@ -40,6 +40,11 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("cannot create the database {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error(transparent)]
@@ -105,10 +110,9 @@ impl UncheckedDb {
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| {
-                    open_err(rusqlite::Error::InvalidPath(
-                        format!("{}: {e}", path.display()).into(),
-                    ))
+                .map_err(|source| StoreError::Create {
+                    path: path.to_path_buf(),
+                    source,
                 })?;
         }
         let conn = Connection::open(path).map_err(open_err)?;
@@ -136,12 +140,7 @@ impl UncheckedDb {
         if !has_meta {
             return Ok(None);
         }
-        Ok(self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        Self::key_check_of(&self.conn)
     }
 
     /// Sets up WAL, migrates and records the key check: the first writes.

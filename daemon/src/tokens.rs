@@ -384,7 +384,9 @@ impl Tokens {
                 Ok(())
             }
             Err(failure) => {
-                let (error, changed) = {
+                // The new state is persisted only when it changes, so a long
+                // outage does not write on every retry.
+                let (error, state, changed) = {
                     let mut shared = entry.lock();
                     shared.failures += 1;
                     let before = shared.state;
@@ -399,14 +401,14 @@ impl Tokens {
                     }
                     let error = upstream_error(&failure, &auth.instance_url, shared.retry_at_ms);
                     shared.last_error = Some(error.clone());
-                    (error, before != shared.state || shared.failures == 1)
+                    let changed = before != shared.state || shared.failures == 1;
+                    (error, shared.state, changed)
                 };
                 entry.wake.notify_one();
                 tracing::warn!(name = %auth.name, kind = ?failure.kind, status = ?failure.status,
                     retry_at = ?error.retry_at, "refresh failed: {}", error.message);
                 if changed {
-                    let (name, state, message) =
-                        (auth.name.clone(), entry.lock().state, error.message.clone());
+                    let (name, message) = (auth.name.clone(), error.message.clone());
                     if let Err(e) = self
                         .inner
                         .store
