@@ -24,8 +24,9 @@ use interprocess::local_socket::{GenericFilePath, Stream};
 
 use snctl_shared::frame::{self, FrameError, MAX_REQUEST_FRAME};
 use snctl_shared::protocol::{
-    AddRequest, AuthSummary, DaemonStatus, Hello, HelloReply, NameRequest, RemoveReply,
-    RemoveRequest, Reply, Request, Response, TokenRequest, UpdateRequest,
+    AddRequest, AuthSummary, DaemonStatus, Diagnosis, Hello, HelloReply, LoginChallenge,
+    LoginProof, LoginRequest, NameRequest, RemoveReply, RemoveRequest, Reply, Request, Response,
+    StartLoginRequest, TokenRequest, UpdateRequest,
 };
 
 /// The protocol types, for callers that build admin requests.
@@ -273,6 +274,42 @@ impl Client {
         });
         match self.request(&request)? {
             Reply::Removed(reply) => Ok(reply),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Starts a browser login (authorization-code grant) for an existing
+    /// authentication, or for a new one when `add` is given.
+    pub fn start_login(
+        &mut self,
+        name: &str,
+        add: Option<AddRequest>,
+    ) -> Result<LoginChallenge, ClientError> {
+        let request = Request::StartLogin(StartLoginRequest {
+            name: name.to_string(),
+            add,
+        });
+        match self.request(&request)? {
+            Reply::LoginChallenge(challenge) => Ok(challenge),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Logs in with a password, or finishes a started browser login.
+    pub fn login(&mut self, name: &str, proof: LoginProof) -> Result<AuthSummary, ClientError> {
+        self.auth_request(Request::Login(LoginRequest {
+            name: name.to_string(),
+            proof,
+        }))
+    }
+
+    /// Probes the instance to tell why an authentication fails.
+    pub fn doctor(&mut self, name: &str) -> Result<Diagnosis, ClientError> {
+        let request = Request::Doctor(NameRequest {
+            name: name.to_string(),
+        });
+        match self.request(&request)? {
+            Reply::Diagnosis(diagnosis) => Ok(diagnosis),
             other => Err(self.unexpected(other)),
         }
     }

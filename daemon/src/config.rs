@@ -14,6 +14,10 @@
 //! backoff_min_secs = 2
 //! backoff_max_secs = 300
 //!
+//! [login]
+//! redirect_port = 8751    # default port of http://127.0.0.1:PORT/callback
+//! timeout_secs = 600      # how long a started browser login waits
+//!
 //! [http]
 //! ca_file = "/etc/ssl/private/proxy-ca.pem"
 //! connect_timeout_secs = 10
@@ -29,7 +33,7 @@ use snctl_shared::paths::{self, APP_DIR, SOCKET_FILE};
 
 use crate::server::Limits;
 use crate::servicenow::HttpConfig;
-use crate::tokens::RefreshPolicy;
+use crate::tokens::{LoginPolicy, RefreshPolicy};
 
 /// Everything the daemon needs to run.
 #[derive(Debug, Clone)]
@@ -45,6 +49,7 @@ pub struct Config {
     pub limits: Limits,
     pub http: HttpConfig,
     pub refresh: RefreshPolicy,
+    pub login: LoginPolicy,
 }
 
 /// Whether the daemon serves the whole host or one user.
@@ -95,7 +100,16 @@ struct File {
     #[serde(default)]
     refresh: RefreshSection,
     #[serde(default)]
+    login: LoginSection,
+    #[serde(default)]
     http: HttpSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginSection {
+    redirect_port: Option<u16>,
+    timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +196,7 @@ impl Config {
             limits: Limits::default(),
             http: HttpConfig::default(),
             refresh: RefreshPolicy::default(),
+            login: LoginPolicy::default(),
         };
         if explicit || file.exists() {
             config.apply_file(&file)?;
@@ -240,6 +255,19 @@ impl Config {
             .backoff_max_secs
             .map(secs)
             .unwrap_or(self.refresh.backoff_max);
+        let l = file.login;
+        if let Some(port) = l.redirect_port {
+            if port == 0 {
+                return Err(parse_err("login.redirect_port must be a fixed port, not 0"));
+            }
+            self.login.redirect_port = port;
+        }
+        if let Some(t) = l.timeout_secs {
+            if !(30..=3600).contains(&t) {
+                return Err(parse_err("login.timeout_secs must be between 30 and 3600"));
+            }
+            self.login.timeout = secs(t);
+        }
         let h = file.http;
         if h.ca_file.is_some() {
             self.http.ca_file = h.ca_file;
@@ -266,7 +294,7 @@ mod tests {
         let path = dir.path().join("snctld.toml");
         std::fs::write(
             &path,
-            "[server]\nmax_connections = 3\n[refresh]\nahead = 0.5\n",
+            "[server]\nmax_connections = 3\n[refresh]\nahead = 0.5\n[login]\nredirect_port = 9000\n",
         )
         .unwrap();
         let overrides = PathOverrides {
@@ -277,6 +305,7 @@ mod tests {
         let config = Config::load(Mode::User, overrides.clone()).unwrap();
         assert_eq!(config.limits.max_connections, 3);
         assert_eq!(config.refresh.ahead, 0.5);
+        assert_eq!(config.login.redirect_port, 9000);
         assert_eq!(config.socket_mode, 0o600);
 
         std::fs::write(&path, "[server]\nmax_conections = 3\n").unwrap();

@@ -109,6 +109,9 @@ impl Daemon {
             Request::Remove(r) => self.tokens.remove(r).await.map(Reply::Removed),
             Request::Refresh(r) => self.tokens.refresh(&r.name).await.map(Reply::Auth),
             Request::Status => Ok(Reply::Status(self.status())),
+            Request::StartLogin(r) => self.tokens.start_login(r).await.map(Reply::LoginChallenge),
+            Request::Login(r) => self.tokens.login(r).await.map(Reply::Auth),
+            Request::Doctor(r) => self.tokens.doctor(&r.name).await.map(Reply::Diagnosis),
         }
     }
 
@@ -125,6 +128,8 @@ impl Daemon {
             unhealthy: overview.unhealthy,
             next_refresh: overview.next_refresh,
             connections: self.connections.get(),
+            needs_login: overview.needs_login,
+            next_login_deadline: overview.next_login_deadline,
         }
     }
 }
@@ -146,7 +151,13 @@ pub async fn run(
         ..
     } = state;
     let count = records.len();
-    let tokens = Tokens::start(records, store.clone(), upstream, config.refresh.clone());
+    let tokens = Tokens::start(
+        records,
+        store.clone(),
+        upstream,
+        config.refresh.clone(),
+        config.login.clone(),
+    );
     let daemon = Arc::new(Daemon {
         tokens: tokens.clone(),
         started: Instant::now(),

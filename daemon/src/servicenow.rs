@@ -18,10 +18,12 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use oauth2::basic::{BasicClient, BasicTokenType};
+use oauth2::basic::{BasicClient, BasicTokenResponse, BasicTokenType};
 use oauth2::{
-    AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse,
-    RequestTokenError, Scope, TokenResponse, TokenUrl,
+    AsyncHttpClient, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, ResourceOwnerPassword, ResourceOwnerUsername, Scope, TokenResponse,
+    TokenUrl,
 };
 
 use snctl_shared::protocol::{ClientAuth, UpstreamKind};
@@ -32,6 +34,8 @@ use crate::store::{Authentication, TokenSet};
 
 /// Token endpoint, relative to the instance URL.
 pub const TOKEN_PATH: &str = "/oauth_token.do";
+/// Authorize endpoint, relative to the instance URL.
+pub const AUTHORIZE_PATH: &str = "/oauth_auth.do";
 /// Revocation endpoint, relative to the instance URL.
 pub const REVOKE_PATH: &str = "/oauth_revoke_token.do";
 /// Lifetime assumed when a token response has no `expires_in`
@@ -59,6 +63,68 @@ impl Default for HttpConfig {
     }
 }
 
+/// What proves the right to a token, one per grant.
+pub enum Proof<'a> {
+    /// The client's own credentials.
+    ClientCredentials,
+    /// A refresh token from an earlier login.
+    Refresh(&'a Secret),
+    /// A user's name and password.
+    Password {
+        username: &'a str,
+        password: &'a Secret,
+    },
+    /// The code from the browser's redirect, with the PKCE verifier that
+    /// goes with its challenge.
+    Code {
+        code: &'a Secret,
+        verifier: &'a Secret,
+        redirect_uri: &'a str,
+    },
+}
+
+/// Which call failed; it decides what a 401 means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    ClientCredentials,
+    Refresh,
+    Password,
+    Code,
+    Revoke,
+}
+
+impl Proof<'_> {
+    fn step(&self) -> Step {
+        match self {
+            Proof::ClientCredentials => Step::ClientCredentials,
+            Proof::Refresh(_) => Step::Refresh,
+            Proof::Password { .. } => Step::Password,
+            Proof::Code { .. } => Step::Code,
+        }
+    }
+}
+
+/// What a probe saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub status: u16,
+    /// Whether the answer was JSON (a web page is not).
+    pub json: bool,
+    /// The error fields, the page title, or the size of the body.
+    pub detail: String,
+}
+
+/// The REST API path `snctl doctor` probes.
+const PROBE_API_PATH: &str = "/api/now/table/sys_user?sysparm_limit=1&sysparm_fields=sys_id";
+
+/// The start of an authorization-code login: where to send the person, and
+/// what the daemon keeps to finish it.
+pub struct Authorize {
+    pub url: String,
+    pub state: String,
+    pub verifier: Secret,
+}
+
 /// A failed call to the instance.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -68,6 +134,8 @@ pub struct Failure {
     pub detail: String,
     /// The instance asked us to wait this long (`Retry-After`).
     pub retry_after: Option<Duration>,
+    /// The call that failed.
+    pub step: Step,
 }
 
 impl Failure {
@@ -77,7 +145,12 @@ impl Failure {
             status,
             detail: detail.into(),
             retry_after: None,
+            step: Step::ClientCredentials,
         }
+    }
+
+    fn during(self, step: Step) -> Self {
+        Failure { step, ..self }
     }
 
     /// Whether retrying later may help; a rejected credential never gets
@@ -89,11 +162,30 @@ impl Failure {
     /// One line for the admin: what happened at `instance` and what to do.
     pub fn explain(&self, instance: &str) -> String {
         match self.kind {
-            UpstreamKind::AccessDenied => format!(
-                "{instance} refused the client credentials (HTTP 401 access_denied): check the client \
-                 secret, that the system property glide.oauth.inbound.client.credential.grant_type.enabled \
-                 is true, and that the Application Registry record has an OAuth Application User"
-            ),
+            UpstreamKind::AccessDenied => match self.step {
+                Step::ClientCredentials => format!(
+                    "{instance} refused the client credentials (HTTP 401 access_denied): check the client \
+                     secret, that the system property glide.oauth.inbound.client.credential.grant_type.enabled \
+                     is true, and that the Application Registry record has an OAuth Application User"
+                ),
+                Step::Refresh => format!(
+                    "{instance} refused the refresh token (HTTP 401 access_denied): the login expired or \
+                     was revoked, the user is inactive or locked out, or the client secret changed"
+                ),
+                Step::Password => format!(
+                    "{instance} refused the login (HTTP 401 access_denied): check the user name and \
+                     password, the client ID and secret, and that the user is active and not locked out"
+                ),
+                Step::Code => format!(
+                    "{instance} refused the authorization code (HTTP 401 access_denied): check the client \
+                     secret and that the Redirect URL on the Application Registry record is exactly the one \
+                     snctl printed, then log in again (codes expire within minutes)"
+                ),
+                Step::Revoke => format!(
+                    "{instance} refused the client ID and secret at the revocation endpoint (HTTP 401 \
+                     access_denied)"
+                ),
+            },
             UpstreamKind::RateLimited => format!(
                 "{instance} is rate limiting token requests (HTTP 429{}); snctld waits before trying again",
                 self.retry_after
@@ -226,19 +318,41 @@ impl ServiceNow {
         })
     }
 
-    /// Gets a token with the authentication's grant.
-    pub async fn request_token(&self, auth: &Authentication) -> Result<TokenSet, Failure> {
-        let client = oauth_client(auth)?;
-        let mut request = client.exchange_client_credentials();
-        if let Some(scope) = &auth.scope {
-            request =
-                request.add_scopes(scope.split_whitespace().map(|s| Scope::new(s.to_string())));
-        }
+    /// The authorize URL for a login by a person (PKCE S256 and a random
+    /// `state`), and the verifier to keep until the code comes back.
+    pub fn authorize(auth: &Authentication, redirect_uri: &str) -> Result<Authorize, String> {
+        let auth_url = AuthUrl::new(format!("{}{AUTHORIZE_PATH}", auth.instance_url))
+            .map_err(|e| format!("bad authorize URL: {e}"))?;
+        let redirect = RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|e| format!("bad Redirect URL {redirect_uri}: {e}"))?;
+        let client = BasicClient::new(ClientId::new(auth.client_id.clone()))
+            .set_auth_uri(auth_url)
+            .set_redirect_uri(redirect);
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let (url, state) = client
+            .authorize_url(CsrfToken::new_random)
+            .add_scopes(scopes(auth))
+            .set_pkce_challenge(challenge)
+            .url();
+        Ok(Authorize {
+            url: url.to_string(),
+            state: state.secret().clone(),
+            verifier: Secret::new(verifier.secret().clone()),
+        })
+    }
+
+    /// Gets a token from the instance with `proof`.
+    pub async fn request_token(
+        &self,
+        auth: &Authentication,
+        proof: Proof<'_>,
+    ) -> Result<TokenSet, Failure> {
+        let step = proof.step();
         let started = clock::now_ms();
-        let response = request
-            .request_async(self)
+        let response = self
+            .exchange(auth, proof)
             .await
-            .map_err(|e| self.classify(e))?;
+            .map_err(|e| self.classify(e).during(step))?;
         let lifetime = response.expires_in().unwrap_or(DEFAULT_LIFETIME);
         if !matches!(response.token_type(), BasicTokenType::Bearer) {
             return Err(Failure::new(
@@ -256,7 +370,54 @@ impl ServiceNow {
             refresh_token: response
                 .refresh_token()
                 .map(|t| Secret::new(t.secret().clone())),
+            refresh_issued_ms: None,
         })
+    }
+
+    async fn exchange(
+        &self,
+        auth: &Authentication,
+        proof: Proof<'_>,
+    ) -> Result<BasicTokenResponse, RequestTokenError<Transport, oauth2::basic::BasicErrorResponse>>
+    {
+        let client = oauth_client(auth).map_err(RequestTokenError::Other)?;
+        match proof {
+            Proof::ClientCredentials => {
+                client
+                    .exchange_client_credentials()
+                    .add_scopes(scopes(auth))
+                    .request_async(self)
+                    .await
+            }
+            // The scope of a refresh is the one granted at login.
+            Proof::Refresh(token) => {
+                let token = RefreshToken::new(token.expose().to_string());
+                client.exchange_refresh_token(&token).request_async(self).await
+            }
+            Proof::Password { username, password } => {
+                let username = ResourceOwnerUsername::new(username.to_string());
+                let password = ResourceOwnerPassword::new(password.expose().to_string());
+                client
+                    .exchange_password(&username, &password)
+                    .add_scopes(scopes(auth))
+                    .request_async(self)
+                    .await
+            }
+            Proof::Code {
+                code,
+                verifier,
+                redirect_uri,
+            } => {
+                let redirect = RedirectUrl::new(redirect_uri.to_string())
+                    .map_err(|e| RequestTokenError::Other(e.to_string()))?;
+                client
+                    .set_redirect_uri(redirect)
+                    .exchange_code(AuthorizationCode::new(code.expose().to_string()))
+                    .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose().to_string()))
+                    .request_async(self)
+                    .await
+            }
+        }
     }
 
     /// Revokes a token at the instance (`/oauth_revoke_token.do`, form
@@ -292,6 +453,72 @@ impl ServiceNow {
             .map_err(|e| classify_transport(&e, self.request_timeout))?;
         self.execute(request).await.map(drop).map_err(|e| {
             self.classify::<oauth2::basic::BasicErrorResponse>(RequestTokenError::Request(e))
+                .during(Step::Revoke)
+        })
+    }
+
+    /// GETs one row of the REST API (`sys_user`), with `bearer` when given:
+    /// a live instance answers JSON (401 without a valid token), a
+    /// hibernating one a web page.
+    pub async fn probe_api(&self, instance: &str, bearer: Option<&Secret>) -> Result<Seen, Failure> {
+        let mut request = self
+            .http
+            .get(format!("{instance}{PROBE_API_PATH}"))
+            .header(http::header::ACCEPT, "application/json");
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token.expose());
+        }
+        self.look(request).await
+    }
+
+    /// POSTs a refresh grant with a token no instance issued and without
+    /// the client secret: a working token endpoint answers its JSON 401.
+    pub async fn probe_token_endpoint(&self, auth: &Authentication) -> Result<Seen, Failure> {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "snctl-doctor-probe"),
+                ("client_id", auth.client_id.as_str()),
+            ])
+            .finish();
+        let request = self
+            .http
+            .post(format!("{}{TOKEN_PATH}", auth.instance_url))
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(body);
+        self.look(request).await
+    }
+
+    async fn look(&self, request: reqwest::RequestBuilder) -> Result<Seen, Failure> {
+        let request = request
+            .build()
+            .map_err(|e| classify_transport(&e, self.request_timeout))?;
+        let mut response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| classify_transport(&e, self.request_timeout))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| classify_transport(&e, self.request_timeout))?
+        {
+            if body.len() + chunk.len() > MAX_BODY {
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Seen {
+            status,
+            json: is_json(&headers),
+            detail: describe_body(&headers, &body),
         })
     }
 
@@ -347,9 +574,17 @@ type Client = BasicClient<
     oauth2::EndpointSet,
 >;
 
-fn oauth_client(auth: &Authentication) -> Result<Client, Failure> {
+fn scopes(auth: &Authentication) -> Vec<Scope> {
+    auth.scope
+        .iter()
+        .flat_map(|s| s.split_whitespace())
+        .map(|s| Scope::new(s.to_string()))
+        .collect()
+}
+
+fn oauth_client(auth: &Authentication) -> Result<Client, String> {
     let token_url = TokenUrl::new(format!("{}{TOKEN_PATH}", auth.instance_url))
-        .map_err(|e| Failure::new(UpstreamKind::Connection, None, e.to_string()))?;
+        .map_err(|e| format!("bad token URL: {e}"))?;
     Ok(BasicClient::new(ClientId::new(auth.client_id.clone()))
         .set_client_secret(ClientSecret::new(auth.client_secret.expose().to_string()))
         .set_auth_type(match auth.client_auth {

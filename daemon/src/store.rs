@@ -25,7 +25,7 @@ use snctl_shared::Secret;
 use crate::crypto::{self, CryptoError, MasterKey};
 
 /// The schema this build writes. See [`migrate`] for the history.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// Database file name inside the state directory.
 pub const DB_FILE: &str = "snctld.db";
 
@@ -70,6 +70,12 @@ pub struct Authentication {
     pub scope: Option<String>,
     pub client_secret: Secret,
     pub created_at_ms: i64,
+    /// The user who logged in with the `password` grant.
+    pub username: Option<String>,
+    /// Port of the loopback Redirect URL (`authorization-code` grant).
+    pub redirect_port: Option<u16>,
+    /// How long the instance's refresh tokens live.
+    pub refresh_lifespan_secs: u64,
 }
 
 /// Tokens obtained from the instance.
@@ -79,6 +85,9 @@ pub struct TokenSet {
     pub expires_at_ms: i64,
     pub obtained_at_ms: i64,
     pub refresh_token: Option<Secret>,
+    /// When `refresh_token` was first issued; a refresh token that comes
+    /// back unchanged keeps its first issue time.
+    pub refresh_issued_ms: Option<i64>,
 }
 
 /// A stored authentication with its tokens and health.
@@ -180,6 +189,8 @@ impl UncheckedDb {
 /// Brings the schema to [`SCHEMA_VERSION`], one transaction per step.
 ///
 /// - 1: `meta` (key check) and `authentications`.
+/// - 2: logins by a person: `username`, `redirect_port`,
+///   `refresh_lifespan_secs` and `refresh_issued_ms`.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < 1 {
@@ -210,8 +221,23 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )?;
         tx.commit()?;
     }
+    if version < 2 {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(&format!(
+            "ALTER TABLE authentications ADD COLUMN username TEXT;
+            ALTER TABLE authentications ADD COLUMN redirect_port INTEGER;
+            ALTER TABLE authentications ADD COLUMN refresh_lifespan_secs INTEGER NOT NULL
+                DEFAULT {DEFAULT_REFRESH_LIFESPAN_SECS};
+            ALTER TABLE authentications ADD COLUMN refresh_issued_ms INTEGER;
+            PRAGMA user_version = 2;"
+        ))?;
+        tx.commit()?;
+    }
     Ok(())
 }
+
+/// ServiceNow's default refresh-token lifespan: 100 days.
+pub const DEFAULT_REFRESH_LIFESPAN_SECS: u64 = 100 * 24 * 60 * 60;
 
 /// The checked, migrated database. Lives on the store thread.
 pub struct Db {
@@ -222,6 +248,8 @@ pub struct Db {
 fn grant_from(s: String) -> Result<Grant, StoreError> {
     match s.as_str() {
         "client-credentials" => Ok(Grant::ClientCredentials),
+        "password" => Ok(Grant::Password),
+        "authorization-code" => Ok(Grant::AuthorizationCode),
         _ => Err(StoreError::Unknown {
             what: "grant",
             value: s,
@@ -245,6 +273,7 @@ fn state_from(s: String) -> Result<AuthState, StoreError> {
         "ok" => Ok(AuthState::Ok),
         "failing" => Ok(AuthState::Failing),
         "rejected" => Ok(AuthState::Rejected),
+        "needs-login" => Ok(AuthState::NeedsLogin),
         _ => Err(StoreError::Unknown {
             what: "state",
             value: s,
@@ -262,7 +291,7 @@ impl Db {
         let mut stmt = self.conn.prepare(
             "SELECT name, instance_url, grant_type, client_id, client_auth, scope, client_secret,
                     access_token, access_expires_ms, obtained_ms, refresh_token, state, last_error,
-                    created_ms
+                    created_ms, username, redirect_port, refresh_lifespan_secs, refresh_issued_ms
              FROM authentications ORDER BY name",
         )?;
         type Row = (
@@ -280,6 +309,10 @@ impl Db {
             String,
             Option<String>,
             i64,
+            Option<String>,
+            Option<u16>,
+            i64,
+            Option<i64>,
         );
         let rows: Vec<Row> = stmt
             .query_map([], |r| {
@@ -298,6 +331,10 @@ impl Db {
                     r.get(11)?,
                     r.get(12)?,
                     r.get(13)?,
+                    r.get(14)?,
+                    r.get(15)?,
+                    r.get(16)?,
+                    r.get(17)?,
                 ))
             })?
             .collect::<Result<_, _>>()?;
@@ -317,6 +354,10 @@ impl Db {
             state,
             last_error,
             created,
+            username,
+            redirect_port,
+            lifespan,
+            refresh_issued,
         ) in rows
         {
             let client_secret = self.key.open_secret(&name, F_CLIENT_SECRET, &secret)?;
@@ -328,6 +369,7 @@ impl Db {
                     refresh_token: refresh
                         .map(|blob| self.key.open_secret(&name, F_REFRESH_TOKEN, &blob))
                         .transpose()?,
+                    refresh_issued_ms: refresh_issued,
                 }),
                 _ => None,
             };
@@ -341,6 +383,9 @@ impl Db {
                     scope,
                     client_secret,
                     created_at_ms: created,
+                    username,
+                    redirect_port,
+                    refresh_lifespan_secs: lifespan.max(0) as u64,
                 },
                 tokens,
                 state: state_from(state)?,
@@ -366,8 +411,9 @@ impl Db {
         let now = now_ms();
         tx.execute(
             "INSERT INTO authentications (name, instance_url, grant_type, client_id, client_auth,
-                 scope, client_secret, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 scope, client_secret, created_ms, updated_ms, username, redirect_port,
+                 refresh_lifespan_secs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 auth.name,
                 auth.instance_url,
@@ -379,6 +425,9 @@ impl Db {
                     .seal_secret(&auth.name, F_CLIENT_SECRET, &auth.client_secret)?,
                 auth.created_at_ms,
                 now,
+                auth.username,
+                auth.redirect_port,
+                auth.refresh_lifespan_secs as i64,
             ],
         )?;
         Self::write_tokens(&tx, &self.key, &auth.name, tokens, now)?;
@@ -386,12 +435,12 @@ impl Db {
         Ok(())
     }
 
-    /// Replaces an authentication's settings and tokens (after an update
-    /// proved the new settings work).
+    /// Replaces an authentication's settings and, when given, its tokens
+    /// (after an update or a login proved them). Returns whether it exists.
     pub fn replace(
         &mut self,
         auth: &Authentication,
-        tokens: &TokenSet,
+        tokens: Option<&TokenSet>,
     ) -> Result<bool, StoreError> {
         let tx = self
             .conn
@@ -399,7 +448,8 @@ impl Db {
         let now = now_ms();
         let changed = tx.execute(
             "UPDATE authentications SET instance_url = ?2, client_id = ?3, client_auth = ?4,
-                 scope = ?5, client_secret = ?6, refresh_token = NULL, updated_ms = ?7
+                 scope = ?5, client_secret = ?6, updated_ms = ?7, username = ?8,
+                 redirect_port = ?9, refresh_lifespan_secs = ?10
              WHERE name = ?1",
             params![
                 auth.name,
@@ -410,19 +460,24 @@ impl Db {
                 self.key
                     .seal_secret(&auth.name, F_CLIENT_SECRET, &auth.client_secret)?,
                 now,
+                auth.username,
+                auth.redirect_port,
+                auth.refresh_lifespan_secs as i64,
             ],
         )?;
         if changed == 0 {
             return Ok(false);
         }
-        Self::write_tokens(&tx, &self.key, &auth.name, tokens, now)?;
+        if let Some(tokens) = tokens {
+            Self::write_tokens(&tx, &self.key, &auth.name, tokens, now)?;
+        }
         tx.commit()?;
         Ok(true)
     }
 
     /// Commits freshly obtained tokens and marks the authentication healthy.
-    /// A refresh token in `tokens` replaces the stored one; without one the
-    /// stored one stays.
+    /// A refresh token in `tokens` replaces the stored one (with its issue
+    /// time); without one the stored one stays.
     pub fn save_tokens(&mut self, name: &str, tokens: &TokenSet) -> Result<bool, StoreError> {
         let tx = self
             .conn
@@ -445,12 +500,24 @@ impl Db {
             .as_ref()
             .map(|r| key.seal_secret(name, F_REFRESH_TOKEN, r))
             .transpose()?;
+        let issued = refresh
+            .as_ref()
+            .map(|_| tokens.refresh_issued_ms.unwrap_or(tokens.obtained_at_ms));
         let changed = tx.execute(
             "UPDATE authentications SET access_token = ?2, access_expires_ms = ?3, obtained_ms = ?4,
-                 refresh_token = coalesce(?5, refresh_token), state = 'ok', last_error = NULL,
-                 updated_ms = ?6
+                 refresh_token = coalesce(?5, refresh_token),
+                 refresh_issued_ms = coalesce(?6, refresh_issued_ms), state = 'ok',
+                 last_error = NULL, updated_ms = ?7
              WHERE name = ?1",
-            params![name, access, tokens.expires_at_ms, tokens.obtained_at_ms, refresh, now],
+            params![
+                name,
+                access,
+                tokens.expires_at_ms,
+                tokens.obtained_at_ms,
+                refresh,
+                issued,
+                now
+            ],
         )?;
         Ok(changed > 0)
     }
@@ -575,12 +642,16 @@ mod tests {
                 scope: None,
                 client_secret: Secret::new("client-secret-canary".into()),
                 created_at_ms: 1,
+                username: None,
+                redirect_port: None,
+                refresh_lifespan_secs: DEFAULT_REFRESH_LIFESPAN_SECS,
             },
             TokenSet {
                 access_token: Secret::new("access-token-canary".into()),
                 expires_at_ms: 2_000,
                 obtained_at_ms: 1_000,
                 refresh_token: None,
+                refresh_issued_ms: None,
             },
         )
     }
@@ -611,11 +682,13 @@ mod tests {
         let newer = TokenSet {
             access_token: Secret::new("second".into()),
             refresh_token: Some(Secret::new("rt".into())),
+            refresh_issued_ms: Some(1_500),
             ..tokens.clone()
         };
         assert!(db.save_tokens("prod", &newer).unwrap());
         let r = &db.load_all().unwrap()[0];
         assert_eq!(r.state, AuthState::Ok);
+        assert_eq!(r.tokens.as_ref().unwrap().refresh_issued_ms, Some(1_500));
         assert_eq!(
             r.tokens
                 .as_ref()
@@ -629,6 +702,7 @@ mod tests {
         // A response without a refresh token keeps the stored one.
         assert!(db.save_tokens("prod", &tokens).unwrap());
         let r = &db.load_all().unwrap()[0];
+        assert_eq!(r.tokens.as_ref().unwrap().refresh_issued_ms, Some(1_500));
         assert_eq!(
             r.tokens
                 .as_ref()
@@ -662,6 +736,56 @@ mod tests {
                 assert!(!raw.windows(needle.len()).any(|w| w == needle));
             }
         }
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(MasterKey::generate().unwrap().0);
+        let path = dir.path().join(DB_FILE);
+        let (auth, _) = sample("prod");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            // Schema 1 exactly as the first release created it.
+            tx.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) STRICT;
+                CREATE TABLE authentications (
+                    name TEXT PRIMARY KEY, instance_url TEXT NOT NULL, grant_type TEXT NOT NULL,
+                    client_id TEXT NOT NULL, client_auth TEXT NOT NULL, scope TEXT,
+                    client_secret BLOB NOT NULL, access_token BLOB, access_expires_ms INTEGER,
+                    obtained_ms INTEGER, refresh_token BLOB, state TEXT NOT NULL DEFAULT 'ok',
+                    last_error TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL
+                ) STRICT;
+                PRAGMA user_version = 1;",
+            )
+            .unwrap();
+            let sealed = key
+                .seal_secret("prod", F_CLIENT_SECRET, &auth.client_secret)
+                .unwrap();
+            tx.execute(
+                "INSERT INTO authentications (name, instance_url, grant_type, client_id,
+                     client_auth, client_secret, created_ms, updated_ms)
+                 VALUES ('prod', 'https://acme.service-now.com', 'client-credentials', 'cid',
+                     'form', ?1, 1, 1)",
+                [sealed],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let mut db = open(dir.path(), &key);
+        let version: i64 = db
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let records = db.load_all().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            records[0].auth.refresh_lifespan_secs,
+            DEFAULT_REFRESH_LIFESPAN_SECS
+        );
+        assert_eq!(records[0].auth.client_secret.expose(), "client-secret-canary");
     }
 
     #[test]

@@ -220,6 +220,12 @@ mod tests {
                 client_secret: Secret::new("s".into()),
                 client_auth: ClientAuth::Basic,
                 scope: Some("useraccount".into()),
+                user: Some(UserLogin {
+                    username: "abel.tuter".into(),
+                    password: Secret::new("pw".into()),
+                }),
+                redirect_port: Some(8751),
+                refresh_lifespan_secs: None,
             }),
             Request::Update(UpdateRequest {
                 name: "a".into(),
@@ -228,6 +234,8 @@ mod tests {
                 client_secret: None,
                 client_auth: None,
                 scope: None,
+                redirect_port: None,
+                refresh_lifespan_secs: Some(86_400),
             }),
             Request::Remove(RemoveRequest {
                 name: "a".into(),
@@ -235,6 +243,18 @@ mod tests {
             }),
             Request::Refresh(NameRequest { name: "a".into() }),
             Request::Status,
+            Request::StartLogin(StartLoginRequest {
+                name: "a".into(),
+                add: None,
+            }),
+            Request::Login(LoginRequest {
+                name: "a".into(),
+                proof: LoginProof::AuthorizationCode {
+                    code: Secret::new("c".into()),
+                    state: "s".into(),
+                },
+            }),
+            Request::Doctor(NameRequest { name: "a".into() }),
         ];
         for request in requests {
             let frame = encode(&request, MAX_REQUEST_FRAME).unwrap();

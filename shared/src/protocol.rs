@@ -11,8 +11,9 @@
 //! that they disagree. Everything else may change only together with
 //! [`PROTOCOL_VERSION`]; new enum variants are appended at the end.
 //!
-//! Secrets travel only inward (a client secret in [`AddRequest`]); the only
-//! secret the daemon ever sends is an access token in [`TokenReply`].
+//! Secrets travel only inward (a client secret in [`AddRequest`], a
+//! password or an authorization code in [`LoginRequest`]); the only secret
+//! the daemon ever sends is an access token in [`TokenReply`].
 
 use std::fmt;
 
@@ -22,7 +23,7 @@ use crate::Secret;
 
 /// The protocol version spoken by this build. Bumped on any change to the
 /// shape of a [`Request`] or [`Response`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// First frame of every connection, client to daemon. Frozen forever.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +62,13 @@ pub enum Request {
     Refresh(NameRequest),
     /// How the daemon is doing.
     Status,
+    /// First half of an authorization-code login: the daemon makes the
+    /// PKCE verifier and `state` and answers with the URL to open.
+    StartLogin(StartLoginRequest),
+    /// Logs in: a password, or the code that ends a [`Request::StartLogin`].
+    Login(LoginRequest),
+    /// Probes the instance to tell why an authentication fails.
+    Doctor(NameRequest),
 }
 
 impl Request {
@@ -75,6 +83,9 @@ impl Request {
             Request::Remove(_) => "remove",
             Request::Refresh(_) => "refresh",
             Request::Status => "status",
+            Request::StartLogin(_) => "start-login",
+            Request::Login(_) => "login",
+            Request::Doctor(_) => "doctor",
         }
     }
 }
@@ -89,13 +100,18 @@ pub enum Reply {
     Token(TokenReply),
     /// Answer to [`Request::List`].
     List(Vec<AuthSummary>),
-    /// Answer to [`Request::Show`], [`Request::Add`], [`Request::Update`]
-    /// and [`Request::Refresh`]: the authentication as it now is.
+    /// Answer to [`Request::Show`], [`Request::Add`], [`Request::Update`],
+    /// [`Request::Refresh`] and [`Request::Login`]: the authentication as it
+    /// now is.
     Auth(AuthSummary),
     /// Answer to [`Request::Remove`].
     Removed(RemoveReply),
     /// Answer to [`Request::Status`].
     Status(DaemonStatus),
+    /// Answer to [`Request::StartLogin`].
+    LoginChallenge(LoginChallenge),
+    /// Answer to [`Request::Doctor`].
+    Diagnosis(Diagnosis),
 }
 
 /// Asks for an access token.
@@ -152,6 +168,11 @@ impl ClientAuth {
 pub enum Grant {
     /// `client_credentials`: unattended, no refresh token.
     ClientCredentials,
+    /// `password`: a user's name and password, used once for a refresh
+    /// token and never stored. Deprecated by RFC 9700.
+    Password,
+    /// `authorization_code` with PKCE: a person consents in a browser.
+    AuthorizationCode,
 }
 
 impl Grant {
@@ -159,8 +180,26 @@ impl Grant {
     pub fn as_str(self) -> &'static str {
         match self {
             Grant::ClientCredentials => "client-credentials",
+            Grant::Password => "password",
+            Grant::AuthorizationCode => "authorization-code",
         }
     }
+
+    /// Whether a person logs in (and must log in again when the refresh
+    /// token dies).
+    pub fn needs_person(self) -> bool {
+        !matches!(self, Grant::ClientCredentials)
+    }
+}
+
+/// A user's name and password for the `password` grant. Used once, never
+/// stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserLogin {
+    /// The ServiceNow user name.
+    pub username: String,
+    /// The user's password.
+    pub password: Secret,
 }
 
 /// Registers a new authentication.
@@ -180,6 +219,61 @@ pub struct AddRequest {
     pub client_auth: ClientAuth,
     /// OAuth scope to request, if any.
     pub scope: Option<String>,
+    /// The user for the `password` grant.
+    pub user: Option<UserLogin>,
+    /// Port of the loopback Redirect URL for the `authorization-code` grant;
+    /// `None` takes the daemon's default.
+    pub redirect_port: Option<u16>,
+    /// How long the instance's refresh tokens live (seconds); `None` takes
+    /// ServiceNow's default of 100 days.
+    pub refresh_lifespan_secs: Option<u64>,
+}
+
+/// Starts an authorization-code login, for a new authentication (`add`) or
+/// an existing one (`name` alone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartLoginRequest {
+    /// The authentication.
+    pub name: String,
+    /// The settings of a new authentication; `None` logs in again.
+    pub add: Option<AddRequest>,
+}
+
+/// Where to send the person who logs in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginChallenge {
+    /// The instance's authorize URL with every parameter set.
+    pub authorize_url: String,
+    /// The Redirect URL registered on the Application Registry record,
+    /// `http://127.0.0.1:PORT/callback`.
+    pub redirect_uri: String,
+    /// The `state` the redirect must carry back.
+    pub state: String,
+    /// When the daemon forgets this login (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// Logs in to an authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginRequest {
+    /// The authentication (for a started login, the name it was started with).
+    pub name: String,
+    /// What proves the person's consent.
+    pub proof: LoginProof,
+}
+
+/// What a login hands the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoginProof {
+    /// The user's name and password (`password` grant).
+    Password(UserLogin),
+    /// The code and state from the redirect of a started login.
+    AuthorizationCode {
+        /// The `code` parameter of the redirect.
+        code: Secret,
+        /// The `state` parameter of the redirect.
+        state: String,
+    },
 }
 
 /// Changes an authentication. Fields left `None` keep their value; the new
@@ -198,6 +292,10 @@ pub struct UpdateRequest {
     pub client_auth: Option<ClientAuth>,
     /// A new scope; `Some("")` removes the scope.
     pub scope: Option<String>,
+    /// A new Redirect URL port (authorization-code grant).
+    pub redirect_port: Option<u16>,
+    /// A new refresh-token lifespan in seconds, to match the registry record.
+    pub refresh_lifespan_secs: Option<u64>,
 }
 
 /// Deletes an authentication.
@@ -230,6 +328,9 @@ pub enum AuthState {
     /// The instance refused the credentials; the daemon does not retry until
     /// an admin runs `snctl update` or `snctl refresh`.
     Rejected,
+    /// The instance refused the refresh token (or there is none left): a
+    /// person must run `snctl login`.
+    NeedsLogin,
 }
 
 impl AuthState {
@@ -239,6 +340,7 @@ impl AuthState {
             AuthState::Ok => "ok",
             AuthState::Failing => "failing",
             AuthState::Rejected => "rejected",
+            AuthState::NeedsLogin => "needs-login",
         }
     }
 }
@@ -270,6 +372,24 @@ pub struct AuthSummary {
     pub next_refresh_at: Option<i64>,
     /// When the authentication was added (Unix seconds).
     pub created_at: i64,
+    /// The login behind a `password` or `authorization-code` grant.
+    pub login: Option<LoginSummary>,
+}
+
+/// The person's login behind an authentication, and how long it lasts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginSummary {
+    /// The user who logged in, when known (`password` grant).
+    pub username: Option<String>,
+    /// When the current refresh token was issued (Unix seconds).
+    pub refresh_issued_at: Option<i64>,
+    /// When the current refresh token dies and a person must log in again
+    /// (Unix seconds), from its issue time and the recorded lifespan.
+    pub refresh_expires_at: Option<i64>,
+    /// The refresh-token lifespan recorded for this authentication.
+    pub refresh_lifespan_secs: u64,
+    /// The Redirect URL to register (`authorization-code` grant).
+    pub redirect_uri: Option<String>,
 }
 
 /// Answer to [`Request::Status`].
@@ -295,6 +415,52 @@ pub struct DaemonStatus {
     pub next_refresh: Option<(String, i64)>,
     /// Connections open right now, this one included.
     pub connections: u32,
+    /// How many authentications need a new login.
+    pub needs_login: u32,
+    /// The nearest refresh-token deadline: authentication name and Unix time.
+    pub next_login_deadline: Option<(String, i64)>,
+}
+
+/// What `snctl doctor` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    /// The authentication.
+    pub name: String,
+    /// Each probe, in the order run.
+    pub checks: Vec<Check>,
+    /// Whether the authentication gets tokens now.
+    pub works: bool,
+    /// The likely cause, when it does not.
+    pub cause: Option<String>,
+    /// What to do about it.
+    pub fix: Option<String>,
+    /// Whether the fix is a new login (`snctl login`).
+    pub needs_login: bool,
+}
+
+/// One probe of `snctl doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// What was checked, e.g. "instance reachable".
+    pub what: String,
+    /// How it went.
+    pub outcome: CheckOutcome,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// The outcome of one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckOutcome {
+    /// As it should be.
+    Pass,
+    /// Found the problem (or one of them).
+    Fail,
+    /// The instance's answer does not tell.
+    Unknown,
+    /// Not run: does not apply, or an earlier probe failed.
+    Skipped,
 }
 
 /// Coarse kind of an [`Error`], for callers that branch on it. Each maps to

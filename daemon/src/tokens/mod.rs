@@ -10,8 +10,19 @@
 //! Each authentication has a scheduler task that refreshes ahead of expiry
 //! (at a jittered fraction of the lifetime) and retries failures with
 //! exponential backoff, honouring `Retry-After`. A credential the instance
-//! refuses is not retried until an admin acts. New tokens are committed to
-//! the store before anyone receives them.
+//! refuses is not retried until an admin acts; a refresh token it refuses
+//! makes the authentication "needs login" until a person logs in again. New
+//! tokens (and any refresh token that comes with them) are committed to the
+//! store before anyone receives them.
+//!
+//! Refresh tokens keep the expiry of their first issue on ServiceNow: the
+//! scheduler logs a warning 14, 7 and 1 days before the recorded deadline.
+//!
+//! Admin requests (add, update, remove, logins) live in [`admin`], the
+//! probes of `snctl doctor` in [`doctor`].
+
+mod admin;
+mod doctor;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,14 +34,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use snctl_shared::protocol::{
-    AddRequest, AuthState, AuthSummary, RemoveReply, RemoveRequest, TokenReply, UpdateRequest,
-    UpstreamError, UpstreamKind,
+    AuthState, AuthSummary, Grant, LoginSummary, TokenReply, UpstreamError, UpstreamKind,
 };
-use snctl_shared::{name, Error, Secret};
+use snctl_shared::{Error, Secret};
 
 use crate::clock::{self, now_ms};
-use crate::servicenow::{normalize_instance_url, Failure, ServiceNow};
+use crate::servicenow::{Failure, Proof, ServiceNow, Step};
 use crate::store::{Authentication, Record, Store, StoreError, TokenSet};
+
+pub use admin::LoginPolicy;
+
+/// How long before a refresh token's deadline the scheduler warns.
+const WARN_BEFORE_DAYS: [i64; 3] = [14, 7, 1];
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// When to refresh and how to back off.
 #[derive(Debug, Clone)]
@@ -72,12 +88,36 @@ struct Token {
 struct Shared {
     auth: Arc<Authentication>,
     token: Option<Token>,
+    /// The refresh token of a login by a person, and when it was issued.
+    refresh: Option<(Secret, i64)>,
     state: AuthState,
     last_error: Option<UpstreamError>,
     failures: u32,
     retry_at_ms: Option<i64>,
     next_refresh_ms: Option<i64>,
     last_refresh_ms: Option<i64>,
+    /// How many of [`WARN_BEFORE_DAYS`] have been logged for this refresh token.
+    warned: usize,
+}
+
+impl Shared {
+    /// When the refresh token dies, by its issue time and recorded lifespan.
+    fn refresh_deadline_ms(&self) -> Option<i64> {
+        let (_, issued) = self.refresh.as_ref()?;
+        let lifespan = i64::try_from(self.auth.refresh_lifespan_secs)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000);
+        Some(issued.saturating_add(lifespan))
+    }
+
+    /// When the next deadline warning is due, if one is left.
+    fn warning_due_ms(&self) -> Option<i64> {
+        if self.state == AuthState::NeedsLogin {
+            return None;
+        }
+        let days = WARN_BEFORE_DAYS.get(self.warned)?;
+        Some(self.refresh_deadline_ms()? - days * DAY_MS)
+    }
 }
 
 struct Entry {
@@ -113,6 +153,11 @@ impl Entry {
     /// Why no upstream call should be made now, if there is a reason.
     fn holdoff(&self, name: &str) -> Option<Error> {
         let shared = self.lock();
+        if shared.state == AuthState::NeedsLogin {
+            return Some(Error::NeedsLogin {
+                name: name.to_string(),
+            });
+        }
         let error = shared.last_error.clone()?;
         match shared.state {
             AuthState::Rejected => Some(Error::Upstream(UpstreamError {
@@ -134,14 +179,44 @@ impl Entry {
             .map(|t| t.expires_at_ms - t.obtained_at_ms)
     }
 
-    /// When the scheduler should act next; `None` means wait to be woken.
+    /// When the next refresh is due; `None` means wait to be woken.
     fn due_ms(&self) -> Option<i64> {
         let shared = self.lock();
         match shared.state {
-            AuthState::Rejected => None,
+            AuthState::Rejected | AuthState::NeedsLogin => None,
             AuthState::Failing => shared.retry_at_ms.or(Some(now_ms())),
             AuthState::Ok => shared.next_refresh_ms.or(Some(now_ms())),
         }
+    }
+
+    /// Logs the deadline warnings that are due.
+    fn warn_if_due(&self) {
+        let mut shared = self.lock();
+        let (Some(due), Some(deadline)) = (shared.warning_due_ms(), shared.refresh_deadline_ms())
+        else {
+            return;
+        };
+        let now = now_ms();
+        if due > now {
+            return;
+        }
+        // One line for the tightest threshold passed, however many were.
+        while shared
+            .warning_due_ms()
+            .is_some_and(|due| due <= now)
+        {
+            shared.warned += 1;
+        }
+        let left_ms = deadline - now;
+        tracing::warn!(
+            name = %shared.auth.name,
+            deadline = deadline / 1000,
+            "the refresh token of {} dies in {}: run `snctl login {}` before then, or the \
+             authentication stops working",
+            shared.auth.name,
+            describe_span(left_ms),
+            shared.auth.name,
+        );
     }
 
     fn summary(&self) -> AuthSummary {
@@ -161,11 +236,36 @@ impl Entry {
             next_refresh_at: match shared.state {
                 AuthState::Ok => shared.next_refresh_ms,
                 AuthState::Failing => shared.retry_at_ms,
-                AuthState::Rejected => None,
+                AuthState::Rejected | AuthState::NeedsLogin => None,
             }
             .map(|t| t / 1000),
             created_at: auth.created_at_ms / 1000,
+            login: auth.grant.needs_person().then(|| LoginSummary {
+                username: auth.username.clone(),
+                refresh_issued_at: shared.refresh.as_ref().map(|(_, t)| t / 1000),
+                refresh_expires_at: shared.refresh_deadline_ms().map(|t| t / 1000),
+                refresh_lifespan_secs: auth.refresh_lifespan_secs,
+                redirect_uri: (auth.grant == Grant::AuthorizationCode)
+                    .then(|| auth.redirect_port.map(redirect_uri))
+                    .flatten(),
+            }),
         }
+    }
+}
+
+/// The Redirect URL of a login whose loopback listener is on `port`.
+pub fn redirect_uri(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/callback")
+}
+
+/// "13d 4h", "5h 10m", "42m".
+fn describe_span(ms: i64) -> String {
+    let mins = ms.max(0) / 60_000;
+    let (days, hours, mins) = (mins / 1440, mins / 60 % 24, mins % 60);
+    match (days, hours) {
+        (0, 0) => format!("{mins}m"),
+        (0, _) => format!("{hours}h {mins}m"),
+        _ => format!("{days}d {hours}h"),
     }
 }
 
@@ -174,6 +274,9 @@ struct Inner {
     store: Store,
     upstream: ServiceNow,
     policy: RefreshPolicy,
+    login: LoginPolicy,
+    /// Authorization-code logins started and not yet finished, by name.
+    pending: Mutex<HashMap<String, admin::Pending>>,
     permits: Semaphore,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -189,13 +292,21 @@ pub struct Tokens {
 pub struct Overview {
     pub authentications: u32,
     pub unhealthy: u32,
+    pub needs_login: u32,
     pub next_refresh: Option<(String, i64)>,
+    pub next_login_deadline: Option<(String, i64)>,
 }
 
 fn internal(error: StoreError) -> Error {
     tracing::error!(%error, "store failure");
     Error::Internal {
         message: format!("the database failed: {error}"),
+    }
+}
+
+fn shutting_down() -> Error {
+    Error::Unavailable {
+        message: "snctld is shutting down".into(),
     }
 }
 
@@ -224,6 +335,7 @@ impl Tokens {
         store: Store,
         upstream: ServiceNow,
         policy: RefreshPolicy,
+        login: LoginPolicy,
     ) -> Tokens {
         let tokens = Tokens {
             inner: Arc::new(Inner {
@@ -232,16 +344,17 @@ impl Tokens {
                 upstream,
                 permits: Semaphore::new(policy.max_concurrent_upstream.max(1)),
                 policy,
+                login,
+                pending: Mutex::new(HashMap::new()),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
         };
         for record in records {
             let last_error = record.last_error.map(|message| UpstreamError {
-                kind: if record.state == AuthState::Rejected {
-                    UpstreamKind::AccessDenied
-                } else {
-                    UpstreamKind::Connection
+                kind: match record.state {
+                    AuthState::Rejected | AuthState::NeedsLogin => UpstreamKind::AccessDenied,
+                    _ => UpstreamKind::Connection,
                 },
                 status: None,
                 message,
@@ -285,12 +398,14 @@ impl Tokens {
         let mut shared = Shared {
             auth: Arc::new(auth),
             token: None,
+            refresh: None,
             state,
             last_error,
             failures: 0,
             retry_at_ms: None,
             next_refresh_ms: None,
             last_refresh_ms: None,
+            warned: 0,
         };
         if let Some(tokens) = tokens {
             self.install(&mut shared, tokens);
@@ -305,8 +420,16 @@ impl Tokens {
         })
     }
 
-    /// Puts new tokens in place and plans the next refresh.
+    /// Puts new tokens in place and plans the next refresh. A refresh
+    /// token in `tokens` replaces the one in hand.
     fn install(&self, shared: &mut Shared, tokens: TokenSet) {
+        if let Some(refresh) = tokens.refresh_token {
+            let issued = tokens.refresh_issued_ms.unwrap_or(tokens.obtained_at_ms);
+            if shared.refresh.as_ref().is_none_or(|(_, t)| *t != issued) {
+                shared.warned = 0;
+            }
+            shared.refresh = Some((refresh, issued));
+        }
         let lifetime = (tokens.expires_at_ms - tokens.obtained_at_ms).max(0) as f64;
         let policy = &self.inner.policy;
         let jitter = if policy.jitter > 0.0 {
@@ -349,21 +472,38 @@ impl Tokens {
         }
     }
 
-    /// Asks the instance for a new token and commits it. The caller holds
-    /// the entry's flight lock.
+    /// Asks the instance for a new token (client credentials, or the
+    /// refresh token of a login) and commits it. The caller holds the
+    /// entry's flight lock.
     async fn fetch(&self, entry: &Entry) -> Result<(), Error> {
-        let auth = entry.lock().auth.clone();
+        let (auth, refresh) = {
+            let shared = entry.lock();
+            let refresh = shared.refresh.as_ref().map(|(t, issued)| (t.clone(), *issued));
+            (shared.auth.clone(), refresh)
+        };
+        if auth.grant.needs_person() && refresh.is_none() {
+            return self.lost_login(entry, &auth).await;
+        }
         let _permit = self
             .inner
             .permits
             .acquire()
             .await
-            .map_err(|_| Error::Unavailable {
-                message: "snctld is shutting down".into(),
-            })?;
-        let result = self.inner.upstream.request_token(&auth).await;
+            .map_err(|_| shutting_down())?;
+        let proof = match &refresh {
+            Some((token, _)) => Proof::Refresh(token),
+            None => Proof::ClientCredentials,
+        };
+        let result = self.inner.upstream.request_token(&auth, proof).await;
         match result {
-            Ok(tokens) => {
+            Ok(mut tokens) => {
+                // ServiceNow sends the same refresh token back until it dies;
+                // only a new one (a server that rotates) restarts the clock.
+                if let (Some(new), Some((old, issued))) = (&tokens.refresh_token, &refresh) {
+                    if new == old {
+                        tokens.refresh_issued_ms = Some(*issued);
+                    }
+                }
                 let name = auth.name.clone();
                 let to_store = tokens.clone();
                 let found = self
@@ -395,6 +535,9 @@ impl Tokens {
                         shared.retry_at_ms = Some(
                             now_ms() + self.backoff(shared.failures, &failure).as_millis() as i64,
                         );
+                    } else if failure.step == Step::Refresh {
+                        shared.state = AuthState::NeedsLogin;
+                        shared.retry_at_ms = None;
                     } else {
                         shared.state = AuthState::Rejected;
                         shared.retry_at_ms = None;
@@ -408,18 +551,57 @@ impl Tokens {
                 tracing::warn!(name = %auth.name, kind = ?failure.kind, status = ?failure.status,
                     retry_at = ?error.retry_at, "refresh failed: {}", error.message);
                 if changed {
-                    let (name, message) = (auth.name.clone(), error.message.clone());
-                    if let Err(e) = self
-                        .inner
-                        .store
-                        .call(move |db| db.set_health(&name, state, Some(&message)))
-                        .await
-                    {
-                        tracing::error!(error = %e, "cannot record the failure");
-                    }
+                    self.record_health(&auth.name, state, &error.message).await;
+                }
+                if state == AuthState::NeedsLogin {
+                    return Err(Error::NeedsLogin {
+                        name: auth.name.clone(),
+                    });
                 }
                 Err(Error::Upstream(error))
             }
+        }
+    }
+
+    /// A login by a person without a refresh token (the instance gave none,
+    /// e.g. to a public client): nothing can be done until a new login.
+    async fn lost_login(&self, entry: &Entry, auth: &Authentication) -> Result<(), Error> {
+        let message = format!(
+            "{} gave no refresh token at the last login, so the login ends with the access token",
+            auth.instance_url
+        );
+        let changed = {
+            let mut shared = entry.lock();
+            let changed = shared.state != AuthState::NeedsLogin;
+            shared.state = AuthState::NeedsLogin;
+            shared.retry_at_ms = None;
+            shared.last_error = Some(UpstreamError {
+                kind: UpstreamKind::AccessDenied,
+                status: None,
+                message: message.clone(),
+                retry_at: None,
+            });
+            changed
+        };
+        if changed {
+            tracing::warn!(name = %auth.name, "{message}: run `snctl login {}`", auth.name);
+            self.record_health(&auth.name, AuthState::NeedsLogin, &message)
+                .await;
+        }
+        Err(Error::NeedsLogin {
+            name: auth.name.clone(),
+        })
+    }
+
+    async fn record_health(&self, name: &str, state: AuthState, message: &str) {
+        let (name, message) = (name.to_string(), message.to_string());
+        if let Err(e) = self
+            .inner
+            .store
+            .call(move |db| db.set_health(&name, state, Some(&message)))
+            .await
+        {
+            tracing::error!(error = %e, "cannot record the failure");
         }
     }
 
@@ -470,182 +652,6 @@ impl Tokens {
         Ok(entry.summary())
     }
 
-    fn check_auth(auth: &Authentication) -> Result<(), Error> {
-        if auth.client_id.trim().is_empty() {
-            return Err(Error::invalid(
-                "the client ID is empty: copy it from the Application Registry record",
-            ));
-        }
-        if auth.client_secret.is_empty() {
-            return Err(Error::invalid(
-                "the client secret is empty: copy it from the Application Registry record",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Registers an authentication once it has produced a token.
-    pub async fn add(&self, request: AddRequest) -> Result<AuthSummary, Error> {
-        name::validate(&request.name).map_err(Error::invalid)?;
-        if self.read_entries().contains_key(&request.name) {
-            return Err(Error::AlreadyExists { name: request.name });
-        }
-        let auth = Authentication {
-            instance_url: normalize_instance_url(&request.instance_url).map_err(Error::invalid)?,
-            name: request.name,
-            grant: request.grant,
-            client_id: request.client_id.trim().to_string(),
-            client_auth: request.client_auth,
-            scope: request
-                .scope
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty()),
-            client_secret: request.client_secret,
-            created_at_ms: now_ms(),
-        };
-        Self::check_auth(&auth)?;
-        let tokens = self.verify(&auth).await?;
-        let (to_store, stored_tokens) = (auth.clone(), tokens.clone());
-        self.inner
-            .store
-            .call(move |db| db.insert(&to_store, &stored_tokens))
-            .await
-            .map_err(|e| match e {
-                StoreError::AlreadyExists => Error::AlreadyExists {
-                    name: auth.name.clone(),
-                },
-                other => internal(other),
-            })?;
-        let name = auth.name.clone();
-        let entry = self.new_entry(auth, Some(tokens), AuthState::Ok, None);
-        self.write_entries().insert(name.clone(), entry.clone());
-        self.spawn_scheduler(entry.clone());
-        tracing::info!(%name, "authentication added");
-        Ok(entry.summary())
-    }
-
-    /// Gets a first token with settings that are not stored yet.
-    async fn verify(&self, auth: &Authentication) -> Result<TokenSet, Error> {
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Unavailable {
-                message: "snctld is shutting down".into(),
-            })?;
-        self.inner
-            .upstream
-            .request_token(auth)
-            .await
-            .map_err(|failure| {
-                Error::Upstream(UpstreamError {
-                    message: format!("{}; nothing was saved", failure.explain(&auth.instance_url)),
-                    ..upstream_error(&failure, &auth.instance_url, None)
-                })
-            })
-    }
-
-    /// Changes settings once the new ones have produced a token.
-    pub async fn update(&self, request: UpdateRequest) -> Result<AuthSummary, Error> {
-        let entry = self.entry(&request.name)?;
-        let _flight = entry.flight.lock().await;
-        let mut auth = (*entry.lock().auth).clone();
-        let mut changed = false;
-        if let Some(url) = request.instance_url {
-            auth.instance_url = normalize_instance_url(&url).map_err(Error::invalid)?;
-            changed = true;
-        }
-        if let Some(id) = request.client_id {
-            auth.client_id = id.trim().to_string();
-            changed = true;
-        }
-        if let Some(secret) = request.client_secret {
-            auth.client_secret = secret;
-            changed = true;
-        }
-        if let Some(method) = request.client_auth {
-            auth.client_auth = method;
-            changed = true;
-        }
-        if let Some(scope) = request.scope {
-            auth.scope = Some(scope.trim().to_string()).filter(|s| !s.is_empty());
-            changed = true;
-        }
-        if !changed {
-            return Err(Error::invalid(
-                "nothing to change: give --instance, --client-id, --client-secret-stdin, --client-auth or --scope",
-            ));
-        }
-        Self::check_auth(&auth)?;
-        let tokens = self.verify(&auth).await.map_err(|e| match e {
-            Error::Upstream(u) => Error::Upstream(UpstreamError {
-                message: u
-                    .message
-                    .replace("nothing was saved", "the previous settings stay in use"),
-                ..u
-            }),
-            other => other,
-        })?;
-        let (to_store, stored_tokens) = (auth.clone(), tokens.clone());
-        let found = self
-            .inner
-            .store
-            .call(move |db| db.replace(&to_store, &stored_tokens))
-            .await
-            .map_err(internal)?;
-        if !found {
-            return Err(Error::NotFound { name: auth.name });
-        }
-        tracing::info!(name = %auth.name, "authentication updated");
-        {
-            let mut shared = entry.lock();
-            shared.auth = Arc::new(auth);
-            self.install(&mut shared, tokens);
-        }
-        entry.wake.notify_one();
-        Ok(entry.summary())
-    }
-
-    /// Revokes (unless asked not to) and deletes an authentication.
-    pub async fn remove(&self, request: RemoveRequest) -> Result<RemoveReply, Error> {
-        let entry = self.entry(&request.name)?;
-        let _flight = entry.flight.lock().await;
-        // From here on nobody is handed this authentication's token.
-        if self.write_entries().remove(&request.name).is_none() {
-            return Err(Error::NotFound { name: request.name });
-        }
-        let (auth, access) = {
-            let shared = entry.lock();
-            (
-                shared.auth.clone(),
-                shared.token.as_ref().map(|t| t.access.clone()),
-            )
-        };
-        let mut reply = RemoveReply {
-            revoked: 0,
-            revoke_error: None,
-        };
-        if let (false, Some(access)) = (request.keep_upstream, access) {
-            match self.inner.upstream.revoke(&auth, &access).await {
-                Ok(()) => reply.revoked += 1,
-                Err(failure) => reply.revoke_error = Some(failure.explain(&auth.instance_url)),
-            }
-        }
-        let name = request.name.clone();
-        match self.inner.store.call(move |db| db.delete(&name)).await {
-            Ok(_) => {
-                entry.cancel.cancel();
-                tracing::info!(name = %request.name, revoked = reply.revoked, "authentication removed");
-                Ok(reply)
-            }
-            Err(e) => {
-                self.write_entries().insert(request.name, entry.clone());
-                Err(internal(e))
-            }
-        }
-    }
-
     pub fn show(&self, name: &str) -> Result<AuthSummary, Error> {
         Ok(self.entry(name)?.summary())
     }
@@ -662,20 +668,35 @@ impl Tokens {
         let mut overview = Overview {
             authentications: entries.len() as u32,
             unhealthy: 0,
+            needs_login: 0,
             next_refresh: None,
+            next_login_deadline: None,
+        };
+        let earliest = |slot: &mut Option<(String, i64)>, name: &str, at_ms: i64| {
+            if slot.as_ref().is_none_or(|(_, t)| at_ms / 1000 < *t) {
+                *slot = Some((name.to_string(), at_ms / 1000));
+            }
         };
         for (name, entry) in entries.iter() {
-            if entry.lock().state != AuthState::Ok {
-                overview.unhealthy += 1;
+            {
+                let shared = entry.lock();
+                match shared.state {
+                    AuthState::Ok => {}
+                    AuthState::NeedsLogin => {
+                        overview.unhealthy += 1;
+                        overview.needs_login += 1;
+                    }
+                    _ => overview.unhealthy += 1,
+                }
+                if let Some(deadline) = shared
+                    .refresh_deadline_ms()
+                    .filter(|_| shared.state != AuthState::NeedsLogin)
+                {
+                    earliest(&mut overview.next_login_deadline, name, deadline);
+                }
             }
             if let Some(due) = entry.due_ms() {
-                if overview
-                    .next_refresh
-                    .as_ref()
-                    .is_none_or(|(_, t)| due / 1000 < *t)
-                {
-                    overview.next_refresh = Some((name.clone(), due / 1000));
-                }
+                earliest(&mut overview.next_refresh, name, due);
             }
         }
         overview
@@ -690,7 +711,13 @@ impl Tokens {
 
     async fn schedule(&self, entry: Arc<Entry>) {
         loop {
-            let due = entry.due_ms();
+            entry.warn_if_due();
+            let warning = entry.lock().warning_due_ms();
+            let refresh = entry.due_ms();
+            let due = match (refresh, warning) {
+                (Some(r), Some(w)) => Some(r.min(w)),
+                (r, w) => r.or(w),
+            };
             let sleep = async {
                 match due {
                     Some(at) => tokio::time::sleep(clock::until(at)).await,
@@ -705,7 +732,8 @@ impl Tokens {
                         _ = entry.cancel.cancelled() => break,
                         guard = entry.flight.lock() => guard,
                     };
-                    // Someone may have refreshed while we waited for the lock.
+                    // Someone may have refreshed while we waited for the lock,
+                    // or only a warning was due.
                     if entry.due_ms().is_some_and(|at| at <= now_ms()) {
                         // The outcome is recorded on the entry and logged.
                         let _ = self.fetch(&entry).await;
