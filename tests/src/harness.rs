@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use snctld::config::Config;
 use snctld::server::Limits;
 use snctld::servicenow::HttpConfig;
-use snctld::tokens::RefreshPolicy;
+use snctld::tokens::{LoginPolicy, RefreshPolicy};
 
 use crate::fake::FakeInstance;
 
@@ -67,6 +67,7 @@ pub fn test_config(dir: &Path) -> Config {
             backoff_max: Duration::from_secs(5),
             ..RefreshPolicy::default()
         },
+        login: LoginPolicy::default(),
     }
 }
 

@@ -166,6 +166,8 @@ fn a_refused_credential_is_not_retried_until_an_admin_acts() {
         client_secret: Some(snctl::Secret::new("rotated".into())),
         client_auth: None,
         scope: None,
+        redirect_port: None,
+        refresh_lifespan_secs: None,
     };
     client.update(update.clone()).unwrap();
     assert_eq!(client.show("prod").unwrap().state, AuthState::Ok);

@@ -22,6 +22,9 @@ pub fn add_request(name: &str, instance: &str) -> AddRequest {
         client_secret: Secret::new(CLIENT_SECRET.to_string()),
         client_auth: ClientAuth::Form,
         scope: None,
+        user: None,
+        redirect_port: None,
+        refresh_lifespan_secs: None,
     }
 }
 

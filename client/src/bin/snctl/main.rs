@@ -5,7 +5,9 @@
 //! 3 daemon unreachable, 4 not found, 5 needs login, 6 forbidden,
 //! 7 upstream error.
 
-use std::io::{IsTerminal, Read, Write};
+mod callback;
+
+use std::io::{BufRead, IsTerminal, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use snctl::protocol::{AddRequest, AuthSummary, ClientAuth, DaemonStatus, Grant, UpdateRequest};
+use snctl::protocol::{
+    AddRequest, AuthState, AuthSummary, CheckOutcome, ClientAuth, DaemonStatus, Diagnosis, Grant,
+    LoginProof, UpdateRequest, UserLogin,
+};
 use snctl::{Client, ClientError, ErrorKind, Secret};
 
 /// Get ServiceNow access tokens from snctld, and manage the saved logins.
@@ -46,9 +51,31 @@ enum Command {
         /// How the client authenticates at the token endpoint.
         #[arg(long, value_enum, default_value = "form")]
         client_auth: ClientAuthArg,
-        /// Read the client secret from standard input instead of prompting.
+        /// Read the client secret from standard input (its first line) instead of prompting.
         #[arg(long)]
         client_secret_stdin: bool,
+        #[command(flatten)]
+        login: LoginArgs,
+        /// Port of the Redirect URL http://127.0.0.1:PORT/callback (authorization-code)
+        /// [default: snctld's login.redirect_port, 8751].
+        #[arg(long, value_name = "PORT")]
+        redirect_port: Option<u16>,
+        /// Refresh Token Lifespan of the Application Registry record: seconds as
+        /// shown there, or with a unit (100d, 36h) [default: 100d].
+        #[arg(long, value_name = "DURATION", value_parser = parse_lifespan)]
+        refresh_token_lifespan: Option<u64>,
+    },
+    /// Log in again (password or authorization-code grants).
+    Login {
+        name: String,
+        #[command(flatten)]
+        login: LoginArgs,
+    },
+    /// Tell why an authentication fails, and what to do about it.
+    Doctor {
+        name: String,
+        #[arg(long)]
+        json: bool,
     },
     /// List authentications.
     List {
@@ -91,6 +118,12 @@ enum Command {
         /// New scope ("" removes it).
         #[arg(long)]
         scope: Option<String>,
+        /// New port of the Redirect URL (authorization-code); register the new URL too.
+        #[arg(long, value_name = "PORT")]
+        redirect_port: Option<u16>,
+        /// Refresh Token Lifespan of the Application Registry record (seconds, or 100d, 36h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_lifespan)]
+        refresh_token_lifespan: Option<u64>,
     },
     /// Revoke the tokens at the instance (best effort), then delete.
     Remove {
@@ -114,9 +147,63 @@ enum Command {
     },
 }
 
+/// How a person logs in (`add` of a password or authorization-code
+/// authentication, and `login`).
+#[derive(clap::Args, Debug)]
+struct LoginArgs {
+    /// ServiceNow user name (password grant) [default: prompt, or the last one used].
+    #[arg(long)]
+    username: Option<String>,
+    /// Read the password from standard input (the line after the client secret,
+    /// if that is read too) instead of prompting.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Do not open a browser: print the URL and take the address the browser
+    /// ends on, pasted back (headless hosts).
+    #[arg(long)]
+    no_browser: bool,
+    /// How long to wait for the browser.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    timeout: u64,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum GrantArg {
     ClientCredentials,
+    Password,
+    AuthorizationCode,
+}
+
+impl From<GrantArg> for Grant {
+    fn from(arg: GrantArg) -> Self {
+        match arg {
+            GrantArg::ClientCredentials => Grant::ClientCredentials,
+            GrantArg::Password => Grant::Password,
+            GrantArg::AuthorizationCode => Grant::AuthorizationCode,
+        }
+    }
+}
+
+/// Seconds, or a number with a unit: s, m, h, d.
+fn parse_lifespan(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: give seconds, or e.g. 100d or 36h"))?;
+    let scale = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?}: use s, m, h or d")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -189,31 +276,93 @@ fn run(cli: Cli) -> Result<(), Failure> {
             scope,
             client_auth,
             client_secret_stdin,
+            login,
+            redirect_port,
+            refresh_token_lifespan,
         } => {
             snctl_shared::name::validate(&name).map_err(usage)?;
-            let secret = read_secret(client_secret_stdin, &format!("Client secret for {name}: "))?;
-            let mut client = connect(&cli.socket)?;
-            let summary = client.add(AddRequest {
-                name,
+            let grant = Grant::from(grant);
+            let mut stdin = StdinLines::default();
+            let secret = read_secret(
+                &mut stdin,
+                client_secret_stdin,
+                &format!("Client secret for {name}: "),
+                "client secret",
+            )?;
+            let mut request = AddRequest {
+                name: name.clone(),
                 instance_url: instance,
-                grant: match grant {
-                    GrantArg::ClientCredentials => Grant::ClientCredentials,
-                },
+                grant,
                 client_id,
                 client_secret: secret,
                 client_auth: client_auth.into(),
                 scope,
-            })?;
+                user: None,
+                redirect_port,
+                refresh_lifespan_secs: refresh_token_lifespan,
+            };
+            let summary = match grant {
+                Grant::ClientCredentials => connect(&cli.socket)?.add(request)?,
+                Grant::Password => {
+                    eprintln!(
+                        "note: the password grant is deprecated by the OAuth security BCP (RFC 9700); \
+                         prefer authorization-code for people, client-credentials for services"
+                    );
+                    request.user = Some(read_user(&mut stdin, &login, None)?);
+                    connect(&cli.socket)?.add(request)?
+                }
+                Grant::AuthorizationCode => browser_login(&cli.socket, &name, Some(request), &login)?,
+            };
             println!(
                 "added {}: {} token valid until {}",
                 summary.name,
                 summary.grant.as_str(),
-                summary
-                    .access_expires_at
-                    .map(describe_time)
-                    .unwrap_or_else(|| "-".into())
+                time_or_dash(summary.access_expires_at)
             );
+            print_login_deadline(&summary);
             Ok(())
+        }
+        Command::Login { name, login } => {
+            let current = connect(&cli.socket)?.show(&name)?;
+            let summary = match current.grant {
+                Grant::Password => {
+                    let known = current.login.as_ref().and_then(|l| l.username.as_deref());
+                    let user = read_user(&mut StdinLines::default(), &login, known)?;
+                    connect(&cli.socket)?.login(&name, LoginProof::Password(user))?
+                }
+                Grant::AuthorizationCode => browser_login(&cli.socket, &name, None, &login)?,
+                Grant::ClientCredentials => {
+                    return Err(usage(format!(
+                        "{name} uses the client-credentials grant: no person logs in; use `snctl refresh {name}`"
+                    )))
+                }
+            };
+            println!(
+                "logged in to {}: token valid until {}",
+                summary.name,
+                time_or_dash(summary.access_expires_at)
+            );
+            print_login_deadline(&summary);
+            Ok(())
+        }
+        Command::Doctor { name, json } => {
+            let diagnosis = connect(&cli.socket)?.doctor(&name)?;
+            if json {
+                print_json(&diagnosis)?;
+            } else {
+                print_diagnosis(&diagnosis);
+            }
+            match (diagnosis.works, diagnosis.needs_login) {
+                (true, _) => Ok(()),
+                (false, true) => Err(Failure {
+                    code: ErrorKind::NeedsLogin.exit_code(),
+                    message: format!("{name} needs a new login: run `snctl login {name}`"),
+                }),
+                (false, false) => Err(Failure {
+                    code: ErrorKind::Upstream.exit_code(),
+                    message: format!("{name} does not work: see the likely cause above"),
+                }),
+            }
         }
         Command::List { json } => {
             let list = connect(&cli.socket)?.list()?;
@@ -254,10 +403,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             println!(
                 "refreshed {}: token valid until {}",
                 summary.name,
-                summary
-                    .access_expires_at
-                    .map(describe_time)
-                    .unwrap_or_else(|| "-".into())
+                time_or_dash(summary.access_expires_at)
             );
             Ok(())
         }
@@ -269,11 +415,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             client_secret_prompt,
             client_auth,
             scope,
+            redirect_port,
+            refresh_token_lifespan,
         } => {
             let client_secret = if client_secret_stdin || client_secret_prompt {
                 Some(read_secret(
+                    &mut StdinLines::default(),
                     client_secret_stdin,
                     &format!("New client secret for {name}: "),
+                    "client secret",
                 )?)
             } else {
                 None
@@ -285,15 +435,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 client_secret,
                 client_auth: client_auth.map(Into::into),
                 scope,
+                redirect_port,
+                refresh_lifespan_secs: refresh_token_lifespan,
             })?;
-            println!(
-                "updated {}: the new settings work; token valid until {}",
-                summary.name,
-                summary
-                    .access_expires_at
-                    .map(describe_time)
-                    .unwrap_or_else(|| "-".into())
-            );
+            if summary.state == AuthState::NeedsLogin {
+                println!(
+                    "updated {0}; the saved login does not work with the new settings: run `snctl login {0}`",
+                    summary.name
+                );
+            } else {
+                println!(
+                    "updated {}: token valid until {}",
+                    summary.name,
+                    time_or_dash(summary.access_expires_at)
+                );
+            }
+            if let Some(uri) = summary
+                .login
+                .as_ref()
+                .and_then(|l| l.redirect_uri.as_ref())
+                .filter(|_| redirect_port.is_some())
+            {
+                println!("register this Redirect URL on the Application Registry record: {uri}");
+            }
+            print_login_deadline(&summary);
             Ok(())
         }
         Command::Remove {
@@ -352,29 +517,113 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// The secret, from stdin (for scripts) or a no-echo prompt; never argv.
-fn read_secret(from_stdin: bool, prompt: &str) -> Result<Secret, Failure> {
+/// Standard input read one line at a time, so that a script can pipe the
+/// client secret and a password in one stream.
+#[derive(Default)]
+struct StdinLines;
+
+impl StdinLines {
+    fn next(&mut self, what: &str) -> Result<zeroize::Zeroizing<String>, Failure> {
+        let mut line = zeroize::Zeroizing::new(String::new());
+        let read = std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| other(format!("cannot read the {what} from standard input: {e}")))?;
+        if read == 0 {
+            return Err(usage(format!(
+                "standard input ended before the {what}: give one per line"
+            )));
+        }
+        let trimmed = line.trim_end_matches(['\n', '\r']).len();
+        line.truncate(trimmed);
+        Ok(line)
+    }
+}
+
+/// A secret from standard input (for scripts) or a no-echo prompt; never argv.
+fn read_secret(
+    stdin: &mut StdinLines,
+    from_stdin: bool,
+    prompt: &str,
+    what: &str,
+) -> Result<Secret, Failure> {
     let secret = if from_stdin {
-        let mut text = zeroize::Zeroizing::new(String::new());
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| other(format!("cannot read the secret from standard input: {e}")))?;
-        text.trim_end_matches(['\n', '\r']).to_string()
+        stdin.next(what)?.to_string()
     } else {
         if !std::io::stdin().is_terminal() {
-            return Err(usage(
-                "no terminal to prompt for the client secret: pipe it in with --client-secret-stdin",
-            ));
+            return Err(usage(format!(
+                "no terminal to prompt for the {what}: pipe it in with --{}-stdin",
+                what.replace(' ', "-")
+            )));
         }
         rpassword::prompt_password(prompt)
-            .map_err(|e| other(format!("cannot read the secret: {e}")))?
+            .map_err(|e| other(format!("cannot read the {what}: {e}")))?
     };
     if secret.is_empty() {
-        return Err(usage(
-            "the client secret is empty: copy it from the Application Registry record",
-        ));
+        return Err(usage(format!("the {what} is empty")));
     }
     Ok(Secret::new(secret))
+}
+
+/// The user name (argument, prompt, or the one used last) and password.
+fn read_user(
+    stdin: &mut StdinLines,
+    login: &LoginArgs,
+    known: Option<&str>,
+) -> Result<UserLogin, Failure> {
+    let username = match (&login.username, known) {
+        (Some(name), _) => name.trim().to_string(),
+        (None, Some(name)) => name.to_string(),
+        (None, None) if std::io::stdin().is_terminal() => {
+            eprint!("ServiceNow user name: ");
+            let mut name = String::new();
+            std::io::stdin()
+                .read_line(&mut name)
+                .map_err(|e| other(format!("cannot read the user name: {e}")))?;
+            name.trim().to_string()
+        }
+        (None, None) => return Err(usage("give the ServiceNow user with --username")),
+    };
+    if username.is_empty() {
+        return Err(usage("the user name is empty: give --username"));
+    }
+    let password = read_secret(
+        stdin,
+        login.password_stdin,
+        &format!("Password for {username}: "),
+        "password",
+    )?;
+    Ok(UserLogin { username, password })
+}
+
+/// An authorization-code login: the daemon starts it, the browser consents,
+/// the loopback listener catches the code, the daemon exchanges it.
+fn browser_login(
+    socket: &Option<PathBuf>,
+    name: &str,
+    add: Option<AddRequest>,
+    login: &LoginArgs,
+) -> Result<AuthSummary, Failure> {
+    let challenge = connect(socket)?.start_login(name, add)?;
+    let left = u64::try_from(challenge.expires_at - now_secs()).unwrap_or(0);
+    let code = callback::wait_for_code(&callback::Authorize {
+        name,
+        authorize_url: &challenge.authorize_url,
+        redirect_uri: &challenge.redirect_uri,
+        state: &challenge.state,
+        timeout: Duration::from_secs(login.timeout.min(left)),
+        open_browser: !login.no_browser,
+    })
+    .map_err(|e| Failure {
+        code: e.exit_code(),
+        message: e.to_string(),
+    })?;
+    // A fresh connection: the first one sat idle while the person logged in.
+    let proof = LoginProof::AuthorizationCode {
+        code,
+        state: challenge.state,
+    };
+    Ok(connect(socket)?.login(name, proof)?)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
@@ -437,12 +686,48 @@ fn describe_time(at: i64) -> String {
     format!("{} ({})", utc(at), relative(at))
 }
 
+fn time_or_dash(at: Option<i64>) -> String {
+    at.map(describe_time).unwrap_or_else(|| "-".into())
+}
+
+/// For a login by a person: until when it lasts.
+fn print_login_deadline(summary: &AuthSummary) {
+    if let Some(deadline) = summary.login.as_ref().and_then(|l| l.refresh_expires_at) {
+        println!(
+            "the login lasts until {} (refresh-token lifespan); run `snctl login {}` before then",
+            describe_time(deadline),
+            summary.name
+        );
+    }
+}
+
+fn print_diagnosis(d: &Diagnosis) {
+    for check in &d.checks {
+        let mark = match check.outcome {
+            CheckOutcome::Pass => "ok  ",
+            CheckOutcome::Fail => "FAIL",
+            CheckOutcome::Unknown => "??  ",
+            CheckOutcome::Skipped => "--  ",
+        };
+        println!("{mark} {}: {}", check.what, check.detail);
+    }
+    if d.works {
+        println!("{} works", d.name);
+    }
+    if let Some(cause) = &d.cause {
+        println!("likely cause: {cause}");
+    }
+    if let Some(fix) = &d.fix {
+        println!("fix: {fix}");
+    }
+}
+
 fn print_list(list: &[AuthSummary]) {
     if list.is_empty() {
         println!("no authentications: add one with `snctl add NAME --instance URL --client-id ID`");
         return;
     }
-    let rows: Vec<[String; 6]> = list
+    let rows: Vec<[String; 7]> = list
         .iter()
         .map(|a| {
             [
@@ -456,6 +741,11 @@ fn print_list(list: &[AuthSummary]) {
                 a.last_refresh_at
                     .map(relative)
                     .unwrap_or_else(|| "-".into()),
+                a.login
+                    .as_ref()
+                    .and_then(|l| l.refresh_expires_at)
+                    .map(relative)
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -466,6 +756,7 @@ fn print_list(list: &[AuthSummary]) {
         "STATUS",
         "EXPIRES",
         "LAST REFRESH",
+        "LOGIN UNTIL",
     ];
     let mut widths = header.map(str::len);
     for row in &rows {
@@ -512,6 +803,20 @@ fn print_show(a: &AuthSummary) {
     println!("token expires: {}", time(a.access_expires_at));
     println!("last refresh:  {}", time(a.last_refresh_at));
     println!("next refresh:  {}", time(a.next_refresh_at));
+    if let Some(login) = &a.login {
+        if let Some(user) = &login.username {
+            println!("user:          {user}");
+        }
+        println!("logged in:     {}", time(login.refresh_issued_at));
+        println!(
+            "login until:   {} (lifespan {}d)",
+            time(login.refresh_expires_at),
+            login.refresh_lifespan_secs / 86_400
+        );
+        if let Some(uri) = &login.redirect_uri {
+            println!("redirect URL:  {uri}");
+        }
+    }
     println!("added:         {}", time(Some(a.created_at)));
 }
 
@@ -524,12 +829,16 @@ fn print_status(s: &DaemonStatus) {
     println!("socket:          {}", s.socket);
     println!("state directory: {}", s.state_dir);
     println!(
-        "authentications: {} ({} unhealthy)",
-        s.authentications, s.unhealthy
+        "authentications: {} ({} unhealthy, {} need a login)",
+        s.authentications, s.unhealthy, s.needs_login
     );
     match &s.next_refresh {
         Some((name, at)) => println!("next refresh:    {name} {}", relative(*at)),
         None => println!("next refresh:    -"),
+    }
+    match &s.next_login_deadline {
+        Some((name, at)) => println!("next login due:  {name} {}", describe_time(*at)),
+        None => println!("next login due:  -"),
     }
     println!("connections:     {}", s.connections);
 }
