@@ -550,6 +550,13 @@ impl Db {
         Ok(n > 0)
     }
 
+    /// Runs SQLite's full integrity check ("ok" when sound).
+    pub fn integrity_check(&mut self) -> Result<String, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
     /// Runs SQLite's quick integrity check.
     pub fn quick_check(&mut self) -> Result<String, StoreError> {
         Ok(self

@@ -6,14 +6,28 @@
 //! trickling out one byte at a time, an HTML page where JSON was expected.
 //!
 //! ServiceNow behaviours it reproduces:
+//! - `GET /oauth_auth.do` is the authorize endpoint of the authorization code grant. It
+//!   redirects only to the Redirect URL registered on the client's Application Registry
+//!   record, compared exactly: an unknown client, another `redirect_uri`, a
+//!   `response_type` other than `code` or a missing `state` get an HTML error page and no
+//!   redirect. PKCE is optional, but `S256` is the only method accepted. The fake
+//!   answers the consent page as a user would (see [`Consent`]) and redirects with a
+//!   single-use code valid for two minutes, or with `error=access_denied`.
 //! - `POST /oauth_token.do` takes client authentication as form fields or HTTP Basic and
 //!   grants `client_credentials` (only while the system property
 //!   `glide.oauth.inbound.client.credential.grant_type.enabled` is on, and without a
-//!   refresh token), `password` and `refresh_token` (the refresh token is not rotated).
+//!   refresh token), `password`, `authorization_code` (the code is bound to the client,
+//!   the `redirect_uri` and the PKCE challenge of its authorize request) and
+//!   `refresh_token`.
+//! - Refresh tokens are not rotated, as on ServiceNow, unless a test asks for rotation
+//!   (see [`FakeInstance::set_rotate_refresh_tokens`]); it then behaves like servers that
+//!   rotate with reuse protection yet tolerate a lost answer.
 //! - Every token or revocation failure is the same
 //!   `401 {"error":"server_error","error_description":"access_denied"}`, so a client
 //!   cannot tell a wrong secret from a disabled grant; snctl must cope with that.
-//! - `POST /oauth_revoke_token.do` revokes access and refresh tokens and answers `{}`.
+//! - `POST /oauth_revoke_token.do` revokes access and refresh tokens and answers `{}`; an
+//!   administrator can also delete every refresh token at once
+//!   ([`FakeInstance::revoke_refresh_tokens`]).
 //! - `GET /api/now/table/<table>` needs a valid bearer token, otherwise it answers
 //!   ServiceNow's "User Not Authenticated" failure.
 //! - Anything else gets a ServiceNow-style JSON 404.
@@ -38,6 +52,7 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
 const MAX_HEADERS: usize = 64;
 const JSON: &str = "application/json;charset=UTF-8";
+const HTML: &str = "text/html;charset=UTF-8";
 const ACCESS_DENIED: &str = r#"{"error":"server_error","error_description":"access_denied"}"#;
 const NOT_AUTHENTICATED: &str = r#"{"error":{"message":"User Not Authenticated","detail":"Required to provide Auth information"},"status":"failure"}"#;
 const NOT_FOUND: &str = r#"{"error":{"message":"Requested URI does not represent any resource","detail":null},"status":"failure"}"#;
@@ -48,6 +63,9 @@ const BAD_JSON: &str = r#"{"access_token": "abc", "expires_in": "#;
 const DEFAULT_SCOPE: &str = "useraccount";
 const DEFAULT_ACCESS_LIFETIME: u64 = 1800;
 const DEFAULT_REFRESH_LIFESPAN: u64 = 100 * 24 * 60 * 60;
+const AUTH_CODE_LIFETIME: u64 = 120;
+/// A demo user present on every ServiceNow instance.
+const DEFAULT_USER: &str = "abel.tuter";
 
 /// A misbehaviour applied to one (queued) or every (standing) `POST /oauth_token.do`.
 #[derive(Clone, Debug)]
@@ -73,6 +91,10 @@ pub enum Fault {
     ResetBeforeProcessing,
     /// Issue the token, then reset the connection instead of answering.
     ResetAfterProcessing,
+    /// Issue the token (rotating the refresh token if rotation is on), then sleep before
+    /// answering, so a test can kill the client after the server changed its state but
+    /// before the client saw the answer.
+    IssueThenDelay(Duration),
 }
 
 impl Fault {
@@ -99,6 +121,23 @@ impl Fault {
     /// The generic 401 ServiceNow gives for every OAuth failure, without touching state.
     pub fn access_denied() -> Fault {
         json_fault(401, ACCESS_DENIED.to_owned(), None)
+    }
+}
+
+/// How the user answers ServiceNow's consent page in the authorization code flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Consent {
+    /// The user, logged in as `user`, allows access.
+    Approve { user: String },
+    /// The user denies access.
+    Deny,
+}
+
+impl Default for Consent {
+    fn default() -> Consent {
+        Consent::Approve {
+            user: DEFAULT_USER.to_owned(),
+        }
     }
 }
 
@@ -182,6 +221,39 @@ impl FakeInstance {
         self.lock().refresh_lifespan = secs;
     }
 
+    /// The Redirect URL of a client's Application Registry record. The authorize
+    /// endpoint redirects nowhere else, and ServiceNow compares it exactly.
+    pub fn set_redirect_uri(&self, client_id: &str, uri: &str) {
+        let mut s = self.lock();
+        s.redirect_uris.insert(client_id.to_owned(), uri.to_owned());
+    }
+
+    /// How the user answers the consent page from now on (default: `abel.tuter` allows).
+    pub fn set_consent(&self, consent: Consent) {
+        self.lock().consent = consent;
+    }
+
+    /// A `state` the authorize endpoint sends back instead of the one it was given, as
+    /// a forged redirect would carry; `None` (the default) echoes the request's.
+    pub fn set_state_override(&self, state: Option<String>) {
+        self.lock().state_override = state;
+    }
+
+    /// Off by default, as on ServiceNow. When on, every successful refresh returns a
+    /// new refresh token, a successor of the one presented, with a fresh lifespan. The
+    /// presented token stays valid, so a client that lost the answer can retry with it,
+    /// until one of its successors is used: that supersedes it and its other successors.
+    pub fn set_rotate_refresh_tokens(&self, on: bool) {
+        self.lock().rotate_refresh_tokens = on;
+    }
+
+    /// Deletes every refresh token issued so far, as an administrator deleting the
+    /// OAuth credentials (or a user being locked out) does, so the next refresh gets the
+    /// generic 401. Access tokens are left to expire.
+    pub fn revoke_refresh_tokens(&self) {
+        self.lock().refresh_grants.clear();
+    }
+
     pub fn push_fault(&self, fault: Fault) {
         self.lock().faults.push_back(fault);
     }
@@ -196,6 +268,15 @@ impl FakeInstance {
 
     pub fn tokens_issued(&self) -> u64 {
         self.lock().tokens_issued
+    }
+
+    pub fn authorize_requests(&self) -> u64 {
+        self.lock().authorize_requests
+    }
+
+    /// Authorization codes successfully exchanged for tokens.
+    pub fn auth_code_exchanges(&self) -> u64 {
+        self.lock().auth_code_exchanges
     }
 
     pub fn revoke_requests(&self) -> u64 {
@@ -222,6 +303,22 @@ impl FakeInstance {
         self.lock().revoked_order.clone()
     }
 
+    /// Known, not revoked, not superseded by rotation and not expired.
+    pub fn is_refresh_token_valid(&self, token: &str) -> bool {
+        self.lock().refresh_token_valid(token)
+    }
+
+    /// Rotated refresh tokens invalidated by the use of a successor, in that order.
+    pub fn superseded_refresh_tokens(&self) -> Vec<String> {
+        self.lock().superseded_order.clone()
+    }
+
+    /// The user a refresh token acts for, while the instance still knows the token.
+    pub fn refresh_token_user(&self, token: &str) -> Option<String> {
+        let s = self.lock();
+        s.refresh_grants.get(token).map(|grant| grant.user.clone())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
@@ -240,24 +337,46 @@ fn lock(state: &Shared) -> MutexGuard<'_, State> {
 struct RefreshGrant {
     client_id: String,
     scope: String,
+    user: String,
+    /// The refresh token this one was rotated from.
+    parent: Option<String>,
+    expires_at: Instant,
+}
+
+/// What an authorization code was issued for; its exchange must match.
+struct AuthCode {
+    client_id: String,
+    redirect_uri: String,
+    code_challenge: Option<String>,
+    scope: String,
+    user: String,
     expires_at: Instant,
 }
 
 #[derive(Default)]
 struct State {
     clients: HashMap<String, String>,
+    redirect_uris: HashMap<String, String>,
     users: HashMap<String, String>,
+    consent: Consent,
+    state_override: Option<String>,
     client_credentials_enabled: bool,
+    rotate_refresh_tokens: bool,
     access_lifetime: u64,
     refresh_lifespan: u64,
     faults: VecDeque<Fault>,
     standing_fault: Option<Fault>,
+    auth_codes: HashMap<String, AuthCode>,
     access_expiry: HashMap<String, Instant>,
     refresh_grants: HashMap<String, RefreshGrant>,
     issued_access: Vec<String>,
     issued_refresh: Vec<String>,
     revoked: HashSet<String>,
     revoked_order: Vec<String>,
+    superseded: HashSet<String>,
+    superseded_order: Vec<String>,
+    authorize_requests: u64,
+    auth_code_exchanges: u64,
     token_requests: u64,
     tokens_issued: u64,
     revoke_requests: u64,
@@ -277,6 +396,11 @@ struct TokenBody<'a> {
 
 struct Denied;
 
+type Form = HashMap<String, String>;
+
+/// The refresh token a grant hands out, if any, and the scope of its access token.
+type Granted = (Option<String>, String);
+
 impl State {
     fn new() -> State {
         State {
@@ -295,53 +419,100 @@ impl State {
                 .is_some_and(|expiry| Instant::now() < *expiry)
     }
 
+    fn refresh_token_valid(&self, token: &str) -> bool {
+        !self.revoked.contains(token)
+            && !self.superseded.contains(token)
+            && self
+                .refresh_grants
+                .get(token)
+                .is_some_and(|grant| Instant::now() < grant.expires_at)
+    }
+
     /// The authenticated client id, if the request names a known client and its secret.
-    fn authenticate(&self, req: &Request, form: &HashMap<String, String>) -> Option<String> {
+    fn authenticate(&self, req: &Request, form: &Form) -> Option<String> {
         let (id, secret) = client_credentials(req, form)?;
         (self.clients.get(&id) == Some(&secret)).then_some(id)
+    }
+
+    /// The authorize endpoint. The fake answers the consent page itself, so a request
+    /// ends in a redirect to the client, or in an HTML page when it cannot.
+    fn authorize(&mut self, req: &Request) -> Response {
+        self.authorize_requests += 1;
+        let query = parse_form(req.query().as_bytes());
+        let (client_id, redirect_uri, state) = match self.trusted_redirect(&query) {
+            Ok(trusted) => trusted,
+            Err(page) => return page,
+        };
+        let state = self
+            .state_override
+            .clone()
+            .unwrap_or_else(|| state.to_owned());
+        let challenge = (
+            param(&query, "code_challenge"),
+            param(&query, "code_challenge_method"),
+        );
+        let code_challenge = match challenge {
+            (None, None) => None,
+            (Some(challenge), Some("S256")) => Some(challenge.to_owned()),
+            _ => {
+                let description = "code_challenge_method must be S256";
+                return error_redirect(redirect_uri, "invalid_request", description, &state);
+            }
+        };
+        let user = match &self.consent {
+            Consent::Approve { user } => user.clone(),
+            Consent::Deny => {
+                let description = "The user denied the authorization request";
+                return error_redirect(redirect_uri, "access_denied", description, &state);
+            }
+        };
+        let code = random_token();
+        let issued = AuthCode {
+            client_id: client_id.to_owned(),
+            redirect_uri: redirect_uri.to_owned(),
+            code_challenge,
+            scope: param(&query, "scope").unwrap_or(DEFAULT_SCOPE).to_owned(),
+            user,
+            expires_at: deadline(AUTH_CODE_LIFETIME),
+        };
+        self.auth_codes.insert(code.clone(), issued);
+        redirect(redirect_uri, &[("code", &code), ("state", &state)])
+    }
+
+    /// The client id, Redirect URL and state of an authorize request that may be
+    /// answered with a redirect. Otherwise, ServiceNow shows the user an error page:
+    /// redirecting elsewhere than the registered URL could hand a code to an attacker,
+    /// and `state` is mandatory on current instances.
+    fn trusted_redirect<'q>(
+        &self,
+        query: &'q Form,
+    ) -> Result<(&'q str, &'q str, &'q str), Response> {
+        let client_id = param(query, "client_id")
+            .filter(|id| self.clients.contains_key(*id))
+            .ok_or_else(|| error_page("Invalid client_id"))?;
+        let registered = self.redirect_uris.get(client_id);
+        let redirect_uri = param(query, "redirect_uri")
+            .filter(|uri| registered.is_some_and(|r| r == uri))
+            .ok_or_else(|| error_page("Invalid redirect_uri"))?;
+        if param(query, "response_type") != Some("code") {
+            return Err(error_page("Unsupported response_type"));
+        }
+        let state = param(query, "state").ok_or_else(|| error_page("Missing state parameter"))?;
+        Ok((client_id, redirect_uri, state))
     }
 
     /// Runs the token endpoint proper; the JSON body on success.
     fn grant(&mut self, req: &Request) -> Result<String, Denied> {
         let form = parse_form(&req.body);
         let client_id = self.authenticate(req, &form).ok_or(Denied)?;
-        let field = |name: &str| form.get(name).map(String::as_str);
-        let requested_scope = field("scope").filter(|s| !s.is_empty()).map(str::to_owned);
-        let (refresh_token, scope) = match field("grant_type") {
+        let (refresh_token, scope) = match form.get("grant_type").map(String::as_str) {
             Some("client_credentials") if self.client_credentials_enabled => (
                 None,
-                requested_scope.unwrap_or_else(|| DEFAULT_SCOPE.into()),
+                requested_scope(&form).unwrap_or_else(|| DEFAULT_SCOPE.into()),
             ),
-            Some("password") => {
-                let (Some(user), Some(password)) = (field("username"), field("password")) else {
-                    return Err(Denied);
-                };
-                if self.users.get(user).map(String::as_str) != Some(password) {
-                    return Err(Denied);
-                }
-                let scope = requested_scope.unwrap_or_else(|| DEFAULT_SCOPE.into());
-                let token = random_token();
-                let grant = RefreshGrant {
-                    client_id,
-                    scope: scope.clone(),
-                    expires_at: deadline(self.refresh_lifespan),
-                };
-                self.refresh_grants.insert(token.clone(), grant);
-                self.issued_refresh.push(token.clone());
-                (Some(token), scope)
-            }
-            Some("refresh_token") => {
-                let token = field("refresh_token").ok_or(Denied)?;
-                let grant = self.refresh_grants.get(token).ok_or(Denied)?;
-                if grant.client_id != client_id
-                    || self.revoked.contains(token)
-                    || Instant::now() >= grant.expires_at
-                {
-                    return Err(Denied);
-                }
-                let scope = requested_scope.unwrap_or_else(|| grant.scope.clone());
-                (Some(token.to_owned()), scope)
-            }
+            Some("password") => self.password_grant(client_id, &form)?,
+            Some("authorization_code") => self.code_grant(client_id, &form)?,
+            Some("refresh_token") => self.refresh_grant(client_id, &form)?,
             _ => return Err(Denied),
         };
         let access_token = random_token();
@@ -357,6 +528,108 @@ impl State {
             expires_in: self.access_lifetime,
         };
         serde_json::to_string(&body).map_err(|_| Denied)
+    }
+
+    fn password_grant(&mut self, client_id: String, form: &Form) -> Result<Granted, Denied> {
+        let (Some(user), Some(password)) = (form.get("username"), form.get("password")) else {
+            return Err(Denied);
+        };
+        if self.users.get(user) != Some(password) {
+            return Err(Denied);
+        }
+        let scope = requested_scope(form).unwrap_or_else(|| DEFAULT_SCOPE.into());
+        let token = self.new_refresh_token(client_id, &scope, user.clone(), None);
+        Ok((Some(token), scope))
+    }
+
+    /// A code is consumed by the first exchange that presents it, whether that exchange
+    /// succeeds or not, so a verifier cannot be guessed by retrying.
+    fn code_grant(&mut self, client_id: String, form: &Form) -> Result<Granted, Denied> {
+        let field = |name: &str| form.get(name).map(String::as_str);
+        let code = self
+            .auth_codes
+            .remove(field("code").ok_or(Denied)?)
+            .ok_or(Denied)?;
+        // A verifier without a challenge is refused too: the client and the authorize
+        // request disagree about PKCE.
+        let verified = match (&code.code_challenge, field("code_verifier")) {
+            (Some(challenge), Some(verifier)) => s256(verifier) == *challenge,
+            (None, None) => true,
+            _ => false,
+        };
+        if !verified
+            || code.client_id != client_id
+            || field("redirect_uri") != Some(code.redirect_uri.as_str())
+            || Instant::now() >= code.expires_at
+        {
+            return Err(Denied);
+        }
+        self.auth_code_exchanges += 1;
+        let token = self.new_refresh_token(client_id, &code.scope, code.user, None);
+        Ok((Some(token), code.scope))
+    }
+
+    fn refresh_grant(&mut self, client_id: String, form: &Form) -> Result<Granted, Denied> {
+        let token = form.get("refresh_token").ok_or(Denied)?;
+        let grant = self.refresh_grants.get(token).ok_or(Denied)?;
+        if grant.client_id != client_id || !self.refresh_token_valid(token) {
+            return Err(Denied);
+        }
+        let (grant_scope, user) = (grant.scope.clone(), grant.user.clone());
+        let scope = requested_scope(form).unwrap_or_else(|| grant_scope.clone());
+        self.supersede_relatives(token);
+        let refresh_token = if self.rotate_refresh_tokens {
+            self.new_refresh_token(client_id, &grant_scope, user, Some(token.clone()))
+        } else {
+            token.clone()
+        };
+        Ok((Some(refresh_token), scope))
+    }
+
+    fn new_refresh_token(
+        &mut self,
+        client_id: String,
+        scope: &str,
+        user: String,
+        parent: Option<String>,
+    ) -> String {
+        let token = random_token();
+        let grant = RefreshGrant {
+            client_id,
+            scope: scope.to_owned(),
+            user,
+            parent,
+            expires_at: deadline(self.refresh_lifespan),
+        };
+        self.refresh_grants.insert(token.clone(), grant);
+        self.issued_refresh.push(token.clone());
+        token
+    }
+
+    /// Using a rotated token proves its client received it, so the token it was rotated
+    /// from and that token's other successors (answers the client lost) are superseded.
+    fn supersede_relatives(&mut self, token: &str) {
+        let parent = self
+            .refresh_grants
+            .get(token)
+            .and_then(|g| g.parent.clone());
+        let Some(parent) = parent else {
+            return;
+        };
+        let is_sibling = |t: &&String| {
+            t.as_str() != token
+                && self
+                    .refresh_grants
+                    .get(*t)
+                    .is_some_and(|g| g.parent.as_ref() == Some(&parent))
+        };
+        let siblings = self.issued_refresh.iter().filter(is_sibling).cloned();
+        let relatives: Vec<String> = std::iter::once(parent.clone()).chain(siblings).collect();
+        for relative in relatives {
+            if self.superseded.insert(relative.clone()) {
+                self.superseded_order.push(relative);
+            }
+        }
     }
 
     fn revoke(&mut self, req: &Request) -> Response {
@@ -404,7 +677,7 @@ fn deadline(secs: u64) -> Instant {
     Instant::now() + Duration::from_secs(secs.min(100 * 365 * 24 * 60 * 60))
 }
 
-fn parse_form(body: &[u8]) -> HashMap<String, String> {
+fn parse_form(body: &[u8]) -> Form {
     let mut form = HashMap::new();
     for (key, value) in form_urlencoded::parse(body) {
         form.entry(key.into_owned()).or_insert(value.into_owned());
@@ -412,8 +685,26 @@ fn parse_form(body: &[u8]) -> HashMap<String, String> {
     form
 }
 
+/// A query parameter; an empty one counts as missing.
+fn param<'a>(query: &'a Form, name: &str) -> Option<&'a str> {
+    query
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+fn requested_scope(form: &Form) -> Option<String> {
+    param(form, "scope").map(str::to_owned)
+}
+
+/// RFC 7636's S256 transformation: BASE64URL-ENCODE(SHA256(ASCII(code_verifier))).
+fn s256(verifier: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+    URL_SAFE_NO_PAD.encode(digest)
+}
+
 /// Clients authenticate either way; a Basic header, when present, is the one that counts.
-fn client_credentials(req: &Request, form: &HashMap<String, String>) -> Option<(String, String)> {
+fn client_credentials(req: &Request, form: &Form) -> Option<(String, String)> {
     if let Some(basic) = req.header("authorization").and_then(basic_credentials) {
         return Some(basic);
     }
@@ -445,6 +736,38 @@ fn denied() -> Response {
     Response::new(401, JSON, ACCESS_DENIED)
 }
 
+/// The page ServiceNow shows the user instead of redirecting to a client it cannot trust.
+fn error_page(problem: &'static str) -> Response {
+    let body = format!(
+        "<html><head><title>{problem}</title></head><body><h1>{problem}</h1></body></html>"
+    );
+    Response::new(400, HTML, body)
+}
+
+/// `302 Found` to `redirect_uri`, with `params` appended to whatever query it has.
+fn redirect(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
+    let separator = if redirect_uri.contains('?') { '&' } else { '?' };
+    // The serializer writes a space as `+` and a literal `+` as `%2B`, so every `+` left
+    // is a space; `%20` means the same to every URL parser, not only to form parsers.
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish()
+        .replace('+', "%20");
+    let mut response = Response::new(302, HTML, "");
+    let location = format!("{redirect_uri}{separator}{query}");
+    response.headers.push(("Location", location));
+    response
+}
+
+fn error_redirect(redirect_uri: &str, error: &str, description: &str, state: &str) -> Response {
+    let params = [
+        ("error", error),
+        ("error_description", description),
+        ("state", state),
+    ];
+    redirect(redirect_uri, &params)
+}
+
 struct Request {
     method: String,
     path: String,
@@ -454,6 +777,15 @@ struct Request {
 }
 
 impl Request {
+    /// The request target split into path and query (empty when there is none).
+    fn target(&self) -> (&str, &str) {
+        self.path.split_once('?').unwrap_or((&self.path, ""))
+    }
+
+    fn query(&self) -> &str {
+        self.target().1
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -501,6 +833,7 @@ impl Response {
 fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        302 => "Found",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -582,14 +915,12 @@ async fn serve_connection(mut stream: TcpStream, state: Shared) {
 }
 
 async fn handle(state: &Shared, req: &Request) -> Reply {
-    let path = req
-        .path
-        .split_once('?')
-        .map_or(req.path.as_str(), |(p, _)| p);
+    let (path, _) = req.target();
     let table = path
         .strip_prefix("/api/now/table/")
         .is_some_and(|t| !t.is_empty());
     match (req.method.as_str(), path) {
+        ("GET", "/oauth_auth.do") => Reply::Full(lock(state).authorize(req)),
         ("POST", "/oauth_token.do") => token_endpoint(state, req).await,
         ("POST", "/oauth_revoke_token.do") => Reply::Full(lock(state).revoke(req)),
         ("GET", _) if table => Reply::Full(lock(state).table(req)),
@@ -620,7 +951,7 @@ async fn token_endpoint(state: &Shared, req: &Request) -> Reply {
             }
             Reply::Full(response)
         }
-        Fault::Html => Reply::Full(Response::new(200, "text/html;charset=UTF-8", HIBERNATING)),
+        Fault::Html => Reply::Full(Response::new(200, HTML, HIBERNATING)),
         Fault::BadJson => Reply::Full(Response::new(200, JSON, BAD_JSON)),
         Fault::Truncated => Reply::Truncated,
         Fault::Delay(delay) => {
@@ -634,6 +965,11 @@ async fn token_endpoint(state: &Shared, req: &Request) -> Reply {
         Fault::ResetAfterProcessing => {
             let _ = issue(state, req);
             Reply::Reset
+        }
+        Fault::IssueThenDelay(delay) => {
+            let response = issue(state, req);
+            tokio::time::sleep(delay).await;
+            Reply::Full(response)
         }
     }
 }
@@ -816,6 +1152,10 @@ mod tests {
     const SECRET: &str = "s3cret";
     const TOKEN: &str = "/oauth_token.do";
     const REVOKE: &str = "/oauth_revoke_token.do";
+    const REDIRECT: &str = "http://127.0.0.1:8400/callback";
+    // The example of RFC 7636, appendix B.
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
     async fn fake() -> FakeInstance {
         let fake = FakeInstance::start().await.expect("start fake");
@@ -823,10 +1163,18 @@ mod tests {
         fake
     }
 
-    // A proxy from the environment must not intercept loopback traffic.
+    async fn code_fake() -> FakeInstance {
+        let fake = fake().await;
+        fake.set_redirect_uri(ID, REDIRECT);
+        fake
+    }
+
+    // A proxy from the environment must not intercept loopback traffic, and redirects
+    // from the authorize endpoint are what the tests look at.
     fn http() -> reqwest::Client {
         reqwest::Client::builder()
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("client")
     }
@@ -865,6 +1213,99 @@ mod tests {
             .send()
             .await
             .expect("send")
+    }
+
+    fn authorize_params() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("response_type", "code"),
+            ("client_id", ID),
+            ("redirect_uri", REDIRECT),
+            ("state", "xyz"),
+            ("code_challenge", CHALLENGE),
+            ("code_challenge_method", "S256"),
+        ]
+    }
+
+    /// [`authorize_params`] with `name` replaced by `value`, or removed if `None`.
+    fn authorize_params_with(
+        name: &'static str,
+        value: Option<&'static str>,
+    ) -> Vec<(&'static str, &'static str)> {
+        let mut params = authorize_params();
+        params.retain(|(n, _)| *n != name);
+        params.extend(value.map(|v| (name, v)));
+        params
+    }
+
+    async fn authorize(fake: &FakeInstance, params: &[(&str, &str)]) -> reqwest::Response {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        let url = format!("{}/oauth_auth.do?{query}", fake.url());
+        http().get(url).send().await.expect("send")
+    }
+
+    /// The parameters of a 302 whose `Location` must start with `prefix`.
+    fn redirect_params(response: &reqwest::Response, prefix: &str) -> Form {
+        assert_eq!(response.status(), 302);
+        let location = response.headers()["location"].to_str().expect("ascii");
+        let query = location.strip_prefix(prefix).expect(location);
+        parse_form(query.as_bytes())
+    }
+
+    async fn authorized_code(fake: &FakeInstance) -> String {
+        let response = authorize(fake, &authorize_params()).await;
+        redirect_params(&response, &format!("{REDIRECT}?"))["code"].clone()
+    }
+
+    async fn exchange(
+        fake: &FakeInstance,
+        code: &str,
+        redirect_uri: &str,
+        verifier: Option<&str>,
+    ) -> reqwest::Response {
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("client_id", ID),
+            ("client_secret", SECRET),
+        ];
+        form.extend(verifier.map(|v| ("code_verifier", v)));
+        post(fake, TOKEN, &form).await
+    }
+
+    /// A refresh token from a whole authorization code flow.
+    async fn refresh_token(fake: &FakeInstance) -> String {
+        let code = authorized_code(fake).await;
+        let response = exchange(fake, &code, REDIRECT, Some(VERIFIER)).await;
+        text(&json(response).await, "refresh_token")
+    }
+
+    fn refresh_form(token: &str) -> [(&'static str, &str); 4] {
+        [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", ID),
+            ("client_secret", SECRET),
+        ]
+    }
+
+    async fn refresh(fake: &FakeInstance, token: &str) -> reqwest::Response {
+        post(fake, TOKEN, &refresh_form(token)).await
+    }
+
+    async fn assert_denied(response: reqwest::Response) {
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.text().await.expect("body"), ACCESS_DENIED);
+    }
+
+    async fn assert_error_page(response: reqwest::Response, title: &str) {
+        assert_eq!(response.status(), 400);
+        assert!(response.headers().get("location").is_none());
+        assert_eq!(response.headers()["content-type"], HTML);
+        let body = response.text().await.expect("body");
+        assert!(body.contains(&format!("<title>{title}</title>")), "{body}");
     }
 
     /// Writes raw bytes and returns everything the server sends until it closes.
@@ -920,7 +1361,7 @@ mod tests {
         let mut unknown = cc_form(SECRET);
         unknown[1].1 = "nobody";
         let mut unsupported = cc_form(SECRET);
-        unsupported[0].1 = "authorization_code";
+        unsupported[0].1 = "urn:ietf:params:oauth:grant-type:device_code";
         let forms: [&[(&str, &str)]; 4] = [&cc_form("wrong"), &unknown, &no_secret, &unsupported];
         for form in forms {
             let response = post(&fake, TOKEN, form).await;
@@ -1156,5 +1597,265 @@ mod tests {
         assert_eq!(answer.matches("HTTP/1.1 401 ").count(), 2, "{answer}");
         assert!(answer.contains("Connection: close"));
         assert_eq!(fake.table_requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn authorization_code_with_pkce_issues_a_refresh_token() {
+        let fake = code_fake().await;
+        let response = authorize(&fake, &authorize_params()).await;
+        let params = redirect_params(&response, &format!("{REDIRECT}?"));
+        assert_eq!(params["state"], "xyz");
+        assert_eq!(params["code"].len(), 86);
+
+        let response = exchange(&fake, &params["code"], REDIRECT, Some(VERIFIER)).await;
+        assert_eq!(response.status(), 200);
+        let body = json(response).await;
+        let refresh = text(&body, "refresh_token");
+        assert_eq!(body["scope"], DEFAULT_SCOPE);
+        assert!(fake.is_access_token_valid(&text(&body, "access_token")));
+        assert!(fake.is_refresh_token_valid(&refresh));
+        assert_eq!(
+            fake.refresh_token_user(&refresh).as_deref(),
+            Some(DEFAULT_USER)
+        );
+        assert_eq!(fake.refresh_tokens_issued(), vec![refresh]);
+        assert_eq!(fake.authorize_requests(), 1);
+        assert_eq!((fake.token_requests(), fake.auth_code_exchanges()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn code_carries_user_and_scope_and_redirect_keeps_its_query() {
+        let fake = fake().await;
+        let redirect_uri = "http://localhost:9000/cb?tenant=a";
+        fake.set_redirect_uri(ID, redirect_uri);
+        fake.set_consent(Consent::Approve {
+            user: "beth.anglin".into(),
+        });
+        let mut params = authorize_params_with("redirect_uri", Some(redirect_uri));
+        params.retain(|(n, _)| *n != "state");
+        params.extend([("scope", "incident_read"), ("state", "a b&c")]);
+        let response = authorize(&fake, &params).await;
+        let location = response.headers()["location"].to_str().expect("ascii");
+        assert!(location.ends_with("&state=a%20b%26c"), "{location}");
+        let code = redirect_params(&response, &format!("{redirect_uri}&"))["code"].clone();
+
+        let body = json(exchange(&fake, &code, redirect_uri, Some(VERIFIER)).await).await;
+        assert_eq!(body["scope"], "incident_read");
+        let refresh = text(&body, "refresh_token");
+        assert_eq!(
+            fake.refresh_token_user(&refresh).as_deref(),
+            Some("beth.anglin")
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_code_verifier_is_the_generic_401() {
+        let fake = code_fake().await;
+        let code = authorized_code(&fake).await;
+        assert_denied(exchange(&fake, &code, REDIRECT, Some("not-the-verifier")).await).await;
+        let missing = authorized_code(&fake).await;
+        assert_denied(exchange(&fake, &missing, REDIRECT, None).await).await;
+        assert_eq!((fake.tokens_issued(), fake.auth_code_exchanges()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_code_is_single_use() {
+        let fake = code_fake().await;
+        let code = authorized_code(&fake).await;
+        assert_eq!(
+            exchange(&fake, &code, REDIRECT, Some(VERIFIER))
+                .await
+                .status(),
+            200
+        );
+        assert_denied(exchange(&fake, &code, REDIRECT, Some(VERIFIER)).await).await;
+        assert_denied(exchange(&fake, "never-issued", REDIRECT, Some(VERIFIER)).await).await;
+        assert_eq!((fake.tokens_issued(), fake.auth_code_exchanges()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn exchange_needs_the_redirect_uri_of_the_authorize_request() {
+        let fake = code_fake().await;
+        let code = authorized_code(&fake).await;
+        let other = "http://127.0.0.1:8400/other";
+        assert_denied(exchange(&fake, &code, other, Some(VERIFIER)).await).await;
+        assert_eq!(fake.tokens_issued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_code_is_bound_to_its_client() {
+        let fake = code_fake().await;
+        fake.add_client("other", "x");
+        let code = authorized_code(&fake).await;
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", "other"),
+            ("client_secret", "x"),
+        ];
+        assert_denied(post(&fake, TOKEN, &form).await).await;
+        assert_eq!(fake.tokens_issued(), 0);
+    }
+
+    #[tokio::test]
+    async fn pkce_is_optional_but_only_s256_is_accepted() {
+        let fake = code_fake().await;
+        let plain = [
+            ("code_challenge", VERIFIER),
+            ("code_challenge_method", "plain"),
+        ];
+        let mut params = authorize_params_with("code_challenge_method", None);
+        params.retain(|(n, _)| *n != "code_challenge");
+        let response = authorize(&fake, &[&params[..], &plain[..]].concat()).await;
+        let error = redirect_params(&response, &format!("{REDIRECT}?"));
+        assert_eq!(
+            (&error["error"][..], &error["state"][..]),
+            ("invalid_request", "xyz")
+        );
+        assert!(!error.contains_key("code"));
+
+        let no_pkce = authorize(&fake, &params).await;
+        let code = redirect_params(&no_pkce, &format!("{REDIRECT}?"))["code"].clone();
+        assert_eq!(exchange(&fake, &code, REDIRECT, None).await.status(), 200);
+        let no_pkce = authorize(&fake, &params).await;
+        let code = redirect_params(&no_pkce, &format!("{REDIRECT}?"))["code"].clone();
+        assert_denied(exchange(&fake, &code, REDIRECT, Some(VERIFIER)).await).await;
+        assert_eq!(fake.auth_code_exchanges(), 1);
+    }
+
+    #[tokio::test]
+    async fn unregistered_redirect_uri_gets_an_html_page_and_no_redirect() {
+        let fake = code_fake().await;
+        fake.add_client("unregistered", "x");
+        let cases = [
+            ("redirect_uri", Some("http://evil.example/callback")),
+            ("redirect_uri", Some("http://127.0.0.1:8400/callback/")),
+            ("redirect_uri", None),
+        ];
+        for (name, value) in cases {
+            let response = authorize(&fake, &authorize_params_with(name, value)).await;
+            assert_error_page(response, "Invalid redirect_uri").await;
+        }
+        let unregistered = authorize_params_with("client_id", Some("unregistered"));
+        assert_error_page(
+            authorize(&fake, &unregistered).await,
+            "Invalid redirect_uri",
+        )
+        .await;
+        let unknown = authorize_params_with("client_id", Some("nobody"));
+        assert_error_page(authorize(&fake, &unknown).await, "Invalid client_id").await;
+        assert_eq!(fake.authorize_requests(), 5);
+    }
+
+    #[tokio::test]
+    async fn missing_state_or_another_response_type_gets_an_html_page() {
+        let fake = code_fake().await;
+        for state in [None, Some("")] {
+            let response = authorize(&fake, &authorize_params_with("state", state)).await;
+            assert_error_page(response, "Missing state parameter").await;
+        }
+        let token = authorize_params_with("response_type", Some("token"));
+        let response = authorize(&fake, &token).await;
+        assert_error_page(response, "Unsupported response_type").await;
+    }
+
+    #[tokio::test]
+    async fn denied_consent_redirects_with_access_denied() {
+        let fake = code_fake().await;
+        fake.set_consent(Consent::Deny);
+        let response = authorize(&fake, &authorize_params()).await;
+        let params = redirect_params(&response, &format!("{REDIRECT}?"));
+        assert_eq!(params["error"], "access_denied");
+        assert_eq!(params["state"], "xyz");
+        assert!(!params["error_description"].is_empty());
+        assert!(!params.contains_key("code"));
+    }
+
+    #[tokio::test]
+    async fn state_override_replaces_the_returned_state() {
+        let fake = code_fake().await;
+        fake.set_state_override(Some("forged".into()));
+        let response = authorize(&fake, &authorize_params()).await;
+        let params = redirect_params(&response, &format!("{REDIRECT}?"));
+        assert_eq!(params["state"], "forged");
+        assert!(params.contains_key("code"));
+
+        fake.set_state_override(None);
+        let response = authorize(&fake, &authorize_params()).await;
+        assert_eq!(
+            redirect_params(&response, &format!("{REDIRECT}?"))["state"],
+            "xyz"
+        );
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_the_parent_valid_until_a_successor_is_used() {
+        let fake = code_fake().await;
+        fake.set_rotate_refresh_tokens(true);
+        let r0 = refresh_token(&fake).await;
+        let r1 = text(&json(refresh(&fake, &r0).await).await, "refresh_token");
+        assert_ne!(r1, r0);
+        assert!(fake.is_refresh_token_valid(&r0) && fake.is_refresh_token_valid(&r1));
+
+        // The answer carrying r1 was lost, so the client retries with r0.
+        let r1b = text(&json(refresh(&fake, &r0).await).await, "refresh_token");
+        for token in [&r0, &r1, &r1b] {
+            assert!(fake.is_refresh_token_valid(token));
+        }
+        assert!(fake.superseded_refresh_tokens().is_empty());
+
+        let r2 = text(&json(refresh(&fake, &r1b).await).await, "refresh_token");
+        assert_eq!(
+            fake.superseded_refresh_tokens(),
+            vec![r0.clone(), r1.clone()]
+        );
+        assert!(!fake.is_refresh_token_valid(&r0) && !fake.is_refresh_token_valid(&r1));
+        assert!(fake.is_refresh_token_valid(&r1b) && fake.is_refresh_token_valid(&r2));
+        assert_eq!(fake.refresh_token_user(&r2).as_deref(), Some(DEFAULT_USER));
+        assert_denied(refresh(&fake, &r0).await).await;
+        assert_denied(refresh(&fake, &r1).await).await;
+        assert_eq!(fake.refresh_tokens_issued(), vec![r0, r1, r1b, r2]);
+    }
+
+    #[tokio::test]
+    async fn revoke_refresh_tokens_denies_the_next_refresh() {
+        let fake = code_fake().await;
+        let first = refresh_token(&fake).await;
+        let second = refresh_token(&fake).await;
+        let access = fake.issued_access_tokens();
+        fake.revoke_refresh_tokens();
+        assert!(!fake.is_refresh_token_valid(&first) && !fake.is_refresh_token_valid(&second));
+        assert_denied(refresh(&fake, &first).await).await;
+        assert!(access.iter().all(|token| fake.is_access_token_valid(token)));
+
+        let fresh = refresh_token(&fake).await;
+        assert_eq!(refresh(&fake, &fresh).await.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn issue_then_delay_rotates_before_answering() {
+        let fake = code_fake().await;
+        fake.set_rotate_refresh_tokens(true);
+        let r0 = refresh_token(&fake).await;
+        fake.push_fault(Fault::IssueThenDelay(Duration::from_secs(60)));
+        let url = format!("{}{TOKEN}", fake.url());
+        let pending = tokio::spawn(http().post(url).form(&refresh_form(&r0)).send());
+        let rotated = async {
+            while fake.refresh_tokens_issued().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), rotated)
+            .await
+            .expect("rotated while the answer is held back");
+        assert!(!pending.is_finished());
+        pending.abort();
+
+        let r1 = fake.refresh_tokens_issued()[1].clone();
+        assert!(fake.is_refresh_token_valid(&r0) && fake.is_refresh_token_valid(&r1));
+        assert_eq!((fake.token_requests(), fake.tokens_issued()), (2, 2));
+        assert_eq!(refresh(&fake, &r0).await.status(), 200);
     }
 }

@@ -193,10 +193,21 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Runs `snctl ARGS` against `socket`, with `stdin` piped in.
 pub fn snctl(socket: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    snctl_env(socket, args, stdin, &[])
+}
+
+/// [`snctl`] with extra environment variables (e.g. `BROWSER`).
+pub fn snctl_env(
+    socket: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Output {
     use std::io::Write;
     let mut child = Command::new(bin("snctl"))
         .args(args)
         .env("SNCTL_SOCKET", socket)
+        .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -225,14 +236,21 @@ pub struct DaemonProcess {
     child: Option<Child>,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
+    /// Where its stderr goes (appended to across restarts).
+    pub log: PathBuf,
 }
 
 impl DaemonProcess {
     /// Starts `snctld --socket DIR/snctld.sock --state-dir DIR/state` and
-    /// waits until the socket answers.
+    /// waits until the socket answers. Its log goes to `DIR/snctld.log`.
     pub fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<DaemonProcess> {
         let socket = dir.join("snctld.sock");
         let state_dir = dir.join("state");
+        let log = dir.join("snctld.log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = Command::new(bin("snctld"))
             .arg("--socket")
             .arg(&socket)
@@ -244,11 +262,13 @@ impl DaemonProcess {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()?;
         let mut process = DaemonProcess {
             child: Some(child),
             socket,
             state_dir,
+            log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -261,7 +281,10 @@ impl DaemonProcess {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 process.child = None;
-                anyhow::bail!("snctld exited with {status} before serving");
+                anyhow::bail!(
+                    "snctld exited with {status} before serving: {}",
+                    process.log_text().trim_end()
+                );
             }
             if Instant::now() > deadline {
                 anyhow::bail!("snctld did not serve {} in time", process.socket.display());
@@ -272,6 +295,19 @@ impl DaemonProcess {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Everything the daemon has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown, no flush, as a crash or the OOM killer would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// SIGTERM, then wait; SIGKILL after 20 s. Returns whether it exited 0.
@@ -302,6 +338,14 @@ impl Drop for DaemonProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A loopback port that was free a moment ago, for a Redirect URL.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// Polls `condition` until it holds or `limit` passes; returns whether it held.

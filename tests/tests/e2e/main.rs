@@ -3,7 +3,9 @@
 //! instance over real HTTP on loopback.
 
 mod cli;
+mod crash;
 mod faults;
+mod logins;
 mod refresh;
 mod socket;
 mod storage;

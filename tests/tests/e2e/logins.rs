@@ -1,0 +1,401 @@
+//! Logins by a person: the password grant, the authorization-code grant
+//! through the browser (a stand-in browser follows the fake's consent
+//! redirect to snctl's loopback listener) and through a pasted redirect
+//! address, and what happens when the refresh token stops working.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use snctl::protocol::{AuthState, LoginProof};
+use snctl_tests::fake::{Consent, FakeInstance};
+use snctl_tests::harness::{
+    bin, contains, files_under, free_port, snctl, snctl_env, wait_until, TestDaemon, CLIENT_ID,
+    CLIENT_SECRET,
+};
+
+const USER: &str = "abel.tuter";
+const PASSWORD: &str = "password-canary-7Qx";
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A fake with a user for the password grant, a daemon, and nothing added.
+struct People {
+    daemon: TestDaemon,
+    dir: tempfile::TempDir,
+    fake: FakeInstance,
+}
+
+impl People {
+    fn start() -> People {
+        let fake = snctl_tests::harness::fake();
+        fake.add_user(USER, PASSWORD);
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = TestDaemon::in_dir(dir.path());
+        People { daemon, dir, fake }
+    }
+
+    fn socket(&self) -> &Path {
+        self.daemon.socket()
+    }
+
+    /// `snctl add NAME --grant password`, secret and password on stdin.
+    fn add_password(&self, name: &str, extra: &[&str]) -> std::process::Output {
+        let url = self.fake.url();
+        let mut args = vec![
+            "add",
+            name,
+            "--grant",
+            "password",
+            "--instance",
+            &url,
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-stdin",
+            "--password-stdin",
+            "--username",
+            USER,
+        ];
+        args.extend_from_slice(extra);
+        let stdin = format!("{CLIENT_SECRET}\n{PASSWORD}\n");
+        snctl(self.socket(), &args, Some(&stdin))
+    }
+
+    /// Registers the Redirect URL for `port` and adds `NAME` with the
+    /// authorization-code grant, the stand-in browser consenting.
+    fn add_code(&self, name: &str, port: u16) -> std::process::Output {
+        self.fake.set_redirect_uri(
+            CLIENT_ID,
+            &format!("http://127.0.0.1:{port}/callback"),
+        );
+        let (url, port) = (self.fake.url(), port.to_string());
+        let args = [
+            "add",
+            name,
+            "--grant",
+            "authorization-code",
+            "--instance",
+            &url,
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-stdin",
+            "--redirect-port",
+            &port,
+        ];
+        with_browser(self.socket(), &args, Some(&format!("{CLIENT_SECRET}\n")))
+    }
+}
+
+/// snctl with `BROWSER` set to the stand-in browser.
+fn with_browser(socket: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let browser = bin("fake-browser");
+    snctl_env(socket, args, stdin, &[("BROWSER", browser.as_os_str())])
+}
+
+#[test]
+fn password_grant_adds_refreshes_and_never_stores_the_password() {
+    let people = People::start();
+    let out = people.add_password("desk", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("RFC 9700"),
+        "the deprecation note: {}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("the login lasts until"));
+
+    let mut client = people.daemon.client();
+    let shown = client.show("desk").unwrap();
+    let login = shown.login.expect("a login summary");
+    assert_eq!(login.username.as_deref(), Some(USER));
+    assert_eq!(login.refresh_lifespan_secs, 100 * 86_400);
+    let issued = login.refresh_issued_at.expect("issue time");
+    assert_eq!(login.refresh_expires_at, Some(issued + 100 * 86_400));
+
+    // A refresh goes through the refresh token, which comes back unchanged
+    // and keeps its first issue time.
+    let first = client.token("desk").unwrap();
+    let summary = client.refresh("desk").unwrap();
+    assert_eq!(people.fake.refresh_tokens_issued().len(), 1);
+    let second = client.token("desk").unwrap();
+    assert_ne!(first.access_token, second.access_token);
+    assert!(people.fake.is_access_token_valid(second.access_token.expose()));
+    assert_eq!(
+        summary.login.unwrap().refresh_issued_at,
+        Some(issued),
+        "ServiceNow's refresh token keeps its first expiry"
+    );
+
+    // The password never reaches the disk; the refresh token is sealed.
+    let refresh = people.fake.refresh_tokens_issued().remove(0);
+    for (path, bytes) in files_under(people.dir.path()) {
+        assert!(!contains(&bytes, PASSWORD.as_bytes()), "{}", path.display());
+        assert!(!contains(&bytes, refresh.as_bytes()), "{}", path.display());
+    }
+
+    // A new login with the remembered user name.
+    let out = snctl(
+        people.socket(),
+        &["login", "desk", "--password-stdin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(people.fake.refresh_tokens_issued().len(), 2);
+
+    let out = snctl(
+        people.socket(),
+        &["login", "desk", "--password-stdin"],
+        Some("wrong\n"),
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the previous login stays"));
+    assert_eq!(client.show("desk").unwrap().state, AuthState::Ok);
+}
+
+#[test]
+fn password_grant_without_a_user_or_with_a_wrong_password_saves_nothing() {
+    let people = People::start();
+    let url = people.fake.url();
+    let out = snctl(
+        people.socket(),
+        &[
+            "add",
+            "desk",
+            "--grant",
+            "password",
+            "--instance",
+            &url,
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-stdin",
+            "--password-stdin",
+        ],
+        Some(&format!("{CLIENT_SECRET}\n{PASSWORD}\n")),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--username"));
+
+    let stdin = format!("{CLIENT_SECRET}\nnot-the-password\n");
+    let out = snctl(
+        people.socket(),
+        &[
+            "add",
+            "desk",
+            "--grant",
+            "password",
+            "--instance",
+            &url,
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-stdin",
+            "--password-stdin",
+            "--username",
+            USER,
+        ],
+        Some(&stdin),
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("user name and password"), "{stderr}");
+    assert!(stderr.contains("nothing was saved"), "{stderr}");
+    assert!(people.daemon.client().list().unwrap().is_empty());
+}
+
+#[test]
+fn a_refused_refresh_token_needs_a_login_and_the_valid_token_is_still_served() {
+    let people = People::start();
+    people.fake.set_access_lifetime(3);
+    let out = people.add_password("desk", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut client = people.daemon.client();
+    let held = client.token_with("desk", Duration::ZERO).unwrap();
+
+    // The admin deletes the user's tokens in ServiceNow.
+    people.fake.revoke_refresh_tokens();
+    let err = client.refresh("desk").unwrap_err();
+    assert_eq!(err.kind().exit_code(), 5, "{err}");
+    assert_eq!(
+        err.to_string(),
+        "authentication desk needs a new login: run `snctl login desk`"
+    );
+    let shown = client.show("desk").unwrap();
+    assert_eq!(shown.state, AuthState::NeedsLogin);
+    assert!(shown.last_error.unwrap().contains("refused the refresh token"));
+
+    // Until it expires, the access token in hand is served without asking
+    // the instance again.
+    let requests = people.fake.token_requests();
+    if let Ok(token) = client.token_with("desk", Duration::ZERO) {
+        assert_eq!(token.access_token, held.access_token);
+    }
+    assert_eq!(people.fake.token_requests(), requests);
+
+    // Once it has expired: exit 5 with the documented message, and still no
+    // retry loop against the instance.
+    assert!(wait_until(Duration::from_secs(10), || {
+        client.token_with("desk", Duration::ZERO).is_err()
+    }));
+    let out = snctl(people.socket(), &["token", "desk"], None);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(
+        text(&out.stderr).trim_end(),
+        "snctl: authentication desk needs a new login: run `snctl login desk`"
+    );
+    assert_eq!(people.fake.token_requests(), requests);
+    let list = snctl(people.socket(), &["list"], None);
+    assert!(text(&list.stdout).contains("needs-login"), "{}", text(&list.stdout));
+    let status = client.status().unwrap();
+    assert_eq!(status.needs_login, 1);
+
+    // A login brings it back.
+    let out = snctl(
+        people.socket(),
+        &["login", "desk", "--password-stdin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(client.show("desk").unwrap().state, AuthState::Ok);
+    let out = snctl(people.socket(), &["token", "desk", "--min-valid", "0"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn authorization_code_through_the_browser_and_the_loopback_listener() {
+    let people = People::start();
+    let port = free_port();
+    let out = people.add_code("web", port);
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("http://127.0.0.1:{port}/callback")),
+        "the Redirect URL to register is printed: {stderr}"
+    );
+    assert_eq!(people.fake.authorize_requests(), 1);
+    assert_eq!(people.fake.auth_code_exchanges(), 1);
+
+    let mut client = people.daemon.client();
+    let shown = client.show("web").unwrap();
+    let login = shown.login.unwrap();
+    assert_eq!(
+        login.redirect_uri.as_deref(),
+        Some(format!("http://127.0.0.1:{port}/callback").as_str())
+    );
+    let refresh = people.fake.refresh_tokens_issued().remove(0);
+    assert_eq!(people.fake.refresh_token_user(&refresh).as_deref(), Some(USER));
+    let token = client.token("web").unwrap();
+    assert!(people.fake.is_access_token_valid(token.access_token.expose()));
+    client.refresh("web").unwrap();
+
+    // Log in again the same way.
+    let out = with_browser(people.socket(), &["login", "web"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(people.fake.auth_code_exchanges(), 2);
+
+    // The person says no.
+    people.fake.set_consent(Consent::Deny);
+    let out = with_browser(people.socket(), &["login", "web"], None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("access_denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(client.show("web").unwrap().state, AuthState::Ok);
+}
+
+#[test]
+fn a_redirect_with_the_wrong_state_is_rejected() {
+    let people = People::start();
+    let port = free_port();
+    let out = people.add_code("web", port);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    people.fake.set_state_override(Some("forged-state".into()));
+    let out = with_browser(people.socket(), &["login", "web"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("state does not match"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(people.fake.auth_code_exchanges(), 1, "no exchange happened");
+
+    // The daemon checks the state too, whatever a client sends.
+    let mut client = people.daemon.client();
+    let challenge = client.start_login("web", None).unwrap();
+    let err = client
+        .login(
+            "web",
+            LoginProof::AuthorizationCode {
+                code: snctl::Secret::new("some-code".into()),
+                state: format!("{}x", challenge.state),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind().exit_code(), 2, "{err}");
+    assert!(err.to_string().contains("state does not match"), "{err}");
+    // The started login is used up: a replay with the right state finds none.
+    let err = client
+        .login(
+            "web",
+            LoginProof::AuthorizationCode {
+                code: snctl::Secret::new("some-code".into()),
+                state: challenge.state,
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("no browser login"), "{err}");
+}
+
+#[test]
+fn no_browser_login_takes_the_pasted_redirect_address() {
+    let people = People::start();
+    let port = free_port();
+    let out = people.add_code("web", port);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let mut child = Command::new(bin("snctl"))
+        .args(["login", "web", "--no-browser"])
+        .env("SNCTL_SOCKET", people.socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no URL printed");
+        if let Some(url) = line.strip_prefix("  http") {
+            break format!("http{}", url.trim_end());
+        }
+    };
+    // The admin opens the URL on another machine; the browser ends on an
+    // address that does not load there, which they copy back.
+    let answer = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 302);
+    let address = answer.headers()["location"].to_str().unwrap().to_string();
+    assert!(address.starts_with(&format!("http://127.0.0.1:{port}/callback?")));
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "not an address").unwrap();
+    writeln!(stdin, "  {address}  ").unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    assert_eq!(people.fake.auth_code_exchanges(), 2);
+}
