@@ -392,7 +392,10 @@ impl ServiceNow {
             // The scope of a refresh is the one granted at login.
             Proof::Refresh(token) => {
                 let token = RefreshToken::new(token.expose().to_string());
-                client.exchange_refresh_token(&token).request_async(self).await
+                client
+                    .exchange_refresh_token(&token)
+                    .request_async(self)
+                    .await
             }
             Proof::Password { username, password } => {
                 let username = ResourceOwnerUsername::new(username.to_string());
@@ -460,7 +463,11 @@ impl ServiceNow {
     /// GETs one row of the REST API (`sys_user`), with `bearer` when given:
     /// a live instance answers JSON (401 without a valid token), a
     /// hibernating one a web page.
-    pub async fn probe_api(&self, instance: &str, bearer: Option<&Secret>) -> Result<Seen, Failure> {
+    pub async fn probe_api(
+        &self,
+        instance: &str,
+        bearer: Option<&Secret>,
+    ) -> Result<Seen, Failure> {
         let mut request = self
             .http
             .get(format!("{instance}{PROBE_API_PATH}"))

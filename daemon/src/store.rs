@@ -792,7 +792,10 @@ mod tests {
             records[0].auth.refresh_lifespan_secs,
             DEFAULT_REFRESH_LIFESPAN_SECS
         );
-        assert_eq!(records[0].auth.client_secret.expose(), "client-secret-canary");
+        assert_eq!(
+            records[0].auth.client_secret.expose(),
+            "client-secret-canary"
+        );
     }
 
     #[test]

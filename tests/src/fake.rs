@@ -31,6 +31,8 @@
 //! - `GET /api/now/table/<table>` needs a valid bearer token, otherwise it answers
 //!   ServiceNow's "User Not Authenticated" failure.
 //! - Anything else gets a ServiceNow-style JSON 404.
+//! - A hibernating developer instance ([`FakeInstance::set_hibernating`]) answers every
+//!   request with a 200 HTML page.
 //!
 //! Faults (see [`Fault`]) only ever apply to `POST /oauth_token.do`.
 
@@ -211,6 +213,12 @@ impl FakeInstance {
         self.lock().client_credentials_enabled = enabled;
     }
 
+    /// A hibernating developer instance: every request, whatever the path,
+    /// gets the 200 HTML page that asks to wake the instance.
+    pub fn set_hibernating(&self, hibernating: bool) {
+        self.lock().hibernating = hibernating;
+    }
+
     /// `expires_in` of access tokens issued from now on (default 1800).
     pub fn set_access_lifetime(&self, secs: u64) {
         self.lock().access_lifetime = secs;
@@ -362,6 +370,7 @@ struct State {
     state_override: Option<String>,
     client_credentials_enabled: bool,
     rotate_refresh_tokens: bool,
+    hibernating: bool,
     access_lifetime: u64,
     refresh_lifespan: u64,
     faults: VecDeque<Fault>,
@@ -915,6 +924,9 @@ async fn serve_connection(mut stream: TcpStream, state: Shared) {
 }
 
 async fn handle(state: &Shared, req: &Request) -> Reply {
+    if lock(state).hibernating {
+        return Reply::Full(Response::new(200, "text/html;charset=UTF-8", HIBERNATING));
+    }
     let (path, _) = req.target();
     let table = path
         .strip_prefix("/api/now/table/")
@@ -1461,6 +1473,19 @@ mod tests {
         fake.set_standing_fault(None);
         assert_eq!(post(&fake, TOKEN, &cc_form(SECRET)).await.status(), 200);
         assert_eq!((fake.token_requests(), fake.tokens_issued()), (4, 1));
+    }
+
+    #[tokio::test]
+    async fn a_hibernating_instance_answers_every_path_with_its_page() {
+        let fake = fake().await;
+        fake.set_hibernating(true);
+        let answer = post(&fake, TOKEN, &cc_form(SECRET)).await;
+        assert_eq!(answer.status(), 200);
+        assert!(answer.text().await.unwrap().contains("hibernating"));
+        assert_eq!(table(&fake, "anything").await.status(), 200);
+        assert_eq!(fake.tokens_issued(), 0);
+        fake.set_hibernating(false);
+        assert_eq!(post(&fake, TOKEN, &cc_form(SECRET)).await.status(), 200);
     }
 
     #[tokio::test]

@@ -25,10 +25,6 @@ use crate::clock::now_ms;
 use crate::servicenow::{normalize_instance_url, Proof, ServiceNow};
 use crate::store::{Authentication, StoreError, TokenSet, DEFAULT_REFRESH_LIFESPAN_SECS};
 
-/// Shortest refresh-token lifespan accepted; ServiceNow's registry records
-/// count it in seconds, but anything under a minute is a typo.
-const MIN_REFRESH_LIFESPAN_SECS: u64 = 60;
-
 /// Logins by a person.
 #[derive(Debug, Clone)]
 pub struct LoginPolicy {
@@ -61,7 +57,11 @@ pub(super) struct Pending {
 
 /// Compares without an early exit, so timing tells nothing about `state`.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 fn check_auth(auth: &Authentication) -> Result<(), Error> {
@@ -79,11 +79,11 @@ fn check_auth(auth: &Authentication) -> Result<(), Error> {
 }
 
 fn check_lifespan(secs: u64) -> Result<u64, Error> {
-    if secs < MIN_REFRESH_LIFESPAN_SECS {
-        return Err(Error::invalid(format!(
-            "a refresh-token lifespan of {secs} s is too short: give the Refresh Token Lifespan of \
-             the Application Registry record (ServiceNow's default is 100 days)"
-        )));
+    if secs == 0 {
+        return Err(Error::invalid(
+            "a refresh-token lifespan of 0 is impossible: give the Refresh Token Lifespan of the \
+             Application Registry record (ServiceNow's default is 100 days)",
+        ));
     }
     Ok(secs)
 }
@@ -129,8 +129,11 @@ impl Tokens {
             client_secret: request.client_secret.clone(),
             created_at_ms: now_ms(),
             username: request.user.as_ref().map(|u| u.username.trim().to_string()),
-            redirect_port: code
-                .then(|| request.redirect_port.unwrap_or(self.inner.login.redirect_port)),
+            redirect_port: code.then(|| {
+                request
+                    .redirect_port
+                    .unwrap_or(self.inner.login.redirect_port)
+            }),
             refresh_lifespan_secs: check_lifespan(
                 request
                     .refresh_lifespan_secs
@@ -412,7 +415,9 @@ impl Tokens {
         let (auth, new) = match &request.add {
             Some(add) => {
                 if add.name != request.name {
-                    return Err(Error::invalid("the login and the new authentication have different names"));
+                    return Err(Error::invalid(
+                        "the login and the new authentication have different names",
+                    ));
                 }
                 if add.grant != Grant::AuthorizationCode {
                     return Err(Error::invalid(
@@ -492,7 +497,10 @@ impl Tokens {
                 self.relogin(&entry, auth, proof).await
             }
             LoginProof::AuthorizationCode { code, state } => {
-                let pending = self.pending().remove(&name).ok_or_else(|| no_pending(&name))?;
+                let pending = self
+                    .pending()
+                    .remove(&name)
+                    .ok_or_else(|| no_pending(&name))?;
                 if pending.expires_at_ms <= now_ms() {
                     return Err(no_pending(&name));
                 }

@@ -149,7 +149,10 @@ impl Tokens {
                 found.check(
                     REACHABLE,
                     CheckOutcome::Fail,
-                    format!("a web page instead of the REST API (HTTP {}, {})", seen.status, seen.detail),
+                    format!(
+                        "a web page instead of the REST API (HTTP {}, {})",
+                        seen.status, seen.detail
+                    ),
                 );
                 found.blame(
                     format!("{instance} answers with a web page: it is hibernating, or the URL is not a ServiceNow instance"),
@@ -237,7 +240,12 @@ impl Tokens {
     }
 
     async fn probe_access(&self, auth: &Authentication, token: &Secret, found: &mut Findings) {
-        match self.inner.upstream.probe_api(&auth.instance_url, Some(token)).await {
+        match self
+            .inner
+            .upstream
+            .probe_api(&auth.instance_url, Some(token))
+            .await
+        {
             Ok(Seen { status: 200, .. }) => {
                 found.check(ACCESS, CheckOutcome::Pass, "a table read succeeds")
             }
@@ -249,7 +257,10 @@ impl Tokens {
             Ok(seen) => found.check(
                 ACCESS,
                 CheckOutcome::Unknown,
-                format!("HTTP {} ({}); the user may lack a role to read sys_user", seen.status, seen.detail),
+                format!(
+                    "HTTP {} ({}); the user may lack a role to read sys_user",
+                    seen.status, seen.detail
+                ),
             ),
             Err(failure) => found.check(ACCESS, CheckOutcome::Unknown, failure.detail),
         }

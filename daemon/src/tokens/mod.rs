@@ -44,8 +44,9 @@ use crate::store::{Authentication, Record, Store, StoreError, TokenSet};
 
 pub use admin::LoginPolicy;
 
-/// How long before a refresh token's deadline the scheduler warns.
-const WARN_BEFORE_DAYS: [i64; 3] = [14, 7, 1];
+/// How long before a refresh token's deadline the scheduler warns (the
+/// last one when it is reached).
+const WARN_BEFORE_DAYS: [i64; 4] = [14, 7, 1, 0];
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// When to refresh and how to back off.
@@ -201,22 +202,28 @@ impl Entry {
             return;
         }
         // One line for the tightest threshold passed, however many were.
-        while shared
-            .warning_due_ms()
-            .is_some_and(|due| due <= now)
-        {
+        while shared.warning_due_ms().is_some_and(|due| due <= now) {
             shared.warned += 1;
         }
+        let name = &shared.auth.name;
         let left_ms = deadline - now;
-        tracing::warn!(
-            name = %shared.auth.name,
-            deadline = deadline / 1000,
-            "the refresh token of {} dies in {}: run `snctl login {}` before then, or the \
-             authentication stops working",
-            shared.auth.name,
-            describe_span(left_ms),
-            shared.auth.name,
-        );
+        if left_ms > 0 {
+            tracing::warn!(
+                %name,
+                deadline = deadline / 1000,
+                "the refresh token of {name} dies in {}: run `snctl login {name}` before then, \
+                 or the authentication stops working",
+                describe_span(left_ms),
+            );
+        } else {
+            tracing::warn!(
+                %name,
+                deadline = deadline / 1000,
+                "the refresh token of {name} has reached its recorded lifespan: run `snctl login \
+                 {name}`; if refreshes still work, the record's Refresh Token Lifespan is longer \
+                 than recorded (`snctl update {name} --refresh-token-lifespan`)",
+            );
+        }
     }
 
     fn summary(&self) -> AuthSummary {
@@ -478,7 +485,10 @@ impl Tokens {
     async fn fetch(&self, entry: &Entry) -> Result<(), Error> {
         let (auth, refresh) = {
             let shared = entry.lock();
-            let refresh = shared.refresh.as_ref().map(|(t, issued)| (t.clone(), *issued));
+            let refresh = shared
+                .refresh
+                .as_ref()
+                .map(|(t, issued)| (t.clone(), *issued));
             (shared.auth.clone(), refresh)
         };
         if auth.grant.needs_person() && refresh.is_none() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use snctl_tests::fake::{Fault, FakeInstance};
+use snctl_tests::fake::{FakeInstance, Fault};
 use snctl_tests::harness::{bin, snctl, wait_until, DaemonProcess, CLIENT_ID, CLIENT_SECRET};
 use snctld::store::{UncheckedDb, DB_FILE};
 
@@ -76,9 +76,7 @@ fn crash(daemon: &mut DaemonProcess, fake: &FakeInstance, point: KillPoint) {
     let issued = fake.refresh_tokens_issued().len();
     match point {
         KillPoint::DuringRequest => fake.push_fault(Fault::Delay(Duration::from_secs(1))),
-        KillPoint::AfterRotation => {
-            fake.push_fault(Fault::IssueThenDelay(Duration::from_secs(1)))
-        }
+        KillPoint::AfterRotation => fake.push_fault(Fault::IssueThenDelay(Duration::from_secs(1))),
         _ => {}
     }
     let mut refresh = refresh_in_background(&daemon.socket);
@@ -134,7 +132,11 @@ fn kill_9_around_refreshes_never_leaves_a_superseded_refresh_token() {
         ],
         Some(&format!("{CLIENT_SECRET}\n{PASSWORD}\n")),
     );
-    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
 
     let mut lost_answers = 0;
     for i in 0..iterations {

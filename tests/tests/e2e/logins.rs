@@ -67,10 +67,8 @@ impl People {
     /// Registers the Redirect URL for `port` and adds `NAME` with the
     /// authorization-code grant, the stand-in browser consenting.
     fn add_code(&self, name: &str, port: u16) -> std::process::Output {
-        self.fake.set_redirect_uri(
-            CLIENT_ID,
-            &format!("http://127.0.0.1:{port}/callback"),
-        );
+        self.fake
+            .set_redirect_uri(CLIENT_ID, &format!("http://127.0.0.1:{port}/callback"));
         let (url, port) = (self.fake.url(), port.to_string());
         let args = [
             "add",
@@ -122,7 +120,9 @@ fn password_grant_adds_refreshes_and_never_stores_the_password() {
     assert_eq!(people.fake.refresh_tokens_issued().len(), 1);
     let second = client.token("desk").unwrap();
     assert_ne!(first.access_token, second.access_token);
-    assert!(people.fake.is_access_token_valid(second.access_token.expose()));
+    assert!(people
+        .fake
+        .is_access_token_valid(second.access_token.expose()));
     assert_eq!(
         summary.login.unwrap().refresh_issued_at,
         Some(issued),
@@ -223,7 +223,10 @@ fn a_refused_refresh_token_needs_a_login_and_the_valid_token_is_still_served() {
     );
     let shown = client.show("desk").unwrap();
     assert_eq!(shown.state, AuthState::NeedsLogin);
-    assert!(shown.last_error.unwrap().contains("refused the refresh token"));
+    assert!(shown
+        .last_error
+        .unwrap()
+        .contains("refused the refresh token"));
 
     // Until it expires, the access token in hand is served without asking
     // the instance again.
@@ -246,7 +249,11 @@ fn a_refused_refresh_token_needs_a_login_and_the_valid_token_is_still_served() {
     );
     assert_eq!(people.fake.token_requests(), requests);
     let list = snctl(people.socket(), &["list"], None);
-    assert!(text(&list.stdout).contains("needs-login"), "{}", text(&list.stdout));
+    assert!(
+        text(&list.stdout).contains("needs-login"),
+        "{}",
+        text(&list.stdout)
+    );
     let status = client.status().unwrap();
     assert_eq!(status.needs_login, 1);
 
@@ -258,7 +265,11 @@ fn a_refused_refresh_token_needs_a_login_and_the_valid_token_is_still_served() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(client.show("desk").unwrap().state, AuthState::Ok);
-    let out = snctl(people.socket(), &["token", "desk", "--min-valid", "0"], None);
+    let out = snctl(
+        people.socket(),
+        &["token", "desk", "--min-valid", "0"],
+        None,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
@@ -289,9 +300,14 @@ fn authorization_code_through_the_browser_and_the_loopback_listener() {
         Some(format!("http://127.0.0.1:{port}/callback").as_str())
     );
     let refresh = people.fake.refresh_tokens_issued().remove(0);
-    assert_eq!(people.fake.refresh_token_user(&refresh).as_deref(), Some(USER));
+    assert_eq!(
+        people.fake.refresh_token_user(&refresh).as_deref(),
+        Some(USER)
+    );
     let token = client.token("web").unwrap();
-    assert!(people.fake.is_access_token_valid(token.access_token.expose()));
+    assert!(people
+        .fake
+        .is_access_token_valid(token.access_token.expose()));
     client.refresh("web").unwrap();
 
     // Log in again the same way.

@@ -4,6 +4,7 @@
 
 mod cli;
 mod crash;
+mod doctor;
 mod faults;
 mod logins;
 mod refresh;

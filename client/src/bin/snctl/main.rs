@@ -184,6 +184,16 @@ impl From<GrantArg> for Grant {
     }
 }
 
+/// A lifespan under a day is legal but usually a unit mix-up.
+fn note_short_lifespan(secs: Option<u64>) {
+    if let Some(secs) = secs.filter(|s| *s < 86_400) {
+        eprintln!(
+            "note: a refresh-token lifespan of {secs} s is unusually short; the record's Refresh \
+             Token Lifespan is in seconds (ServiceNow's default 8640000 is 100 days)"
+        );
+    }
+}
+
 /// Seconds, or a number with a unit: s, m, h, d.
 fn parse_lifespan(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -281,8 +291,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             refresh_token_lifespan,
         } => {
             snctl_shared::name::validate(&name).map_err(usage)?;
+            note_short_lifespan(refresh_token_lifespan);
             let grant = Grant::from(grant);
-            let mut stdin = StdinLines::default();
+            let mut stdin = StdinLines;
             let secret = read_secret(
                 &mut stdin,
                 client_secret_stdin,
@@ -311,7 +322,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     request.user = Some(read_user(&mut stdin, &login, None)?);
                     connect(&cli.socket)?.add(request)?
                 }
-                Grant::AuthorizationCode => browser_login(&cli.socket, &name, Some(request), &login)?,
+                Grant::AuthorizationCode => {
+                    browser_login(&cli.socket, &name, Some(request), &login)?
+                }
             };
             println!(
                 "added {}: {} token valid until {}",
@@ -327,7 +340,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let summary = match current.grant {
                 Grant::Password => {
                     let known = current.login.as_ref().and_then(|l| l.username.as_deref());
-                    let user = read_user(&mut StdinLines::default(), &login, known)?;
+                    let user = read_user(&mut StdinLines, &login, known)?;
                     connect(&cli.socket)?.login(&name, LoginProof::Password(user))?
                 }
                 Grant::AuthorizationCode => browser_login(&cli.socket, &name, None, &login)?,
@@ -418,9 +431,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             redirect_port,
             refresh_token_lifespan,
         } => {
+            note_short_lifespan(refresh_token_lifespan);
             let client_secret = if client_secret_stdin || client_secret_prompt {
                 Some(read_secret(
-                    &mut StdinLines::default(),
+                    &mut StdinLines,
                     client_secret_stdin,
                     &format!("New client secret for {name}: "),
                     "client secret",
@@ -519,7 +533,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
 /// Standard input read one line at a time, so that a script can pipe the
 /// client secret and a password in one stream.
-#[derive(Default)]
 struct StdinLines;
 
 impl StdinLines {

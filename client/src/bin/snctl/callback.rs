@@ -1,0 +1,1004 @@
+//! The loopback end of an authorization-code login.
+//!
+//! `snctl add --grant authorization-code` and `snctl login` get a challenge
+//! from the daemon: the authorize URL at the instance, the redirect URL
+//! registered on the Application Registry record
+//! (`http://127.0.0.1:PORT/callback`) and the expected `state`.
+//! [`wait_for_code`] sends the user to the authorize URL and gets the
+//! authorization code back, from whichever comes first: the browser's
+//! redirect to a listener on `127.0.0.1:PORT`, or the redirect address pasted
+//! on standard input when the browser runs on another machine. The code is a
+//! secret: it is never printed nor written anywhere.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use snctl::Secret;
+use zeroize::Zeroizing;
+
+/// How often the wait looks for connections and updates the spinner.
+const POLL: Duration = Duration::from_millis(50);
+/// The most of a request head the listener reads.
+const MAX_HEAD: usize = 8 * 1024;
+/// How long a connection may take to send its request head, or to take
+/// the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One authorization-code login to complete.
+pub struct Authorize<'a> {
+    /// The authentication's name, for the messages.
+    pub name: &'a str,
+    /// Where the user logs in and allows access.
+    pub authorize_url: &'a str,
+    /// The registered redirect URL, `http://127.0.0.1:PORT/PATH`.
+    pub redirect_uri: &'a str,
+    /// The `state` the redirect must carry.
+    pub state: &'a str,
+    /// How long to wait for the redirect.
+    pub timeout: Duration,
+    /// Whether to open a browser (false for `--no-browser`).
+    pub open_browser: bool,
+}
+
+/// Why no authorization code came back.
+#[derive(Debug)]
+pub enum CallbackError {
+    /// The redirect URL is not `http://127.0.0.1:PORT/PATH`.
+    BadRedirect { name: String, uri: String },
+    /// Something else listens on the redirect port.
+    PortInUse { name: String, port: u16 },
+    /// The listener could not be set up, or failed.
+    Listen {
+        name: String,
+        port: u16,
+        source: io::Error,
+    },
+    /// The instance redirected with an error instead of a code.
+    Denied {
+        name: String,
+        error: String,
+        description: Option<String>,
+    },
+    /// The redirect's `state` is missing or not this login's.
+    StateMismatch { name: String },
+    /// The redirect carries no code.
+    MissingCode { name: String },
+    /// Nothing came back in time.
+    Timeout { name: String, waited: Duration },
+}
+
+impl CallbackError {
+    /// The exit status: 2 when the administrator must change the redirect
+    /// port, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CallbackError::BadRedirect { .. } | CallbackError::PortInUse { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl fmt::Display for CallbackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallbackError::BadRedirect { name, uri } => write!(
+                f,
+                "the redirect URL {} is not http://127.0.0.1:PORT/PATH: set the port with \
+                 `snctl update {name} --redirect-port N`",
+                one_line(uri)
+            ),
+            CallbackError::PortInUse { name, port } => write!(
+                f,
+                "port {port} on 127.0.0.1 is in use, so the redirect cannot come back to snctl: \
+                 stop what uses it, or pick another port with `snctl update {name} \
+                 --redirect-port N` and register http://127.0.0.1:N/callback on the \
+                 Application Registry record"
+            ),
+            CallbackError::Listen { name, port, source } => write!(
+                f,
+                "cannot listen for the redirect on 127.0.0.1:{port} ({source}): \
+                 run `snctl login {name}` again"
+            ),
+            CallbackError::Denied {
+                name,
+                error,
+                description,
+            } => {
+                write!(f, "the instance did not grant access ({}", one_line(error))?;
+                if let Some(description) = description {
+                    write!(f, ": {}", one_line(description))?;
+                }
+                write!(f, "): run `snctl login {name}` again")?;
+                if error == "access_denied" {
+                    f.write_str(" and choose Allow")?;
+                }
+                Ok(())
+            }
+            CallbackError::StateMismatch { name } => write!(
+                f,
+                "the redirect's state does not match this login: it was not started by this \
+                 snctl (or is stale): run `snctl login {name}` again"
+            ),
+            CallbackError::MissingCode { name } => write!(
+                f,
+                "the redirect carries no authorization code: run `snctl login {name}` again"
+            ),
+            CallbackError::Timeout { name, waited } => write!(
+                f,
+                "no login came back within {}: run `snctl login {name}` again \
+                 (use --no-browser on a host without a browser)",
+                human(*waited)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CallbackError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CallbackError::Listen { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Sends the user to the authorize URL and returns the authorization code
+/// that comes back: by the browser's redirect to the loopback listener, or
+/// pasted on standard input (with `--no-browser`, or when no browser opens).
+pub fn wait_for_code(request: &Authorize) -> Result<Secret, CallbackError> {
+    wait_with_paste(request, BufReader::new(io::stdin()))
+}
+
+/// [`wait_for_code`], reading pasted redirect addresses from `paste`.
+fn wait_with_paste<R: BufRead + Send + 'static>(
+    request: &Authorize,
+    paste: R,
+) -> Result<Secret, CallbackError> {
+    let (port, path) =
+        parse_redirect(request.redirect_uri).ok_or_else(|| CallbackError::BadRedirect {
+            name: request.name.to_owned(),
+            uri: request.redirect_uri.to_owned(),
+        })?;
+    let listener = listen(port, request.name)?;
+    eprintln!(
+        "Redirect URL registered on the Application Registry record must be: {}",
+        request.redirect_uri
+    );
+    let (events, inbox) = mpsc::channel();
+    let mut wait = Wait {
+        request,
+        port,
+        expected: Arc::new(Expected {
+            name: request.name.to_owned(),
+            path: path.to_owned(),
+            state: request.state.to_owned(),
+        }),
+        listener,
+        events,
+        inbox,
+        paste: Some(paste),
+        spinner: Spinner::none(),
+    };
+    if request.open_browser {
+        announce_browser(request);
+        spawn_browser(request.authorize_url.to_owned(), wait.events.clone());
+        wait.spinner = Spinner::start();
+    } else {
+        announce_no_browser(request, port);
+        wait.read_pastes();
+    }
+    wait.run()
+}
+
+/// The port and path of `http://127.0.0.1:PORT/PATH`.
+fn parse_redirect(uri: &str) -> Option<(u16, &str)> {
+    let rest = uri.strip_prefix("http://127.0.0.1:")?;
+    let (port, path) = rest.split_at(rest.find('/')?);
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || path.contains(['?', '#']) {
+        return None;
+    }
+    port.parse()
+        .ok()
+        .filter(|&port| port != 0)
+        .map(|port| (port, path))
+}
+
+/// Binds the loopback listener, non-blocking so that the wait can poll it.
+fn listen(port: u16, name: &str) -> Result<TcpListener, CallbackError> {
+    let failed = |source: io::Error| match source.kind() {
+        io::ErrorKind::AddrInUse => CallbackError::PortInUse {
+            name: name.to_owned(),
+            port,
+        },
+        _ => CallbackError::Listen {
+            name: name.to_owned(),
+            port,
+            source,
+        },
+    };
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).map_err(failed)?;
+    listener.set_nonblocking(true).map_err(failed)?;
+    Ok(listener)
+}
+
+/// Tells the user a browser opens, and where to go if none does.
+fn announce_browser(request: &Authorize) {
+    eprintln!("Opening a browser to log in…");
+    eprintln!("If no browser opens, visit:");
+    eprintln!("  {}", request.authorize_url);
+}
+
+/// Tells the user to log in from any browser and paste the redirect address.
+fn announce_no_browser(request: &Authorize, port: u16) {
+    eprintln!("Open this address in a browser on any machine, log in and allow access:");
+    eprintln!("  {}", request.authorize_url);
+    paste_instructions(request, port);
+}
+
+/// How to bring the redirect back from a browser on another machine.
+fn paste_instructions(request: &Authorize, port: u16) {
+    eprintln!(
+        "The browser then goes to {}?…, which may fail to load on that machine:",
+        request.redirect_uri
+    );
+    eprintln!(
+        "copy the whole address from its address bar, paste it here and press Enter \
+         (within {}).",
+        human(request.timeout)
+    );
+    eprintln!(
+        "(In a browser on this host, or with the port forwarded by \
+         `ssh -L {port}:127.0.0.1:{port} HOST`, snctl gets the redirect by itself.)"
+    );
+}
+
+/// Something the wait learns from its threads.
+enum Event {
+    /// A request to the redirect path was answered: its outcome.
+    Redirect(Result<Secret, CallbackError>),
+    /// A line read from the paste source.
+    Pasted(Zeroizing<String>),
+    /// The browser could not be opened: why.
+    BrowserFailed(String),
+}
+
+/// A login being waited for.
+struct Wait<'r, 'a, R> {
+    request: &'r Authorize<'a>,
+    port: u16,
+    expected: Arc<Expected>,
+    listener: TcpListener,
+    events: Sender<Event>,
+    inbox: Receiver<Event>,
+    /// The paste source, until it is read.
+    paste: Option<R>,
+    spinner: Spinner,
+}
+
+impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
+    /// Waits for the first redirect or usable pasted address, or the
+    /// timeout.
+    fn run(mut self) -> Result<Secret, CallbackError> {
+        let deadline = Instant::now() + self.request.timeout;
+        loop {
+            self.accept_pending()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(CallbackError::Timeout {
+                    name: self.request.name.to_owned(),
+                    waited: self.request.timeout,
+                });
+            }
+            self.spinner.show_left(left);
+            // Never disconnected: `self.events` is a sender.
+            if let Ok(event) = self.inbox.recv_timeout(POLL.min(left)) {
+                if let Some(outcome) = self.handle(event) {
+                    return outcome;
+                }
+            }
+        }
+    }
+
+    /// Hands each pending connection to a thread of its own, so that an
+    /// idle connection (a browser's preconnect) holds nothing up.
+    fn accept_pending(&self) -> Result<(), CallbackError> {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    let expected = Arc::clone(&self.expected);
+                    let events = self.events.clone();
+                    thread::spawn(move || {
+                        if let Some(outcome) = serve(stream, &expected) {
+                            let _ = events.send(Event::Redirect(outcome));
+                        }
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(source) => {
+                    return Err(CallbackError::Listen {
+                        name: self.request.name.to_owned(),
+                        port: self.port,
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The outcome an event settles, if it settles one.
+    fn handle(&mut self, event: Event) -> Option<Result<Secret, CallbackError>> {
+        match event {
+            Event::Redirect(outcome) => Some(outcome),
+            Event::Pasted(text) => self.pasted(&text),
+            Event::BrowserFailed(why) => {
+                self.spinner.stop();
+                eprintln!(
+                    "Could not open a browser ({}): open the address above in a browser on \
+                     any machine, log in and allow access.",
+                    one_line(&why)
+                );
+                paste_instructions(self.request, self.port);
+                self.read_pastes();
+                None
+            }
+        }
+    }
+
+    /// The outcome a pasted line settles; says why when it is not usable.
+    fn pasted(&self, text: &str) -> Option<Result<Secret, CallbackError>> {
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        match pasted_params(text, &self.expected.path) {
+            Ok(params) => Some(self.expected.check(params)),
+            Err(why) => {
+                self.spinner.say(&format!(
+                    "{why}: paste the whole address from the address bar, starting {}?",
+                    self.request.redirect_uri
+                ));
+                None
+            }
+        }
+    }
+
+    /// Starts reading pasted lines, once.
+    fn read_pastes(&mut self) {
+        if let Some(source) = self.paste.take() {
+            spawn_paste_reader(source, self.events.clone());
+        }
+    }
+}
+
+/// Opens the browser on a thread of its own (a text browser runs until it
+/// exits, and the listener must answer it meanwhile); reports a failure.
+fn spawn_browser(url: String, events: Sender<Event>) {
+    thread::spawn(move || {
+        if let Err(why) = open_browser(&url) {
+            let _ = events.send(Event::BrowserFailed(why));
+        }
+    });
+}
+
+/// Opens `url` in the user's browser: `$BROWSER` first, then the desktop's.
+fn open_browser(url: &str) -> Result<(), String> {
+    if headless() {
+        return Err("no display: DISPLAY and WAYLAND_DISPLAY are unset".to_owned());
+    }
+    webbrowser::open(url).map_err(|e| e.to_string())
+}
+
+/// Whether this is a Linux or BSD host with no graphical session and no
+/// `$BROWSER`: an opener like xdg-open would seem to succeed there while
+/// showing nothing.
+fn headless() -> bool {
+    let set = |name| std::env::var_os(name).is_some_and(|value| !value.is_empty());
+    cfg!(all(unix, not(target_os = "macos")))
+        && !["BROWSER", "DISPLAY", "WAYLAND_DISPLAY", "WSL_DISTRO_NAME"]
+            .into_iter()
+            .any(set)
+}
+
+/// Sends each line read from `source` as [`Event::Pasted`], until the end
+/// of the input or of the wait.
+fn spawn_paste_reader<R: BufRead + Send + 'static>(mut source: R, events: Sender<Event>) {
+    thread::spawn(move || loop {
+        let mut line = Zeroizing::new(Vec::new());
+        match source.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = Zeroizing::new(String::from_utf8_lossy(&line).into_owned());
+                if events.send(Event::Pasted(text)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// The parameters of a pasted redirect address, or of a pasted bare query;
+/// or why the text is not usable.
+fn pasted_params(text: &str, path: &str) -> Result<Params, &'static str> {
+    let (address, query) = text.split_once('?').unwrap_or(("", text));
+    if !address.is_empty() && !address.ends_with(path) {
+        return Err("That is not the address the browser went to");
+    }
+    let params = Params::parse(query);
+    if params.error.is_none() && (params.code.is_none() || params.state.is_none()) {
+        return Err("That has no code and state (cut short?)");
+    }
+    Ok(params)
+}
+
+/// What a redirect must carry to settle the login.
+struct Expected {
+    /// The authentication's name, for the errors.
+    name: String,
+    /// The redirect path, e.g. `/callback`.
+    path: String,
+    state: String,
+}
+
+impl Expected {
+    /// The code a redirect carries, or why it is refused.
+    fn check(&self, params: Params) -> Result<Secret, CallbackError> {
+        let name = self.name.clone();
+        let state_ok = params.state.as_deref().map(|s| self.state_matches(s));
+        if let Some(error) = params.error {
+            // An error without a state is still the instance's answer.
+            if state_ok == Some(false) {
+                return Err(CallbackError::StateMismatch { name });
+            }
+            let description = params.error_description;
+            return Err(CallbackError::Denied {
+                name,
+                error,
+                description,
+            });
+        }
+        if state_ok != Some(true) {
+            return Err(CallbackError::StateMismatch { name });
+        }
+        params.code.ok_or(CallbackError::MissingCode { name })
+    }
+
+    /// Compares the states in constant time.
+    fn state_matches(&self, state: &str) -> bool {
+        let (a, b) = (self.state.as_bytes(), state.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
+    }
+}
+
+/// The parameters of a redirect's query that matter; the first of each
+/// counts and empty ones do not.
+#[derive(Default)]
+struct Params {
+    code: Option<Secret>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+impl Params {
+    /// Reads an `application/x-www-form-urlencoded` query.
+    fn parse(query: &str) -> Params {
+        let mut params = Params::default();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let value = Zeroizing::new(value.into_owned());
+            if value.is_empty() {
+                continue;
+            }
+            let slot = match &*key {
+                "code" => {
+                    if params.code.is_none() {
+                        params.code = Some(Secret::new(value.to_string()));
+                    }
+                    continue;
+                }
+                "state" => &mut params.state,
+                "error" => &mut params.error,
+                "error_description" => &mut params.error_description,
+                _ => continue,
+            };
+            slot.get_or_insert_with(|| value.to_string());
+        }
+        params
+    }
+}
+
+/// An answer of the listener: status line and the page's one sentence.
+struct Page {
+    status: &'static str,
+    text: &'static str,
+}
+
+const LOGGED_IN: Page = Page {
+    status: "200 OK",
+    text: "Logged in — snctl has the authorization; you may close this tab.",
+};
+const NOT_GRANTED: Page = Page {
+    status: "403 Forbidden",
+    text: "Access was not granted — snctl did not get the authorization; \
+           see the terminal where it runs.",
+};
+const WRONG_STATE: Page = Page {
+    status: "400 Bad Request",
+    text: "This redirect does not belong to the login snctl is waiting for; \
+           see the terminal where it runs.",
+};
+const NO_CODE: Page = Page {
+    status: "400 Bad Request",
+    text: "This redirect carries no authorization code; see the terminal where snctl runs.",
+};
+const NOT_FOUND: Page = Page {
+    status: "404 Not Found",
+    text: "Not found.",
+};
+const BAD_REQUEST: Page = Page {
+    status: "400 Bad Request",
+    text: "Bad request.",
+};
+const TOO_LARGE: Page = Page {
+    status: "431 Request Header Fields Too Large",
+    text: "Request header fields too large.",
+};
+
+/// Why a request head could not be read.
+enum HeadError {
+    /// Longer than [`MAX_HEAD`].
+    TooLarge,
+    /// Not a request line.
+    Malformed,
+    /// The connection failed, closed or stayed silent.
+    Io,
+}
+
+/// Answers one connection; the outcome when it was a GET to the redirect
+/// path.
+fn serve(mut stream: TcpStream, expected: &Expected) -> Option<Result<Secret, CallbackError>> {
+    stream.set_nonblocking(false).ok()?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
+    let line = match read_request_line(&mut stream) {
+        Ok(line) => line,
+        Err(HeadError::TooLarge) => return respond(&mut stream, &TOO_LARGE, None),
+        Err(HeadError::Malformed) => return respond(&mut stream, &BAD_REQUEST, None),
+        Err(HeadError::Io) => return None,
+    };
+    let Some((method, path, query)) = parse_request_line(&line) else {
+        return respond(&mut stream, &BAD_REQUEST, None);
+    };
+    if method != "GET" || path != expected.path {
+        return respond(&mut stream, &NOT_FOUND, None);
+    }
+    let outcome = expected.check(Params::parse(query));
+    let page = match &outcome {
+        Ok(_) => &LOGGED_IN,
+        Err(CallbackError::Denied { .. }) => &NOT_GRANTED,
+        Err(CallbackError::StateMismatch { .. }) => &WRONG_STATE,
+        Err(_) => &NO_CODE,
+    };
+    respond(&mut stream, page, Some(outcome))
+}
+
+/// Reads the whole request head (so that closing does not reset the
+/// connection before the browser has the answer) and returns its first line.
+fn read_request_line(stream: &mut TcpStream) -> Result<Zeroizing<String>, HeadError> {
+    let mut head = Zeroizing::new(vec![0; MAX_HEAD]);
+    let mut len = 0;
+    while !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        if len == MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        match stream.read(&mut head[len..]) {
+            Ok(0) | Err(_) => return Err(HeadError::Io),
+            Ok(n) => len += n,
+        }
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    std::str::from_utf8(line)
+        .map(|line| Zeroizing::new(line.to_owned()))
+        .map_err(|_| HeadError::Malformed)
+}
+
+/// The method, path and query of a request line
+/// (`GET /callback?code=…&state=… HTTP/1.1`).
+fn parse_request_line(line: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !version.starts_with("HTTP/") {
+        return None;
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Some((method, path, query))
+}
+
+/// Sends `page` and closes the connection; passes `outcome` through.
+fn respond(
+    stream: &mut TcpStream,
+    page: &Page,
+    outcome: Option<Result<Secret, CallbackError>>,
+) -> Option<Result<Secret, CallbackError>> {
+    let body = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>snctl</title></head>\
+         <body><p>{}</p></body></html>\n",
+        page.text
+    );
+    let head = format!(
+        "HTTP/1.1 {}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        page.status,
+        body.len()
+    );
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body.as_bytes()))
+        .and_then(|()| stream.flush());
+    let _ = stream.shutdown(Shutdown::Write);
+    outcome
+}
+
+/// The "Waiting for the browser… 4m 32s left" line on stderr, drawn only
+/// on a terminal; cleared when dropped.
+struct Spinner(ProgressBar);
+
+impl Spinner {
+    /// A spinner that shows.
+    fn start() -> Spinner {
+        let bar = ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Spinner(bar)
+    }
+
+    /// No spinner: while the user may be pasting, a redrawn line would
+    /// clobber what they type.
+    fn none() -> Spinner {
+        Spinner(ProgressBar::hidden())
+    }
+
+    /// Updates the time left.
+    fn show_left(&self, left: Duration) {
+        self.0
+            .set_message(format!("Waiting for the browser… {} left", human(left)));
+    }
+
+    /// Prints a line on stderr above the spinner.
+    fn say(&self, line: &str) {
+        self.0.suspend(|| eprintln!("{line}"));
+    }
+
+    /// Clears the spinner for good.
+    fn stop(&mut self) {
+        self.0.finish_and_clear();
+        self.0 = ProgressBar::hidden();
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// A duration as `4m 32s`, `5m` or `9s`, rounded up to the second.
+fn human(duration: Duration) -> String {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    match (secs / 60, secs % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m {s}s"),
+    }
+}
+
+/// Text from outside (a redirect's error, a URL) made fit for a one-line
+/// message: control characters blanked, at most 200 characters.
+fn one_line(text: &str) -> String {
+    const MAX: usize = 200;
+    let mut line: String = text
+        .chars()
+        .take(MAX)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(MAX).is_some() {
+        line.push('…');
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use std::thread::JoinHandle;
+
+    const STATE: &str = "st4te-Xyz";
+
+    /// A port that was free a moment ago.
+    fn free_port() -> u16 {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Runs a no-browser wait on `port` in a thread, with `paste` as what
+    /// the user pastes.
+    fn start(
+        port: u16,
+        paste: &str,
+        timeout: Duration,
+    ) -> JoinHandle<Result<Secret, CallbackError>> {
+        let paste = Cursor::new(paste.as_bytes().to_vec());
+        thread::spawn(move || {
+            let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+            let request = Authorize {
+                name: "dev",
+                authorize_url: "https://example.invalid/oauth_auth.do?state=x",
+                redirect_uri: &redirect_uri,
+                state: STATE,
+                timeout,
+                open_browser: false,
+            };
+            wait_with_paste(&request, paste)
+        })
+    }
+
+    /// Sends `GET target` to the listener once it is up; the status line
+    /// and the whole answer.
+    fn get(port: u16, method: &str, target: &str) -> (String, String) {
+        let give_up = Instant::now() + Duration::from_secs(5);
+        let mut stream = loop {
+            match TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+                Ok(stream) => break stream,
+                Err(e) if Instant::now() > give_up => panic!("cannot connect: {e}"),
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        write!(
+            stream,
+            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let status = answer.lines().next().unwrap_or_default().to_owned();
+        (status, answer)
+    }
+
+    fn wait(handle: JoinHandle<Result<Secret, CallbackError>>) -> Result<Secret, CallbackError> {
+        handle.join().unwrap()
+    }
+
+    #[test]
+    fn redirect_uri_must_be_loopback_http_with_a_port() {
+        assert_eq!(
+            parse_redirect("http://127.0.0.1:8751/callback"),
+            Some((8751, "/callback"))
+        );
+        assert_eq!(parse_redirect("http://127.0.0.1:80/"), Some((80, "/")));
+        for bad in [
+            "https://127.0.0.1:8751/callback",
+            "http://localhost:8751/callback",
+            "http://127.0.0.1/callback",
+            "http://127.0.0.1:8751",
+            "http://127.0.0.1:0/callback",
+            "http://127.0.0.1:+8751/callback",
+            "http://127.0.0.1:65536/callback",
+            "http://127.0.0.1:8751/callback?x=1",
+        ] {
+            assert_eq!(parse_redirect(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn pasted_address_or_bare_query_is_read() {
+        let full = "http://127.0.0.1:8751/callback?code=c%2Fde&state=st4te-Xyz";
+        let params = pasted_params(full, "/callback").unwrap();
+        assert_eq!(params.code.unwrap().expose(), "c/de");
+        assert_eq!(params.state.as_deref(), Some(STATE));
+
+        let params = pasted_params("state=st4te-Xyz&code=abc", "/callback").unwrap();
+        assert_eq!(params.code.unwrap().expose(), "abc");
+        let params = pasted_params("?code=abc&state=s", "/callback").unwrap();
+        assert_eq!(params.code.unwrap().expose(), "abc");
+        let params = pasted_params("127.0.0.1:8751/callback?error=access_denied", "/callback");
+        assert_eq!(params.unwrap().error.as_deref(), Some("access_denied"));
+    }
+
+    #[test]
+    fn pasted_text_that_is_not_the_redirect_is_refused() {
+        for text in [
+            "hello",
+            "http://127.0.0.1:8751/callback",
+            "http://127.0.0.1:8751/callback?code=abc",
+            "http://127.0.0.1:8751/callback?state=s",
+            "https://acme.service-now.com/oauth_auth.do?state=s&code=abc",
+        ] {
+            assert!(pasted_params(text, "/callback").is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn state_is_checked_before_the_code_is_taken() {
+        let expected = Expected {
+            name: "dev".to_owned(),
+            path: "/callback".to_owned(),
+            state: STATE.to_owned(),
+        };
+        let check = |query| expected.check(Params::parse(query));
+        assert_eq!(check("code=abc&state=st4te-Xyz").unwrap().expose(), "abc");
+        assert!(matches!(
+            check("code=abc"),
+            Err(CallbackError::StateMismatch { .. })
+        ));
+        assert!(matches!(
+            check("code=abc&state=st4te-Xy"),
+            Err(CallbackError::StateMismatch { .. })
+        ));
+        assert!(matches!(
+            check("state=st4te-Xyz&code="),
+            Err(CallbackError::MissingCode { .. })
+        ));
+        assert!(matches!(
+            check("error=access_denied&state=other"),
+            Err(CallbackError::StateMismatch { .. })
+        ));
+        assert!(matches!(
+            check("error=server_error"),
+            Err(CallbackError::Denied { .. })
+        ));
+    }
+
+    #[test]
+    fn right_state_gives_the_code() {
+        let port = free_port();
+        let waiting = start(port, "", Duration::from_secs(10));
+        let (status, answer) = get(port, "GET", "/callback?code=the-code&state=st4te-Xyz");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(answer.contains("Content-Type: text/html; charset=utf-8"));
+        assert!(answer.contains("Cache-Control: no-store"));
+        assert!(answer.contains("Logged in — snctl has the authorization"));
+        assert!(!answer.contains("the-code"));
+        assert_eq!(wait(waiting).unwrap().expose(), "the-code");
+    }
+
+    #[test]
+    fn wrong_state_is_refused_with_400() {
+        let port = free_port();
+        let waiting = start(port, "", Duration::from_secs(10));
+        let (status, _) = get(port, "GET", "/callback?code=the-code&state=forged");
+        assert_eq!(status, "HTTP/1.1 400 Bad Request");
+        let error = wait(waiting).unwrap_err();
+        assert!(matches!(error, CallbackError::StateMismatch { .. }));
+        assert_eq!(error.exit_code(), 1);
+        assert!(error.to_string().contains("run `snctl login dev` again"));
+    }
+
+    #[test]
+    fn missing_code_is_refused_with_400() {
+        let port = free_port();
+        let waiting = start(port, "", Duration::from_secs(10));
+        let (status, _) = get(port, "GET", "/callback?state=st4te-Xyz");
+        assert_eq!(status, "HTTP/1.1 400 Bad Request");
+        assert!(matches!(
+            wait(waiting),
+            Err(CallbackError::MissingCode { .. })
+        ));
+    }
+
+    #[test]
+    fn access_denied_is_reported() {
+        let port = free_port();
+        let waiting = start(port, "", Duration::from_secs(10));
+        let target =
+            "/callback?error=access_denied&error_description=User+said%0Ano&state=st4te-Xyz";
+        let (status, answer) = get(port, "GET", target);
+        assert_eq!(status, "HTTP/1.1 403 Forbidden");
+        assert!(answer.contains("Access was not granted"));
+        let error = wait(waiting).unwrap_err();
+        assert!(matches!(error, CallbackError::Denied { .. }));
+        assert_eq!(
+            error.to_string(),
+            "the instance did not grant access (access_denied: User said no): \
+             run `snctl login dev` again and choose Allow"
+        );
+    }
+
+    #[test]
+    fn other_requests_get_404_and_the_wait_goes_on() {
+        let port = free_port();
+        let waiting = start(port, "", Duration::from_secs(10));
+        let (status, _) = get(port, "GET", "/favicon.ico");
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        let (status, _) = get(port, "POST", "/callback?code=the-code&state=st4te-Xyz");
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        // A connection that sends nothing holds nothing up.
+        let _idle = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let (status, _) = get(port, "GET", "/callback?state=st4te-Xyz&code=the-code");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(wait(waiting).unwrap().expose(), "the-code");
+    }
+
+    #[test]
+    fn pasted_redirect_address_gives_the_code() {
+        let port = free_port();
+        let paste = format!(
+            "\n  not a url\nhttp://127.0.0.1:{port}/callback?code=abc\n  \
+             http://127.0.0.1:{port}/callback?code=pasted&state=st4te-Xyz  \n"
+        );
+        let waiting = start(port, &paste, Duration::from_secs(10));
+        assert_eq!(wait(waiting).unwrap().expose(), "pasted");
+    }
+
+    #[test]
+    fn pasted_forged_state_ends_the_login() {
+        let port = free_port();
+        let waiting = start(port, "code=abc&state=forged\n", Duration::from_secs(10));
+        assert!(matches!(
+            wait(waiting),
+            Err(CallbackError::StateMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn nothing_coming_back_times_out() {
+        let port = free_port();
+        let waiting = start(port, "", Duration::from_millis(300));
+        let error = wait(waiting).unwrap_err();
+        assert!(matches!(error, CallbackError::Timeout { .. }));
+        assert_eq!(error.exit_code(), 1);
+        assert_eq!(
+            error.to_string(),
+            "no login came back within 1s: run `snctl login dev` again \
+             (use --no-browser on a host without a browser)"
+        );
+    }
+
+    #[test]
+    fn port_in_use_is_a_usage_error() {
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let error = wait(start(port, "", Duration::from_secs(10))).unwrap_err();
+        assert!(matches!(error, CallbackError::PortInUse { .. }));
+        assert_eq!(error.exit_code(), 2);
+        assert!(error
+            .to_string()
+            .starts_with(&format!("port {port} on 127.0.0.1 is in use")));
+    }
+
+    #[test]
+    fn bad_redirect_uri_is_a_usage_error() {
+        let request = Authorize {
+            name: "dev",
+            authorize_url: "https://example.invalid/oauth_auth.do",
+            redirect_uri: "http://localhost:8751/callback",
+            state: STATE,
+            timeout: Duration::from_secs(1),
+            open_browser: false,
+        };
+        let error = wait_with_paste(&request, Cursor::new(Vec::new())).unwrap_err();
+        assert!(matches!(error, CallbackError::BadRedirect { .. }));
+        assert_eq!(error.exit_code(), 2);
+    }
+
+    #[test]
+    fn durations_read_like_4m_32s() {
+        assert_eq!(human(Duration::from_secs(272)), "4m 32s");
+        assert_eq!(human(Duration::from_secs(300)), "5m");
+        assert_eq!(human(Duration::from_millis(8_100)), "9s");
+    }
+
+    #[test]
+    fn outside_text_stays_on_one_line() {
+        assert_eq!(one_line("a\nb\u{1b}[2J"), "a b [2J");
+        assert_eq!(one_line(&"x".repeat(300)).chars().count(), 201);
+    }
+}
