@@ -272,8 +272,12 @@ impl DaemonProcess {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if snctl::Client::connect(&process.socket).is_ok() {
-                return Ok(process);
+            match snctl::Client::connect(&process.socket) {
+                Ok(_) => return Ok(process),
+                Err(snctl::ClientError::Daemon(e)) => {
+                    anyhow::bail!("snctld at {} refused: {e}", process.socket.display())
+                }
+                Err(_) => {}
             }
             if let Some(status) = process
                 .child

@@ -13,7 +13,7 @@
 use snctl_shared::protocol::{Check, CheckOutcome, Diagnosis, Grant, UpstreamKind};
 use snctl_shared::{Error, Secret};
 
-use super::Tokens;
+use super::{describe_span, Tokens};
 use crate::clock::now_ms;
 use crate::servicenow::{Failure, Seen};
 use crate::store::Authentication;
@@ -275,8 +275,10 @@ impl Tokens {
                     &what,
                     CheckOutcome::Pass,
                     format!(
-                        "a new access token, valid until {}",
-                        summary.access_expires_at.unwrap_or_default()
+                        "a new access token, valid for {}",
+                        describe_span(
+                            summary.access_expires_at.unwrap_or_default() * 1000 - now_ms()
+                        )
                     ),
                 );
                 true

@@ -1,7 +1,8 @@
 //! The whole flow in one command, against the embedded fake instance:
 //! start snctld in a temp dir, add an authentication, have several processes
 //! fetch tokens, use one on the Table API, watch a refresh, restart the
-//! daemon and carry on, remove.
+//! daemon and carry on, log a person in through the browser flow (a
+//! stand-in browser consents), ask `snctl doctor`, remove.
 //!
 //! Run it with `cargo run --release -p snctl-tests --bin snctl-demo`.
 
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use snctl_tests::harness::{self, snctl, wait_until, DaemonProcess};
+use snctl_tests::harness::{self, snctl, snctl_env, wait_until, DaemonProcess};
 
 const CLIENT_ID: &str = "demo-client";
 const CLIENT_SECRET: &str = "demo-secret-never-shown";
@@ -40,7 +41,7 @@ fn short(token: &str) -> String {
     format!("{}… ({} chars)", &token[..token.len().min(12)], token.len())
 }
 
-/// `cargo run` builds only this package; build the two binaries beside it.
+/// `cargo run` builds only this binary; build the others beside it.
 fn build_binaries() -> anyhow::Result<()> {
     let Some(cargo) = std::env::var_os("CARGO") else {
         return Ok(());
@@ -51,12 +52,18 @@ fn build_binaries() -> anyhow::Result<()> {
         "building snctl and snctld ({})…",
         if release { "release" } else { "debug" }
     );
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "snctl", "-p", "snctld"]);
-    if release {
-        cmd.arg("--release");
+    // Two runs: `--bin` would filter the binaries of every package named.
+    for targets in [
+        &["-p", "snctl", "-p", "snctld"][..],
+        &["-p", "snctl-tests", "--bin", "fake-browser"],
+    ] {
+        let mut cmd = Command::new(&cargo);
+        cmd.args(["build", "--quiet"]).args(targets);
+        if release {
+            cmd.arg("--release");
+        }
+        anyhow::ensure!(cmd.status()?.success(), "building the binaries failed");
     }
-    anyhow::ensure!(cmd.status()?.success(), "building the binaries failed");
     Ok(())
 }
 
@@ -156,13 +163,56 @@ fn main() -> anyhow::Result<()> {
     println!("token after restart: {}", short(after.trim_end()));
     run(&sock, &["status"], None)?;
 
+    step("a person logs in: authorization code with PKCE, redirected to snctl's loopback listener");
+    let port = harness::free_port();
+    let redirect = format!("http://127.0.0.1:{port}/callback");
+    fake.add_user("abel.tuter", "demo-password");
+    fake.set_redirect_uri(CLIENT_ID, &redirect);
+    println!("(in ServiceNow the admin registers {redirect} as the record's Redirect URL;");
+    println!(" here a stand-in browser plays abel.tuter and clicks Allow)");
+    let browser = harness::bin("fake-browser");
+    let port = port.to_string();
+    let args = [
+        "add",
+        "desk",
+        "--grant",
+        "authorization-code",
+        "--instance",
+        &fake.url(),
+        "--client-id",
+        CLIENT_ID,
+        "--redirect-port",
+        &port,
+        "--client-secret-stdin",
+    ];
+    let out = snctl_env(
+        &sock,
+        &args,
+        Some(CLIENT_SECRET),
+        &[("BROWSER", browser.as_os_str())],
+    );
+    show_cmd(&args, &out);
+    anyhow::ensure!(out.status.success(), "the browser login failed");
+    run(&sock, &["list"], None)?;
+
+    step("when something is wrong, doctor tells ServiceNow's one generic 401 apart");
+    fake.set_client_credentials_enabled(false);
+    let args = ["doctor", "demo"];
+    let out = snctl(&sock, &args, None);
+    show_cmd(&args, &out);
+    fake.set_client_credentials_enabled(true);
+    run(&sock, &["doctor", "demo"], None)?;
+
     step("remove: tokens revoked at the instance, then deleted");
     run(&sock, &["remove", "demo"], None)?;
+    run(&sock, &["remove", "desk"], None)?;
     println!(
-        "\ndone: {} token request(s) reached the instance for {} token handouts",
+        "\ndone: the instance saw {} token request(s) in all, for {} handouts of the shared \
+         token, two refreshes, a browser login and two doctor runs",
         fake.token_requests(),
         tokens.len() + 2
     );
+    println!("snctld's log: {}", daemon.log.display());
     drop(daemon);
     Ok(())
 }

@@ -707,7 +707,7 @@ fn time_or_dash(at: Option<i64>) -> String {
 fn print_login_deadline(summary: &AuthSummary) {
     if let Some(deadline) = summary.login.as_ref().and_then(|l| l.refresh_expires_at) {
         println!(
-            "the login lasts until {} (refresh-token lifespan); run `snctl login {}` before then",
+            "the login lasts until {}, the refresh-token lifespan: run `snctl login {}` before then",
             describe_time(deadline),
             summary.name
         );
