@@ -25,7 +25,7 @@ use interprocess::local_socket::{GenericFilePath, Stream};
 use snctl_shared::frame::{self, FrameError, MAX_REQUEST_FRAME};
 use snctl_shared::protocol::{
     AddRequest, AuthSummary, DaemonStatus, Diagnosis, Hello, HelloReply, LoginChallenge,
-    LoginProof, LoginRequest, NameRequest, RemoveReply, RemoveRequest, Reply, Request, Response,
+    LoginRequest, NameRequest, RemoveReply, RemoveRequest, Reply, Request, Response,
     StartLoginRequest, TokenRequest, UpdateRequest,
 };
 
@@ -278,29 +278,21 @@ impl Client {
         }
     }
 
-    /// Starts a browser login (authorization-code grant) for an existing
-    /// authentication, or for a new one when `add` is given.
+    /// Starts a browser login (authorization-code grant): the daemon
+    /// answers with the URL to open and the `state` to expect back.
     pub fn start_login(
         &mut self,
-        name: &str,
-        add: Option<AddRequest>,
+        request: StartLoginRequest,
     ) -> Result<LoginChallenge, ClientError> {
-        let request = Request::StartLogin(StartLoginRequest {
-            name: name.to_string(),
-            add,
-        });
-        match self.request(&request)? {
+        match self.request(&Request::StartLogin(request))? {
             Reply::LoginChallenge(challenge) => Ok(challenge),
             other => Err(self.unexpected(other)),
         }
     }
 
     /// Logs in with a password, or finishes a started browser login.
-    pub fn login(&mut self, name: &str, proof: LoginProof) -> Result<AuthSummary, ClientError> {
-        self.auth_request(Request::Login(LoginRequest {
-            name: name.to_string(),
-            proof,
-        }))
+    pub fn login(&mut self, request: LoginRequest) -> Result<AuthSummary, ClientError> {
+        self.auth_request(Request::Login(request))
     }
 
     /// Probes the instance to tell why an authentication fails.

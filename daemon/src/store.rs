@@ -430,17 +430,20 @@ impl Db {
                 auth.refresh_lifespan_secs as i64,
             ],
         )?;
-        Self::write_tokens(&tx, &self.key, &auth.name, tokens, now)?;
+        Self::write_tokens(&tx, &self.key, &auth.name, tokens, now, false)?;
         tx.commit()?;
         Ok(())
     }
 
     /// Replaces an authentication's settings and, when given, its tokens
-    /// (after an update or a login proved them). Returns whether it exists.
+    /// (after an update or a login proved them). After a new login, the
+    /// refresh token of the old one goes even when the new one came without.
+    /// Returns whether the authentication exists.
     pub fn replace(
         &mut self,
         auth: &Authentication,
         tokens: Option<&TokenSet>,
+        new_login: bool,
     ) -> Result<bool, StoreError> {
         let tx = self
             .conn
@@ -469,7 +472,7 @@ impl Db {
             return Ok(false);
         }
         if let Some(tokens) = tokens {
-            Self::write_tokens(&tx, &self.key, &auth.name, tokens, now)?;
+            Self::write_tokens(&tx, &self.key, &auth.name, tokens, now, !new_login)?;
         }
         tx.commit()?;
         Ok(true)
@@ -482,17 +485,20 @@ impl Db {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let found = Self::write_tokens(&tx, &self.key, name, tokens, now_ms())?;
+        let found = Self::write_tokens(&tx, &self.key, name, tokens, now_ms(), true)?;
         tx.commit()?;
         Ok(found)
     }
 
+    /// Writes new tokens; `keep_refresh` keeps the stored refresh token
+    /// when `tokens` has none.
     fn write_tokens(
         tx: &rusqlite::Transaction<'_>,
         key: &MasterKey,
         name: &str,
         tokens: &TokenSet,
         now: i64,
+        keep_refresh: bool,
     ) -> Result<bool, StoreError> {
         let access = key.seal_secret(name, F_ACCESS_TOKEN, &tokens.access_token)?;
         let refresh = tokens
@@ -505,9 +511,9 @@ impl Db {
             .map(|_| tokens.refresh_issued_ms.unwrap_or(tokens.obtained_at_ms));
         let changed = tx.execute(
             "UPDATE authentications SET access_token = ?2, access_expires_ms = ?3, obtained_ms = ?4,
-                 refresh_token = coalesce(?5, refresh_token),
-                 refresh_issued_ms = coalesce(?6, refresh_issued_ms), state = 'ok',
-                 last_error = NULL, updated_ms = ?7
+                 refresh_token = CASE WHEN ?8 THEN coalesce(?5, refresh_token) ELSE ?5 END,
+                 refresh_issued_ms = CASE WHEN ?8 THEN coalesce(?6, refresh_issued_ms) ELSE ?6 END,
+                 state = 'ok', last_error = NULL, updated_ms = ?7
              WHERE name = ?1",
             params![
                 name,
@@ -516,7 +522,8 @@ impl Db {
                 tokens.obtained_at_ms,
                 refresh,
                 issued,
-                now
+                now,
+                keep_refresh
             ],
         )?;
         Ok(changed > 0)
@@ -720,6 +727,12 @@ mod tests {
                 .expose(),
             "rt"
         );
+
+        // A new login without a refresh token drops the old login's.
+        assert!(db.replace(&auth, Some(&tokens), true).unwrap());
+        let r = &db.load_all().unwrap()[0];
+        assert!(r.tokens.as_ref().unwrap().refresh_token.is_none());
+        assert_eq!(r.tokens.as_ref().unwrap().refresh_issued_ms, None);
 
         assert!(db.delete("prod").unwrap());
         assert!(!db.delete("prod").unwrap());

@@ -246,6 +246,7 @@ mod tests {
             Request::StartLogin(StartLoginRequest {
                 name: "a".into(),
                 add: None,
+                client_secret: Some(Secret::new("s2".into())),
             }),
             Request::Login(LoginRequest {
                 name: "a".into(),
@@ -253,6 +254,7 @@ mod tests {
                     code: Secret::new("c".into()),
                     state: "s".into(),
                 },
+                client_secret: None,
             }),
             Request::Doctor(NameRequest { name: "a".into() }),
         ];

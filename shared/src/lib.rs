@@ -10,6 +10,7 @@ pub mod name;
 pub mod paths;
 pub mod protocol;
 pub mod secret;
+pub mod time;
 
 pub use frame::FrameError;
 pub use protocol::{Error, ErrorKind, Reply, Request, Response, PROTOCOL_VERSION};

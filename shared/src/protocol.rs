@@ -237,6 +237,9 @@ pub struct StartLoginRequest {
     pub name: String,
     /// The settings of a new authentication; `None` logs in again.
     pub add: Option<AddRequest>,
+    /// A new client secret for an existing authentication, saved once the
+    /// login with it works (the secret was rotated and the old login died).
+    pub client_secret: Option<Secret>,
 }
 
 /// Where to send the person who logs in.
@@ -260,6 +263,9 @@ pub struct LoginRequest {
     pub name: String,
     /// What proves the person's consent.
     pub proof: LoginProof,
+    /// A new client secret (`password` grant), saved once the login with it
+    /// works. A started browser login uses the one it was started with.
+    pub client_secret: Option<Secret>,
 }
 
 /// What a login hands the daemon.

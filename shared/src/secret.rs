@@ -36,6 +36,12 @@ impl Secret {
     }
 }
 
+/// Whether `a` and `b` are equal, in a time that depends on their lengths
+/// only: for comparing an OAuth `state` or other values an attacker guesses.
+pub fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
 impl From<String> for Secret {
     fn from(value: String) -> Self {
         Secret(value)
@@ -63,5 +69,18 @@ impl Serialize for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer).map(Secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_equality_is_equality() {
+        assert!(equal_in_constant_time(b"state", b"state"));
+        assert!(!equal_in_constant_time(b"state", b"statf"));
+        assert!(!equal_in_constant_time(b"state", b"stat"));
+        assert!(equal_in_constant_time(b"", b""));
     }
 }

@@ -287,6 +287,11 @@ impl FakeInstance {
         self.lock().auth_code_exchanges
     }
 
+    /// Of those, the ones whose PKCE verifier matched an S256 challenge.
+    pub fn pkce_exchanges(&self) -> u64 {
+        self.lock().pkce_exchanges
+    }
+
     pub fn revoke_requests(&self) -> u64 {
         self.lock().revoke_requests
     }
@@ -386,6 +391,7 @@ struct State {
     superseded_order: Vec<String>,
     authorize_requests: u64,
     auth_code_exchanges: u64,
+    pkce_exchanges: u64,
     token_requests: u64,
     tokens_issued: u64,
     revoke_requests: u64,
@@ -574,6 +580,7 @@ impl State {
             return Err(Denied);
         }
         self.auth_code_exchanges += 1;
+        self.pkce_exchanges += u64::from(code.code_challenge.is_some());
         let token = self.new_refresh_token(client_id, &code.scope, code.user, None);
         Ok((Some(token), code.scope))
     }
@@ -1646,6 +1653,7 @@ mod tests {
         assert_eq!(fake.refresh_tokens_issued(), vec![refresh]);
         assert_eq!(fake.authorize_requests(), 1);
         assert_eq!((fake.token_requests(), fake.auth_code_exchanges()), (1, 1));
+        assert_eq!(fake.pkce_exchanges(), 1);
     }
 
     #[tokio::test]
@@ -1748,6 +1756,7 @@ mod tests {
         let code = redirect_params(&no_pkce, &format!("{REDIRECT}?"))["code"].clone();
         assert_denied(exchange(&fake, &code, REDIRECT, Some(VERIFIER)).await).await;
         assert_eq!(fake.auth_code_exchanges(), 1);
+        assert_eq!(fake.pkce_exchanges(), 0);
     }
 
     #[tokio::test]

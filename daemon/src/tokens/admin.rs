@@ -18,9 +18,12 @@ use snctl_shared::protocol::{
     AddRequest, AuthState, AuthSummary, Grant, LoginChallenge, LoginProof, LoginRequest,
     RemoveReply, RemoveRequest, StartLoginRequest, UpdateRequest, UpstreamError, UpstreamKind,
 };
+use snctl_shared::secret::equal_in_constant_time;
 use snctl_shared::{name, Error, Secret};
 
-use super::{internal, redirect_uri, shutting_down, upstream_error, Entry, Tokens};
+use super::{
+    carry_issue_time, internal, redirect_uri, shutting_down, upstream_error, Entry, Tokens,
+};
 use crate::clock::now_ms;
 use crate::servicenow::{normalize_instance_url, Proof, ServiceNow};
 use crate::store::{Authentication, StoreError, TokenSet, DEFAULT_REFRESH_LIFESPAN_SECS};
@@ -55,15 +58,6 @@ pub(super) struct Pending {
     expires_at_ms: i64,
 }
 
-/// Compares without an early exit, so timing tells nothing about `state`.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 fn check_auth(auth: &Authentication) -> Result<(), Error> {
     if auth.client_id.trim().is_empty() {
         return Err(Error::invalid(
@@ -78,15 +72,23 @@ fn check_auth(auth: &Authentication) -> Result<(), Error> {
     Ok(())
 }
 
+/// Longest refresh-token lifespan accepted: ten years is already "never".
+const MAX_REFRESH_LIFESPAN_SECS: u64 = 10 * 366 * 24 * 60 * 60;
+
 fn check_lifespan(secs: u64) -> Result<u64, Error> {
-    if secs == 0 {
-        return Err(Error::invalid(
-            "a refresh-token lifespan of 0 is impossible: give the Refresh Token Lifespan of the \
-             Application Registry record (ServiceNow's default is 100 days)",
-        ));
+    if secs == 0 || secs > MAX_REFRESH_LIFESPAN_SECS {
+        return Err(Error::invalid(format!(
+            "a refresh-token lifespan of {secs} s is impossible: give the Refresh Token Lifespan \
+             of the Application Registry record (ServiceNow's default is 100 days)"
+        )));
     }
     Ok(secs)
 }
+
+/// What a failed check of new settings leaves behind, for the message.
+const NOTHING_SAVED: &str = "nothing was saved";
+const SETTINGS_KEPT: &str = "the previous settings stay in use";
+const LOGIN_KEPT: &str = "the previous login stays";
 
 fn no_pending(name: &str) -> Error {
     Error::invalid(format!(
@@ -128,7 +130,7 @@ impl Tokens {
                 .filter(|s| !s.is_empty()),
             client_secret: request.client_secret.clone(),
             created_at_ms: now_ms(),
-            username: request.user.as_ref().map(|u| u.username.trim().to_string()),
+            username: request.user.as_ref().map(|u| u.username.clone()),
             redirect_port: code.then(|| {
                 request
                     .redirect_port
@@ -147,11 +149,15 @@ impl Tokens {
     /// Registers an authentication once it has produced a token. An
     /// authorization-code authentication is added by
     /// [`Tokens::start_login`] and [`Tokens::login`] instead.
-    pub async fn add(&self, request: AddRequest) -> Result<AuthSummary, Error> {
+    pub async fn add(&self, mut request: AddRequest) -> Result<AuthSummary, Error> {
+        if let Some(user) = &mut request.user {
+            user.username = user.username.trim().to_string();
+        }
         let auth = self.new_auth(&request)?;
         let tokens = match (&request.grant, &request.user) {
             (Grant::ClientCredentials, None) => {
-                self.verify(&auth, Proof::ClientCredentials).await?
+                self.verify(&auth, Proof::ClientCredentials, NOTHING_SAVED)
+                    .await?
             }
             (Grant::ClientCredentials, Some(_)) => {
                 return Err(Error::invalid(
@@ -163,18 +169,17 @@ impl Tokens {
                     username: &user.username,
                     password: &user.password,
                 };
-                self.verify(&auth, proof).await?
+                self.verify(&auth, proof, NOTHING_SAVED).await?
             }
             (Grant::Password, None) => {
                 return Err(Error::invalid(
                     "the password grant needs a user: give --username",
                 ))
             }
-            (Grant::AuthorizationCode, _) => {
-                return Err(Error::invalid(
-                    "an authorization-code authentication is added through a browser login; use `snctl add --grant authorization-code`",
-                ))
-            }
+            (Grant::AuthorizationCode, _) => return Err(Error::invalid(
+                "an authorization-code authentication is added by a browser login: a StartLogin \
+                     request with the settings, then Login with the code (`snctl add` does both)",
+            )),
         };
         self.insert_new(auth, tokens).await
     }
@@ -203,8 +208,14 @@ impl Tokens {
         Ok(entry.summary())
     }
 
-    /// Gets a token with settings that are not stored yet.
-    async fn verify(&self, auth: &Authentication, proof: Proof<'_>) -> Result<TokenSet, Error> {
+    /// Gets a token with settings that are not stored yet; on failure the
+    /// message ends with what stays as it was (`kept`).
+    async fn verify(
+        &self,
+        auth: &Authentication,
+        proof: Proof<'_>,
+        kept: &str,
+    ) -> Result<TokenSet, Error> {
         let _permit = self
             .inner
             .permits
@@ -217,23 +228,36 @@ impl Tokens {
             .await
             .map_err(|failure| {
                 Error::Upstream(UpstreamError {
-                    message: format!("{}; nothing was saved", failure.explain(&auth.instance_url)),
+                    message: format!("{}; {kept}", failure.explain(&auth.instance_url)),
                     ..upstream_error(&failure, &auth.instance_url, None)
                 })
             })
     }
 
-    /// Changes settings. New credentials must produce a token first; a
-    /// login by a person is checked with its refresh token, and when the
-    /// instance refuses it with the new client, the settings are saved and
-    /// the authentication waits for `snctl login`.
+    /// Changes settings. New credentials must produce a token before they
+    /// replace the old ones: client credentials ask for one, a login by a
+    /// person refreshes with its refresh token. When that fails nothing
+    /// changes (a rotated secret whose login also died is saved by
+    /// `snctl login --client-secret-…` instead).
     pub async fn update(&self, request: UpdateRequest) -> Result<AuthSummary, Error> {
         let entry = self.entry(&request.name)?;
-        let _flight = entry.flight.lock().await;
-        let mut auth = (*entry.lock().auth).clone();
+        let _flight = self.lock_flight(&entry).await?;
+        let (mut auth, held) = {
+            let shared = entry.lock();
+            ((*shared.auth).clone(), shared.refresh.clone())
+        };
+        let name = auth.name.clone();
         let mut credentials = false;
         if let Some(url) = request.instance_url {
-            auth.instance_url = normalize_instance_url(&url).map_err(Error::invalid)?;
+            let url = normalize_instance_url(&url).map_err(Error::invalid)?;
+            if auth.grant.needs_person() && url != auth.instance_url {
+                // Its refresh token must not be sent to another host.
+                return Err(Error::invalid(format!(
+                    "{name}'s login belongs to {}: for another instance, `snctl remove {name}` and add it again",
+                    auth.instance_url
+                )));
+            }
+            auth.instance_url = url;
             credentials = true;
         }
         if let Some(id) = request.client_id {
@@ -262,104 +286,73 @@ impl Tokens {
             auth.redirect_port = Some(port);
             settings = true;
         }
-        if let Some(secs) = request.refresh_lifespan_secs {
-            auth.refresh_lifespan_secs = check_lifespan(secs)?;
-            settings = true;
-        }
+        let lifespan_changed = match request.refresh_lifespan_secs {
+            Some(secs) => {
+                let secs = check_lifespan(secs)?;
+                settings = true;
+                std::mem::replace(&mut auth.refresh_lifespan_secs, secs) != secs
+            }
+            None => false,
+        };
         if !credentials && !settings {
             return Err(Error::invalid(
-                "nothing to change: give --instance, --client-id, --client-secret-stdin, --client-auth, --scope, --redirect-port or --refresh-token-lifespan",
+                "nothing to change: give --instance, --client-id, --client-secret-stdin or \
+                 --client-secret-prompt, --client-auth, --scope, --redirect-port or \
+                 --refresh-token-lifespan",
             ));
         }
         check_auth(&auth)?;
-        let name = auth.name.clone();
-        let (tokens, needs_login) = if credentials {
-            self.verify_update(&entry, &auth).await?
-        } else {
-            (None, false)
+        let tokens = match (credentials, auth.grant.needs_person(), &held) {
+            (false, _, _) => None,
+            (true, false, _) => Some(
+                self.verify(&auth, Proof::ClientCredentials, SETTINGS_KEPT)
+                    .await?,
+            ),
+            (true, true, Some((refresh, _))) => {
+                let mut tokens = self
+                    .verify(&auth, Proof::Refresh(refresh), SETTINGS_KEPT)
+                    .await
+                    .map_err(|e| relogin_hint(e, &name))?;
+                carry_issue_time(&mut tokens, held.as_ref());
+                Some(tokens)
+            }
+            (true, true, None) => {
+                return Err(Error::invalid(format!(
+                    "{name} has no login to check new credentials with; {SETTINGS_KEPT}: log in \
+                     with them, `snctl login {name} --client-secret-prompt`"
+                )))
+            }
         };
         let (to_store, stored_tokens) = (auth.clone(), tokens.clone());
         let found = self
             .inner
             .store
-            .call(move |db| {
-                let found = db.replace(&to_store, stored_tokens.as_ref())?;
-                if found && needs_login {
-                    db.set_health(
-                        &to_store.name,
-                        AuthState::NeedsLogin,
-                        Some("the settings changed: the login must be renewed"),
-                    )?;
-                }
-                Ok(found)
-            })
+            .call(move |db| db.replace(&to_store, stored_tokens.as_ref(), false))
             .await
             .map_err(internal)?;
         if !found {
             return Err(Error::NotFound { name });
         }
-        tracing::info!(%name, needs_login, "authentication updated");
+        tracing::info!(%name, "authentication updated");
         {
             let mut shared = entry.lock();
             shared.auth = Arc::new(auth);
-            // A new lifespan moves the deadline: warn afresh.
-            shared.warned = 0;
+            if lifespan_changed {
+                // The deadline moved: warn afresh.
+                shared.warned = 0;
+            }
             if let Some(tokens) = tokens {
                 self.install(&mut shared, tokens);
-            }
-            if needs_login {
-                shared.state = AuthState::NeedsLogin;
-                shared.last_error = Some(UpstreamError {
-                    kind: UpstreamKind::AccessDenied,
-                    status: None,
-                    message: "the settings changed: the login must be renewed".into(),
-                    retry_at: None,
-                });
             }
         }
         entry.wake.notify_one();
         Ok(entry.summary())
     }
 
-    /// Gets a token with changed credentials: the new tokens, or (for a
-    /// login by a person the instance no longer accepts) a note that the
-    /// settings may be saved but a login is needed.
-    async fn verify_update(
-        &self,
-        entry: &Entry,
-        auth: &Authentication,
-    ) -> Result<(Option<TokenSet>, bool), Error> {
-        let keep = |e: Error| match e {
-            Error::Upstream(u) => Error::Upstream(UpstreamError {
-                message: u
-                    .message
-                    .replace("nothing was saved", "the previous settings stay in use"),
-                ..u
-            }),
-            other => other,
-        };
-        if !auth.grant.needs_person() {
-            let tokens = self
-                .verify(auth, Proof::ClientCredentials)
-                .await
-                .map_err(keep)?;
-            return Ok((Some(tokens), false));
-        }
-        let refresh = entry.lock().refresh.as_ref().map(|(t, _)| t.clone());
-        let Some(refresh) = refresh else {
-            return Ok((None, true));
-        };
-        match self.verify(auth, Proof::Refresh(&refresh)).await {
-            Ok(tokens) => Ok((Some(tokens), false)),
-            Err(Error::Upstream(u)) if u.kind == UpstreamKind::AccessDenied => Ok((None, true)),
-            Err(e) => Err(keep(e)),
-        }
-    }
-
     /// Revokes (unless asked not to) and deletes an authentication.
     pub async fn remove(&self, request: RemoveRequest) -> Result<RemoveReply, Error> {
         let entry = self.entry(&request.name)?;
-        let _flight = entry.flight.lock().await;
+        let _flight = self.lock_flight(&entry).await?;
         // From here on nobody is handed this authentication's token.
         if self.write_entries().remove(&request.name).is_none() {
             return Err(Error::NotFound { name: request.name });
@@ -394,6 +387,8 @@ impl Tokens {
         let name = request.name.clone();
         match self.inner.store.call(move |db| db.delete(&name)).await {
             Ok(_) => {
+                // Still under the flight lock: work queued behind it finds
+                // the authentication gone.
                 entry.cancel.cancel();
                 tracing::info!(name = %request.name, revoked = reply.revoked, "authentication removed");
                 Ok(reply)
@@ -406,7 +401,10 @@ impl Tokens {
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Pending>> {
-        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner())
+        let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        // Started logins hold a verifier and maybe a secret: drop stale ones.
+        pending.retain(|_, p| p.expires_at_ms > now_ms());
+        pending
     }
 
     /// Starts an authorization-code login: keeps the PKCE verifier and
@@ -414,9 +412,9 @@ impl Tokens {
     pub async fn start_login(&self, request: StartLoginRequest) -> Result<LoginChallenge, Error> {
         let (auth, new) = match &request.add {
             Some(add) => {
-                if add.name != request.name {
+                if add.name != request.name || request.client_secret.is_some() {
                     return Err(Error::invalid(
-                        "the login and the new authentication have different names",
+                        "a new authentication's login takes its name and secret from its settings",
                     ));
                 }
                 if add.grant != Grant::AuthorizationCode {
@@ -428,22 +426,13 @@ impl Tokens {
             }
             None => {
                 let entry = self.entry(&request.name)?;
-                let auth = (*entry.lock().auth).clone();
-                match auth.grant {
-                    Grant::AuthorizationCode => (auth, false),
-                    Grant::Password => {
-                        return Err(Error::invalid(format!(
-                            "{} uses the password grant: log in with the user's name and password",
-                            request.name
-                        )))
-                    }
-                    Grant::ClientCredentials => {
-                        return Err(Error::invalid(format!(
-                            "{0} uses the client-credentials grant: no person logs in; use `snctl refresh {0}`",
-                            request.name
-                        )))
-                    }
+                let mut auth = (*entry.lock().auth).clone();
+                check_login_grant(&auth, Grant::AuthorizationCode)?;
+                if let Some(secret) = &request.client_secret {
+                    auth.client_secret = secret.clone();
+                    check_auth(&auth)?;
                 }
+                (auth, false)
             }
         };
         let redirect_uri =
@@ -456,10 +445,8 @@ impl Tokens {
             state: authorize.state.clone(),
             expires_at: expires_at_ms / 1000,
         };
-        let mut pending = self.pending();
-        pending.retain(|_, p| p.expires_at_ms > now_ms());
         // A newer login for the same name replaces the older one.
-        pending.insert(
+        self.pending().insert(
             request.name.clone(),
             Pending {
                 auth,
@@ -475,86 +462,92 @@ impl Tokens {
     }
 
     /// Logs in: with a password, or with the code that ends a started
-    /// browser login. The new tokens replace the old once the instance has
-    /// issued them.
+    /// browser login. The new tokens (and a new client secret, when one
+    /// came with the login) replace the old once the instance has issued
+    /// them.
     pub async fn login(&self, request: LoginRequest) -> Result<AuthSummary, Error> {
         let name = request.name;
         match request.proof {
             LoginProof::Password(user) => {
                 let entry = self.entry(&name)?;
-                let mut auth = (*entry.lock().auth).clone();
-                if auth.grant != Grant::Password {
-                    return Err(Error::invalid(format!(
-                        "{name} uses the {} grant, not the password grant",
-                        auth.grant.as_str()
-                    )));
-                }
-                auth.username = Some(user.username.trim().to_string());
-                let proof = Proof::Password {
-                    username: &user.username,
-                    password: &user.password,
-                };
-                self.relogin(&entry, auth, proof).await
+                let username = user.username.trim().to_string();
+                let secret = request.client_secret;
+                self.relogin(
+                    &entry,
+                    |auth| {
+                        check_login_grant(auth, Grant::Password)?;
+                        auth.username = Some(username.clone());
+                        if let Some(secret) = &secret {
+                            auth.client_secret = secret.clone();
+                        }
+                        check_auth(auth)?;
+                        Ok(())
+                    },
+                    |_| Proof::Password {
+                        username: &username,
+                        password: &user.password,
+                    },
+                )
+                .await
             }
             LoginProof::AuthorizationCode { code, state } => {
                 let pending = self
                     .pending()
                     .remove(&name)
                     .ok_or_else(|| no_pending(&name))?;
-                if pending.expires_at_ms <= now_ms() {
-                    return Err(no_pending(&name));
-                }
-                if !same(&pending.state, &state) {
+                if !equal_in_constant_time(pending.state.as_bytes(), state.as_bytes()) {
                     tracing::warn!(%name, "a browser login came back with the wrong state");
                     return Err(Error::invalid(format!(
                         "the redirect's state does not match the login snctld started: run `snctl login {name}` again"
                     )));
                 }
-                let proof = Proof::Code {
+                let proof = |_: &Authentication| Proof::Code {
                     code: &code,
                     verifier: &pending.verifier,
                     redirect_uri: &pending.redirect_uri,
                 };
                 if pending.new {
-                    let tokens = self.verify(&pending.auth, proof).await?;
-                    return self.insert_new(pending.auth, tokens).await;
+                    let tokens = self
+                        .verify(&pending.auth, proof(&pending.auth), NOTHING_SAVED)
+                        .await?;
+                    return self.insert_new(pending.auth.clone(), tokens).await;
                 }
                 let entry = self.entry(&name)?;
-                let auth = (*entry.lock().auth).clone();
-                if auth.client_id != pending.auth.client_id
-                    || auth.instance_url != pending.auth.instance_url
-                {
-                    return Err(Error::invalid(format!(
-                        "{name}'s client or instance changed during the login: run `snctl login {name}` again"
-                    )));
-                }
-                self.relogin(&entry, auth, proof).await
+                let started = &pending.auth;
+                self.relogin(&entry, |auth| {
+                    if auth.client_id != started.client_id || auth.instance_url != started.instance_url {
+                        return Err(Error::invalid(format!(
+                            "{name}'s client or instance changed during the login: run `snctl login {name}` again"
+                        )));
+                    }
+                    auth.client_secret = started.client_secret.clone();
+                    Ok(())
+                }, proof)
+                .await
             }
         }
     }
 
-    /// Replaces an existing authentication's tokens with those of a new login.
-    async fn relogin(
+    /// Replaces an existing authentication's tokens with those of a new
+    /// login. `adjust` applies the login's changes to the settings as they
+    /// are once the flight lock is held, so a concurrent update is not
+    /// undone.
+    async fn relogin<'p>(
         &self,
         entry: &Entry,
-        auth: Authentication,
-        proof: Proof<'_>,
+        adjust: impl FnOnce(&mut Authentication) -> Result<(), Error>,
+        proof: impl FnOnce(&Authentication) -> Proof<'p>,
     ) -> Result<AuthSummary, Error> {
-        let _flight = entry.flight.lock().await;
-        let tokens = self.verify(&auth, proof).await.map_err(|e| match e {
-            Error::Upstream(u) => Error::Upstream(UpstreamError {
-                message: u
-                    .message
-                    .replace("nothing was saved", "the previous login stays"),
-                ..u
-            }),
-            other => other,
-        })?;
+        let _flight = self.lock_flight(entry).await?;
+        let mut auth = (*entry.lock().auth).clone();
+        adjust(&mut auth)?;
+        // A new login: its refresh token (or none) replaces the old one.
+        let tokens = self.verify(&auth, proof(&auth), LOGIN_KEPT).await?;
         let (to_store, stored_tokens) = (auth.clone(), tokens.clone());
         let found = self
             .inner
             .store
-            .call(move |db| db.replace(&to_store, Some(&stored_tokens)))
+            .call(move |db| db.replace(&to_store, Some(&stored_tokens), true))
             .await
             .map_err(internal)?;
         if !found {
@@ -564,9 +557,44 @@ impl Tokens {
         {
             let mut shared = entry.lock();
             shared.auth = Arc::new(auth);
+            shared.refresh = None;
             self.install(&mut shared, tokens);
         }
         entry.wake.notify_one();
         Ok(entry.summary())
+    }
+}
+
+/// A login of the wrong kind gets a message that says which kind is right.
+fn check_login_grant(auth: &Authentication, wanted: Grant) -> Result<(), Error> {
+    let name = &auth.name;
+    match auth.grant {
+        grant if grant == wanted => Ok(()),
+        Grant::ClientCredentials => Err(Error::invalid(format!(
+            "{name} uses the client-credentials grant: no person logs in; use `snctl refresh {name}`"
+        ))),
+        Grant::Password => Err(Error::invalid(format!(
+            "{name} uses the password grant: log in with the user's name and password"
+        ))),
+        Grant::AuthorizationCode => Err(Error::invalid(format!(
+            "{name} uses the authorization-code grant: log in through the browser"
+        ))),
+    }
+}
+
+/// A refresh refused with new credentials: the login may have died too.
+fn relogin_hint(error: Error, name: &str) -> Error {
+    match error {
+        Error::Upstream(u) if u.kind == UpstreamKind::AccessDenied => {
+            Error::Upstream(UpstreamError {
+                message: format!(
+                    "{}; if the old login has died as well, log in with the new secret: `snctl \
+                     login {name} --client-secret-prompt`",
+                    u.message
+                ),
+                ..u
+            })
+        }
+        other => other,
     }
 }

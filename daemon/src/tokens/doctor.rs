@@ -10,7 +10,7 @@
 //! client ID and secret? is the refresh token past its recorded deadline?
 //! Then the grant itself is tried; when it works the new token is kept.
 
-use snctl_shared::protocol::{Check, CheckOutcome, Diagnosis, Grant, UpstreamKind};
+use snctl_shared::protocol::{Check, CheckOutcome, Diagnosis, Grant, UpstreamError, UpstreamKind};
 use snctl_shared::{Error, Secret};
 
 use super::{describe_span, Tokens};
@@ -21,7 +21,14 @@ use crate::store::Authentication;
 /// What the probes found, in the order they ran.
 struct Findings {
     checks: Vec<Check>,
-    cause: Option<(String, String, bool)>,
+    blame: Option<Blame>,
+}
+
+/// The likely cause of a failure and what to do.
+struct Blame {
+    cause: String,
+    fix: String,
+    needs_login: bool,
 }
 
 impl Findings {
@@ -35,8 +42,12 @@ impl Findings {
 
     /// Records the first cause found; later probes only add checks.
     fn blame(&mut self, cause: impl Into<String>, fix: impl Into<String>, needs_login: bool) {
-        if self.cause.is_none() {
-            self.cause = Some((cause.into(), fix.into(), needs_login));
+        if self.blame.is_none() {
+            self.blame = Some(Blame {
+                cause: cause.into(),
+                fix: fix.into(),
+                needs_login,
+            });
         }
     }
 
@@ -51,20 +62,9 @@ const CLIENT: &str = "client ID and secret accepted";
 const DEADLINE: &str = "refresh token within its recorded lifespan";
 const ACCESS: &str = "access token accepted by the REST API";
 
+/// The UTC instant of `ms` since the epoch, as people read it.
 fn date(ms: i64) -> String {
-    let secs = ms / 1000;
-    let days = secs.div_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    snctl_shared::time::utc(ms / 1000)
 }
 
 impl Tokens {
@@ -87,7 +87,7 @@ impl Tokens {
         };
         let mut found = Findings {
             checks: Vec::new(),
-            cause: None,
+            blame: None,
         };
         let reachable = self.probe_reachable(&auth, &mut found).await;
         if reachable {
@@ -110,9 +110,9 @@ impl Tokens {
             (Some(token), true) => self.probe_access(&auth, token, &mut found).await,
             _ => found.skip(ACCESS, "no valid access token in hand"),
         }
-        let (cause, fix, needs_login) = match (works, found.cause.take()) {
+        let (cause, fix, needs_login) = match (works, found.blame.take()) {
             (true, _) => (None, None, false),
-            (false, Some((cause, fix, login))) => (Some(cause), Some(fix), login),
+            (false, Some(b)) => (Some(b.cause), Some(b.fix), b.needs_login),
             (false, None) => (
                 Some("the instance refuses without saying why".to_string()),
                 Some(format!(
@@ -266,9 +266,19 @@ impl Tokens {
         }
     }
 
-    /// Tries the grant for real (a refresh, committed when it works).
+    /// Tries the grant for real (a refresh, committed when it works),
+    /// unless the instance asked to wait.
     async fn try_grant(&self, name: &str, auth: &Authentication, found: &mut Findings) -> bool {
         let what = grant_check(auth.grant);
+        if let Some(error) = self.rate_limited(name) {
+            found.check(&what, CheckOutcome::Skipped, error.message.clone());
+            found.blame(
+                error.message,
+                format!("wait, then run `snctl doctor {name}` again; snctld retries by itself"),
+                false,
+            );
+            return false;
+        }
         match self.refresh(name).await {
             Ok(summary) => {
                 found.check(
@@ -323,14 +333,28 @@ impl Tokens {
             }
             Err(e) => {
                 found.check(&what, CheckOutcome::Fail, e.to_string());
-                found.blame(
-                    e.to_string(),
-                    format!("snctld retries by itself; run `snctl doctor {name}` again later"),
-                    false,
-                );
+                let fix = match &e {
+                    Error::Upstream(_) => {
+                        format!("snctld retries by itself; run `snctl doctor {name}` again later")
+                    }
+                    _ => "see the snctld log".to_string(),
+                };
+                found.blame(e.to_string(), fix, false);
                 false
             }
         }
+    }
+}
+
+impl Tokens {
+    /// The instance's own request to wait (429 with `Retry-After`), when it
+    /// still holds.
+    fn rate_limited(&self, name: &str) -> Option<UpstreamError> {
+        let entry = self.entry(name).ok()?;
+        let shared = entry.lock();
+        let error = shared.last_error.as_ref()?;
+        let waiting = shared.retry_at_ms.is_some_and(|t| t > now_ms());
+        (waiting && error.kind == UpstreamKind::RateLimited).then(|| error.clone())
     }
 }
 
@@ -375,16 +399,5 @@ fn check_deadline(
             format!("good until {}", date(at)),
         ),
         None => found.skip(DEADLINE, "no issue time recorded"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_are_utc_days() {
-        assert_eq!(date(0), "1970-01-01");
-        assert_eq!(date(1_700_000_000_000), "2023-11-14");
     }
 }

@@ -154,20 +154,22 @@ impl Entry {
     /// Why no upstream call should be made now, if there is a reason.
     fn holdoff(&self, name: &str) -> Option<Error> {
         let shared = self.lock();
-        if shared.state == AuthState::NeedsLogin {
-            return Some(Error::NeedsLogin {
+        let waiting = shared.failures > 0 && shared.retry_at_ms.is_some_and(|t| t > now_ms());
+        match (shared.state, shared.last_error.clone()) {
+            (AuthState::NeedsLogin, _) => Some(Error::NeedsLogin {
                 name: name.to_string(),
-            });
-        }
-        let error = shared.last_error.clone()?;
-        match shared.state {
-            AuthState::Rejected => Some(Error::Upstream(UpstreamError {
+            }),
+            (AuthState::Rejected, Some(error)) => Some(Error::Upstream(UpstreamError {
                 message: format!("{}; then run `snctl refresh {name}`", error.message),
                 ..error
             })),
-            AuthState::Failing if shared.retry_at_ms.is_some_and(|t| t > now_ms()) => {
-                Some(Error::Upstream(error))
-            }
+            (AuthState::Failing, Some(error)) if waiting => Some(Error::Upstream(error)),
+            // The last tokens could not be saved; see `Tokens::unsaved`.
+            (AuthState::Ok, _) if waiting => Some(Error::Internal {
+                message: format!(
+                    "the database could not save {name}'s last tokens; snctld tries again shortly"
+                ),
+            }),
             _ => None,
         }
     }
@@ -263,6 +265,17 @@ impl Entry {
 /// The Redirect URL of a login whose loopback listener is on `port`.
 pub fn redirect_uri(port: u16) -> String {
     format!("http://127.0.0.1:{port}/callback")
+}
+
+/// ServiceNow sends the same refresh token back until it dies, and it keeps
+/// the expiry of its first issue: an unchanged token keeps its issue time;
+/// only a new one (a server that rotates, or a new login) restarts the clock.
+fn carry_issue_time(tokens: &mut TokenSet, held: Option<&(Secret, i64)>) {
+    if let (Some(new), Some((old, issued))) = (&tokens.refresh_token, held) {
+        if new == old {
+            tokens.refresh_issued_ms = Some(*issued);
+        }
+    }
 }
 
 /// "13d 4h", "5h 10m", "42m".
@@ -407,7 +420,7 @@ impl Tokens {
             token: None,
             refresh: None,
             state,
-            last_error,
+            last_error: last_error.clone(),
             failures: 0,
             retry_at_ms: None,
             next_refresh_ms: None,
@@ -416,8 +429,9 @@ impl Tokens {
         };
         if let Some(tokens) = tokens {
             self.install(&mut shared, tokens);
-            // A stored failure state outlives the restart; install() reset it.
+            // A stored failure outlives the restart; install() reset it.
             shared.state = state;
+            shared.last_error = last_error;
         }
         Arc::new(Entry {
             shared: Mutex::new(shared),
@@ -464,7 +478,7 @@ impl Tokens {
         shared.retry_at_ms = None;
     }
 
-    fn backoff(&self, failures: u32, failure: &Failure) -> Duration {
+    fn backoff(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
         let policy = &self.inner.policy;
         let exp = policy
             .backoff_min
@@ -473,10 +487,26 @@ impl Tokens {
         // Full jitter over the upper half: spread, but never much sooner.
         let half = exp / 2;
         let delay = half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0));
-        match failure.retry_after {
+        match retry_after {
             Some(asked) => delay.max(asked.min(policy.retry_after_max)),
             None => delay,
         }
+    }
+
+    /// Holds `entry`'s flight lock: the one upstream conversation at a time.
+    /// Fails once the authentication has been removed, so that work queued
+    /// behind `remove` does not run after it.
+    async fn lock_flight<'e>(
+        &self,
+        entry: &'e Entry,
+    ) -> Result<tokio::sync::MutexGuard<'e, ()>, Error> {
+        let guard = entry.flight.lock().await;
+        if entry.cancel.is_cancelled() {
+            return Err(Error::NotFound {
+                name: entry.lock().auth.name.clone(),
+            });
+        }
+        Ok(guard)
     }
 
     /// Asks the instance for a new token (client credentials, or the
@@ -507,21 +537,18 @@ impl Tokens {
         let result = self.inner.upstream.request_token(&auth, proof).await;
         match result {
             Ok(mut tokens) => {
-                // ServiceNow sends the same refresh token back until it dies;
-                // only a new one (a server that rotates) restarts the clock.
-                if let (Some(new), Some((old, issued))) = (&tokens.refresh_token, &refresh) {
-                    if new == old {
-                        tokens.refresh_issued_ms = Some(*issued);
-                    }
-                }
+                carry_issue_time(&mut tokens, refresh.as_ref());
                 let name = auth.name.clone();
                 let to_store = tokens.clone();
-                let found = self
+                let saved = self
                     .inner
                     .store
                     .call(move |db| db.save_tokens(&name, &to_store))
-                    .await
-                    .map_err(internal)?;
+                    .await;
+                let found = match saved {
+                    Ok(found) => found,
+                    Err(e) => return Err(self.unsaved(entry, tokens, e)),
+                };
                 if !found {
                     return Err(Error::NotFound {
                         name: auth.name.clone(),
@@ -543,7 +570,10 @@ impl Tokens {
                     if failure.is_transient() {
                         shared.state = AuthState::Failing;
                         shared.retry_at_ms = Some(
-                            now_ms() + self.backoff(shared.failures, &failure).as_millis() as i64,
+                            now_ms()
+                                + self
+                                    .backoff(shared.failures, failure.retry_after)
+                                    .as_millis() as i64,
                         );
                     } else if failure.step == Step::Refresh {
                         shared.state = AuthState::NeedsLogin;
@@ -571,6 +601,27 @@ impl Tokens {
                 Err(Error::Upstream(error))
             }
         }
+    }
+
+    /// New tokens that could not be committed are not handed out. A rotated
+    /// refresh token is kept in memory (the one on disk may be superseded
+    /// once the new one is used), and the next try waits a backoff instead
+    /// of asking the instance again at once.
+    fn unsaved(&self, entry: &Entry, tokens: TokenSet, error: StoreError) -> Error {
+        let mut shared = entry.lock();
+        if let Some(refresh) = tokens.refresh_token {
+            let issued = tokens.refresh_issued_ms.unwrap_or(tokens.obtained_at_ms);
+            shared.refresh = Some((refresh, issued));
+        }
+        shared.failures += 1;
+        let delay = self.backoff(shared.failures, None);
+        let at = now_ms() + delay.as_millis() as i64;
+        // Whichever the state, the scheduler's next try is not before `at`.
+        shared.next_refresh_ms = Some(at);
+        shared.retry_at_ms = Some(at);
+        drop(shared);
+        entry.wake.notify_one();
+        internal(error)
     }
 
     /// A login by a person without a refresh token (the instance gave none,
@@ -634,7 +685,7 @@ impl Tokens {
         {
             return Err(too_long(name, lifetime, min_valid));
         }
-        let _flight = entry.flight.lock().await;
+        let _flight = self.lock_flight(&entry).await?;
         if let Some(reply) = entry.fresh(min_valid_ms) {
             return Ok(reply);
         }
@@ -657,7 +708,7 @@ impl Tokens {
     /// Refreshes now, whatever the plan or the backoff (`snctl refresh`).
     pub async fn refresh(&self, name: &str) -> Result<AuthSummary, Error> {
         let entry = self.entry(name)?;
-        let _flight = entry.flight.lock().await;
+        let _flight = self.lock_flight(&entry).await?;
         self.fetch(&entry).await?;
         Ok(entry.summary())
     }
@@ -735,12 +786,17 @@ impl Tokens {
                 }
             };
             tokio::select! {
+                biased;
                 _ = entry.cancel.cancelled() => break,
                 _ = entry.wake.notified() => continue,
                 _ = sleep => {
                     let _flight = tokio::select! {
+                        biased;
                         _ = entry.cancel.cancelled() => break,
-                        guard = entry.flight.lock() => guard,
+                        guard = self.lock_flight(&entry) => match guard {
+                            Ok(guard) => guard,
+                            Err(_) => break,
+                        },
                     };
                     // Someone may have refreshed while we waited for the lock,
                     // or only a warning was due.

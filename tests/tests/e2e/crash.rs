@@ -81,8 +81,9 @@ fn crash(daemon: &mut DaemonProcess, fake: &FakeInstance, point: KillPoint) {
     }
     let mut refresh = refresh_in_background(&daemon.socket);
     match point {
+        // snctl takes a few milliseconds to start and connect.
         KillPoint::BeforeRequest => {
-            std::thread::sleep(Duration::from_micros(rng.gen_range(0..3000)))
+            std::thread::sleep(Duration::from_micros(rng.gen_range(2000..10_000)))
         }
         KillPoint::DuringRequest => assert!(wait_until(Duration::from_secs(10), || {
             fake.token_requests() > requests

@@ -215,7 +215,9 @@ fn doctor_on_a_dead_refresh_token_says_log_in() {
     assert_eq!(code, Some(5), "{human}");
     assert_eq!(outcome(&d, "refresh token within"), CheckOutcome::Fail);
     assert!(d.cause.unwrap().contains("reached its lifespan"), "{human}");
-    assert!(daemon
+    assert!(wait_until(Duration::from_secs(10), || daemon
         .log_text()
-        .contains("the refresh token of desk has reached its recorded lifespan"));
+        .contains(
+            "the refresh token of desk has reached its recorded lifespan"
+        )));
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use snctl::protocol::{AuthState, LoginProof};
+use snctl::protocol::{AuthState, LoginProof, LoginRequest, StartLoginRequest};
 use snctl_tests::fake::{Consent, FakeInstance};
 use snctl_tests::harness::{
     bin, contains, files_under, free_port, snctl, snctl_env, wait_until, TestDaemon, CLIENT_ID,
@@ -207,11 +207,10 @@ fn password_grant_without_a_user_or_with_a_wrong_password_saves_nothing() {
 #[test]
 fn a_refused_refresh_token_needs_a_login_and_the_valid_token_is_still_served() {
     let people = People::start();
-    people.fake.set_access_lifetime(3);
+    people.fake.set_access_lifetime(8);
     let out = people.add_password("desk", &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let mut client = people.daemon.client();
-    let held = client.token_with("desk", Duration::ZERO).unwrap();
 
     // The admin deletes the user's tokens in ServiceNow.
     people.fake.revoke_refresh_tokens();
@@ -231,14 +230,15 @@ fn a_refused_refresh_token_needs_a_login_and_the_valid_token_is_still_served() {
     // Until it expires, the access token in hand is served without asking
     // the instance again.
     let requests = people.fake.token_requests();
-    if let Ok(token) = client.token_with("desk", Duration::ZERO) {
-        assert_eq!(token.access_token, held.access_token);
-    }
+    let held = client.token_with("desk", Duration::ZERO).unwrap();
+    assert!(people
+        .fake
+        .is_access_token_valid(held.access_token.expose()));
     assert_eq!(people.fake.token_requests(), requests);
 
     // Once it has expired: exit 5 with the documented message, and still no
     // retry loop against the instance.
-    assert!(wait_until(Duration::from_secs(10), || {
+    assert!(wait_until(Duration::from_secs(20), || {
         client.token_with("desk", Duration::ZERO).is_err()
     }));
     let out = snctl(people.socket(), &["token", "desk"], None);
@@ -254,8 +254,7 @@ fn a_refused_refresh_token_needs_a_login_and_the_valid_token_is_still_served() {
         "{}",
         text(&list.stdout)
     );
-    let status = client.status().unwrap();
-    assert_eq!(status.needs_login, 1);
+    assert_eq!(client.status().unwrap().needs_login, 1);
 
     // A login brings it back.
     let out = snctl(
@@ -291,6 +290,7 @@ fn authorization_code_through_the_browser_and_the_loopback_listener() {
     );
     assert_eq!(people.fake.authorize_requests(), 1);
     assert_eq!(people.fake.auth_code_exchanges(), 1);
+    assert_eq!(people.fake.pkce_exchanges(), 1, "PKCE S256 was used");
 
     let mut client = people.daemon.client();
     let shown = client.show("web").unwrap();
@@ -334,40 +334,42 @@ fn a_redirect_with_the_wrong_state_is_rejected() {
     let out = people.add_code("web", port);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
+    // A redirect with another state (a forged one, or a web page poking at
+    // the port) is refused and ignored: the login waits for its own.
     people.fake.set_state_override(Some("forged-state".into()));
-    let out = with_browser(people.socket(), &["login", "web"], None);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = with_browser(people.socket(), &["login", "web", "--timeout", "3"], None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        text(&out.stderr).contains("state does not match"),
-        "{}",
-        text(&out.stderr)
+        stderr.contains("does not carry this login's state"),
+        "{stderr}"
     );
+    assert!(stderr.contains("within"), "it timed out: {stderr}");
     assert_eq!(people.fake.auth_code_exchanges(), 1, "no exchange happened");
 
     // The daemon checks the state too, whatever a client sends.
     let mut client = people.daemon.client();
-    let challenge = client.start_login("web", None).unwrap();
+    let start = StartLoginRequest {
+        name: "web".into(),
+        add: None,
+        client_secret: None,
+    };
+    let challenge = client.start_login(start).unwrap();
+    let finish = |state: String| LoginRequest {
+        name: "web".into(),
+        proof: LoginProof::AuthorizationCode {
+            code: snctl::Secret::new("some-code".into()),
+            state,
+        },
+        client_secret: None,
+    };
     let err = client
-        .login(
-            "web",
-            LoginProof::AuthorizationCode {
-                code: snctl::Secret::new("some-code".into()),
-                state: format!("{}x", challenge.state),
-            },
-        )
+        .login(finish(format!("{}x", challenge.state)))
         .unwrap_err();
     assert_eq!(err.kind().exit_code(), 2, "{err}");
     assert!(err.to_string().contains("state does not match"), "{err}");
     // The started login is used up: a replay with the right state finds none.
-    let err = client
-        .login(
-            "web",
-            LoginProof::AuthorizationCode {
-                code: snctl::Secret::new("some-code".into()),
-                state: challenge.state,
-            },
-        )
-        .unwrap_err();
+    let err = client.login(finish(challenge.state)).unwrap_err();
     assert!(err.to_string().contains("no browser login"), "{err}");
 }
 
@@ -414,4 +416,74 @@ fn no_browser_login_takes_the_pasted_redirect_address() {
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert!(status.success(), "{rest}");
     assert_eq!(people.fake.auth_code_exchanges(), 2);
+}
+
+#[test]
+fn updates_of_a_login_are_proven_first_and_a_rotated_secret_comes_with_a_login() {
+    let people = People::start();
+    let out = people.add_password("desk", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut client = people.daemon.client();
+    let issued = client
+        .show("desk")
+        .unwrap()
+        .login
+        .unwrap()
+        .refresh_issued_at;
+
+    // The same secret again: proven with the refresh token, whose issue
+    // time (and so the deadline) does not move.
+    std::thread::sleep(Duration::from_millis(1100));
+    let same = format!("{CLIENT_SECRET}\n");
+    let out = snctl(
+        people.socket(),
+        &["update", "desk", "--client-secret-stdin"],
+        Some(&same),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let login = client.show("desk").unwrap().login.unwrap();
+    assert_eq!(login.refresh_issued_at, issued);
+
+    // A mistyped secret changes nothing.
+    let out = snctl(
+        people.socket(),
+        &["update", "desk", "--client-secret-stdin"],
+        Some("typo\n"),
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the previous settings stay in use"));
+    assert_eq!(client.show("desk").unwrap().state, AuthState::Ok);
+    client.refresh("desk").unwrap();
+
+    // The refresh token never goes to another host.
+    let out = snctl(
+        people.socket(),
+        &[
+            "update",
+            "desk",
+            "--instance",
+            "https://other.service-now.com",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("login belongs to"));
+
+    // The secret is rotated in ServiceNow and the login dies with it: a
+    // login with the new secret saves both.
+    people.fake.set_client_secret(CLIENT_ID, "rotated-secret");
+    people.fake.revoke_refresh_tokens();
+    assert_eq!(client.refresh("desk").unwrap_err().kind().exit_code(), 5);
+    let out = snctl(
+        people.socket(),
+        &["login", "desk", "--client-secret-stdin", "--password-stdin"],
+        Some(&format!("rotated-secret\n{PASSWORD}\n")),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    client.refresh("desk").unwrap();
+    assert_eq!(client.show("desk").unwrap().state, AuthState::Ok);
+
+    // Options that do not fit the grant are refused, not ignored.
+    let out = snctl(people.socket(), &["login", "desk", "--no-browser"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }

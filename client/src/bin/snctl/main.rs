@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use snctl::protocol::{
     AddRequest, AuthState, AuthSummary, CheckOutcome, ClientAuth, DaemonStatus, Diagnosis, Grant,
-    LoginProof, UpdateRequest, UserLogin,
+    LoginProof, LoginRequest, StartLoginRequest, UpdateRequest, UserLogin,
 };
 use snctl::{Client, ClientError, ErrorKind, Secret};
 
@@ -43,6 +43,8 @@ enum Command {
         /// Client ID from System OAuth > Application Registry.
         #[arg(long)]
         client_id: String,
+        /// How tokens are had: client-credentials (services), authorization-code (a
+        /// person, in a browser) or password (deprecated).
         #[arg(long, value_enum, default_value = "client-credentials")]
         grant: GrantArg,
         /// OAuth scope to request.
@@ -70,6 +72,13 @@ enum Command {
         name: String,
         #[command(flatten)]
         login: LoginArgs,
+        /// Log in with a new client secret read from standard input (first line);
+        /// it is saved once the login works.
+        #[arg(long)]
+        client_secret_stdin: bool,
+        /// Log in with a new client secret, prompted for.
+        #[arg(long, conflicts_with = "client_secret_stdin")]
+        client_secret_prompt: bool,
     },
     /// Tell why an authentication fails, and what to do about it.
     Doctor {
@@ -162,9 +171,35 @@ struct LoginArgs {
     /// ends on, pasted back (headless hosts).
     #[arg(long)]
     no_browser: bool,
-    /// How long to wait for the browser.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
-    timeout: u64,
+    /// How long to wait for the browser [default: 300].
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+}
+
+impl LoginArgs {
+    /// Options that do not apply to `grant` are refused rather than ignored.
+    fn check(&self, grant: Grant) -> Result<(), Failure> {
+        let person = [
+            ("--username", self.username.is_some()),
+            ("--password-stdin", self.password_stdin),
+        ];
+        let browser = [
+            ("--no-browser", self.no_browser),
+            ("--timeout", self.timeout.is_some()),
+        ];
+        let misplaced = match grant {
+            Grant::ClientCredentials => person.iter().chain(&browser).find(|(_, set)| *set),
+            Grant::Password => browser.iter().find(|(_, set)| *set),
+            Grant::AuthorizationCode => person.iter().find(|(_, set)| *set),
+        };
+        match misplaced {
+            Some((flag, _)) => Err(usage(format!(
+                "{flag} does not apply to the {} grant",
+                grant.as_str()
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -293,6 +328,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             snctl_shared::name::validate(&name).map_err(usage)?;
             note_short_lifespan(refresh_token_lifespan);
             let grant = Grant::from(grant);
+            login.check(grant)?;
             let mut stdin = StdinLines;
             let secret = read_secret(
                 &mut stdin,
@@ -323,7 +359,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     connect(&cli.socket)?.add(request)?
                 }
                 Grant::AuthorizationCode => {
-                    browser_login(&cli.socket, &name, Some(request), &login)?
+                    let start = StartLoginRequest {
+                        name: name.clone(),
+                        add: Some(request),
+                        client_secret: None,
+                    };
+                    browser_login(&cli.socket, start, &login)?
                 }
             };
             println!(
@@ -335,15 +376,43 @@ fn run(cli: Cli) -> Result<(), Failure> {
             print_login_deadline(&summary);
             Ok(())
         }
-        Command::Login { name, login } => {
+        Command::Login {
+            name,
+            login,
+            client_secret_stdin,
+            client_secret_prompt,
+        } => {
             let current = connect(&cli.socket)?.show(&name)?;
+            login.check(current.grant)?;
+            let mut stdin = StdinLines;
+            let client_secret = if client_secret_stdin || client_secret_prompt {
+                Some(read_secret(
+                    &mut stdin,
+                    client_secret_stdin,
+                    &format!("New client secret for {name}: "),
+                    "client secret",
+                )?)
+            } else {
+                None
+            };
             let summary = match current.grant {
                 Grant::Password => {
                     let known = current.login.as_ref().and_then(|l| l.username.as_deref());
-                    let user = read_user(&mut StdinLines, &login, known)?;
-                    connect(&cli.socket)?.login(&name, LoginProof::Password(user))?
+                    let user = read_user(&mut stdin, &login, known)?;
+                    connect(&cli.socket)?.login(LoginRequest {
+                        name: name.clone(),
+                        proof: LoginProof::Password(user),
+                        client_secret,
+                    })?
                 }
-                Grant::AuthorizationCode => browser_login(&cli.socket, &name, None, &login)?,
+                Grant::AuthorizationCode => {
+                    let start = StartLoginRequest {
+                        name: name.clone(),
+                        add: None,
+                        client_secret,
+                    };
+                    browser_login(&cli.socket, start, &login)?
+                }
                 Grant::ClientCredentials => {
                     return Err(usage(format!(
                         "{name} uses the client-credentials grant: no person logs in; use `snctl refresh {name}`"
@@ -373,7 +442,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }),
                 (false, false) => Err(Failure {
                     code: ErrorKind::Upstream.exit_code(),
-                    message: format!("{name} does not work: see the likely cause above"),
+                    message: format!(
+                        "{name} does not work: {}",
+                        if json {
+                            "see \"cause\" and \"fix\" in the diagnosis"
+                        } else {
+                            "see the likely cause above"
+                        }
+                    ),
                 }),
             }
         }
@@ -454,7 +530,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             })?;
             if summary.state == AuthState::NeedsLogin {
                 println!(
-                    "updated {0}; the saved login does not work with the new settings: run `snctl login {0}`",
+                    "updated {0}; it still needs a new login: run `snctl login {0}`",
                     summary.name
                 );
             } else {
@@ -613,18 +689,18 @@ fn read_user(
 /// the loopback listener catches the code, the daemon exchanges it.
 fn browser_login(
     socket: &Option<PathBuf>,
-    name: &str,
-    add: Option<AddRequest>,
+    start: StartLoginRequest,
     login: &LoginArgs,
 ) -> Result<AuthSummary, Failure> {
-    let challenge = connect(socket)?.start_login(name, add)?;
+    let name = start.name.clone();
+    let challenge = connect(socket)?.start_login(start)?;
     let left = u64::try_from(challenge.expires_at - now_secs()).unwrap_or(0);
     let code = callback::wait_for_code(&callback::Authorize {
-        name,
+        name: &name,
         authorize_url: &challenge.authorize_url,
         redirect_uri: &challenge.redirect_uri,
         state: &challenge.state,
-        timeout: Duration::from_secs(login.timeout.min(left)),
+        timeout: Duration::from_secs(login.timeout.unwrap_or(300).min(left)),
         open_browser: !login.no_browser,
     })
     .map_err(|e| Failure {
@@ -632,11 +708,14 @@ fn browser_login(
         message: e.to_string(),
     })?;
     // A fresh connection: the first one sat idle while the person logged in.
-    let proof = LoginProof::AuthorizationCode {
-        code,
-        state: challenge.state,
-    };
-    Ok(connect(socket)?.login(name, proof)?)
+    Ok(connect(socket)?.login(LoginRequest {
+        name,
+        proof: LoginProof::AuthorizationCode {
+            code,
+            state: challenge.state,
+        },
+        client_secret: None,
+    })?)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
@@ -673,30 +752,8 @@ fn relative(at: i64) -> String {
     }
 }
 
-/// RFC 3339 UTC, e.g. 2026-11-28T17:30:00Z.
-fn utc(at: i64) -> String {
-    let days = at.div_euclid(86_400);
-    let secs = at.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
 fn describe_time(at: i64) -> String {
-    format!("{} ({})", utc(at), relative(at))
+    format!("{} ({})", snctl_shared::time::utc(at), relative(at))
 }
 
 fn time_or_dash(at: Option<i64>) -> String {
@@ -861,9 +918,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn utc_formats_known_instants() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+    fn lifespans_read_as_on_the_record_or_with_a_unit() {
+        assert_eq!(parse_lifespan("8640000"), Ok(8_640_000));
+        assert_eq!(parse_lifespan("100d"), Ok(8_640_000));
+        assert_eq!(parse_lifespan("36h"), Ok(129_600));
+        assert_eq!(parse_lifespan(" 90m "), Ok(5_400));
+        assert!(parse_lifespan("100 days").is_err());
+        assert!(parse_lifespan("d").is_err());
+        assert!(parse_lifespan("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn login_options_must_fit_the_grant() {
+        let args = |username: Option<&str>, no_browser: bool| LoginArgs {
+            username: username.map(str::to_string),
+            password_stdin: false,
+            no_browser,
+            timeout: None,
+        };
+        assert!(args(None, false).check(Grant::ClientCredentials).is_ok());
+        assert!(args(Some("u"), false).check(Grant::Password).is_ok());
+        assert!(args(None, true).check(Grant::AuthorizationCode).is_ok());
+        let err = args(Some("u"), false)
+            .check(Grant::AuthorizationCode)
+            .err()
+            .unwrap();
+        assert_eq!(err.code, 2);
+        assert!(err.message.contains("--username"));
+        assert!(args(None, true).check(Grant::Password).is_err());
+        assert!(args(None, true).check(Grant::ClientCredentials).is_err());
     }
 }
