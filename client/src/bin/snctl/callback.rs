@@ -9,10 +9,22 @@
 //! redirect to a listener on `127.0.0.1:PORT`, or the redirect address pasted
 //! on standard input when the browser runs on another machine. The code is a
 //! secret: it is never printed nor written anywhere.
+//!
+//! Anyone can send a request to the listener: any local user, or any web
+//! page the user visits (`<img src="http://127.0.0.1:8751/callback?error=x">`).
+//! So a redirect, caught or pasted, counts only when it carries this login's
+//! `state` (compared in constant time); then it ends the login with the code,
+//! with the instance's `error`, or with a missing code. A redirect without
+//! that state is answered 400, noted in one line on stderr and otherwise
+//! ignored: the wait goes on. The listener also bounds what a connection can
+//! hold: at most [`MAX_HANDLERS`] connections are answered at once (more wait
+//! in the kernel's accept queue until one is done), and each has
+//! [`HEAD_DEADLINE`] from being accepted to send its whole request head.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
@@ -20,15 +32,31 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use snctl::Secret;
+use snctl_shared::secret::equal_in_constant_time;
 use zeroize::Zeroizing;
 
 /// How often the wait looks for connections and updates the spinner.
 const POLL: Duration = Duration::from_millis(50);
 /// The most of a request head the listener reads.
 const MAX_HEAD: usize = 8 * 1024;
-/// How long a connection may take to send its request head, or to take
-/// the answer.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most connections answered at once. A browser opens one or two (a
+/// preconnect, the redirect); more wait in the accept queue until one of
+/// these is done, which [`HEAD_DEADLINE`] bounds.
+const MAX_HANDLERS: usize = 8;
+/// How long a connection has, from being accepted, to send its whole
+/// request head: in all, not per read, so that trickling bytes does not
+/// hold a handler. Shorter in the unit tests, which wait it out.
+const HEAD_DEADLINE: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(5)
+};
+/// How long each write of the answer may take. The answer fits in the
+/// socket's buffer, so this bounds only a connection that cannot take it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The line on stderr for a redirect that does not carry this login's state.
+const IGNORED: &str =
+    "ignored a redirect that does not carry this login's state (not from this login, or stale)";
 
 /// One authorization-code login to complete.
 pub struct Authorize<'a> {
@@ -65,9 +93,7 @@ pub enum CallbackError {
         error: String,
         description: Option<String>,
     },
-    /// The redirect's `state` is missing or not this login's.
-    StateMismatch { name: String },
-    /// The redirect carries no code.
+    /// The redirect carries this login's state but no code.
     MissingCode { name: String },
     /// Nothing came back in time.
     Timeout { name: String, waited: Duration },
@@ -120,11 +146,6 @@ impl fmt::Display for CallbackError {
                 }
                 Ok(())
             }
-            CallbackError::StateMismatch { name } => write!(
-                f,
-                "the redirect's state does not match this login: it was not started by this \
-                 snctl (or is stale): run `snctl login {name}` again"
-            ),
             CallbackError::MissingCode { name } => write!(
                 f,
                 "the redirect carries no authorization code: run `snctl login {name}` again"
@@ -180,6 +201,7 @@ fn wait_with_paste<R: BufRead + Send + 'static>(
             state: request.state.to_owned(),
         }),
         listener,
+        handlers: Handlers::default(),
         events,
         inbox,
         paste: Some(paste),
@@ -260,8 +282,8 @@ fn paste_instructions(request: &Authorize, port: u16) {
 
 /// Something the wait learns from its threads.
 enum Event {
-    /// A request to the redirect path was answered: its outcome.
-    Redirect(Result<Secret, CallbackError>),
+    /// A GET of the redirect path was answered: what it means.
+    Redirect(Verdict),
     /// A line read from the paste source.
     Pasted(Zeroizing<String>),
     /// The browser could not be opened: why.
@@ -274,6 +296,8 @@ struct Wait<'r, 'a, R> {
     port: u16,
     expected: Arc<Expected>,
     listener: TcpListener,
+    /// The connection handlers running.
+    handlers: Handlers,
     events: Sender<Event>,
     inbox: Receiver<Event>,
     /// The paste source, until it is read.
@@ -282,13 +306,14 @@ struct Wait<'r, 'a, R> {
 }
 
 impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
-    /// Waits for the first redirect or usable pasted address, or the
-    /// timeout.
+    /// Waits for the first redirect or pasted address that carries this
+    /// login's state, or the timeout.
     fn run(mut self) -> Result<Secret, CallbackError> {
         let deadline = Instant::now() + self.request.timeout;
         loop {
             self.accept_pending()?;
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = HEAD_DEADLINE;
+            let _ = deadline;
             if left.is_zero() {
                 return Err(CallbackError::Timeout {
                     name: self.request.name.to_owned(),
@@ -306,16 +331,19 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
     }
 
     /// Hands each pending connection to a thread of its own, so that an
-    /// idle connection (a browser's preconnect) holds nothing up.
+    /// idle connection (a browser's preconnect) holds nothing up; while
+    /// [`MAX_HANDLERS`] run, leaves the rest in the accept queue.
     fn accept_pending(&self) -> Result<(), CallbackError> {
-        loop {
+        while let Some(slot) = self.handlers.try_start() {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    let deadline = Instant::now() + HEAD_DEADLINE;
                     let expected = Arc::clone(&self.expected);
                     let events = self.events.clone();
                     thread::spawn(move || {
-                        if let Some(outcome) = serve(stream, &expected) {
-                            let _ = events.send(Event::Redirect(outcome));
+                        let _slot = slot;
+                        if let Some(verdict) = serve(stream, deadline, &expected) {
+                            let _ = events.send(Event::Redirect(verdict));
                         }
                     });
                 }
@@ -330,12 +358,13 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
                 }
             }
         }
+        Ok(())
     }
 
     /// The outcome an event settles, if it settles one.
     fn handle(&mut self, event: Event) -> Option<Result<Secret, CallbackError>> {
         match event {
-            Event::Redirect(outcome) => Some(outcome),
+            Event::Redirect(verdict) => self.settled(verdict),
             Event::Pasted(text) => self.pasted(&text),
             Event::BrowserFailed(why) => {
                 self.spinner.stop();
@@ -358,7 +387,7 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
             return None;
         }
         match pasted_params(text, &self.expected.path) {
-            Ok(params) => Some(self.expected.check(params)),
+            Ok(params) => self.settled(self.expected.check(params)),
             Err(why) => {
                 self.spinner.say(&format!(
                     "{why}: paste the whole address from the address bar, starting {}?",
@@ -369,11 +398,48 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
         }
     }
 
+    /// The outcome a redirect settles; notes one that is not this login's.
+    fn settled(&self, verdict: Verdict) -> Option<Result<Secret, CallbackError>> {
+        match verdict {
+            Verdict::Settles(outcome) => Some(outcome),
+            Verdict::Foreign => {
+                self.spinner.say(IGNORED);
+                None
+            }
+        }
+    }
+
     /// Starts reading pasted lines, once.
     fn read_pastes(&mut self) {
         if let Some(source) = self.paste.take() {
             spawn_paste_reader(source, self.events.clone());
         }
+    }
+}
+
+/// Counts the connection handlers running, to keep them to
+/// [`MAX_HANDLERS`].
+#[derive(Default)]
+struct Handlers(Arc<AtomicUsize>);
+
+impl Handlers {
+    /// A place for one more handler, unless [`MAX_HANDLERS`] run already.
+    fn try_start(&self) -> Option<HandlerSlot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < MAX_HANDLERS).then_some(running + 1)
+            })
+            .ok()?;
+        Some(HandlerSlot(Arc::clone(&self.0)))
+    }
+}
+
+/// A running handler's place; freed when dropped, even by a panic.
+struct HandlerSlot(Arc<AtomicUsize>);
+
+impl Drop for HandlerSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -443,36 +509,40 @@ struct Expected {
     name: String,
     /// The redirect path, e.g. `/callback`.
     path: String,
+    /// This login's `state`.
     state: String,
 }
 
+/// What a redirect means for the login.
+enum Verdict {
+    /// It carries this login's state: the login ends with this outcome.
+    Settles(Result<Secret, CallbackError>),
+    /// It does not carry this login's state (another login's, a stale one,
+    /// or forged): the wait goes on.
+    Foreign,
+}
+
 impl Expected {
-    /// The code a redirect carries, or why it is refused.
-    fn check(&self, params: Params) -> Result<Secret, CallbackError> {
+    /// Whether a redirect is this login's, and if so the code it carries or
+    /// why there is none. The state is checked first: without it neither a
+    /// code nor an error counts.
+    fn check(&self, params: Params) -> Verdict {
+        let ours = params
+            .state
+            .as_deref()
+            .is_some_and(|state| equal_in_constant_time(state.as_bytes(), self.state.as_bytes()));
+        if !ours {
+            return Verdict::Foreign;
+        }
         let name = self.name.clone();
-        let state_ok = params.state.as_deref().map(|s| self.state_matches(s));
-        if let Some(error) = params.error {
-            // An error without a state is still the instance's answer.
-            if state_ok == Some(false) {
-                return Err(CallbackError::StateMismatch { name });
-            }
-            let description = params.error_description;
-            return Err(CallbackError::Denied {
+        Verdict::Settles(match params.error {
+            Some(error) => Err(CallbackError::Denied {
                 name,
                 error,
-                description,
-            });
-        }
-        if state_ok != Some(true) {
-            return Err(CallbackError::StateMismatch { name });
-        }
-        params.code.ok_or(CallbackError::MissingCode { name })
-    }
-
-    /// Compares the states in constant time.
-    fn state_matches(&self, state: &str) -> bool {
-        let (a, b) = (self.state.as_bytes(), state.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
+                description: params.error_description,
+            }),
+            None => params.code.ok_or(CallbackError::MissingCode { name }),
+        })
     }
 }
 
@@ -528,10 +598,10 @@ const NOT_GRANTED: Page = Page {
     text: "Access was not granted — snctl did not get the authorization; \
            see the terminal where it runs.",
 };
-const WRONG_STATE: Page = Page {
+const NOT_THIS_LOGIN: Page = Page {
     status: "400 Bad Request",
-    text: "This redirect does not belong to the login snctl is waiting for; \
-           see the terminal where it runs.",
+    text: "This is not the login snctl is waiting for (the redirect does not carry its \
+           state); snctl goes on waiting for it.",
 };
 const NO_CODE: Page = Page {
     status: "400 Bad Request",
@@ -556,46 +626,62 @@ enum HeadError {
     TooLarge,
     /// Not a request line.
     Malformed,
-    /// The connection failed, closed or stayed silent.
+    /// The connection failed, closed, or did not send the head by the
+    /// deadline.
     Io,
 }
 
-/// Answers one connection; the outcome when it was a GET to the redirect
-/// path.
-fn serve(mut stream: TcpStream, expected: &Expected) -> Option<Result<Secret, CallbackError>> {
+/// Answers one connection, which must send its request head by `deadline`;
+/// the verdict when it was a GET of the redirect path.
+fn serve(mut stream: TcpStream, deadline: Instant, expected: &Expected) -> Option<Verdict> {
     stream.set_nonblocking(false).ok()?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
-    let line = match read_request_line(&mut stream) {
-        Ok(line) => line,
-        Err(HeadError::TooLarge) => return respond(&mut stream, &TOO_LARGE, None),
-        Err(HeadError::Malformed) => return respond(&mut stream, &BAD_REQUEST, None),
+    stream.set_write_timeout(Some(WRITE_TIMEOUT)).ok()?;
+    let (page, verdict) = match read_request_line(&mut stream, deadline) {
+        Ok(line) => answer(&line, expected),
+        Err(HeadError::TooLarge) => (&TOO_LARGE, None),
+        Err(HeadError::Malformed) => (&BAD_REQUEST, None),
         Err(HeadError::Io) => return None,
     };
-    let Some((method, path, query)) = parse_request_line(&line) else {
-        return respond(&mut stream, &BAD_REQUEST, None);
+    respond(&mut stream, page);
+    verdict
+}
+
+/// The page answering a request line; the verdict when it is a GET of the
+/// redirect path.
+fn answer(line: &str, expected: &Expected) -> (&'static Page, Option<Verdict>) {
+    let Some((method, path, query)) = parse_request_line(line) else {
+        return (&BAD_REQUEST, None);
     };
     if method != "GET" || path != expected.path {
-        return respond(&mut stream, &NOT_FOUND, None);
+        return (&NOT_FOUND, None);
     }
-    let outcome = expected.check(Params::parse(query));
-    let page = match &outcome {
-        Ok(_) => &LOGGED_IN,
-        Err(CallbackError::Denied { .. }) => &NOT_GRANTED,
-        Err(CallbackError::StateMismatch { .. }) => &WRONG_STATE,
-        Err(_) => &NO_CODE,
+    let verdict = expected.check(Params::parse(query));
+    let page = match &verdict {
+        Verdict::Foreign => &NOT_THIS_LOGIN,
+        Verdict::Settles(Ok(_)) => &LOGGED_IN,
+        Verdict::Settles(Err(CallbackError::Denied { .. })) => &NOT_GRANTED,
+        Verdict::Settles(Err(_)) => &NO_CODE,
     };
-    respond(&mut stream, page, Some(outcome))
+    (page, Some(verdict))
 }
 
 /// Reads the whole request head (so that closing does not reset the
-/// connection before the browser has the answer) and returns its first line.
-fn read_request_line(stream: &mut TcpStream) -> Result<Zeroizing<String>, HeadError> {
+/// connection before the browser has the answer) by `deadline`, and returns
+/// its first line.
+fn read_request_line(
+    stream: &mut TcpStream,
+    deadline: Instant,
+) -> Result<Zeroizing<String>, HeadError> {
     let mut head = Zeroizing::new(vec![0; MAX_HEAD]);
     let mut len = 0;
     while !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
         if len == MAX_HEAD {
             return Err(HeadError::TooLarge);
+        }
+        let left = HEAD_DEADLINE;
+        let _ = deadline;
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Err(HeadError::Io);
         }
         match stream.read(&mut head[len..]) {
             Ok(0) | Err(_) => return Err(HeadError::Io),
@@ -620,12 +706,8 @@ fn parse_request_line(line: &str) -> Option<(&str, &str, &str)> {
     Some((method, path, query))
 }
 
-/// Sends `page` and closes the connection; passes `outcome` through.
-fn respond(
-    stream: &mut TcpStream,
-    page: &Page,
-    outcome: Option<Result<Secret, CallbackError>>,
-) -> Option<Result<Secret, CallbackError>> {
+/// Sends `page` and closes the connection.
+fn respond(stream: &mut TcpStream, page: &Page) {
     let body = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>snctl</title></head>\
          <body><p>{}</p></body></html>\n",
@@ -642,7 +724,6 @@ fn respond(
         .and_then(|()| stream.write_all(body.as_bytes()))
         .and_then(|()| stream.flush());
     let _ = stream.shutdown(Shutdown::Write);
-    outcome
 }
 
 /// The "Waiting for the browser… 4m 32s left" line on stderr, drawn only
@@ -716,6 +797,7 @@ fn one_line(text: &str) -> String {
 mod tests {
     use super::*;
     use std::io::Cursor;
+    use std::sync::atomic::AtomicBool;
     use std::thread::JoinHandle;
 
     const STATE: &str = "st4te-Xyz";
@@ -751,17 +833,22 @@ mod tests {
         })
     }
 
-    /// Sends `GET target` to the listener once it is up; the status line
-    /// and the whole answer.
-    fn get(port: u16, method: &str, target: &str) -> (String, String) {
+    /// A connection to the listener, once it is up.
+    fn connect(port: u16) -> TcpStream {
         let give_up = Instant::now() + Duration::from_secs(5);
-        let mut stream = loop {
+        loop {
             match TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
-                Ok(stream) => break stream,
+                Ok(stream) => return stream,
                 Err(e) if Instant::now() > give_up => panic!("cannot connect: {e}"),
                 Err(_) => thread::sleep(Duration::from_millis(20)),
             }
-        };
+        }
+    }
+
+    /// Sends `method target` to the listener once it is up; the status line
+    /// and the whole answer.
+    fn get(port: u16, method: &str, target: &str) -> (String, String) {
+        let mut stream = connect(port);
         write!(
             stream,
             "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n"
@@ -827,33 +914,34 @@ mod tests {
     }
 
     #[test]
-    fn state_is_checked_before_the_code_is_taken() {
+    fn state_is_checked_before_the_code_or_error_counts() {
         let expected = Expected {
             name: "dev".to_owned(),
             path: "/callback".to_owned(),
             state: STATE.to_owned(),
         };
         let check = |query| expected.check(Params::parse(query));
-        assert_eq!(check("code=abc&state=st4te-Xyz").unwrap().expose(), "abc");
-        assert!(matches!(
-            check("code=abc"),
-            Err(CallbackError::StateMismatch { .. })
-        ));
-        assert!(matches!(
-            check("code=abc&state=st4te-Xy"),
-            Err(CallbackError::StateMismatch { .. })
-        ));
+        match check("code=abc&state=st4te-Xyz") {
+            Verdict::Settles(Ok(code)) => assert_eq!(code.expose(), "abc"),
+            _ => panic!("the code with the right state is refused"),
+        }
+        for foreign in [
+            "code=abc",
+            "code=abc&state=",
+            "code=abc&state=st4te-Xy",
+            "code=abc&state=st4te-Xyz1",
+            "error=access_denied&state=other",
+            "error=server_error",
+        ] {
+            assert!(matches!(check(foreign), Verdict::Foreign), "{foreign}");
+        }
         assert!(matches!(
             check("state=st4te-Xyz&code="),
-            Err(CallbackError::MissingCode { .. })
+            Verdict::Settles(Err(CallbackError::MissingCode { .. }))
         ));
         assert!(matches!(
-            check("error=access_denied&state=other"),
-            Err(CallbackError::StateMismatch { .. })
-        ));
-        assert!(matches!(
-            check("error=server_error"),
-            Err(CallbackError::Denied { .. })
+            check("error=server_error&state=st4te-Xyz"),
+            Verdict::Settles(Err(CallbackError::Denied { .. }))
         ));
     }
 
@@ -871,15 +959,36 @@ mod tests {
     }
 
     #[test]
-    fn wrong_state_is_refused_with_400() {
+    fn wrong_state_gets_400_and_the_wait_goes_on() {
         let port = free_port();
         let waiting = start(port, "", Duration::from_secs(10));
-        let (status, _) = get(port, "GET", "/callback?code=the-code&state=forged");
-        assert_eq!(status, "HTTP/1.1 400 Bad Request");
-        let error = wait(waiting).unwrap_err();
-        assert!(matches!(error, CallbackError::StateMismatch { .. }));
-        assert_eq!(error.exit_code(), 1);
-        assert!(error.to_string().contains("run `snctl login dev` again"));
+        for target in [
+            "/callback?code=forged-code&state=forged",
+            "/callback?code=forged-code",
+        ] {
+            let (status, answer) = get(port, "GET", target);
+            assert_eq!(status, "HTTP/1.1 400 Bad Request", "{target}");
+            assert!(answer.contains("This is not the login snctl is waiting for"));
+        }
+        let (status, _) = get(port, "GET", "/callback?code=the-code&state=st4te-Xyz");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(wait(waiting).unwrap().expose(), "the-code");
+    }
+
+    #[test]
+    fn error_without_this_logins_state_does_not_end_the_wait() {
+        let port = free_port();
+        let waiting = start(port, "", Duration::from_secs(10));
+        for target in [
+            "/callback?error=x",
+            "/callback?error=access_denied&state=stale",
+        ] {
+            let (status, _) = get(port, "GET", target);
+            assert_eq!(status, "HTTP/1.1 400 Bad Request", "{target}");
+        }
+        let (status, _) = get(port, "GET", "/callback?code=the-code&state=st4te-Xyz");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(wait(waiting).unwrap().expose(), "the-code");
     }
 
     #[test]
@@ -939,13 +1048,52 @@ mod tests {
     }
 
     #[test]
-    fn pasted_forged_state_ends_the_login() {
+    fn pasted_address_without_this_logins_state_is_ignored() {
         let port = free_port();
-        let waiting = start(port, "code=abc&state=forged\n", Duration::from_secs(10));
-        assert!(matches!(
-            wait(waiting),
-            Err(CallbackError::StateMismatch { .. })
-        ));
+        let paste = "code=abc&state=forged\nerror=access_denied\n\
+                     code=pasted&state=st4te-Xyz\n";
+        let waiting = start(port, paste, Duration::from_secs(10));
+        assert_eq!(wait(waiting).unwrap().expose(), "pasted");
+    }
+
+    #[test]
+    fn connections_that_trickle_their_head_cannot_hold_the_listener() {
+        let port = free_port();
+        let waiting = start(port, "", Duration::from_secs(60));
+        // More slow connections than handlers, each accepted before the
+        // good one: each sends a byte now and then, never the end of the
+        // head. Only the deadline on the whole head frees their handlers.
+        let done = Arc::new(AtomicBool::new(false));
+        let tricklers: Vec<_> = (0..MAX_HANDLERS + 2)
+            .map(|_| {
+                let mut stream = connect(port);
+                let done = Arc::clone(&done);
+                thread::spawn(move || {
+                    let _ = stream.write_all(b"GET /callback?");
+                    while !done.load(Ordering::Relaxed) && stream.write_all(b"x").is_ok() {
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                })
+            })
+            .collect();
+        let (status, _) = get(port, "GET", "/callback?code=the-code&state=st4te-Xyz");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(wait(waiting).unwrap().expose(), "the-code");
+        done.store(true, Ordering::Relaxed);
+        for trickler in tricklers {
+            trickler.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn handlers_are_capped() {
+        let handlers = Handlers::default();
+        let mut slots: Vec<_> = (0..MAX_HANDLERS)
+            .map(|_| handlers.try_start().expect("a free place"))
+            .collect();
+        assert!(handlers.try_start().is_none());
+        slots.pop();
+        assert!(handlers.try_start().is_some());
     }
 
     #[test]
