@@ -312,8 +312,7 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
         let deadline = Instant::now() + self.request.timeout;
         loop {
             self.accept_pending()?;
-            let left = HEAD_DEADLINE;
-            let _ = deadline;
+            let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(CallbackError::Timeout {
                     name: self.request.name.to_owned(),
@@ -678,8 +677,7 @@ fn read_request_line(
         if len == MAX_HEAD {
             return Err(HeadError::TooLarge);
         }
-        let left = HEAD_DEADLINE;
-        let _ = deadline;
+        let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
             return Err(HeadError::Io);
         }
