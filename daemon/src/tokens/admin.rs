@@ -21,9 +21,7 @@ use snctl_shared::protocol::{
 use snctl_shared::secret::equal_in_constant_time;
 use snctl_shared::{name, Error, Secret};
 
-use super::{
-    carry_issue_time, internal, redirect_uri, shutting_down, upstream_error, Entry, Tokens,
-};
+use super::{carry_issue_time, internal, redirect_uri, upstream_error, Entry, Tokens};
 use crate::clock::now_ms;
 use crate::servicenow::{normalize_instance_url, Proof, ServiceNow};
 use crate::store::{Authentication, StoreError, TokenSet, DEFAULT_REFRESH_LIFESPAN_SECS};
@@ -216,22 +214,12 @@ impl Tokens {
         proof: Proof<'_>,
         kept: &str,
     ) -> Result<TokenSet, Error> {
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| shutting_down())?;
-        self.inner
-            .upstream
-            .request_token(auth, proof)
-            .await
-            .map_err(|failure| {
-                Error::Upstream(UpstreamError {
-                    message: format!("{}; {kept}", failure.explain(&auth.instance_url)),
-                    ..upstream_error(&failure, &auth.instance_url, None)
-                })
+        self.ask(auth, proof).await?.map_err(|failure| {
+            Error::Upstream(UpstreamError {
+                message: format!("{}; {kept}", failure.explain(&auth.instance_url)),
+                ..upstream_error(&failure, &auth.instance_url, None)
             })
+        })
     }
 
     /// Changes settings. New credentials must produce a token before they

@@ -524,18 +524,11 @@ impl Tokens {
         if auth.grant.needs_person() && refresh.is_none() {
             return self.lost_login(entry, &auth).await;
         }
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| shutting_down())?;
         let proof = match &refresh {
             Some((token, _)) => Proof::Refresh(token),
             None => Proof::ClientCredentials,
         };
-        let result = self.inner.upstream.request_token(&auth, proof).await;
-        match result {
+        match self.ask(&auth, proof).await? {
             Ok(mut tokens) => {
                 carry_issue_time(&mut tokens, refresh.as_ref());
                 let name = auth.name.clone();
@@ -601,6 +594,22 @@ impl Tokens {
                 Err(Error::Upstream(error))
             }
         }
+    }
+
+    /// Asks the instance for a token, within the global cap on upstream
+    /// requests. `Err` only when snctld is shutting down.
+    async fn ask(
+        &self,
+        auth: &Authentication,
+        proof: Proof<'_>,
+    ) -> Result<Result<TokenSet, Failure>, Error> {
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| shutting_down())?;
+        Ok(self.inner.upstream.request_token(auth, proof).await)
     }
 
     /// New tokens that could not be committed are not handed out. A rotated

@@ -115,24 +115,7 @@ fn kill_9_around_refreshes_never_leaves_a_superseded_refresh_token() {
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = DaemonProcess::start(dir.path(), &[]).unwrap();
     let url = fake.url();
-    let add = snctl(
-        &daemon.socket,
-        &[
-            "add",
-            "desk",
-            "--grant",
-            "password",
-            "--instance",
-            &url,
-            "--client-id",
-            CLIENT_ID,
-            "--client-secret-stdin",
-            "--password-stdin",
-            "--username",
-            USER,
-        ],
-        Some(&format!("{CLIENT_SECRET}\n{PASSWORD}\n")),
-    );
+    let add = crate::add_by_password(&daemon.socket, &url, "desk", Some(USER), PASSWORD, &[]);
     assert!(
         add.status.success(),
         "{}",

@@ -101,26 +101,8 @@ fn doctor_sees_a_hibernating_instance() {
 fn desk(fake: &FakeInstance, dir: &Path, lifespan: &str) -> DaemonProcess {
     let daemon = DaemonProcess::start(dir, &[]).unwrap();
     let url = fake.url();
-    let out = snctl(
-        &daemon.socket,
-        &[
-            "add",
-            "desk",
-            "--grant",
-            "password",
-            "--instance",
-            &url,
-            "--client-id",
-            CLIENT_ID,
-            "--client-secret-stdin",
-            "--password-stdin",
-            "--username",
-            USER,
-            "--refresh-token-lifespan",
-            lifespan,
-        ],
-        Some(&format!("{CLIENT_SECRET}\n{PASSWORD}\n")),
-    );
+    let extra = ["--refresh-token-lifespan", lifespan];
+    let out = crate::add_by_password(&daemon.socket, &url, "desk", Some(USER), PASSWORD, &extra);
     assert!(out.status.success(), "{}", text(&out.stderr));
     daemon
 }

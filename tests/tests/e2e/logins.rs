@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use snctl::protocol::{AuthState, LoginProof, LoginRequest, StartLoginRequest};
 use snctl_tests::fake::{Consent, FakeInstance};
+
+use crate::add_by_password;
 use snctl_tests::harness::{
     bin, contains, files_under, free_port, snctl, snctl_env, wait_until, TestDaemon, CLIENT_ID,
     CLIENT_SECRET,
@@ -42,26 +44,10 @@ impl People {
         self.daemon.socket()
     }
 
-    /// `snctl add NAME --grant password`, secret and password on stdin.
+    /// `snctl add NAME --grant password` as [`USER`].
     fn add_password(&self, name: &str, extra: &[&str]) -> std::process::Output {
         let url = self.fake.url();
-        let mut args = vec![
-            "add",
-            name,
-            "--grant",
-            "password",
-            "--instance",
-            &url,
-            "--client-id",
-            CLIENT_ID,
-            "--client-secret-stdin",
-            "--password-stdin",
-            "--username",
-            USER,
-        ];
-        args.extend_from_slice(extra);
-        let stdin = format!("{CLIENT_SECRET}\n{PASSWORD}\n");
-        snctl(self.socket(), &args, Some(&stdin))
+        add_by_password(self.socket(), &url, name, Some(USER), PASSWORD, extra)
     }
 
     /// Registers the Redirect URL for `port` and adds `NAME` with the
@@ -159,44 +145,12 @@ fn password_grant_adds_refreshes_and_never_stores_the_password() {
 fn password_grant_without_a_user_or_with_a_wrong_password_saves_nothing() {
     let people = People::start();
     let url = people.fake.url();
-    let out = snctl(
-        people.socket(),
-        &[
-            "add",
-            "desk",
-            "--grant",
-            "password",
-            "--instance",
-            &url,
-            "--client-id",
-            CLIENT_ID,
-            "--client-secret-stdin",
-            "--password-stdin",
-        ],
-        Some(&format!("{CLIENT_SECRET}\n{PASSWORD}\n")),
-    );
+    let out = add_by_password(people.socket(), &url, "desk", None, PASSWORD, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("--username"));
 
-    let stdin = format!("{CLIENT_SECRET}\nnot-the-password\n");
-    let out = snctl(
-        people.socket(),
-        &[
-            "add",
-            "desk",
-            "--grant",
-            "password",
-            "--instance",
-            &url,
-            "--client-id",
-            CLIENT_ID,
-            "--client-secret-stdin",
-            "--password-stdin",
-            "--username",
-            USER,
-        ],
-        Some(&stdin),
-    );
+    let wrong = "not-the-password";
+    let out = add_by_password(people.socket(), &url, "desk", Some(USER), wrong, &[]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("user name and password"), "{stderr}");

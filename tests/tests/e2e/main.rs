@@ -31,6 +31,36 @@ pub fn add_request(name: &str, instance: &str) -> AddRequest {
     }
 }
 
+/// `snctl add NAME --grant password` against `instance`: the client secret
+/// and `password` piped in, `--username` when `user` is given, then `extra`.
+pub fn add_by_password(
+    socket: &std::path::Path,
+    instance: &str,
+    name: &str,
+    user: Option<&str>,
+    password: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "add",
+        name,
+        "--grant",
+        "password",
+        "--instance",
+        instance,
+        "--client-id",
+        CLIENT_ID,
+        "--client-secret-stdin",
+        "--password-stdin",
+    ];
+    if let Some(user) = user {
+        args.extend(["--username", user]);
+    }
+    args.extend_from_slice(extra);
+    let stdin = format!("{CLIENT_SECRET}\n{password}\n");
+    snctl_tests::harness::snctl(socket, &args, Some(&stdin))
+}
+
 /// A fake instance, a daemon in a temp dir of its own, and `prod` added.
 /// Fields drop in order: the daemon stops before its directory goes.
 pub struct Prod {

@@ -385,16 +385,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let current = connect(&cli.socket)?.show(&name)?;
             login.check(current.grant)?;
             let mut stdin = StdinLines;
-            let client_secret = if client_secret_stdin || client_secret_prompt {
-                Some(read_secret(
-                    &mut stdin,
-                    client_secret_stdin,
-                    &format!("New client secret for {name}: "),
-                    "client secret",
-                )?)
-            } else {
-                None
-            };
+            let client_secret =
+                new_client_secret(&mut stdin, &name, client_secret_stdin, client_secret_prompt)?;
             let summary = match current.grant {
                 Grant::Password => {
                     let known = current.login.as_ref().and_then(|l| l.username.as_deref());
@@ -508,16 +500,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             refresh_token_lifespan,
         } => {
             note_short_lifespan(refresh_token_lifespan);
-            let client_secret = if client_secret_stdin || client_secret_prompt {
-                Some(read_secret(
-                    &mut StdinLines,
-                    client_secret_stdin,
-                    &format!("New client secret for {name}: "),
-                    "client secret",
-                )?)
-            } else {
-                None
-            };
+            let client_secret = new_client_secret(
+                &mut StdinLines,
+                &name,
+                client_secret_stdin,
+                client_secret_prompt,
+            )?;
             let summary = connect(&cli.socket)?.update(UpdateRequest {
                 name,
                 instance_url: instance,
@@ -652,6 +640,21 @@ fn read_secret(
         return Err(usage(format!("the {what} is empty")));
     }
     Ok(Secret::new(secret))
+}
+
+/// A new client secret, when asked for with `--client-secret-stdin` or
+/// `--client-secret-prompt`.
+fn new_client_secret(
+    stdin: &mut StdinLines,
+    name: &str,
+    from_stdin: bool,
+    prompt: bool,
+) -> Result<Option<Secret>, Failure> {
+    if !(from_stdin || prompt) {
+        return Ok(None);
+    }
+    let prompt = format!("New client secret for {name}: ");
+    read_secret(stdin, from_stdin, &prompt, "client secret").map(Some)
 }
 
 /// The user name (argument, prompt, or the one used last) and password.
