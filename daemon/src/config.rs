@@ -14,6 +14,13 @@
 //! backoff_min_secs = 2
 //! backoff_max_secs = 300
 //!
+//! [access]
+//! admin_group = "snctl-admin"   # members may add, change and remove authentications
+//! socket_group = "snctl"        # group of the socket (system mode: 0660)
+//!
+//! [master_key]
+//! file = "/etc/snctld/master.key"   # after $CREDENTIALS_DIRECTORY/snctld.key, before the state dir's
+//!
 //! [login]
 //! redirect_port = 8751    # default port of http://127.0.0.1:PORT/callback
 //! timeout_secs = 600      # how long a started browser login waits
@@ -50,6 +57,18 @@ pub struct Config {
     pub http: HttpConfig,
     pub refresh: RefreshPolicy,
     pub login: LoginPolicy,
+    pub access: AccessConfig,
+    /// A master key file named in the configuration.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Who may do what, by group name (resolved when the daemon starts).
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    /// Members may run admin requests, besides root and the daemon's user.
+    pub admin_group: Option<String>,
+    /// Group that owns the socket file (system mode: `snctl`).
+    pub socket_group: Option<String>,
 }
 
 /// Whether the daemon serves the whole host or one user.
@@ -102,7 +121,24 @@ struct File {
     #[serde(default)]
     login: LoginSection,
     #[serde(default)]
+    access: AccessSection,
+    #[serde(default)]
+    master_key: MasterKeySection,
+    #[serde(default)]
     http: HttpSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessSection {
+    admin_group: Option<String>,
+    socket_group: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MasterKeySection {
+    file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,6 +233,14 @@ impl Config {
             http: HttpConfig::default(),
             refresh: RefreshPolicy::default(),
             login: LoginPolicy::default(),
+            access: match mode {
+                Mode::System => AccessConfig {
+                    admin_group: Some("snctl-admin".into()),
+                    socket_group: Some("snctl".into()),
+                },
+                Mode::User => AccessConfig::default(),
+            },
+            key_file: None,
         };
         if explicit || file.exists() {
             config.apply_file(&file)?;
@@ -255,6 +299,18 @@ impl Config {
             .backoff_max_secs
             .map(secs)
             .unwrap_or(self.refresh.backoff_max);
+        let a = file.access;
+        // An empty name turns the default off.
+        let group = |name: String| Some(name).filter(|n| !n.trim().is_empty());
+        if let Some(name) = a.admin_group {
+            self.access.admin_group = group(name);
+        }
+        if let Some(name) = a.socket_group {
+            self.access.socket_group = group(name);
+        }
+        if file.master_key.file.is_some() {
+            self.key_file = file.master_key.file;
+        }
         let l = file.login;
         if let Some(port) = l.redirect_port {
             if port == 0 {

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use snctld::config::Config;
 use snctld::server::Limits;
 use snctld::servicenow::HttpConfig;
+use snctld::config::AccessConfig;
 use snctld::tokens::{LoginPolicy, RefreshPolicy};
 
 use crate::fake::FakeInstance;
@@ -68,6 +69,8 @@ pub fn test_config(dir: &Path) -> Config {
             ..RefreshPolicy::default()
         },
         login: LoginPolicy::default(),
+        access: AccessConfig::default(),
+        key_file: None,
     }
 }
 
