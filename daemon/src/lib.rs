@@ -7,6 +7,7 @@
 //! [`run`] until the shutdown future completes. `main` and the tests call
 //! the same three.
 
+pub mod access;
 pub mod clock;
 pub mod config;
 pub mod crypto;
@@ -23,8 +24,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use snctl_shared::protocol::{DaemonStatus, Reply, Request, Response};
+use snctl_shared::Error;
 use snctl_shared::PROTOCOL_VERSION;
 
+use access::{Access, Peer};
 pub use config::Config;
 use crypto::KeySource;
 use server::{Gauge, Listener};
@@ -87,6 +90,7 @@ pub fn open_state(config: &Config) -> anyhow::Result<State> {
 /// What request handlers share.
 pub struct Daemon {
     tokens: Tokens,
+    access: Access,
     started: Instant,
     socket: PathBuf,
     state_dir: PathBuf,
@@ -94,24 +98,54 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Answers one request.
-    pub async fn handle(&self, request: Request) -> Response {
+    /// Answers one request from `peer`, if the access rules allow it.
+    pub async fn handle(&self, peer: &Peer, request: Request) -> Response {
+        let access = &self.access;
         match request {
-            Request::Token(r) => self
+            Request::Token(r) => {
+                let min_valid = Duration::from_secs(r.min_valid_secs.into());
+                let reader = |readers: &_| access.require_reader(peer, &r.name, readers);
+                let token = self.tokens.token(&r.name, min_valid, reader).await?;
+                tracing::info!(
+                    name = %r.name,
+                    uid = peer.uid,
+                    pid = ?peer.pid,
+                    unit = ?peer.unit,
+                    valid_secs = token.expires_at - clock::now_ms() / 1000,
+                    "token handed out"
+                );
+                Ok(Reply::Token(token))
+            }
+            Request::List => Ok(Reply::List(
+                self.tokens.list(|readers| access.may_read(peer, readers)),
+            )),
+            Request::Show(r) => self
                 .tokens
-                .token(&r.name, Duration::from_secs(r.min_valid_secs.into()))
-                .await
-                .map(Reply::Token),
-            Request::List => Ok(Reply::List(self.tokens.list())),
-            Request::Show(r) => self.tokens.show(&r.name).map(Reply::Auth),
+                .show(&r.name, |readers| access.require_reader(peer, &r.name, readers))
+                .map(Reply::Auth),
+            Request::Status => Ok(Reply::Status(self.status())),
+            admin => {
+                access.require_admin(peer, admin.kind())?;
+                self.handle_admin(admin).await
+            }
+        }
+    }
+
+    /// The requests only admins may make.
+    async fn handle_admin(&self, request: Request) -> Response {
+        match request {
             Request::Add(r) => self.tokens.add(r).await.map(Reply::Auth),
             Request::Update(r) => self.tokens.update(r).await.map(Reply::Auth),
             Request::Remove(r) => self.tokens.remove(r).await.map(Reply::Removed),
             Request::Refresh(r) => self.tokens.refresh(&r.name).await.map(Reply::Auth),
-            Request::Status => Ok(Reply::Status(self.status())),
             Request::StartLogin(r) => self.tokens.start_login(r).await.map(Reply::LoginChallenge),
             Request::Login(r) => self.tokens.login(r).await.map(Reply::Auth),
             Request::Doctor(r) => self.tokens.doctor(&r.name).await.map(Reply::Diagnosis),
+            Request::Token(_) | Request::List | Request::Show(_) | Request::Status => {
+                Err(Error::Internal {
+                    message: format!("{} is not an admin request", request.kind()),
+                })
+            }
         }
     }
 
@@ -160,6 +194,7 @@ pub async fn run(
     );
     let daemon = Arc::new(Daemon {
         tokens: tokens.clone(),
+        access: Access::new(&config.access),
         started: Instant::now(),
         socket: listener.path().to_path_buf(),
         state_dir: config.state_dir.clone(),

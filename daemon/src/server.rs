@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use interprocess::local_socket::tokio::{Listener as IpcListener, Stream};
 use interprocess::local_socket::traits::tokio::Listener as _;
-use interprocess::local_socket::traits::StreamCommon as _;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use serde::Serialize;
@@ -26,8 +25,10 @@ use tokio_util::task::TaskTracker;
 
 use snctl_shared::frame::{self, FrameError, HEADER_LEN, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 use snctl_shared::protocol::{Hello, HelloReply, Request, Response};
+use snctl_shared::Error;
 use snctl_shared::PROTOCOL_VERSION;
 
+use crate::access::Peer;
 use crate::Daemon;
 
 /// Limits on connections.
@@ -204,6 +205,8 @@ enum ConnError {
     Frame(#[from] FrameError),
     #[error("client speaks protocol {0}")]
     Version(u32),
+    #[error("cannot read the caller's credentials: {0}")]
+    Peer(String),
 }
 
 async fn connection(
@@ -212,8 +215,13 @@ async fn connection(
     limits: &Limits,
     stop: &CancellationToken,
 ) -> Result<(), ConnError> {
-    let peer = stream.peer_creds().ok();
-    tracing::trace!(uid = ?peer.as_ref().and_then(|p| p.euid()), pid = ?peer.as_ref().and_then(|p| p.pid()), "connection");
+    // Who is calling, before any frame is read; a caller we cannot name
+    // gets nothing.
+    let peer = match &stream {
+        Stream::UdSocket(socket) => Peer::of(socket.inner()),
+    }
+    .map_err(|e| ConnError::Peer(e.to_string()))?;
+    tracing::debug!(%peer, "connection");
 
     let Some(hello) = read_frame::<Hello>(&mut stream, limits, stop).await? else {
         return Ok(());
@@ -228,9 +236,13 @@ async fn connection(
     }
     while let Some(request) = read_frame::<Request>(&mut stream, limits, stop).await? {
         let kind = request.kind();
-        let response: Response = daemon.handle(request).await;
-        if let Err(error) = &response {
-            tracing::debug!(request = kind, %error, "request failed");
+        let response: Response = daemon.handle(&peer, request).await;
+        match &response {
+            Err(error @ Error::Forbidden { .. }) => {
+                tracing::warn!(request = kind, %peer, "refused: {error}")
+            }
+            Err(error) => tracing::debug!(request = kind, %error, "request failed"),
+            Ok(_) => {}
         }
         write_frame(&mut stream, &response, limits).await?;
     }

@@ -22,10 +22,11 @@ use tokio::sync::oneshot;
 use snctl_shared::protocol::{AuthState, ClientAuth, Grant};
 use snctl_shared::Secret;
 
+use crate::access::ReaderIds;
 use crate::crypto::{self, CryptoError, MasterKey};
 
 /// The schema this build writes. See [`migrate`] for the history.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// Database file name inside the state directory.
 pub const DB_FILE: &str = "snctld.db";
 
@@ -76,6 +77,8 @@ pub struct Authentication {
     pub redirect_port: Option<u16>,
     /// How long the instance's refresh tokens live.
     pub refresh_lifespan_secs: u64,
+    /// Who may get its tokens besides admins (empty: anyone).
+    pub readers: ReaderIds,
 }
 
 /// Tokens obtained from the instance.
@@ -191,6 +194,8 @@ impl UncheckedDb {
 /// - 1: `meta` (key check) and `authentications`.
 /// - 2: logins by a person: `username`, `redirect_port`,
 ///   `refresh_lifespan_secs` and `refresh_issued_ms`.
+/// - 3: readers: `allow_users`, `allow_groups` (numeric ids) and
+///   `allow_units`, each a comma-separated list.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < 1 {
@@ -231,6 +236,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             ALTER TABLE authentications ADD COLUMN refresh_issued_ms INTEGER;
             PRAGMA user_version = 2;"
         ))?;
+        tx.commit()?;
+    }
+    if version < 3 {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "ALTER TABLE authentications ADD COLUMN allow_users TEXT NOT NULL DEFAULT '';
+            ALTER TABLE authentications ADD COLUMN allow_groups TEXT NOT NULL DEFAULT '';
+            ALTER TABLE authentications ADD COLUMN allow_units TEXT NOT NULL DEFAULT '';
+            PRAGMA user_version = 3;",
+        )?;
         tx.commit()?;
     }
     Ok(())
@@ -285,13 +300,46 @@ fn now_ms() -> i64 {
     crate::clock::now_ms()
 }
 
+fn join<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn ids_from(text: &str, what: &'static str) -> Result<Vec<u32>, StoreError> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse().map_err(|_| StoreError::Unknown {
+                what,
+                value: s.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn readers_from(users: &str, groups: &str, units: &str) -> Result<ReaderIds, StoreError> {
+    Ok(ReaderIds {
+        users: ids_from(users, "reader uid")?,
+        groups: ids_from(groups, "reader gid")?,
+        units: units
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
 impl Db {
     /// Every stored authentication, secrets opened.
     pub fn load_all(&mut self) -> Result<Vec<Record>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT name, instance_url, grant_type, client_id, client_auth, scope, client_secret,
                     access_token, access_expires_ms, obtained_ms, refresh_token, state, last_error,
-                    created_ms, username, redirect_port, refresh_lifespan_secs, refresh_issued_ms
+                    created_ms, username, redirect_port, refresh_lifespan_secs, refresh_issued_ms,
+                    allow_users, allow_groups, allow_units
              FROM authentications ORDER BY name",
         )?;
         type Row = (
@@ -313,6 +361,7 @@ impl Db {
             Option<u16>,
             i64,
             Option<i64>,
+            [String; 3],
         );
         let rows: Vec<Row> = stmt
             .query_map([], |r| {
@@ -335,6 +384,7 @@ impl Db {
                     r.get(15)?,
                     r.get(16)?,
                     r.get(17)?,
+                    [r.get(18)?, r.get(19)?, r.get(20)?],
                 ))
             })?
             .collect::<Result<_, _>>()?;
@@ -358,6 +408,7 @@ impl Db {
             redirect_port,
             lifespan,
             refresh_issued,
+            [allow_users, allow_groups, allow_units],
         ) in rows
         {
             let client_secret = self.key.open_secret(&name, F_CLIENT_SECRET, &secret)?;
@@ -386,6 +437,7 @@ impl Db {
                     username,
                     redirect_port,
                     refresh_lifespan_secs: lifespan.max(0) as u64,
+                    readers: readers_from(&allow_users, &allow_groups, &allow_units)?,
                 },
                 tokens,
                 state: state_from(state)?,
@@ -412,8 +464,8 @@ impl Db {
         tx.execute(
             "INSERT INTO authentications (name, instance_url, grant_type, client_id, client_auth,
                  scope, client_secret, created_ms, updated_ms, username, redirect_port,
-                 refresh_lifespan_secs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 refresh_lifespan_secs, allow_users, allow_groups, allow_units)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 auth.name,
                 auth.instance_url,
@@ -428,6 +480,9 @@ impl Db {
                 auth.username,
                 auth.redirect_port,
                 auth.refresh_lifespan_secs as i64,
+                join(&auth.readers.users),
+                join(&auth.readers.groups),
+                join(&auth.readers.units),
             ],
         )?;
         Self::write_tokens(&tx, &self.key, &auth.name, tokens, now, false)?;
@@ -452,7 +507,8 @@ impl Db {
         let changed = tx.execute(
             "UPDATE authentications SET instance_url = ?2, client_id = ?3, client_auth = ?4,
                  scope = ?5, client_secret = ?6, updated_ms = ?7, username = ?8,
-                 redirect_port = ?9, refresh_lifespan_secs = ?10
+                 redirect_port = ?9, refresh_lifespan_secs = ?10, allow_users = ?11,
+                 allow_groups = ?12, allow_units = ?13
              WHERE name = ?1",
             params![
                 auth.name,
@@ -466,6 +522,9 @@ impl Db {
                 auth.username,
                 auth.redirect_port,
                 auth.refresh_lifespan_secs as i64,
+                join(&auth.readers.users),
+                join(&auth.readers.groups),
+                join(&auth.readers.units),
             ],
         )?;
         if changed == 0 {
@@ -659,6 +718,11 @@ mod tests {
                 username: None,
                 redirect_port: None,
                 refresh_lifespan_secs: DEFAULT_REFRESH_LIFESPAN_SECS,
+                readers: ReaderIds {
+                    users: vec![1001, 1002],
+                    groups: vec![3000],
+                    units: vec!["sync.service".into()],
+                },
             },
             TokenSet {
                 access_token: Secret::new("access-token-canary".into()),
@@ -685,6 +749,7 @@ mod tests {
         assert_eq!(records.len(), 1);
         let r = records.pop().unwrap();
         assert_eq!(r.auth.client_secret.expose(), "client-secret-canary");
+        assert_eq!(r.auth.readers, auth.readers);
         assert_eq!(
             r.tokens.unwrap().access_token.expose(),
             "access-token-canary"

@@ -226,6 +226,11 @@ mod tests {
                 }),
                 redirect_port: Some(8751),
                 refresh_lifespan_secs: None,
+                readers: Readers {
+                    users: vec!["alice".into()],
+                    groups: vec!["ops".into()],
+                    units: vec!["sync.service".into()],
+                },
             }),
             Request::Update(UpdateRequest {
                 name: "a".into(),
@@ -236,6 +241,7 @@ mod tests {
                 scope: None,
                 redirect_port: None,
                 refresh_lifespan_secs: Some(86_400),
+                readers: Some(Readers::default()),
             }),
             Request::Remove(RemoveRequest {
                 name: "a".into(),

@@ -227,6 +227,28 @@ pub struct AddRequest {
     /// How long the instance's refresh tokens live (seconds); `None` takes
     /// ServiceNow's default of 100 days.
     pub refresh_lifespan_secs: Option<u64>,
+    /// Who may get its tokens; empty: anyone who can open the socket.
+    pub readers: Readers,
+}
+
+/// Who may get an authentication's tokens besides admins: users, groups
+/// (a caller's supplementary groups count) and systemd units. All empty
+/// means anyone who can open the socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readers {
+    /// User names (or numeric uids).
+    pub users: Vec<String>,
+    /// Group names (or numeric gids).
+    pub groups: Vec<String>,
+    /// systemd unit names, e.g. `sync.service`.
+    pub units: Vec<String>,
+}
+
+impl Readers {
+    /// Whether no rule is set (anyone who can open the socket may read).
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty() && self.units.is_empty()
+    }
 }
 
 /// Starts an authorization-code login, for a new authentication (`add`) or
@@ -302,6 +324,8 @@ pub struct UpdateRequest {
     pub redirect_port: Option<u16>,
     /// A new refresh-token lifespan in seconds, to match the registry record.
     pub refresh_lifespan_secs: Option<u64>,
+    /// New readers, replacing the old list (empty: anyone with the socket).
+    pub readers: Option<Readers>,
 }
 
 /// Deletes an authentication.
@@ -380,6 +404,8 @@ pub struct AuthSummary {
     pub created_at: i64,
     /// The login behind a `password` or `authorization-code` grant.
     pub login: Option<LoginSummary>,
+    /// Who may get its tokens besides admins (all empty: anyone).
+    pub readers: Readers,
 }
 
 /// The person's login behind an authentication, and how long it lasts.

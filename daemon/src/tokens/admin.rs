@@ -22,6 +22,7 @@ use snctl_shared::secret::equal_in_constant_time;
 use snctl_shared::{name, Error, Secret};
 
 use super::{carry_issue_time, internal, redirect_uri, upstream_error, Entry, Tokens};
+use crate::access::ReaderIds;
 use crate::clock::now_ms;
 use crate::servicenow::{normalize_instance_url, Proof, ServiceNow};
 use crate::store::{Authentication, StoreError, TokenSet, DEFAULT_REFRESH_LIFESPAN_SECS};
@@ -139,6 +140,7 @@ impl Tokens {
                     .refresh_lifespan_secs
                     .unwrap_or(DEFAULT_REFRESH_LIFESPAN_SECS),
             )?,
+            readers: ReaderIds::resolve(&request.readers)?,
         };
         check_auth(&auth)?;
         Ok(auth)
@@ -274,6 +276,10 @@ impl Tokens {
             auth.redirect_port = Some(port);
             settings = true;
         }
+        if let Some(readers) = &request.readers {
+            auth.readers = ReaderIds::resolve(readers)?;
+            settings = true;
+        }
         let lifespan_changed = match request.refresh_lifespan_secs {
             Some(secs) => {
                 let secs = check_lifespan(secs)?;
@@ -285,8 +291,8 @@ impl Tokens {
         if !credentials && !settings {
             return Err(Error::invalid(
                 "nothing to change: give --instance, --client-id, --client-secret-stdin or \
-                 --client-secret-prompt, --client-auth, --scope, --redirect-port or \
-                 --refresh-token-lifespan",
+                 --client-secret-prompt, --client-auth, --scope, --redirect-port, \
+                 --refresh-token-lifespan or --allow-…",
             ));
         }
         check_auth(&auth)?;

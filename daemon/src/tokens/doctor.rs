@@ -295,7 +295,7 @@ impl Tokens {
             }
             Err(Error::NeedsLogin { .. }) => {
                 let detail = self
-                    .show(name)
+                    .show(name, |_| Ok(()))
                     .ok()
                     .and_then(|s| s.last_error)
                     .unwrap_or_else(|| "the login is gone".into());

@@ -38,6 +38,7 @@ use snctl_shared::protocol::{
 };
 use snctl_shared::{Error, Secret};
 
+use crate::access::ReaderIds;
 use crate::clock::{self, now_ms};
 use crate::servicenow::{Failure, Proof, ServiceNow, Step};
 use crate::store::{Authentication, Record, Store, StoreError, TokenSet};
@@ -258,6 +259,7 @@ impl Entry {
                     .then(|| auth.redirect_port.map(redirect_uri))
                     .flatten(),
             }),
+            readers: auth.readers.names(),
         }
     }
 }
@@ -679,8 +681,17 @@ impl Tokens {
     /// possible; otherwise refreshed first (one upstream request however
     /// many callers wait). When the refresh fails, a token that is still
     /// valid is served anyway.
-    pub async fn token(&self, name: &str, min_valid: Duration) -> Result<TokenReply, Error> {
+    ///
+    /// `allowed` sees the authentication's readers first and may refuse.
+    pub async fn token(
+        &self,
+        name: &str,
+        min_valid: Duration,
+        allowed: impl FnOnce(&ReaderIds) -> Result<(), Error>,
+    ) -> Result<TokenReply, Error> {
         let entry = self.entry(name)?;
+        let auth = entry.lock().auth.clone();
+        allowed(&auth.readers)?;
         let min_valid_ms = min_valid.as_millis() as i64;
         if let Some(reply) = entry.fresh(min_valid_ms) {
             return Ok(reply);
@@ -722,13 +733,26 @@ impl Tokens {
         Ok(entry.summary())
     }
 
-    pub fn show(&self, name: &str) -> Result<AuthSummary, Error> {
-        Ok(self.entry(name)?.summary())
+    /// One authentication, if `allowed` by its readers.
+    pub fn show(
+        &self,
+        name: &str,
+        allowed: impl FnOnce(&ReaderIds) -> Result<(), Error>,
+    ) -> Result<AuthSummary, Error> {
+        let entry = self.entry(name)?;
+        let auth = entry.lock().auth.clone();
+        allowed(&auth.readers)?;
+        Ok(entry.summary())
     }
 
-    pub fn list(&self) -> Vec<AuthSummary> {
+    /// The authentications whose readers `visible` accepts, by name.
+    pub fn list(&self, visible: impl Fn(&ReaderIds) -> bool) -> Vec<AuthSummary> {
         let entries: Vec<Arc<Entry>> = self.read_entries().values().cloned().collect();
-        let mut list: Vec<AuthSummary> = entries.iter().map(|e| e.summary()).collect();
+        let mut list: Vec<AuthSummary> = entries
+            .iter()
+            .filter(|e| visible(&e.lock().auth.readers))
+            .map(|e| e.summary())
+            .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }

@@ -28,6 +28,7 @@ pub fn add_request(name: &str, instance: &str) -> AddRequest {
         user: None,
         redirect_port: None,
         refresh_lifespan_secs: None,
+        readers: Default::default(),
     }
 }
 

@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use snctl::protocol::{
     AddRequest, AuthState, AuthSummary, CheckOutcome, ClientAuth, DaemonStatus, Diagnosis, Grant,
-    LoginProof, LoginRequest, StartLoginRequest, UpdateRequest, UserLogin,
+    LoginProof, LoginRequest, Readers, StartLoginRequest, UpdateRequest, UserLogin,
 };
 use snctl::{Client, ClientError, ErrorKind, Secret};
 
@@ -66,6 +66,8 @@ enum Command {
         /// shown there, or with a unit (100d, 36h) [default: 100d].
         #[arg(long, value_name = "DURATION", value_parser = parse_lifespan)]
         refresh_token_lifespan: Option<u64>,
+        #[command(flatten)]
+        readers: ReaderArgs,
     },
     /// Log in again (password or authorization-code grants).
     Login {
@@ -133,6 +135,12 @@ enum Command {
         /// Refresh Token Lifespan of the Application Registry record (seconds, or 100d, 36h).
         #[arg(long, value_name = "DURATION", value_parser = parse_lifespan)]
         refresh_token_lifespan: Option<u64>,
+        /// New readers, replacing the old list.
+        #[command(flatten)]
+        readers: ReaderArgs,
+        /// Let anyone who can open the socket read its tokens (clears the readers).
+        #[arg(long, conflicts_with_all = ["allow_user", "allow_group", "allow_unit"])]
+        allow_anyone: bool,
     },
     /// Revoke the tokens at the instance (best effort), then delete.
     Remove {
@@ -154,6 +162,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Who may get an authentication's tokens, besides admins. None given:
+/// anyone who can open the socket.
+#[derive(clap::Args, Debug)]
+struct ReaderArgs {
+    /// A user who may get its tokens (name or uid); repeatable.
+    #[arg(long, value_name = "USER")]
+    allow_user: Vec<String>,
+    /// A group whose members may get its tokens (name or gid); repeatable.
+    #[arg(long, value_name = "GROUP")]
+    allow_group: Vec<String>,
+    /// A systemd unit whose processes may get its tokens (e.g. sync.service); repeatable.
+    #[arg(long, value_name = "UNIT")]
+    allow_unit: Vec<String>,
+}
+
+impl ReaderArgs {
+    fn readers(self) -> Readers {
+        Readers {
+            users: self.allow_user,
+            groups: self.allow_group,
+            units: self.allow_unit,
+        }
+    }
 }
 
 /// How a person logs in (`add` of a password or authorization-code
@@ -324,6 +357,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             login,
             redirect_port,
             refresh_token_lifespan,
+            readers,
         } => {
             snctl_shared::name::validate(&name).map_err(usage)?;
             note_short_lifespan(refresh_token_lifespan);
@@ -347,6 +381,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 user: None,
                 redirect_port,
                 refresh_lifespan_secs: refresh_token_lifespan,
+                readers: readers.readers(),
             };
             let summary = match grant {
                 Grant::ClientCredentials => connect(&cli.socket)?.add(request)?,
@@ -498,8 +533,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             scope,
             redirect_port,
             refresh_token_lifespan,
+            readers,
+            allow_anyone,
         } => {
             note_short_lifespan(refresh_token_lifespan);
+            let readers = readers.readers();
+            let readers = (allow_anyone || !readers.is_empty()).then_some(readers);
             let client_secret = new_client_secret(
                 &mut StdinLines,
                 &name,
@@ -515,6 +554,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 scope,
                 redirect_port,
                 refresh_lifespan_secs: refresh_token_lifespan,
+                readers,
             })?;
             if summary.state == AuthState::NeedsLogin {
                 println!(
@@ -890,7 +930,25 @@ fn print_show(a: &AuthSummary) {
             println!("redirect URL:  {uri}");
         }
     }
+    println!("readers:       {}", describe_readers(&a.readers));
     println!("added:         {}", time(Some(a.created_at)));
+}
+
+fn describe_readers(r: &Readers) -> String {
+    if r.is_empty() {
+        return "anyone who can open the socket".into();
+    }
+    let mut parts = Vec::new();
+    for (what, names) in [
+        ("users", &r.users),
+        ("groups", &r.groups),
+        ("units", &r.units),
+    ] {
+        if !names.is_empty() {
+            parts.push(format!("{what} {}", names.join(", ")));
+        }
+    }
+    format!("{}; and admins", parts.join("; "))
 }
 
 fn print_status(s: &DaemonStatus) {

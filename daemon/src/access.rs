@@ -1,0 +1,465 @@
+//! Who may do what.
+//!
+//! The socket is the security boundary, and the kernel says who is on the
+//! other end: `SO_PEERCRED` gives the caller's uid, gid and pid,
+//! `SO_PEERGROUPS` its supplementary groups, both as they were when it
+//! connected. Where the caller runs in a systemd unit, the unit's name comes
+//! from its cgroup.
+//!
+//! Admin requests (add, update, remove, logins, refresh, doctor, listing
+//! every authentication) are for root, the daemon's own user and members of
+//! the admin group. A token is for the authentication's readers (users,
+//! groups, units) and admins; with no readers set, for anyone who can open
+//! the socket. Every refusal says which rule refused.
+
+use std::fmt;
+use std::os::fd::{AsRawFd, RawFd};
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+use snctl_shared::protocol::Readers;
+use snctl_shared::Error;
+
+use crate::config::AccessConfig;
+
+/// The process on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<u32>,
+    /// Supplementary groups, primary group included.
+    pub groups: Vec<u32>,
+    /// The systemd unit the process runs in, e.g. `sync.service`.
+    pub unit: Option<String>,
+}
+
+impl Peer {
+    /// Reads the peer of a connected Unix socket.
+    pub fn of(socket: &impl AsRawFd) -> std::io::Result<Peer> {
+        let fd = socket.as_raw_fd();
+        let cred = peer_cred(fd)?;
+        let mut groups = peer_groups(fd).unwrap_or_default();
+        if !groups.contains(&cred.gid) {
+            groups.push(cred.gid);
+        }
+        let pid = u32::try_from(cred.pid).ok().filter(|p| *p > 0);
+        Ok(Peer {
+            uid: cred.uid,
+            gid: cred.gid,
+            pid,
+            groups,
+            unit: pid.and_then(unit_of),
+        })
+    }
+}
+
+impl fmt::Display for Peer {
+    /// "uid 1001 (bob), pid 4242, unit sync.service", for refusals and logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "uid {}", self.uid)?;
+        if let Some(name) = user_name(self.uid) {
+            write!(f, " ({name})")?;
+        }
+        if let Some(pid) = self.pid {
+            write!(f, ", pid {pid}")?;
+        }
+        if let Some(unit) = &self.unit {
+            write!(f, ", unit {unit}")?;
+        }
+        Ok(())
+    }
+}
+
+fn peer_cred(fd: RawFd) -> std::io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is
+    // that large, and `fd` is a socket borrowed for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred)
+}
+
+/// `SO_PEERGROUPS` (Linux 4.13): the peer's supplementary groups at connect.
+const SO_PEERGROUPS: libc::c_int = 59;
+
+fn peer_groups(fd: RawFd) -> std::io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into the buffer,
+        // which is that large.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let error = std::io::Error::last_os_error();
+        // ERANGE: the buffer was too small and `len` says how large to make it.
+        if error.raw_os_error() == Some(libc::ERANGE) && count > groups.len() {
+            groups.resize(count, 0);
+            continue;
+        }
+        return Err(error);
+    }
+}
+
+/// The systemd unit of process `pid`, from the last `.service` (or
+/// `.scope`) component of its cgroup path: cgroup v2's `0::` line, else
+/// v1's `name=systemd` hierarchy.
+fn unit_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .or_else(|| {
+            text.lines()
+                .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p))
+        })?;
+    unit_in(path)
+}
+
+fn unit_in(cgroup: &str) -> Option<String> {
+    cgroup
+        .rsplit('/')
+        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+        .map(str::to_string)
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+fn group_name(gid: u32) -> Option<String> {
+    Group::from_gid(Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+}
+
+/// Readers as the daemon keeps them: numeric ids, so that a renamed user
+/// stays a reader and a reused name does not become one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReaderIds {
+    pub users: Vec<u32>,
+    pub groups: Vec<u32>,
+    pub units: Vec<String>,
+}
+
+impl ReaderIds {
+    /// Resolves names (or numbers) as given on the command line.
+    pub fn resolve(readers: &Readers) -> Result<ReaderIds, Error> {
+        let users = readers
+            .users
+            .iter()
+            .map(|u| {
+                let u = u.trim();
+                match u.parse::<u32>() {
+                    Ok(uid) => Ok(uid),
+                    Err(_) => User::from_name(u)
+                        .ok()
+                        .flatten()
+                        .map(|user| user.uid.as_raw())
+                        .ok_or_else(|| Error::invalid(format!("no user named {u:?} on this host"))),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let groups = readers
+            .groups
+            .iter()
+            .map(|g| {
+                let g = g.trim();
+                match g.parse::<u32>() {
+                    Ok(gid) => Ok(gid),
+                    Err(_) => Group::from_name(g)
+                        .ok()
+                        .flatten()
+                        .map(|group| group.gid.as_raw())
+                        .ok_or_else(|| {
+                            Error::invalid(format!("no group named {g:?} on this host"))
+                        }),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let units = readers
+            .units
+            .iter()
+            .map(|u| {
+                let u = u.trim();
+                let valid = (u.ends_with(".service") || u.ends_with(".scope"))
+                    && !u.contains('/')
+                    && u.len() <= 255;
+                if valid {
+                    Ok(u.to_string())
+                } else {
+                    Err(Error::invalid(format!(
+                        "{u:?} is not a unit name: give one like sync.service"
+                    )))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids = ReaderIds {
+            users,
+            groups,
+            units,
+        };
+        ids.users.sort_unstable();
+        ids.users.dedup();
+        ids.groups.sort_unstable();
+        ids.groups.dedup();
+        ids.units.sort();
+        ids.units.dedup();
+        Ok(ids)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty() && self.units.is_empty()
+    }
+
+    /// The readers by name, for admins to read (numbers where no name).
+    pub fn names(&self) -> Readers {
+        Readers {
+            users: self
+                .users
+                .iter()
+                .map(|u| user_name(*u).unwrap_or_else(|| u.to_string()))
+                .collect(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| group_name(*g).unwrap_or_else(|| g.to_string()))
+                .collect(),
+            units: self.units.clone(),
+        }
+    }
+
+    fn admits(&self, peer: &Peer) -> bool {
+        self.is_empty()
+            || self.users.contains(&peer.uid)
+            || peer.groups.iter().any(|g| self.groups.contains(g))
+            || peer.unit.as_ref().is_some_and(|u| self.units.contains(u))
+    }
+
+    fn describe(&self) -> String {
+        let names = self.names();
+        let mut parts = Vec::new();
+        if !names.users.is_empty() {
+            parts.push(format!("users {}", names.users.join(", ")));
+        }
+        if !names.groups.is_empty() {
+            parts.push(format!("groups {}", names.groups.join(", ")));
+        }
+        if !names.units.is_empty() {
+            parts.push(format!("units {}", names.units.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+/// The daemon's access rules.
+#[derive(Debug, Clone)]
+pub struct Access {
+    daemon_uid: u32,
+    admin_group: Option<(String, u32)>,
+}
+
+impl Access {
+    /// Resolves the admin group; one that does not exist is left out, with
+    /// a warning.
+    pub fn new(config: &AccessConfig) -> Access {
+        let admin_group = config.admin_group.as_ref().and_then(|name| {
+            match Group::from_name(name).ok().flatten() {
+                Some(group) => Some((name.clone(), group.gid.as_raw())),
+                None => {
+                    tracing::warn!(
+                        group = %name,
+                        "the admin group does not exist: only root and snctld's own user are admins"
+                    );
+                    None
+                }
+            }
+        });
+        Access {
+            // SAFETY: geteuid cannot fail and touches no memory.
+            daemon_uid: unsafe { libc::geteuid() },
+            admin_group,
+        }
+    }
+
+    /// Root, the daemon's own user, or a member of the admin group.
+    pub fn is_admin(&self, peer: &Peer) -> bool {
+        peer.uid == 0
+            || peer.uid == self.daemon_uid
+            || self
+                .admin_group
+                .as_ref()
+                .is_some_and(|(_, gid)| peer.groups.contains(gid))
+    }
+
+    /// Refuses a non-admin, saying who the admins are.
+    pub fn require_admin(&self, peer: &Peer, what: &str) -> Result<(), Error> {
+        if self.is_admin(peer) {
+            return Ok(());
+        }
+        let group = self
+            .admin_group
+            .as_ref()
+            .map(|(name, _)| format!(" and members of group {name}"))
+            .unwrap_or_default();
+        let daemon = match user_name(self.daemon_uid) {
+            Some(name) => format!("{name} (uid {})", self.daemon_uid),
+            None => format!("uid {}", self.daemon_uid),
+        };
+        Err(Error::Forbidden {
+            reason: format!("{what} is for admins: root, {daemon}{group}; {peer} is none of them"),
+        })
+    }
+
+    /// Whether `peer` may get the tokens of an authentication read by `readers`.
+    pub fn may_read(&self, peer: &Peer, readers: &ReaderIds) -> bool {
+        readers.admits(peer) || self.is_admin(peer)
+    }
+
+    /// Refuses a peer that may not read `name`'s tokens, saying who may.
+    pub fn require_reader(
+        &self,
+        peer: &Peer,
+        name: &str,
+        readers: &ReaderIds,
+    ) -> Result<(), Error> {
+        if self.may_read(peer, readers) {
+            return Ok(());
+        }
+        Err(Error::Forbidden {
+            reason: format!(
+                "{name}'s tokens are for {} and admins; {peer} is none of them: ask an admin to run \
+                 `snctl update {name} --allow-user …`",
+                readers.describe()
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32, groups: &[u32], unit: Option<&str>) -> Peer {
+        Peer {
+            uid,
+            gid: groups.first().copied().unwrap_or(uid),
+            pid: Some(1),
+            groups: groups.to_vec(),
+            unit: unit.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn units_come_from_the_last_service_in_the_cgroup_path() {
+        assert_eq!(
+            unit_in("/system.slice/sync.service").as_deref(),
+            Some("sync.service")
+        );
+        assert_eq!(
+            unit_in("/user.slice/user-1000.slice/user@1000.service/app.slice/job.service")
+                .as_deref(),
+            Some("job.service")
+        );
+        assert_eq!(
+            unit_in("/user.slice/user-1000.slice/session-3.scope").as_deref(),
+            Some("session-3.scope")
+        );
+        assert_eq!(unit_in("/"), None);
+    }
+
+    #[test]
+    fn readers_admit_by_user_group_or_unit_and_empty_admits_all() {
+        let readers = ReaderIds {
+            users: vec![1001],
+            groups: vec![2000],
+            units: vec!["sync.service".into()],
+        };
+        assert!(readers.admits(&peer(1001, &[1001], None)));
+        assert!(readers.admits(&peer(1002, &[1002, 2000], None)));
+        assert!(readers.admits(&peer(1003, &[1003], Some("sync.service"))));
+        assert!(!readers.admits(&peer(1004, &[1004], Some("other.service"))));
+        assert!(ReaderIds::default().admits(&peer(1004, &[1004], None)));
+    }
+
+    #[test]
+    fn admins_are_root_the_daemon_user_and_the_admin_group() {
+        let access = Access {
+            daemon_uid: 990,
+            admin_group: Some(("snctl-admin".into(), 3000)),
+        };
+        assert!(access.is_admin(&peer(0, &[0], None)));
+        assert!(access.is_admin(&peer(990, &[990], None)));
+        assert!(access.is_admin(&peer(1001, &[1001, 3000], None)));
+        let err = access
+            .require_admin(&peer(1002, &[1002], None), "add")
+            .unwrap_err();
+        assert_eq!(err.kind().exit_code(), 6);
+        assert!(err.to_string().contains("group snctl-admin"), "{err}");
+        let readers = ReaderIds {
+            users: vec![1001],
+            ..ReaderIds::default()
+        };
+        let err = access
+            .require_reader(&peer(1002, &[1002], None), "prod", &readers)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("prod's tokens are for users"),
+            "{err}"
+        );
+        assert!(access.may_read(&peer(990, &[990], None), &readers));
+    }
+
+    #[test]
+    fn numeric_readers_resolve_and_bad_units_are_refused() {
+        let ids = ReaderIds::resolve(&Readers {
+            users: vec!["0".into(), "root".into()],
+            groups: vec!["0".into()],
+            units: vec!["sync.service".into()],
+        })
+        .unwrap();
+        assert_eq!(ids.users, vec![0]);
+        assert_eq!(ids.groups, vec![0]);
+        assert!(ReaderIds::resolve(&Readers {
+            units: vec!["../etc".into()],
+            ..Readers::default()
+        })
+        .is_err());
+        assert!(ReaderIds::resolve(&Readers {
+            users: vec!["no-such-user-snctl".into()],
+            ..Readers::default()
+        })
+        .is_err());
+    }
+}
