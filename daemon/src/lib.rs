@@ -121,7 +121,9 @@ impl Daemon {
             )),
             Request::Show(r) => self
                 .tokens
-                .show(&r.name, |readers| access.require_reader(peer, &r.name, readers))
+                .show(&r.name, |readers| {
+                    access.require_reader(peer, &r.name, readers)
+                })
                 .map(Reply::Auth),
             Request::Status => Ok(Reply::Status(self.status())),
             admin => {

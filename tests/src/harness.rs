@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
+use snctld::config::AccessConfig;
 use snctld::config::Config;
 use snctld::server::Limits;
 use snctld::servicenow::HttpConfig;
-use snctld::config::AccessConfig;
 use snctld::tokens::{LoginPolicy, RefreshPolicy};
 
 use crate::fake::FakeInstance;
