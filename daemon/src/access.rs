@@ -295,8 +295,20 @@ impl Access {
     /// a warning.
     pub fn new(config: &AccessConfig) -> Access {
         let admin_group = config.admin_group.as_ref().and_then(|name| {
-            match Group::from_name(name).ok().flatten() {
-                Some(group) => Some((name.clone(), group.gid.as_raw())),
+            let found = match name.parse::<u32>() {
+                Ok(gid) => Group::from_gid(Gid::from_raw(gid))
+                    .ok()
+                    .flatten()
+                    .or(Some(Group {
+                        name: name.clone(),
+                        passwd: Default::default(),
+                        gid: Gid::from_raw(gid),
+                        mem: Vec::new(),
+                    })),
+                Err(_) => Group::from_name(name).ok().flatten(),
+            };
+            match found {
+                Some(group) => Some((group.name, group.gid.as_raw())),
                 None => {
                     tracing::warn!(
                         group = %name,

@@ -186,6 +186,7 @@ pub async fn run(
         records,
         ..
     } = state;
+    server::give_group(listener.path(), config.access.socket_group.as_deref())?;
     let count = records.len();
     let tokens = Tokens::start(
         records,

@@ -63,6 +63,14 @@ pub enum BindError {
     Dir { path: PathBuf, source: io::Error },
     #[error("cannot listen on {path}: {source}")]
     Listen { path: PathBuf, source: io::Error },
+    #[error("the socket directory {path} {problem}: anyone who can write there could replace the socket; use a directory only snctld's user can write (e.g. /run/snctld)")]
+    UnsafeDir { path: PathBuf, problem: String },
+    #[error("cannot give the socket {path} to group {group}: {source}")]
+    Group {
+        path: PathBuf,
+        group: String,
+        source: io::Error,
+    },
 }
 
 /// A listening socket.
@@ -94,6 +102,9 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<Listener, BindError
                 source,
             })?;
     }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        check_dir(dir)?;
+    }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(BindError::NotASocket(path.to_path_buf()))
@@ -122,6 +133,57 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<Listener, BindError
     Ok(Listener {
         inner,
         path: path.to_path_buf(),
+    })
+}
+
+/// The socket's directory must be ours (or root's) and writable by nobody
+/// else, as git's credential cache also demands: whoever can write there
+/// can put their own socket in our place.
+fn check_dir(dir: &Path) -> Result<(), BindError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|source| BindError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    let problem = if meta.uid() != me && meta.uid() != 0 {
+        Some(format!("belongs to uid {}, not to snctld's uid {me}", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "is writable by {} (mode {:o})",
+            if meta.mode() & 0o002 != 0 { "everyone" } else { "its group" },
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(BindError::UnsafeDir {
+            path: dir.to_path_buf(),
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Gives the socket file to `group` (system mode: `snctl`, with mode 0660),
+/// so that its members may connect. A group that does not exist is skipped
+/// with a warning: only root and snctld's user can connect then.
+pub fn give_group(path: &Path, group: Option<&str>) -> Result<(), BindError> {
+    let Some(name) = group else {
+        return Ok(());
+    };
+    let Some(found) = nix::unistd::Group::from_name(name).ok().flatten() else {
+        tracing::warn!(group = %name, "the socket group does not exist: only root and snctld's user can connect");
+        return Ok(());
+    };
+    std::os::unix::fs::lchown(path, None, Some(found.gid.as_raw())).map_err(|source| {
+        BindError::Group {
+            path: path.to_path_buf(),
+            group: name.to_string(),
+            source,
+        }
     })
 }
 
