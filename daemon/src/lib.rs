@@ -11,6 +11,7 @@ pub mod access;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod hygiene;
 pub mod server;
 pub mod servicenow;
 pub mod store;

@@ -1,0 +1,55 @@
+//! What the daemon does to itself before it holds a secret: no core files
+//! and no ptrace or /proc/PID/mem reads by other processes of the same user,
+//! so that a crash or a curious neighbour cannot copy the keys out of its
+//! memory.
+
+/// Makes the process non-dumpable and sets its core file limit to zero.
+pub fn harden() -> std::io::Result<()> {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads the struct we pass; prctl(PR_SET_DUMPABLE)
+    // takes plain integers.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_hardened_process_has_no_core_limit_and_is_not_dumpable() {
+        // In a child, so that the test process keeps its own settings.
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "hygiene::tests::child_half", "--nocapture"])
+            .env("SNCTLD_HYGIENE_CHILD", "1")
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The half of the test above that runs in the child; alone, it does
+    /// nothing.
+    #[test]
+    fn child_half() {
+        if std::env::var_os("SNCTLD_HYGIENE_CHILD").is_none() {
+            return;
+        }
+        super::harden().unwrap();
+        // SAFETY: prctl(PR_GET_DUMPABLE) takes no pointers.
+        assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE) }, 0);
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap();
+        assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+    }
+}
