@@ -16,9 +16,17 @@
 //! key (HMAC-SHA256 of a fixed label), so it identifies the key without
 //! revealing anything about it.
 //!
-//! The key comes from `$CREDENTIALS_DIRECTORY/snctld.key` when systemd passes
-//! one, else from `snctld.key` in the state directory, created on first
-//! start. A key file that group or others can read is refused.
+//! The key comes from, in this order (see [`load_master_key`]):
+//! `$CREDENTIALS_DIRECTORY/snctld.key` when systemd passes one
+//! (`LoadCredential=` / `LoadCredentialEncrypted=`), else the file named by
+//! `[master_key] file` in the configuration (which must then exist), else
+//! `snctld.key` in the state directory, created on first start. A key file
+//! that group or others can read is refused.
+//!
+//! `snctld rekey` ([`crate::rekey`]) moves the database to a new key. For the
+//! state directory's key it writes the new one to `snctld.key.new` before
+//! its commit and renames it over `snctld.key` after; a start that finds the
+//! database sealed with the `.new` key finishes that rename.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
