@@ -126,7 +126,7 @@ impl Daemon {
                     access.require_reader(peer, &r.name, readers)
                 })
                 .map(Reply::Auth),
-            Request::Status => Ok(Reply::Status(self.status())),
+            Request::Status => Ok(Reply::Status(self.status(access.is_admin(peer)))),
             admin => {
                 access.require_admin(peer, admin.kind())?;
                 self.handle_admin(admin).await
@@ -152,8 +152,10 @@ impl Daemon {
         }
     }
 
-    fn status(&self) -> DaemonStatus {
+    /// How the daemon is doing; authentication names only for admins.
+    fn status(&self, admin: bool) -> DaemonStatus {
         let overview = self.tokens.overview();
+        let named = |pair: Option<(String, i64)>| pair.filter(|_| admin);
         DaemonStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: PROTOCOL_VERSION,
@@ -163,10 +165,10 @@ impl Daemon {
             state_dir: self.state_dir.display().to_string(),
             authentications: overview.authentications,
             unhealthy: overview.unhealthy,
-            next_refresh: overview.next_refresh,
+            next_refresh: named(overview.next_refresh),
             connections: self.connections.get(),
             needs_login: overview.needs_login,
-            next_login_deadline: overview.next_login_deadline,
+            next_login_deadline: named(overview.next_login_deadline),
         }
     }
 }
