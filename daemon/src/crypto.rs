@@ -42,6 +42,9 @@ use snctl_shared::Secret;
 
 /// File name of the master key, in the state or credentials directory.
 pub const KEY_FILE: &str = "snctld.key";
+/// The state directory's next key while `snctld rekey` runs (see the module
+/// documentation).
+pub const NEW_KEY_FILE: &str = "snctld.key.new";
 const BLOB_VERSION: u8 = 1;
 const KEY_ID_LEN: usize = 8;
 const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
@@ -66,6 +69,10 @@ pub enum CryptoError {
     },
     #[error("the database was sealed with key id {expected} but no master key was found at {looked}: restore that key file; nothing was changed")]
     MissingKey { looked: String, expected: String },
+    #[error("the master key {path} named in the configuration ([master_key] file) does not exist: restore it or correct the setting (snctld never creates a key there); nothing was changed")]
+    ConfiguredKeyMissing { path: PathBuf },
+    #[error("cannot finish the interrupted rekey ({path}): {source}")]
+    FinishRekey { path: PathBuf, source: io::Error },
     #[error("a stored secret ({field} of {name}) does not open with the master key: the database or key was altered")]
     Open { name: String, field: &'static str },
     #[error("the system random number generator failed")]
@@ -77,6 +84,8 @@ pub enum CryptoError {
 pub enum KeySource {
     /// Passed by systemd (`LoadCredential=` / `LoadCredentialEncrypted=`).
     Credentials(PathBuf),
+    /// Named by `[master_key] file` in the configuration.
+    Configured(PathBuf),
     /// The key file in the state directory.
     StateDir(PathBuf),
     /// Created now, in the state directory.
@@ -87,7 +96,41 @@ impl KeySource {
     /// The key file's path.
     pub fn path(&self) -> &Path {
         match self {
-            KeySource::Credentials(p) | KeySource::StateDir(p) | KeySource::Created(p) => p,
+            KeySource::Credentials(p)
+            | KeySource::Configured(p)
+            | KeySource::StateDir(p)
+            | KeySource::Created(p) => p,
+        }
+    }
+}
+
+/// Where the master key may be, in the order [`load_master_key`] looks.
+#[derive(Debug, Clone)]
+pub struct KeySources {
+    /// `$CREDENTIALS_DIRECTORY`: its `snctld.key` wins when present.
+    pub credentials_dir: Option<PathBuf>,
+    /// `[master_key] file`: must exist when set; never created.
+    pub key_file: Option<PathBuf>,
+    /// The state directory: its `snctld.key`, created for a new database.
+    pub state_dir: PathBuf,
+}
+
+impl KeySources {
+    /// The sources a configuration names.
+    pub fn of(config: &crate::Config) -> Self {
+        KeySources {
+            credentials_dir: config.credentials_dir.clone(),
+            key_file: config.key_file.clone(),
+            state_dir: config.state_dir.clone(),
+        }
+    }
+
+    /// Only the state directory's key file.
+    pub fn state_dir(dir: impl Into<PathBuf>) -> Self {
+        KeySources {
+            credentials_dir: None,
+            key_file: None,
+            state_dir: dir.into(),
         }
     }
 }
@@ -243,52 +286,129 @@ pub fn key_check(key: &MasterKey) -> Result<Vec<u8>, CryptoError> {
 
 /// Loads the master key and proves it is the one `check` was sealed with.
 ///
+/// The sources, in order: `$CREDENTIALS_DIRECTORY/snctld.key` when present;
+/// else the configured `[master_key] file`, which must exist; else the
+/// state directory's `snctld.key`. The first source present is the key:
+/// a wrong one is refused, never passed over for the next.
+///
 /// `check` is the database's stored check value, `None` for a new database:
-/// only then is a missing key file created. Nothing is written when this
-/// fails.
+/// only then is a missing state directory key created. When the state
+/// directory's key does not open `check` but `snctld.key.new` does, a rekey
+/// died between its commit and its rename: the rename is finished here. A
+/// `snctld.key.new` next to a key that opens `check` is what a rekey that
+/// never committed left, and is removed. Nothing is written when this fails.
 pub fn load_master_key(
-    credentials_dir: Option<&Path>,
-    state_dir: &Path,
+    sources: &KeySources,
     check: Option<&[u8]>,
 ) -> Result<(MasterKey, KeySource), CryptoError> {
-    let from_credentials = credentials_dir.map(|dir| dir.join(KEY_FILE));
-    let state_key = state_dir.join(KEY_FILE);
-    let (key, source) = match from_credentials.filter(|p| p.exists()) {
-        Some(path) => (read_key_file(&path)?, KeySource::Credentials(path)),
-        None if state_key.exists() => (read_key_file(&state_key)?, KeySource::StateDir(state_key)),
-        None => match check {
-            Some(check) => {
-                return Err(CryptoError::MissingKey {
-                    looked: match credentials_dir {
-                        Some(dir) => format!(
-                            "{} or {}",
-                            dir.join(KEY_FILE).display(),
-                            state_key.display()
-                        ),
-                        None => state_key.display().to_string(),
-                    },
-                    expected: MasterKey::blob_key_id(check).unwrap_or_else(|| "?".into()),
-                })
-            }
-            None => (create_key_file(&state_key)?, KeySource::Created(state_key)),
-        },
-    };
-    if let Some(check) = check {
-        let opens = key
-            .open(CHECK_NAME, CHECK_FIELD, check)
-            .is_ok_and(|plain| plain.as_slice() == CHECK_PLAINTEXT);
-        if !opens {
-            return Err(CryptoError::WrongKey {
-                path: source.path().to_path_buf(),
-                found: key.id_hex(),
-                expected: MasterKey::blob_key_id(check).unwrap_or_else(|| "?".into()),
-            });
+    if let Some(path) = sources.credentials_dir.as_ref().map(|d| d.join(KEY_FILE)) {
+        if present(&path)? {
+            let key = read_key_file(&path)?;
+            prove(&key, &path, check)?;
+            return Ok((key, KeySource::Credentials(path)));
         }
     }
-    Ok((key, source))
+    if let Some(path) = &sources.key_file {
+        if !present(path)? {
+            return Err(CryptoError::ConfiguredKeyMissing { path: path.clone() });
+        }
+        let key = read_key_file(path)?;
+        prove(&key, path, check)?;
+        return Ok((key, KeySource::Configured(path.clone())));
+    }
+    load_state_dir_key(sources, check)
 }
 
-fn read_key_file(path: &Path) -> Result<MasterKey, CryptoError> {
+fn load_state_dir_key(
+    sources: &KeySources,
+    check: Option<&[u8]>,
+) -> Result<(MasterKey, KeySource), CryptoError> {
+    let key_path = sources.state_dir.join(KEY_FILE);
+    let new_path = sources.state_dir.join(NEW_KEY_FILE);
+    let mut current = if present(&key_path)? {
+        Some(read_key_file(&key_path)?)
+    } else {
+        None
+    };
+    let Some(check) = check else {
+        // A new database: nothing was ever sealed, so no rekey happened.
+        return match current {
+            Some(key) => Ok((key, KeySource::StateDir(key_path))),
+            None => Ok((create_key_file(&key_path)?, KeySource::Created(key_path))),
+        };
+    };
+    let finish_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CryptoError::FinishRekey { path, source }
+    };
+    if let Some(key) = current.take_if(|key| opens_check(key, check)) {
+        if present(&new_path)? {
+            // Written by a rekey that did not commit: nothing is sealed with it.
+            fs::remove_file(&new_path).map_err(finish_err(&new_path))?;
+            sync_dir(&sources.state_dir).map_err(finish_err(&new_path))?;
+            tracing::warn!(path = %new_path.display(), "removed the new key of a rekey that did not commit; the database keeps its key");
+        }
+        return Ok((key, KeySource::StateDir(key_path)));
+    }
+    if present(&new_path)? {
+        let key = read_key_file(&new_path)?;
+        if opens_check(&key, check) {
+            // The rekey committed and died before its rename.
+            fs::rename(&new_path, &key_path).map_err(finish_err(&new_path))?;
+            sync_dir(&sources.state_dir).map_err(finish_err(&new_path))?;
+            tracing::warn!(path = %key_path.display(), key_id = %key.id_hex(), "finished an interrupted rekey: the new key replaced the old one");
+            return Ok((key, KeySource::StateDir(key_path)));
+        }
+    }
+    match current {
+        Some(key) => Err(wrong_key(&key, &key_path, check)),
+        None => Err(CryptoError::MissingKey {
+            looked: match &sources.credentials_dir {
+                Some(dir) => format!("{} or {}", dir.join(KEY_FILE).display(), key_path.display()),
+                None => key_path.display().to_string(),
+            },
+            expected: MasterKey::blob_key_id(check).unwrap_or_else(|| "?".into()),
+        }),
+    }
+}
+
+/// Whether a key file is there; an error other than "not found" (a
+/// directory we may not search, say) is reported rather than passed over.
+fn present(path: &Path) -> Result<bool, CryptoError> {
+    match fs::metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(CryptoError::ReadKey {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Whether `key` is the one the key check value `check` was sealed with.
+pub fn opens_check(key: &MasterKey, check: &[u8]) -> bool {
+    key.open(CHECK_NAME, CHECK_FIELD, check)
+        .is_ok_and(|plain| plain.as_slice() == CHECK_PLAINTEXT)
+}
+
+fn prove(key: &MasterKey, path: &Path, check: Option<&[u8]>) -> Result<(), CryptoError> {
+    match check {
+        Some(check) if !opens_check(key, check) => Err(wrong_key(key, path, check)),
+        _ => Ok(()),
+    }
+}
+
+fn wrong_key(key: &MasterKey, path: &Path, check: &[u8]) -> CryptoError {
+    CryptoError::WrongKey {
+        path: path.to_path_buf(),
+        found: key.id_hex(),
+        expected: MasterKey::blob_key_id(check).unwrap_or_else(|| "?".into()),
+    }
+}
+
+/// Reads a key file: 32 raw bytes, or 64 hex digits (and a newline). A file
+/// that group or others may read is refused.
+pub fn read_key_file(path: &Path) -> Result<MasterKey, CryptoError> {
     let read_err = |source| CryptoError::ReadKey {
         path: path.to_path_buf(),
         source,
@@ -334,26 +454,42 @@ fn read_key_file(path: &Path) -> Result<MasterKey, CryptoError> {
 }
 
 fn create_key_file(path: &Path) -> Result<MasterKey, CryptoError> {
-    let create_err = |source| CryptoError::CreateKey {
+    let (key, bytes) = MasterKey::generate()?;
+    write_key_file(path, &bytes, None).map_err(|source| CryptoError::CreateKey {
         path: path.to_path_buf(),
         source,
-    };
-    let (key, bytes) = MasterKey::generate()?;
-    let text = Zeroizing::new(format!("{}\n", hex(bytes.as_ref())));
+    })?;
+    Ok(key)
+}
+
+/// Writes a new key file (64 hex digits), mode 0600, never over an existing
+/// file; `owner` (uid, gid) is given to it before anything is written. The
+/// file and its directory are synced before this returns.
+pub(crate) fn write_key_file(
+    path: &Path,
+    bytes: &[u8; 32],
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
+    let text = Zeroizing::new(format!("{}\n", hex(bytes)));
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(create_err)?;
-    file.write_all(text.as_bytes()).map_err(create_err)?;
-    file.sync_all().map_err(create_err)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(create_err)?;
+        .open(path)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
     }
-    Ok(key)
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => sync_dir(dir),
+        None => sync_dir(Path::new(".")),
+    }
+}
+
+/// Makes a directory's entries (a new or renamed file) durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -386,7 +522,7 @@ mod tests {
     #[test]
     fn first_start_creates_a_private_key_then_reuses_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (key, source) = load_master_key(None, dir.path(), None).unwrap();
+        let (key, source) = load_master_key(&KeySources::state_dir(dir.path()), None).unwrap();
         assert!(matches!(source, KeySource::Created(_)));
         let mode = fs::metadata(dir.path().join(KEY_FILE))
             .unwrap()
@@ -394,7 +530,8 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let check = key_check(&key).unwrap();
-        let (again, source) = load_master_key(None, dir.path(), Some(&check)).unwrap();
+        let (again, source) =
+            load_master_key(&KeySources::state_dir(dir.path()), Some(&check)).unwrap();
         assert!(matches!(source, KeySource::StateDir(_)));
         assert_eq!(again.id_hex(), key.id_hex());
     }
@@ -402,12 +539,12 @@ mod tests {
     #[test]
     fn loose_permissions_wrong_and_missing_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (key, _) = load_master_key(None, dir.path(), None).unwrap();
+        let (key, _) = load_master_key(&KeySources::state_dir(dir.path()), None).unwrap();
         let check = key_check(&key).unwrap();
         let path = dir.path().join(KEY_FILE);
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
-        let err = load_master_key(None, dir.path(), Some(&check)).unwrap_err();
+        let err = load_master_key(&KeySources::state_dir(dir.path()), Some(&check)).unwrap_err();
         assert!(matches!(err, CryptoError::LoosePermissions { .. }), "{err}");
         assert!(err.to_string().contains("chmod 600"));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
@@ -417,11 +554,18 @@ mod tests {
         let other = creds.path().join(KEY_FILE);
         fs::write(&other, "ab".repeat(32)).unwrap();
         fs::set_permissions(&other, fs::Permissions::from_mode(0o400)).unwrap();
-        let err = load_master_key(Some(creds.path()), dir.path(), Some(&check)).unwrap_err();
+        let err = load_master_key(
+            &KeySources {
+                credentials_dir: Some(creds.path().to_path_buf()),
+                ..KeySources::state_dir(dir.path())
+            },
+            Some(&check),
+        )
+        .unwrap_err();
         assert!(matches!(err, CryptoError::WrongKey { .. }), "{err}");
 
         fs::remove_file(&path).unwrap();
-        let err = load_master_key(None, dir.path(), Some(&check)).unwrap_err();
+        let err = load_master_key(&KeySources::state_dir(dir.path()), Some(&check)).unwrap_err();
         assert!(matches!(err, CryptoError::MissingKey { .. }), "{err}");
         assert!(!path.exists(), "no key is created for an existing database");
     }

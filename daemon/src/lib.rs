@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod hygiene;
+pub mod rekey;
 pub mod server;
 pub mod servicenow;
 pub mod store;
@@ -42,6 +43,9 @@ pub struct State {
     thread: StoreThread,
     records: Vec<Record>,
     key_source: KeySource,
+    /// Shared lock on the state directory, held while the daemon runs so
+    /// that `snctld rekey` cannot run under it.
+    _lock: Option<StateDirLock>,
 }
 
 impl State {
@@ -51,41 +55,114 @@ impl State {
     }
 }
 
-/// Opens the state directory: creates it (0700) when missing, loads and
-/// checks the master key, then migrates and loads the database. A wrong or
-/// exposed key fails here, before anything is written.
+/// Opens the state directory: creates it (0700) when missing, refuses one
+/// that group or others may write, takes its shared lock, loads and checks
+/// the master key ([`crypto::load_master_key`], from the sources the
+/// configuration names), then migrates and loads the database. A wrong or
+/// exposed key fails here, before anything is written. An authentication
+/// whose sealed secrets do not open is logged and left out; the others
+/// load.
 pub fn open_state(config: &Config) -> anyhow::Result<State> {
     use anyhow::Context;
     use std::os::unix::fs::DirBuilderExt;
-    if !config.state_dir.exists() {
+    let dir = &config.state_dir;
+    if dir.exists() {
+        check_state_dir(dir)?;
+    } else {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&config.state_dir)
-            .with_context(|| {
-                format!(
-                    "cannot create the state directory {}",
-                    config.state_dir.display()
-                )
-            })?;
+            .create(dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
     }
-    let db = UncheckedDb::open(&config.state_dir.join(DB_FILE))?;
-    let check = db.key_check()?;
-    let (key, key_source) = crypto::load_master_key(
-        config.credentials_dir.as_deref(),
-        &config.state_dir,
-        check.as_deref(),
-    )?;
+    let lock = match lock_state_dir(dir, false) {
+        Ok(lock) => Some(lock),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => anyhow::bail!(
+            "snctld rekey is running on the state directory {}: wait for it to finish",
+            dir.display()
+        ),
+        Err(error) => {
+            tracing::warn!(%error, dir = %dir.display(), "cannot lock the state directory; a running `snctld rekey` would go unnoticed");
+            None
+        }
+    };
+    let sources = crypto::KeySources::of(config);
+    let db_path = dir.join(DB_FILE);
+    // Without a database the key comes first, so that a refused key leaves
+    // no empty database behind.
+    let (db, (key, key_source)) = if db_path.exists() {
+        let db = UncheckedDb::open(&db_path)?;
+        let check = db.key_check()?;
+        let key = crypto::load_master_key(&sources, check.as_deref())?;
+        (db, key)
+    } else {
+        let key = crypto::load_master_key(&sources, None)?;
+        (UncheckedDb::open(&db_path)?, key)
+    };
     tracing::info!(key = %key_source.path().display(), key_id = %key.id_hex(), "master key loaded");
     let mut db = db.prepare(Arc::new(key))?;
-    let records = db.load_all()?;
+    let (records, unreadable) = db.load_readable()?;
+    for error in &unreadable {
+        if let crypto::CryptoError::Open { name, field } = error {
+            tracing::error!(authentication = %name, field = *field, "{error}: left out, the other authentications are served");
+        }
+    }
     let (store, thread) = Store::spawn(db).context("cannot start the store thread")?;
     Ok(State {
         store,
         thread,
         records,
         key_source,
+        _lock: lock,
     })
+}
+
+/// Refuses a state directory that group or others may write (it holds the
+/// key and the database); warns when they may read or enter it.
+pub(crate) fn check_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read the state directory {}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!("the state directory {} is not a directory", dir.display());
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        anyhow::bail!(
+            "the state directory {} is writable by group or others (mode {mode:o}): run `chmod 700 {}` and start again",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = %format!("{mode:o}"), "the state directory is open to group or others; 0700 is expected (chmod 700)");
+    }
+    Ok(())
+}
+
+/// An advisory lock (`flock`) on the state directory: shared for a running
+/// daemon, exclusive for `snctld rekey`. Released when dropped, or when the
+/// process dies.
+pub(crate) struct StateDirLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the lock without waiting: `WouldBlock` when it is held in a
+/// conflicting way.
+pub(crate) fn lock_state_dir(
+    dir: &std::path::Path,
+    exclusive: bool,
+) -> std::io::Result<StateDirLock> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(dir)?;
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    // SAFETY: flock on a descriptor we own; it touches no memory.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(StateDirLock(file))
 }
 
 /// What request handlers share.

@@ -148,11 +148,18 @@ fn check_dir(dir: &Path) -> Result<(), BindError> {
     // SAFETY: geteuid cannot fail and touches no memory.
     let me = unsafe { libc::geteuid() };
     let problem = if meta.uid() != me && meta.uid() != 0 {
-        Some(format!("belongs to uid {}, not to snctld's uid {me}", meta.uid()))
+        Some(format!(
+            "belongs to uid {}, not to snctld's uid {me}",
+            meta.uid()
+        ))
     } else if meta.mode() & 0o022 != 0 {
         Some(format!(
             "is writable by {} (mode {:o})",
-            if meta.mode() & 0o002 != 0 { "everyone" } else { "its group" },
+            if meta.mode() & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
             meta.mode() & 0o7777
         ))
     } else {

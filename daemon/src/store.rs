@@ -631,6 +631,131 @@ impl Db {
     }
 }
 
+/// Loading around secrets that do not open, and moving to a new key.
+impl Db {
+    /// The sealed secrets that do not open with the master key (a blob
+    /// copied from another row or column, a damaged blob, another key), one
+    /// [`CryptoError::Open`] each, naming the authentication and the field.
+    /// Looks at the blobs [`Db::load_all`] opens.
+    pub fn unreadable(&mut self) -> Result<Vec<CryptoError>, StoreError> {
+        type Blobs = (
+            String,
+            Vec<u8>,
+            Option<Vec<u8>>,
+            Option<i64>,
+            Option<Vec<u8>>,
+        );
+        let rows: Vec<Blobs> = self
+            .conn
+            .prepare(
+                "SELECT name, client_secret, access_token, access_expires_ms, refresh_token
+                 FROM authentications ORDER BY name",
+            )?
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut unreadable = Vec::new();
+        for (name, secret, access, expires, refresh) in rows {
+            let mut fields = vec![(F_CLIENT_SECRET, Some(secret))];
+            // load_all opens the tokens only with an expiry.
+            if expires.is_some() && access.is_some() {
+                fields.push((F_ACCESS_TOKEN, access));
+                fields.push((F_REFRESH_TOKEN, refresh));
+            }
+            for (field, blob) in fields {
+                if let Some(Err(error)) = blob.map(|b| self.key.open_secret(&name, field, &b)) {
+                    unreadable.push(error);
+                }
+            }
+        }
+        Ok(unreadable)
+    }
+
+    /// Every stored authentication whose secrets open, and what does not
+    /// open (see [`Db::unreadable`]): one damaged row no longer stops the
+    /// others from loading. Any other error fails the whole load, as with
+    /// [`Db::load_all`].
+    ///
+    /// [`Db::load_all`] stays the one reader of a row: with unreadable rows
+    /// it runs inside a transaction that deletes them first and is then
+    /// rolled back, so nothing is written.
+    pub fn load_readable(&mut self) -> Result<(Vec<Record>, Vec<CryptoError>), StoreError> {
+        let unreadable = self.unreadable()?;
+        if unreadable.is_empty() {
+            return Ok((self.load_all()?, unreadable));
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let loaded = (|| {
+            for error in &unreadable {
+                if let CryptoError::Open { name, .. } = error {
+                    self.conn
+                        .execute("DELETE FROM authentications WHERE name = ?1", [name])?;
+                }
+            }
+            self.load_all()
+        })();
+        let rolled_back = self.conn.execute_batch("ROLLBACK");
+        let records = loaded?;
+        rolled_back?;
+        Ok((records, unreadable))
+    }
+
+    /// Re-seals every sealed blob (client secrets, access and refresh
+    /// tokens, the key check) under `new_key`, each with a fresh nonce, in
+    /// one `BEGIN IMMEDIATE` transaction, then uses `new_key` and drops the
+    /// old one. Returns how many blobs were re-sealed. A blob that does not
+    /// open with the current key fails the whole re-seal, and nothing
+    /// changes.
+    pub fn reseal(&mut self, new_key: Arc<MasterKey>) -> Result<usize, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        type Blobs = (String, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+        let rows: Vec<Blobs> = tx
+            .prepare(
+                "SELECT name, client_secret, access_token, refresh_token
+                 FROM authentications ORDER BY name",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        let old = &self.key;
+        let reseal = |name: &str, field: &'static str, blob: &[u8]| -> Result<_, StoreError> {
+            let plain = old.open(name, field, blob)?;
+            Ok(new_key.seal(name, field, &plain)?)
+        };
+        let mut count = 0;
+        for (name, secret, access, refresh) in rows {
+            let secret = reseal(&name, F_CLIENT_SECRET, &secret)?;
+            let access = access
+                .map(|b| reseal(&name, F_ACCESS_TOKEN, &b))
+                .transpose()?;
+            let refresh = refresh
+                .map(|b| reseal(&name, F_REFRESH_TOKEN, &b))
+                .transpose()?;
+            count += 1 + usize::from(access.is_some()) + usize::from(refresh.is_some());
+            tx.execute(
+                "UPDATE authentications SET client_secret = ?2, access_token = ?3,
+                     refresh_token = ?4
+                 WHERE name = ?1",
+                params![name, secret, access, refresh],
+            )?;
+        }
+        // The old check was proven when the key was loaded; a new one says
+        // the same of the new key.
+        let check = crypto::key_check(&new_key)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('key_check', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [check],
+        )?;
+        count += 1;
+        tx.commit()?;
+        self.key = new_key;
+        Ok(count)
+    }
+}
+
 type Job = Box<dyn FnOnce(&mut Db) -> Flow + Send>;
 
 enum Flow {

@@ -44,7 +44,11 @@ const POINTS: [KillPoint; 4] = [
 fn stored_refresh_token(state_dir: &Path) -> String {
     let unchecked = UncheckedDb::open(&state_dir.join(DB_FILE)).unwrap();
     let check = unchecked.key_check().unwrap();
-    let (key, _) = snctld::crypto::load_master_key(None, state_dir, check.as_deref()).unwrap();
+    let (key, _) = snctld::crypto::load_master_key(
+        &snctld::crypto::KeySources::state_dir(state_dir),
+        check.as_deref(),
+    )
+    .unwrap();
     let mut db = unchecked.prepare(Arc::new(key)).unwrap();
     assert_eq!(db.integrity_check().unwrap(), "ok");
     let records = db.load_all().unwrap();
