@@ -27,12 +27,16 @@ mod tests {
     #[test]
     fn a_hardened_process_has_no_core_limit_and_is_not_dumpable() {
         // In a child, so that the test process keeps its own settings.
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "hygiene::tests::child_half", "--nocapture"])
             .env("SNCTLD_HYGIENE_CHILD", "1")
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success());
+        assert!(
+            child.status.success(),
+            "{}",
+            String::from_utf8_lossy(&child.stdout)
+        );
     }
 
     /// The half of the test above that runs in the child; alone, it does

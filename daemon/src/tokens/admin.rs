@@ -345,7 +345,10 @@ impl Tokens {
 
     /// Revokes (unless asked not to) and deletes an authentication.
     pub async fn remove(&self, request: RemoveRequest) -> Result<RemoveReply, Error> {
-        let entry = self.entry(&request.name)?;
+        let entry = match self.entry(&request.name) {
+            Ok(entry) => entry,
+            Err(error) => return self.remove_unloaded(&request.name, error).await,
+        };
         let _flight = self.lock_flight(&entry).await?;
         // From here on nobody is handed this authentication's token.
         if self.write_entries().remove(&request.name).is_none() {
@@ -392,6 +395,30 @@ impl Tokens {
                 Err(internal(e))
             }
         }
+    }
+
+    /// Deletes a stored authentication that was not loaded because its
+    /// secrets do not open (a damaged database, another key): it can only
+    /// be removed, and nothing can be revoked for it.
+    async fn remove_unloaded(&self, name: &str, not_found: Error) -> Result<RemoveReply, Error> {
+        let row = name.to_string();
+        let deleted = self
+            .inner
+            .store
+            .call(move |db| db.delete(&row))
+            .await
+            .map_err(internal)?;
+        if !deleted {
+            return Err(not_found);
+        }
+        tracing::info!(%name, "unreadable authentication removed");
+        Ok(RemoveReply {
+            revoked: 0,
+            revoke_error: Some(
+                "its stored secrets did not open, so nothing could be revoked at the instance"
+                    .into(),
+            ),
+        })
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Pending>> {

@@ -147,3 +147,48 @@ fn the_daemon_binary_restarts_on_sigterm_without_losing_anything() {
     assert_eq!(json["authentications"], 1);
     assert_eq!(json["pid"], daemon.pid().unwrap());
 }
+
+#[test]
+fn an_authentication_whose_secrets_do_not_open_is_left_out_and_can_be_removed() {
+    let Prod { dir, fake, daemon } = Prod::start();
+    daemon
+        .client()
+        .add(add_request("dev", &fake.url()))
+        .unwrap();
+    daemon.stop().unwrap();
+    // A damaged (or hand-edited) row: dev's client secret is prod's blob,
+    // sealed for another authentication.
+    let db = dir.path().join("state").join(snctld::store::DB_FILE);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "UPDATE authentications SET client_secret =
+                 (SELECT client_secret FROM authentications WHERE name = 'prod')
+             WHERE name = 'dev'",
+        )
+        .unwrap();
+
+    let daemon = TestDaemon::in_dir(dir.path());
+    let names: Vec<String> = daemon
+        .client()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["prod"], "the readable one is served");
+    daemon.client().token("prod").unwrap();
+
+    let out = snctl(daemon.socket(), &["remove", "dev"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing could be revoked"));
+    daemon
+        .client()
+        .add(add_request("dev", &fake.url()))
+        .unwrap();
+    daemon.client().token("dev").unwrap();
+}
