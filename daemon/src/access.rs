@@ -128,9 +128,8 @@ fn peer_groups(fd: RawFd) -> std::io::Result<Vec<u32>> {
     }
 }
 
-/// The systemd unit of process `pid`, from the last `.service` (or
-/// `.scope`) component of its cgroup path: cgroup v2's `0::` line, else
-/// v1's `name=systemd` hierarchy.
+/// The systemd unit of process `pid`, from its cgroup path (cgroup v2's
+/// `0::` line, else v1's `name=systemd` hierarchy).
 fn unit_of(pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = text
@@ -143,9 +142,13 @@ fn unit_of(pid: u32) -> Option<String> {
     unit_in(path)
 }
 
+/// The first `.service` or `.scope` component from the root: the unit
+/// systemd itself placed the process in. Below it, a unit with
+/// `Delegate=` (every user's `user@UID.service` among them) names cgroups
+/// as it likes, so a deeper component proves nothing.
 fn unit_in(cgroup: &str) -> Option<String> {
     cgroup
-        .rsplit('/')
+        .split('/')
         .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
         .map(str::to_string)
 }
@@ -345,12 +348,13 @@ impl Access {
             .as_ref()
             .map(|(name, _)| format!(" and members of group {name}"))
             .unwrap_or_default();
-        let daemon = match user_name(self.daemon_uid) {
-            Some(name) => format!("{name} (uid {})", self.daemon_uid),
-            None => format!("uid {}", self.daemon_uid),
+        let daemon = match (self.daemon_uid, user_name(self.daemon_uid)) {
+            (0, _) => String::new(),
+            (uid, Some(name)) => format!(", {name} (uid {uid})"),
+            (uid, None) => format!(", uid {uid}"),
         };
         Err(Error::Forbidden {
-            reason: format!("{what} is for admins: root, {daemon}{group}; {peer} is none of them"),
+            reason: format!("{what} is for admins: root{daemon}{group}; {peer} is none of them"),
         })
     }
 
@@ -371,8 +375,8 @@ impl Access {
         }
         Err(Error::Forbidden {
             reason: format!(
-                "{name}'s tokens are for {} and admins; {peer} is none of them: ask an admin to run \
-                 `snctl update {name} --allow-user …`",
+                "{name}'s tokens are for {} and admins; {peer} is none of them: ask an admin to \
+                 add you to its readers (`snctl update {name} --allow-…`)",
                 readers.describe()
             ),
         })
@@ -394,15 +398,20 @@ mod tests {
     }
 
     #[test]
-    fn units_come_from_the_last_service_in_the_cgroup_path() {
+    fn units_come_from_the_first_unit_in_the_cgroup_path() {
         assert_eq!(
             unit_in("/system.slice/sync.service").as_deref(),
             Some("sync.service")
         );
+        // A user's own units live in cgroups the user may name freely.
         assert_eq!(
-            unit_in("/user.slice/user-1000.slice/user@1000.service/app.slice/job.service")
+            unit_in("/user.slice/user-1000.slice/user@1000.service/app.slice/sync.service")
                 .as_deref(),
-            Some("job.service")
+            Some("user@1000.service")
+        );
+        assert_eq!(
+            unit_in("/system.slice/docker.service/sync.service").as_deref(),
+            Some("docker.service")
         );
         assert_eq!(
             unit_in("/user.slice/user-1000.slice/session-3.scope").as_deref(),

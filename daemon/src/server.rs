@@ -88,7 +88,7 @@ impl Listener {
 /// Binds the socket at `path` with `mode`, replacing a stale socket file
 /// left by a daemon that died, but never one that still answers.
 pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<Listener, BindError> {
-    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     if let Some(dir) = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty() && !d.exists())
@@ -130,6 +130,9 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<Listener, BindError
         .reclaim_name(true)
         .create_tokio()
         .map_err(listen_err)?;
+    // The mode given above is cut by the umask (snctld's is 077); set the
+    // one asked for. Until then the socket is only stricter.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen_err)?;
     Ok(Listener {
         inner,
         path: path.to_path_buf(),
