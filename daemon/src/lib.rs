@@ -100,6 +100,7 @@ pub fn open_state(config: &Config) -> anyhow::Result<State> {
         (UncheckedDb::open(&db_path)?, key)
     };
     tracing::info!(key = %key_source.path().display(), key_id = %key.id_hex(), "master key loaded");
+    private_files(&db_path)?;
     let mut db = db.prepare(Arc::new(key))?;
     let (records, unreadable) = db.load_readable()?;
     for error in &unreadable {
@@ -115,6 +116,26 @@ pub fn open_state(config: &Config) -> anyhow::Result<State> {
         key_source,
         _lock: lock,
     })
+}
+
+/// The database and its WAL files are created 0600; one that others may
+/// read (restored from a backup, say) is made private again.
+fn private_files(db: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), mode = format!("{mode:o}"), "the database was open to others: made it 0600");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| anyhow::anyhow!("cannot make {} private (chmod 600): {e}", path.display()),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a state directory that group or others may write (it holds the

@@ -192,3 +192,19 @@ fn an_authentication_whose_secrets_do_not_open_is_left_out_and_can_be_removed() 
         .unwrap();
     daemon.client().token("dev").unwrap();
 }
+
+#[test]
+fn a_database_open_to_others_is_made_private_again() {
+    let Prod {
+        dir,
+        fake: _fake,
+        daemon,
+    } = Prod::start();
+    daemon.stop().unwrap();
+    let db = dir.path().join("state").join(snctld::store::DB_FILE);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    daemon.client().token("prod").unwrap();
+}
