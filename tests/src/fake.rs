@@ -312,6 +312,12 @@ impl FakeInstance {
         self.lock().issued_refresh.clone()
     }
 
+    /// Every authorization code the authorize endpoint handed out, in order,
+    /// used or not.
+    pub fn issued_auth_codes(&self) -> Vec<String> {
+        self.lock().issued_codes.clone()
+    }
+
     pub fn revoked_tokens(&self) -> Vec<String> {
         self.lock().revoked_order.clone()
     }
@@ -385,6 +391,7 @@ struct State {
     refresh_grants: HashMap<String, RefreshGrant>,
     issued_access: Vec<String>,
     issued_refresh: Vec<String>,
+    issued_codes: Vec<String>,
     revoked: HashSet<String>,
     revoked_order: Vec<String>,
     superseded: HashSet<String>,
@@ -491,6 +498,7 @@ impl State {
             expires_at: deadline(AUTH_CODE_LIFETIME),
         };
         self.auth_codes.insert(code.clone(), issued);
+        self.issued_codes.push(code.clone());
         redirect(redirect_uri, &[("code", &code), ("state", &state)])
     }
 

@@ -245,8 +245,33 @@ pub struct DaemonProcess {
 
 impl DaemonProcess {
     /// Starts `snctld --socket DIR/snctld.sock --state-dir DIR/state` and
-    /// waits until the socket answers. Its log goes to `DIR/snctld.log`.
+    /// waits until the socket answers. Its log goes to `DIR/snctld.log`, at
+    /// the level of the test's `RUST_LOG` (default warn).
     pub fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<DaemonProcess> {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        DaemonProcess::start_with(dir, extra, &filter, None)
+    }
+
+    /// [`DaemonProcess::start`] with `RUST_LOG` set to `filter` whatever the
+    /// test's environment says, e.g. `"trace"` for a run whose log is
+    /// searched for secrets.
+    pub fn start_with_log_filter(
+        dir: &Path,
+        extra: &[&str],
+        filter: &str,
+    ) -> anyhow::Result<DaemonProcess> {
+        DaemonProcess::start_with(dir, extra, filter, None)
+    }
+
+    /// [`DaemonProcess::start_with_log_filter`], and as `user` (uid, gid)
+    /// when given, which takes root.
+    pub fn start_with(
+        dir: &Path,
+        extra: &[&str],
+        filter: &str,
+        user: Option<(u32, u32)>,
+    ) -> anyhow::Result<DaemonProcess> {
+        use std::os::unix::process::CommandExt;
         let socket = dir.join("snctld.sock");
         let state_dir = dir.join("state");
         let log = dir.join("snctld.log");
@@ -254,19 +279,20 @@ impl DaemonProcess {
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = Command::new(bin("snctld"))
+        let mut command = Command::new(bin("snctld"));
+        command
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
             .arg(&state_dir)
             .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
-            .stderr(stderr)
-            .spawn()?;
+            .stderr(stderr);
+        if let Some((uid, gid)) = user {
+            command.uid(uid).gid(gid);
+        }
+        let child = command.spawn()?;
         let mut process = DaemonProcess {
             child: Some(child),
             socket,

@@ -2,6 +2,8 @@
 //! sockets, a real SQLite file in a temp dir, and the fake ServiceNow
 //! instance over real HTTP on loopback.
 
+mod access;
+mod canary;
 mod cli;
 mod crash;
 mod doctor;
