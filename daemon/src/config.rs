@@ -184,6 +184,25 @@ fn home_dir(sub: &str) -> Option<PathBuf> {
 }
 
 impl Config {
+    /// A user-mode daemon with everything under `dir` (socket
+    /// `dir/snctld.sock`, state `dir/state`) and default settings, ignoring
+    /// the environment and config files: for embedding and tests.
+    pub fn under(dir: &Path) -> Config {
+        Config {
+            socket: dir.join(SOCKET_FILE),
+            state_dir: dir.join("state"),
+            credentials_dir: None,
+            socket_mode: 0o600,
+            socket_dir_mode: 0o700,
+            limits: Limits::default(),
+            http: HttpConfig::default(),
+            refresh: RefreshPolicy::default(),
+            login: LoginPolicy::default(),
+            access: AccessConfig::default(),
+            key_file: None,
+        }
+    }
+
     /// Builds the configuration for `mode` from the overrides, the
     /// environment and the config file (when there is one).
     pub fn load(mode: Mode, overrides: PathOverrides) -> Result<Config, ConfigError> {

@@ -13,36 +13,20 @@ use rusqlite::Connection;
 
 use snctl_shared::protocol::{ClientAuth, Grant};
 use snctl_shared::Secret;
-use snctld::config::{AccessConfig, Config};
+use snctld::config::Config;
 use snctld::crypto::{
     load_master_key, read_key_file, CryptoError, KeySource, KeySources, MasterKey, KEY_FILE,
     NEW_KEY_FILE,
 };
 use snctld::rekey::{rekey, rekey_until_commit};
-use snctld::server::Limits;
-use snctld::servicenow::HttpConfig;
 use snctld::store::{Authentication, Db, TokenSet, UncheckedDb, DB_FILE};
-use snctld::tokens::{LoginPolicy, RefreshPolicy};
 
 /// Everything under `dir`; the state directory is `dir/state`.
 fn config(dir: &Path) -> Config {
-    Config {
-        socket: dir.join("snctld.sock"),
-        state_dir: dir.join("state"),
-        credentials_dir: None,
-        socket_mode: 0o600,
-        socket_dir_mode: 0o700,
-        limits: Limits::default(),
-        http: HttpConfig {
-            ca_file: None,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-        },
-        refresh: RefreshPolicy::default(),
-        login: LoginPolicy::default(),
-        access: AccessConfig::default(),
-        key_file: None,
-    }
+    let mut config = Config::under(dir);
+    config.http.connect_timeout = Duration::from_secs(5);
+    config.http.request_timeout = Duration::from_secs(5);
+    config
 }
 
 fn mkdir_private(path: &Path) {

@@ -14,11 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
-use snctld::config::AccessConfig;
 use snctld::config::Config;
-use snctld::server::Limits;
-use snctld::servicenow::HttpConfig;
-use snctld::tokens::{LoginPolicy, RefreshPolicy};
 
 use crate::fake::FakeInstance;
 
@@ -51,27 +47,12 @@ pub fn fake() -> FakeInstance {
 /// A daemon configuration for tests: everything under `dir`, short
 /// upstream timeouts, quick backoff.
 pub fn test_config(dir: &Path) -> Config {
-    Config {
-        socket: dir.join("snctld.sock"),
-        state_dir: dir.join("state"),
-        credentials_dir: None,
-        socket_mode: 0o600,
-        socket_dir_mode: 0o700,
-        limits: Limits::default(),
-        http: HttpConfig {
-            ca_file: None,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-        },
-        refresh: RefreshPolicy {
-            backoff_min: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(5),
-            ..RefreshPolicy::default()
-        },
-        login: LoginPolicy::default(),
-        access: AccessConfig::default(),
-        key_file: None,
-    }
+    let mut config = Config::under(dir);
+    config.http.connect_timeout = Duration::from_secs(5);
+    config.http.request_timeout = Duration::from_secs(5);
+    config.refresh.backoff_min = Duration::from_millis(500);
+    config.refresh.backoff_max = Duration::from_secs(5);
+    config
 }
 
 /// The daemon, in-process, on a runtime thread of its own.
@@ -206,32 +187,38 @@ pub fn snctl_env(
     stdin: Option<&str>,
     env: &[(&str, &std::ffi::OsStr)],
 ) -> Output {
-    use std::io::Write;
     let mut child = Command::new(bin("snctl"))
         .args(args)
         .env("SNCTL_SOCKET", socket)
         .envs(env.iter().copied())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(stdin_for(stdin))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("snctl runs");
+    feed(&mut child, stdin);
+    child.wait_with_output().expect("snctl finishes")
+}
+
+/// A piped standard input when there is `stdin` to give, else none.
+pub fn stdin_for(stdin: Option<&str>) -> Stdio {
+    if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    }
+}
+
+/// Writes `stdin` to a child spawned with [`stdin_for`] and closes it. A
+/// child may exit (a usage error) before it reads: not a harness failure.
+pub fn feed(child: &mut Child, stdin: Option<&str>) {
+    use std::io::Write;
     if let Some(input) = stdin {
-        // snctl may exit (a usage error) before reading its input.
-        if let Err(e) = child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-        {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        if let Err(e) = pipe.write_all(input.as_bytes()) {
             assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
         }
     }
-    child.wait_with_output().expect("snctl finishes")
 }
 
 /// `snctld` as a child process.

@@ -9,7 +9,6 @@
 //! without it these tests say so and pass.
 
 use std::ffi::{CStr, CString};
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -20,7 +19,7 @@ use std::time::Duration;
 use snctl::protocol::Readers;
 use snctl_tests::fake::FakeInstance;
 use snctl_tests::harness::{
-    bin, fake, test_config, wait_until, DaemonProcess, TestDaemon, CLIENT_ID, CLIENT_SECRET,
+    self, bin, fake, test_config, wait_until, DaemonProcess, TestDaemon, CLIENT_ID, CLIENT_SECRET,
 };
 
 use crate::{add_by_password, add_request};
@@ -250,11 +249,7 @@ fn run_snctl(
         .args(args)
         .env("SNCTL_SOCKET", socket)
         .current_dir(snctl.parent().expect("bin dir"))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(harness::stdin_for(stdin))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     caller.apply(&mut command);
@@ -262,17 +257,7 @@ fn run_snctl(
         .spawn()
         .unwrap_or_else(|e| panic!("snctl as {caller:?}: {e}"));
     let pid = child.id();
-    if let Some(input) = stdin {
-        // snctl may exit before reading its input.
-        if let Err(e) = child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-        {
-            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-        }
-    }
+    harness::feed(&mut child, stdin);
     let out = child.wait_with_output().expect("snctl finishes");
     Ran {
         pid,

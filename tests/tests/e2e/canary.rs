@@ -10,7 +10,6 @@
 //! in the state directory; an access token only in what a successful
 //! `snctl token` or `snctl exec` prints and in token replies.
 
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -24,7 +23,7 @@ use snctl::protocol::{
 use snctl::{Client, ClientError, Secret};
 use snctl_shared::frame::{encode, MAX_RESPONSE_FRAME};
 use snctl_tests::fake::{Consent, FakeInstance, Fault};
-use snctl_tests::harness::{bin, contains, files_under, free_port, runtime, DaemonProcess};
+use snctl_tests::harness::{self, bin, contains, files_under, free_port, runtime, DaemonProcess};
 
 const CC_ID: &str = "canary-cc-client";
 const CC_SECRET: &str = "canary-client-secret-Q7cc";
@@ -255,23 +254,14 @@ impl Run {
             .args(args)
             .env("SNCTL_SOCKET", &self.daemon.socket)
             .env("BROWSER", bin("fake-browser"))
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(harness::stdin_for(stdin))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if who == Who::Nobody {
             command.uid(NOBODY).gid(NOBODY);
         }
         let mut child = command.spawn().expect("snctl runs");
-        if let Some(input) = stdin {
-            let mut pipe = child.stdin.take().expect("stdin");
-            if let Err(e) = pipe.write_all(input.as_bytes()) {
-                assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-            }
-        }
+        harness::feed(&mut child, stdin);
         let out = child.wait_with_output().expect("snctl finishes");
         let code = out.status.code();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
