@@ -216,9 +216,13 @@ impl ReaderIds {
             .iter()
             .map(|u| {
                 let u = u.trim();
+                // systemd's unit name characters only: no separator of
+                // the stored list, no path.
                 let valid = (u.ends_with(".service") || u.ends_with(".scope"))
-                    && !u.contains('/')
-                    && u.len() <= 255;
+                    && u.len() <= 255
+                    && u
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ":_.\\@-".contains(c));
                 if valid {
                     Ok(u.to_string())
                 } else {
@@ -472,11 +476,21 @@ mod tests {
         .unwrap();
         assert_eq!(ids.users, vec![0]);
         assert_eq!(ids.groups, vec![0]);
+        for unit in ["../etc.service", "x.service,sync.service", "a b.service", "x.socket"] {
+            assert!(
+                ReaderIds::resolve(&Readers {
+                    units: vec![unit.into()],
+                    ..Readers::default()
+                })
+                .is_err(),
+                "{unit}"
+            );
+        }
         assert!(ReaderIds::resolve(&Readers {
-            units: vec!["../etc".into()],
+            units: vec!["user@1000.service".into(), "getty@tty1.service".into()],
             ..Readers::default()
         })
-        .is_err());
+        .is_ok());
         assert!(ReaderIds::resolve(&Readers {
             users: vec!["no-such-user-snctl".into()],
             ..Readers::default()

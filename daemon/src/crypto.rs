@@ -61,6 +61,8 @@ pub enum CryptoError {
     LoosePermissions { path: PathBuf, mode: u32 },
     #[error("the master key {path} is not a key: expected 32 bytes, or 64 hex digits")]
     BadKey { path: PathBuf },
+    #[error("the master key {path} belongs to uid {owner}, not to snctld's uid {me} or root: another user could replace it; run `chown {me} {path}`")]
+    ForeignOwner { path: PathBuf, owner: u32, me: u32 },
     #[error("the master key {path} (key id {found}) is not the key this database was sealed with (key id {expected}): start with the right key; nothing was changed")]
     WrongKey {
         path: PathBuf,
@@ -419,6 +421,15 @@ pub fn read_key_file(path: &Path) -> Result<MasterKey, CryptoError> {
         return Err(CryptoError::LoosePermissions {
             path: path.to_path_buf(),
             mode,
+        });
+    }
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(CryptoError::ForeignOwner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
         });
     }
     // A key file is tiny; anything big is not ours.

@@ -84,11 +84,11 @@ fn min_valid_forces_a_refresh_and_impossible_asks_are_refused() {
         dir: _dir,
         fake,
         daemon,
-    } = Prod::with(|f| f.set_access_lifetime(60), |_| {});
+    } = Prod::with(|f| f.set_access_lifetime(10), |_| {});
     let mut client = daemon.client();
     std::thread::sleep(Duration::from_millis(1100));
-    // 59 s left is less than asked: refresh first.
-    let token = client.token_with("prod", Duration::from_secs(59)).unwrap();
+    // Under 9 s left is less than asked: refresh first.
+    let token = client.token_with("prod", Duration::from_secs(9)).unwrap();
     assert_eq!(fake.tokens_issued(), 2);
     assert!(fake.is_access_token_valid(token.access_token.expose()));
     // A token can never be valid for longer than its lifetime.
@@ -97,4 +97,29 @@ fn min_valid_forces_a_refresh_and_impossible_asks_are_refused() {
         .unwrap_err();
     assert_eq!(err.kind().exit_code(), 2, "{err}");
     assert_eq!(fake.tokens_issued(), 2);
+}
+
+#[test]
+fn asking_for_nearly_the_whole_lifetime_does_not_refresh_on_every_call() {
+    let prod = Prod::with(|fake| fake.set_access_lifetime(20), |_| {});
+    let mut client = prod.client();
+    // Older than a tenth of its lifetime: the first ask refreshes.
+    std::thread::sleep(Duration::from_millis(2100));
+    let before = prod.fake.token_requests();
+    let mut refused = 0;
+    // Three seconds of asking: room for a refresh at the start and one when
+    // that token is two seconds old, whatever the machine's load.
+    let window = std::time::Instant::now();
+    while window.elapsed() < Duration::from_secs(3) {
+        if let Err(e) = client.token_with("prod", Duration::from_secs(19)) {
+            assert_eq!(e.kind().exit_code(), 2, "{e}");
+            assert!(e.to_string().contains("ask for less"), "{e}");
+            refused += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // At most one refresh per tenth of the lifetime, not one per call.
+    let upstream = prod.fake.token_requests() - before;
+    assert!((1..=2).contains(&upstream), "{upstream} upstream requests");
+    assert!(refused > 0);
 }
