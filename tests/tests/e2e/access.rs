@@ -285,12 +285,7 @@ impl World {
         let mut config = test_config(dir.path());
         config.socket_mode = 0o666;
         tune(&mut config);
-        let mode = config.socket_mode;
         let daemon = TestDaemon::start(config).unwrap();
-        // Binding masks the socket's mode with the process umask (022 here),
-        // so socket_mode alone gives 0644, not 0666: a known daemon bug, see
-        // the_system_daemons_socket_is_open_to_the_socket_group.
-        set_mode(daemon.socket(), mode);
         let snctl = public_snctl(dir.path());
         World {
             daemon,
@@ -684,8 +679,7 @@ fn every_token_handed_out_is_logged_without_the_token() {
     let config = config.to_str().unwrap();
     let process =
         DaemonProcess::start_with_log_filter(dir.path(), &["--config", config], "info").unwrap();
-    // snctld's socket comes out 0600 whatever socket_mode says (see
-    // the_system_daemons_socket_is_open_to_the_socket_group): open it here.
+    // snctld's own socket mode is 0600 (user mode): open it to the callers.
     set_mode(&process.socket, 0o666);
     let mut request = add_request("prod", &fake.url());
     request.readers = users(&["4006"]);
@@ -754,11 +748,10 @@ fn every_token_handed_out_is_logged_without_the_token() {
     assert!(!log.contains(CLIENT_SECRET));
 }
 
-/// Known daemon bug (see `access::unit_in`): the unit is the *last*
-/// `.service` or `.scope` in the caller's cgroup path, and every user may
-/// make cgroups of any name below their own `user@UID.service`, which
-/// systemd delegates to them (`systemd-run --user --unit=NAME.service`).
-/// So any user can pass for a system unit that is a reader.
+/// Every user may make cgroups of any name below their own
+/// `user@UID.service`, which systemd delegates to them (`systemd-run --user
+/// --unit=NAME.service`): a unit named there must not pass for the system
+/// unit of that name.
 #[test]
 fn a_unit_named_inside_a_users_delegated_cgroup_is_not_that_unit() {
     let test = "a_unit_named_inside_a_users_delegated_cgroup_is_not_that_unit";
@@ -800,9 +793,9 @@ fn a_unit_named_inside_a_users_delegated_cgroup_is_not_that_unit() {
         .refused(&format!("prod's tokens are for units {unit} and admins"));
 }
 
-/// Known daemon bug: `main` sets the umask to 077 before binding, and the
-/// kernel masks the socket's mode with it, so the system daemon's socket
-/// is 0600, not `socket_mode` 0660, and its group cannot connect.
+/// `main` sets the umask to 077 before binding, and the kernel masks the
+/// socket's mode with it: the system daemon's socket must still come out
+/// `socket_mode` 0660, or its group cannot connect.
 #[test]
 fn the_system_daemons_socket_is_open_to_the_socket_group() {
     if !can_switch_users("the_system_daemons_socket_is_open_to_the_socket_group") {
