@@ -220,8 +220,7 @@ impl ReaderIds {
                 // the stored list, no path.
                 let valid = (u.ends_with(".service") || u.ends_with(".scope"))
                     && u.len() <= 255
-                    && u
-                        .chars()
+                    && u.chars()
                         .all(|c| c.is_ascii_alphanumeric() || ":_.\\@-".contains(c));
                 if valid {
                     Ok(u.to_string())
@@ -476,7 +475,12 @@ mod tests {
         .unwrap();
         assert_eq!(ids.users, vec![0]);
         assert_eq!(ids.groups, vec![0]);
-        for unit in ["../etc.service", "x.service,sync.service", "a b.service", "x.socket"] {
+        for unit in [
+            "../etc.service",
+            "x.service,sync.service",
+            "a b.service",
+            "x.socket",
+        ] {
             assert!(
                 ReaderIds::resolve(&Readers {
                     units: vec![unit.into()],

@@ -29,7 +29,15 @@
 //! ca_file = "/etc/ssl/private/proxy-ca.pem"
 //! connect_timeout_secs = 10
 //! request_timeout_secs = 30
+//!
+//! [log]
+//! filter = "info"         # tracing filter, e.g. "info,snctld::tokens=debug"; RUST_LOG and -v win
 //! ```
+//!
+//! SIGHUP reads the file again ([`Config::reload`], [`Config::changes`]):
+//! `log.filter` and `access.admin_group` apply at once; any other change is
+//! logged and applies at the next start. A file that does not parse
+//! changes nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +68,27 @@ pub struct Config {
     pub access: AccessConfig,
     /// A master key file named in the configuration.
     pub key_file: Option<PathBuf>,
+    /// `[log] filter`: the log filter when neither `RUST_LOG` nor `-v` say.
+    pub log_filter: Option<String>,
+    /// Where this configuration came from, to read it again on SIGHUP;
+    /// `None` for one built in code ([`Config::under`]).
+    pub origin: Option<Origin>,
+}
+
+/// The inputs of [`Config::load`], kept for [`Config::reload`].
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub mode: Mode,
+    pub overrides: PathOverrides,
+}
+
+/// One setting that differs between two configurations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// As written in the file, e.g. `refresh.ahead`; paths by their flag.
+    pub setting: &'static str,
+    pub old: String,
+    pub new: String,
 }
 
 /// Who may do what, by group name (resolved when the daemon starts).
@@ -126,6 +155,14 @@ struct File {
     master_key: MasterKeySection,
     #[serde(default)]
     http: HttpSection,
+    #[serde(default)]
+    log: LogSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogSection {
+    filter: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,12 +237,18 @@ impl Config {
             login: LoginPolicy::default(),
             access: AccessConfig::default(),
             key_file: None,
+            log_filter: None,
+            origin: None,
         }
     }
 
     /// Builds the configuration for `mode` from the overrides, the
     /// environment and the config file (when there is one).
     pub fn load(mode: Mode, overrides: PathOverrides) -> Result<Config, ConfigError> {
+        let origin = Origin {
+            mode,
+            overrides: overrides.clone(),
+        };
         let (socket, state_dir, config_file) = match mode {
             Mode::System => (
                 PathBuf::from(paths::SYSTEM_SOCKET),
@@ -260,6 +303,8 @@ impl Config {
                 Mode::User => AccessConfig::default(),
             },
             key_file: None,
+            log_filter: None,
+            origin: Some(origin),
         };
         if explicit || file.exists() {
             config.apply_file(&file)?;
@@ -355,7 +400,129 @@ impl Config {
             .request_timeout_secs
             .map(secs)
             .unwrap_or(self.http.request_timeout);
+        if let Some(filter) = file.log.filter {
+            if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&filter) {
+                return Err(parse_err(&format!(
+                    "log.filter {filter:?} is not a valid filter: {e}"
+                )));
+            }
+            self.log_filter = Some(filter).filter(|f| !f.trim().is_empty());
+        }
         Ok(())
+    }
+
+    /// The configuration read again from the same sources (flags,
+    /// environment, file), for SIGHUP.
+    pub fn reload(&self) -> Result<Config, ConfigError> {
+        let origin = self.origin.as_ref().ok_or_else(|| {
+            ConfigError::Paths("this configuration was not read from a file".into())
+        })?;
+        Config::load(origin.mode, origin.overrides.clone())
+    }
+
+    /// Every setting whose value differs in `new`: `log.filter` first (so
+    /// that the lines about the others pass a new filter), then in file
+    /// order.
+    pub fn changes(&self, new: &Config) -> Vec<Change> {
+        fn show<T: std::fmt::Debug>(value: &T) -> String {
+            format!("{value:?}")
+        }
+        fn opt<T: std::fmt::Debug>(value: &Option<T>) -> String {
+            value.as_ref().map(show).unwrap_or_else(|| "(none)".into())
+        }
+        let (a, b) = (self, new);
+        let pairs: [(&'static str, String, String); 21] = [
+            ("log.filter", opt(&a.log_filter), opt(&b.log_filter)),
+            ("--socket", show(&a.socket), show(&b.socket)),
+            ("--state-dir", show(&a.state_dir), show(&b.state_dir)),
+            (
+                "CREDENTIALS_DIRECTORY",
+                opt(&a.credentials_dir),
+                opt(&b.credentials_dir),
+            ),
+            (
+                "socket mode",
+                format!("{:o}", a.socket_mode),
+                format!("{:o}", b.socket_mode),
+            ),
+            (
+                "server.max_connections",
+                show(&a.limits.max_connections),
+                show(&b.limits.max_connections),
+            ),
+            (
+                "server.idle_timeout_secs",
+                show(&a.limits.idle_timeout),
+                show(&b.limits.idle_timeout),
+            ),
+            (
+                "server.read_timeout_secs",
+                show(&a.limits.read_timeout),
+                show(&b.limits.read_timeout),
+            ),
+            (
+                "refresh.ahead",
+                show(&a.refresh.ahead),
+                show(&b.refresh.ahead),
+            ),
+            (
+                "refresh.jitter",
+                show(&a.refresh.jitter),
+                show(&b.refresh.jitter),
+            ),
+            (
+                "refresh.backoff_min_secs",
+                show(&a.refresh.backoff_min),
+                show(&b.refresh.backoff_min),
+            ),
+            (
+                "refresh.backoff_max_secs",
+                show(&a.refresh.backoff_max),
+                show(&b.refresh.backoff_max),
+            ),
+            (
+                "access.admin_group",
+                opt(&a.access.admin_group),
+                opt(&b.access.admin_group),
+            ),
+            (
+                "access.socket_group",
+                opt(&a.access.socket_group),
+                opt(&b.access.socket_group),
+            ),
+            ("master_key.file", opt(&a.key_file), opt(&b.key_file)),
+            (
+                "login.redirect_port",
+                show(&a.login.redirect_port),
+                show(&b.login.redirect_port),
+            ),
+            (
+                "login.timeout_secs",
+                show(&a.login.timeout),
+                show(&b.login.timeout),
+            ),
+            ("http.ca_file", opt(&a.http.ca_file), opt(&b.http.ca_file)),
+            (
+                "http.connect_timeout_secs",
+                show(&a.http.connect_timeout),
+                show(&b.http.connect_timeout),
+            ),
+            (
+                "http.request_timeout_secs",
+                show(&a.http.request_timeout),
+                show(&b.http.request_timeout),
+            ),
+            (
+                "socket dir mode",
+                format!("{:o}", a.socket_dir_mode),
+                format!("{:o}", b.socket_dir_mode),
+            ),
+        ];
+        pairs
+            .into_iter()
+            .filter(|(_, old, new)| old != new)
+            .map(|(setting, old, new)| Change { setting, old, new })
+            .collect()
     }
 }
 
@@ -386,5 +553,36 @@ mod tests {
         std::fs::write(&path, "[server]\nmax_conections = 3\n").unwrap();
         let err = Config::load(Mode::User, overrides).unwrap_err().to_string();
         assert!(err.contains("max_conections"), "{err}");
+    }
+
+    #[test]
+    fn reload_reads_the_file_again_and_names_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snctld.toml");
+        std::fs::write(&path, "[refresh]\nahead = 0.5\n").unwrap();
+        let overrides = PathOverrides {
+            socket: Some(dir.path().join("s.sock")),
+            state_dir: Some(dir.path().to_path_buf()),
+            config: Some(path.clone()),
+        };
+        let running = Config::load(Mode::User, overrides).unwrap();
+        assert!(running.changes(&running.reload().unwrap()).is_empty());
+
+        std::fs::write(
+            &path,
+            "[refresh]\nahead = 0.6\n[access]\nadmin_group = \"ops\"\n[log]\nfilter = \"debug\"\n",
+        )
+        .unwrap();
+        let new = running.reload().unwrap();
+        let changes = running.changes(&new);
+        let named: Vec<_> = changes.iter().map(|c| c.setting).collect();
+        assert_eq!(named, ["log.filter", "refresh.ahead", "access.admin_group"]);
+        assert_eq!(changes[2].old, "(none)");
+        assert_eq!(changes[2].new, "\"ops\"");
+
+        std::fs::write(&path, "[log]\nfilter = \"snctld=nonsense=\"\n").unwrap();
+        let err = running.reload().unwrap_err().to_string();
+        assert!(err.contains("log.filter"), "{err}");
+        assert!(Config::under(dir.path()).reload().is_err());
     }
 }

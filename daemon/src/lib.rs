@@ -3,9 +3,10 @@
 //!
 //! Start-up is split so that nothing is written before the master key is
 //! proven right and the socket is bound only once the state is usable:
-//! [`open_state`] (key and database, synchronous), [`server::bind`], then
-//! [`run`] until the shutdown future completes. `main` and the tests call
-//! the same three.
+//! [`open_state`] (key and database, synchronous), [`server::bind`] (or the
+//! socket systemd passed, [`service::take_passed_socket`]), then [`run`]
+//! until the shutdown future completes. `main` and the tests call the same
+//! three; `main` calls [`run_with`] to talk to systemd and reload on SIGHUP.
 
 pub mod access;
 pub mod clock;
@@ -14,13 +15,14 @@ pub mod crypto;
 pub mod hygiene;
 pub mod rekey;
 pub mod server;
+pub mod service;
 pub mod servicenow;
 pub mod store;
 pub mod tokens;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -33,6 +35,7 @@ use access::{Access, Peer};
 pub use config::Config;
 use crypto::KeySource;
 use server::{Gauge, Listener};
+use service::Service;
 use servicenow::ServiceNow;
 use store::{Record, Store, StoreThread, UncheckedDb, DB_FILE};
 use tokens::Tokens;
@@ -58,7 +61,8 @@ impl State {
 /// Opens the state directory: creates it (0700) when missing, refuses one
 /// that group or others may write, takes its shared lock, loads and checks
 /// the master key ([`crypto::load_master_key`], from the sources the
-/// configuration names), then migrates and loads the database. A wrong or
+/// configuration names), then migrates the database, checks it (`PRAGMA
+/// quick_check`; anything but "ok" stops the start) and loads it. A wrong or
 /// exposed key fails here, before anything is written. An authentication
 /// whose sealed secrets do not open is logged and left out; the others
 /// load.
@@ -102,6 +106,20 @@ pub fn open_state(config: &Config) -> anyhow::Result<State> {
     tracing::info!(key = %key_source.path().display(), key_id = %key.id_hex(), "master key loaded");
     private_files(&db_path)?;
     let mut db = db.prepare(Arc::new(key))?;
+    let check = db
+        .quick_check()
+        .with_context(|| format!("cannot check the database {}", db_path.display()))?;
+    if check != "ok" {
+        anyhow::bail!(
+            "the database {} is damaged (SQLite quick_check: {}): restore it from a backup, or move it away to start empty",
+            db_path.display(),
+            check
+                .lines()
+                .filter(|l| !l.starts_with("***"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     let (records, unreadable) = db.load_readable()?;
     for error in &unreadable {
         if let crypto::CryptoError::Open { name, field } = error {
@@ -189,17 +207,45 @@ pub(crate) fn lock_state_dir(
 /// What request handlers share.
 pub struct Daemon {
     tokens: Tokens,
-    access: Access,
+    /// Replaced when SIGHUP changes the admin group.
+    access: RwLock<Arc<Access>>,
     started: Instant,
     socket: PathBuf,
     state_dir: PathBuf,
     connections: Gauge,
+    /// Woken after admin requests, which may change the status summary.
+    changed: tokio::sync::Notify,
 }
 
 impl Daemon {
+    fn access(&self) -> Arc<Access> {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// One line for systemd's `STATUS=`.
+    fn summary(&self) -> String {
+        let o = self.tokens.overview();
+        let plural = if o.authentications == 1 { "" } else { "s" };
+        let mut line = format!(
+            "serving {} authentication{plural} on {}",
+            o.authentications,
+            self.socket.display()
+        );
+        if o.unhealthy > 0 {
+            line.push_str(&format!("; {} unhealthy", o.unhealthy));
+            if o.needs_login > 0 {
+                line.push_str(&format!(" ({} need login)", o.needs_login));
+            }
+        }
+        line
+    }
+
     /// Answers one request from `peer`, if the access rules allow it.
     pub async fn handle(&self, peer: &Peer, request: Request) -> Response {
-        let access = &self.access;
+        let access = &*self.access();
         match request {
             Request::Token(r) => {
                 let min_valid = Duration::from_secs(r.min_valid_secs.into());
@@ -227,7 +273,9 @@ impl Daemon {
             Request::Status => Ok(Reply::Status(self.status(access.is_admin(peer)))),
             admin => {
                 access.require_admin(peer, admin.kind())?;
-                self.handle_admin(admin).await
+                let response = self.handle_admin(admin).await;
+                self.changed.notify_one();
+                response
             }
         }
     }
@@ -271,6 +319,16 @@ impl Daemon {
     }
 }
 
+/// How long a shutdown waits for requests and refreshes in flight before
+/// it stops without them. A refresh still waiting on the instance then has
+/// nothing to commit; whatever was sent to the store is written before the
+/// database closes.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How often the `STATUS=` summary is looked at besides after admin
+/// requests (failures found by the scheduler change it too).
+const STATUS_EVERY: Duration = Duration::from_secs(30);
+
 /// Serves `listener` until `shutdown` completes, then stops accepting,
 /// answers the requests in flight, lets running refreshes commit and
 /// closes the database.
@@ -280,6 +338,20 @@ pub async fn run(
     listener: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with(config, state, listener, shutdown, Service::none()).await
+}
+
+/// [`run`], telling `service` how it goes (readiness, status, stopping,
+/// watchdog) and, when it [reloads](Service::reloads), reading the
+/// configuration again on SIGHUP. The drain at shutdown is bounded by
+/// [`SHUTDOWN_GRACE`].
+pub async fn run_with(
+    config: Config,
+    state: State,
+    listener: Listener,
+    shutdown: impl Future<Output = ()>,
+    service: Service,
+) -> anyhow::Result<()> {
     let upstream = ServiceNow::new(&config.http)?;
     let State {
         store,
@@ -287,7 +359,19 @@ pub async fn run(
         records,
         ..
     } = state;
-    server::give_group(listener.path(), config.access.socket_group.as_deref())?;
+    // A passed socket has the mode and group its unit gave it.
+    if !listener.is_passed() {
+        server::give_group(listener.path(), config.access.socket_group.as_deref())?;
+    }
+    let mut hangup = if service.reloads() {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(
+            signal(SignalKind::hangup())
+                .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?,
+        )
+    } else {
+        None
+    };
     let count = records.len();
     let tokens = Tokens::start(
         records,
@@ -298,30 +382,147 @@ pub async fn run(
     );
     let daemon = Arc::new(Daemon {
         tokens: tokens.clone(),
-        access: Access::new(&config.access),
+        access: RwLock::new(Arc::new(Access::new(&config.access))),
         started: Instant::now(),
         socket: listener.path().to_path_buf(),
         state_dir: config.state_dir.clone(),
         connections: Gauge::default(),
+        changed: tokio::sync::Notify::new(),
     });
-    tracing::info!(socket = %listener.path().display(), authentications = count, "serving");
+    tracing::info!(socket = %listener.path().display(), passed = listener.is_passed(), authentications = count, "serving");
     let stop = CancellationToken::new();
+    let (started, accepting) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(server::serve(
         listener,
-        daemon,
+        daemon.clone(),
         config.limits.clone(),
         stop.clone(),
+        Some(started),
     ));
-    shutdown.await;
-    tracing::info!("shutting down");
-    stop.cancel();
-    if server.await.is_err() {
-        tracing::error!("the server task panicked");
+    if accepting.await.is_ok() {
+        service.ready(&daemon.summary());
     }
-    tokens.shutdown().await;
+    if let Some(period) = service.watchdog_period() {
+        let pinger = service.clone();
+        tokens.spawn_watchdog(period, move || pinger.ping());
+        tracing::info!(
+            period_ms = period.as_millis() as u64,
+            "sending WATCHDOG=1 to systemd"
+        );
+    }
+    let status = service
+        .notifies()
+        .then(|| tokio::spawn(report_status(daemon.clone(), service.clone(), stop.clone())));
+    let mut running = config;
+    tokio::pin!(shutdown);
+    loop {
+        let hup = async {
+            match hangup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = hup => reload(&mut running, &daemon, &service),
+        }
+    }
+    tracing::info!("shutting down");
+    service.stopping();
+    stop.cancel();
+    // Connections first: a request waiting on a refresh needs the
+    // schedulers' machinery until it is answered. Past the grace, the
+    // schedulers are still told to stop (the first poll cancels them).
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let drained = tokio::time::timeout_at(deadline, async {
+        if server.await.is_err() {
+            tracing::error!("the server task panicked");
+        }
+    })
+    .await
+    .is_ok();
+    let stopped = tokio::time::timeout_at(deadline, tokens.shutdown())
+        .await
+        .is_ok();
+    if !(drained && stopped) {
+        tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "requests or refreshes still waiting on the instance: stopping without them"
+        );
+    }
+    if let Some(status) = status {
+        status.abort();
+    }
     store.close();
     drop(store);
     tokio::task::spawn_blocking(move || thread.join()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sends `STATUS=` when the summary changes, until `stop`.
+async fn report_status(daemon: Arc<Daemon>, service: Service, stop: CancellationToken) {
+    let mut last = daemon.summary();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = daemon.changed.notified() => {}
+            _ = tokio::time::sleep(STATUS_EVERY) => {}
+        }
+        let now = daemon.summary();
+        if now != last {
+            service.status(&now);
+            last = now;
+        }
+    }
+}
+
+/// SIGHUP: reads the configuration again, applies what can change while
+/// serving (`log.filter`, `access.admin_group`) and logs every change and
+/// whether it applied; the others apply at the next start. A file that
+/// does not load changes nothing.
+fn reload(running: &mut Config, daemon: &Daemon, service: &Service) {
+    let new = match running.reload() {
+        Ok(new) => new,
+        Err(error) => {
+            tracing::error!("SIGHUP: configuration not reloaded, the running one stays: {error}");
+            return;
+        }
+    };
+    let changes = running.changes(&new);
+    if changes.is_empty() {
+        tracing::info!("SIGHUP: configuration reloaded, nothing changed");
+        return;
+    }
+    for config::Change {
+        setting,
+        old,
+        new: value,
+    } in changes
+    {
+        match setting {
+            "log.filter" => match service.set_log_filter(new.log_filter.as_deref()) {
+                Ok(true) => {
+                    running.log_filter = new.log_filter.clone();
+                    tracing::info!(%setting, from = %old, to = %value, "SIGHUP: {setting} changed, applied");
+                }
+                Ok(false) => {
+                    running.log_filter = new.log_filter.clone();
+                    tracing::warn!(%setting, from = %old, to = %value, "SIGHUP: {setting} changed, not used: RUST_LOG or -v set the filter");
+                }
+                Err(error) => {
+                    tracing::error!(%setting, %error, "SIGHUP: cannot apply {setting}");
+                }
+            },
+            "access.admin_group" => {
+                let access = Arc::new(Access::new(&new.access));
+                *daemon.access.write().unwrap_or_else(|p| p.into_inner()) = access;
+                running.access.admin_group = new.access.admin_group.clone();
+                tracing::info!(%setting, from = %old, to = %value, "SIGHUP: {setting} changed, applied");
+            }
+            _ => {
+                tracing::warn!(%setting, from = %old, to = %value, "SIGHUP: {setting} changed; it applies at the next start");
+            }
+        }
+    }
 }

@@ -1,6 +1,8 @@
-//! `snctld`: parse flags, build the configuration, open the state, bind the
-//! socket, run until SIGTERM or SIGINT. `snctld rekey` moves the stored
-//! secrets to a new master key instead.
+//! `snctld`: parse flags, take a socket systemd passed, fork when asked
+//! (`--daemon`), build the configuration, open the state, bind the socket
+//! (unless passed), run until SIGTERM or SIGINT, reloading the
+//! configuration on SIGHUP. `snctld rekey` moves the stored secrets to a
+//! new master key instead.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -10,6 +12,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use snctld::config::{Config, Mode, PathOverrides};
+use snctld::service::{self, Forked, PassedSocket, Service, SetLogFilter};
 
 /// Keeps ServiceNow OAuth tokens fresh and serves them over a Unix socket.
 #[derive(Parser, Debug)]
@@ -19,9 +22,23 @@ struct Args {
     command: Option<Command>,
     /// Stay in the foreground. This is the default (for systemd and
     /// terminals); the flag exists so that unit files can say so.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "daemon")]
     #[allow(dead_code)]
     foreground: bool,
+    /// Fork into the background (for hosts without systemd). Returns once
+    /// the daemon serves the socket (exit 0), or with its error (exit 1).
+    /// Needs --pid-file. Logs go to --log-file, or nowhere without it.
+    #[arg(long, requires = "pid_file")]
+    daemon: bool,
+    /// With --daemon: the daemon's pid, locked while it runs so that a
+    /// second daemon with the same file refuses to start.
+    #[arg(long, value_name = "PATH", requires = "daemon")]
+    pid_file: Option<PathBuf>,
+    /// With --daemon: append the log (stderr) to this file, created 0600.
+    /// Without it the daemon's log is discarded; errors at start still
+    /// reach the starting command.
+    #[arg(long, value_name = "PATH", requires = "daemon")]
+    log_file: Option<PathBuf>,
     /// Socket path [default: /run/snctld/snctld.sock as root,
     /// $XDG_RUNTIME_DIR/snctld/snctld.sock otherwise].
     #[arg(long, value_name = "PATH", global = true)]
@@ -53,41 +70,154 @@ enum Command {
     },
 }
 
-fn init_logging(verbose: u8) {
+/// Logs go to stderr; journald stamps lines itself, so no timestamps when
+/// stderr is the journal (`JOURNAL_STREAM` names its device and inode).
+/// The filter is `RUST_LOG`, else `-v`, else the configuration's `[log]
+/// filter` (applied later through the returned setter, also on SIGHUP),
+/// else `info`.
+fn init_logging(verbose: u8) -> SetLogFilter {
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let fixed = from_env.is_some() || verbose > 0;
     let default = match verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours for a terminal only, not for files and journald.
+    let ansi = std::io::stderr().is_terminal() && !stderr_is_journal();
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        // Colours for a terminal only, not for files and journald.
-        .with_ansi(std::io::stderr().is_terminal());
-    // journald stamps every line itself.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
-    } else {
+        .with_ansi(ansi);
+    let reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync> = if stderr_is_journal()
+    {
+        let builder = builder
+            .without_time()
+            .with_env_filter(filter)
+            .with_filter_reloading();
+        let handle = builder.reload_handle();
         builder.init();
-    }
+        Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+    } else {
+        let builder = builder.with_env_filter(filter).with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.init();
+        Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+    };
+    Box::new(move |configured: Option<&str>| {
+        if fixed {
+            return Ok(false);
+        }
+        let filter = EnvFilter::builder()
+            .parse(configured.unwrap_or("info"))
+            .map_err(|e| e.to_string())?;
+        reload(filter)?;
+        Ok(true)
+    })
+}
+
+/// Whether stderr is the journal stream systemd connected (not merely
+/// inherited `JOURNAL_STREAM` with stderr sent elsewhere).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        // Without /proc, trust the variable.
+        return true;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    init_logging(args.verbose);
-    match start(args) {
+    let mut args = Args::parse();
+    // `--daemon` runs in `/`: relative paths mean the starting directory.
+    if let Err(error) = absolute_paths(&mut args) {
+        return fail(&format!("{error:#}"));
+    }
+    // Before anything else, and before any thread: it edits the environment.
+    let passed = match service::take_passed_socket() {
+        Ok(passed) => passed,
+        Err(error) => return fail(&format!("{error:#}")),
+    };
+    let ready_pipe = match daemon_mode(&args) {
+        Ok(None) => None,
+        Ok(Some(Forked::Daemon(pipe))) => Some(pipe),
+        Ok(Some(Forked::Exit(code))) => return code,
+        Err(error) => return fail(&format!("{error:#}")),
+    };
+    let set_log_filter = init_logging(args.verbose);
+    let service = Service::from_env(ready_pipe, Some(set_log_filter));
+    let pid_file = args.pid_file.clone();
+    let result = start(args, passed, &service);
+    if let Some(path) = pid_file {
+        service::remove_pid_file(&path);
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            // One line on stderr, which journald also collects; not through
-            // tracing, so that it shows whatever the log level.
-            eprintln!("snctld: {error:#}");
-            ExitCode::FAILURE
+            let line = format!("{error:#}");
+            service.failed(&line);
+            fail(&line)
         }
     }
 }
 
-fn start(args: Args) -> anyhow::Result<()> {
+/// One line on stderr, which journald also collects; not through tracing,
+/// so that it shows whatever the log level.
+fn fail(line: &str) -> ExitCode {
+    eprintln!("snctld: {line}");
+    ExitCode::FAILURE
+}
+
+/// `--daemon`: forks (see [`service::daemonize`]); paths made absolute
+/// first, since the daemon runs in `/`.
+fn daemon_mode(args: &Args) -> anyhow::Result<Option<Forked>> {
+    if !args.daemon {
+        return Ok(None);
+    }
+    if args.command.is_some() {
+        anyhow::bail!("--daemon is for serving, not for a subcommand");
+    }
+    let pid_file = args
+        .pid_file
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--daemon needs --pid-file PATH"))?;
+    // The log file is created 0600, like everything the daemon makes.
+    // SAFETY: umask only sets the process file mode mask.
+    unsafe { libc::umask(0o077) };
+    service::daemonize(pid_file, args.log_file.as_deref()).map(Some)
+}
+
+/// Makes every path flag absolute, as the starting directory means them.
+fn absolute_paths(args: &mut Args) -> anyhow::Result<()> {
+    for path in [
+        &mut args.socket,
+        &mut args.state_dir,
+        &mut args.config,
+        &mut args.pid_file,
+        &mut args.log_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *path = std::path::absolute(&*path)
+            .map_err(|e| anyhow::anyhow!("cannot make {} absolute: {e}", path.display()))?;
+    }
+    if let Some(Command::Rekey {
+        new_key_file: Some(path),
+    }) = &mut args.command
+    {
+        *path = std::path::absolute(&*path)?;
+    }
+    Ok(())
+}
+
+fn start(args: Args, passed: Option<PassedSocket>, service: &Service) -> anyhow::Result<()> {
     // Files the daemon creates are private unless it says otherwise.
     // SAFETY: umask only sets the process file mode mask.
     unsafe { libc::umask(0o077) };
@@ -106,28 +236,51 @@ fn start(args: Args) -> anyhow::Result<()> {
         println!("{}", done.summary());
         return Ok(());
     }
+    match service.set_log_filter(config.log_filter.as_deref()) {
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot use log.filter"),
+    }
+    if let Some(passed) = &passed {
+        if passed.path != config.socket {
+            tracing::warn!(passed = %passed.path.display(), configured = %config.socket.display(),
+                "systemd passed a socket at another path than the configured one: serving the passed one");
+        }
+    }
     let state = snctld::open_state(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let listener =
-            snctld::server::bind(&config.socket, config.socket_mode, config.socket_dir_mode)?;
-        snctld::run(config, state, listener, shutdown_signal()).await
-    })
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        let listener = match passed {
+            Some(passed) => {
+                tracing::info!(socket = %passed.path.display(), name = %passed.name, "using the socket systemd passed");
+                snctld::server::Listener::adopt(passed.fd, passed.path)?
+            }
+            None => snctld::server::bind(&config.socket, config.socket_mode, config.socket_dir_mode)?,
+        };
+        snctld::run_with(config, state, listener, shutdown, service.clone()).await
+    });
+    // Tasks left after the grace (a request stuck upstream) are dropped,
+    // not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed here, at
+/// once, so call it before the socket is served: a signal that came before
+/// would kill the process instead of stopping it.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            return std::future::pending().await;
-        }
+    let listen = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| anyhow::anyhow!("cannot listen for {name}: {e}"))
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = listen(SignalKind::interrupt(), "SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }

@@ -8,6 +8,7 @@
 //! connections are closed at once.
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub enum BindError {
     Listen { path: PathBuf, source: io::Error },
     #[error("the socket directory {path} {problem}: anyone who can write there could replace the socket; use a directory only snctld's user can write (e.g. /run/snctld)")]
     UnsafeDir { path: PathBuf, problem: String },
+    #[error("the socket passed by the service manager (fd {fd}) {problem}: give the socket unit a single ListenStream= with a filesystem path")]
+    Passed { fd: i32, problem: String },
     #[error("cannot give the socket {path} to group {group}: {source}")]
     Group {
         path: PathBuf,
@@ -73,15 +76,87 @@ pub enum BindError {
     },
 }
 
-/// A listening socket.
+/// A listening socket: bound by snctld (its file is removed when the
+/// listener is dropped) or passed by the service manager (left alone).
 pub struct Listener {
     inner: IpcListener,
     path: PathBuf,
+    passed: bool,
 }
 
 impl Listener {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the service manager passed this socket (socket activation):
+    /// its file, mode and group are the manager's, never touched here.
+    pub fn is_passed(&self) -> bool {
+        self.passed
+    }
+
+    /// Serves `fd`, a socket the service manager passed, once
+    /// [`check_passed`] has accepted it. Needs a tokio runtime. Dropping the
+    /// listener closes the descriptor and leaves the socket file in place.
+    pub fn adopt(fd: OwnedFd, path: PathBuf) -> Result<Listener, BindError> {
+        use interprocess::os::unix::uds_local_socket::tokio::Listener as UdsListener;
+        let raw = fd.as_raw_fd();
+        // From a descriptor interprocess reclaims no name: the file stays.
+        let uds = UdsListener::try_from(fd).map_err(|e| BindError::Passed {
+            fd: raw,
+            problem: format!("cannot be served: {e}"),
+        })?;
+        Ok(Listener {
+            inner: IpcListener::from(uds),
+            path,
+            passed: true,
+        })
+    }
+}
+
+/// Checks that `fd`, passed by the service manager, is what snctld serves:
+/// a listening stream socket in the Unix domain, bound to a filesystem
+/// path (never the abstract namespace, which has no permissions). Returns
+/// that path.
+pub fn check_passed(fd: BorrowedFd<'_>) -> Result<PathBuf, BindError> {
+    use nix::sys::socket::{
+        getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage,
+    };
+    let raw = fd.as_raw_fd();
+    let problem = |problem: String| BindError::Passed { fd: raw, problem };
+    let addr = getsockname::<SockaddrStorage>(raw)
+        .map_err(|e| problem(format!("is not a socket ({e})")))?;
+    if addr.family() != Some(AddressFamily::Unix) {
+        return Err(problem(format!(
+            "is not a Unix socket but {}",
+            addr.family()
+                .map(|f| format!("{f:?}"))
+                .unwrap_or_else(|| "of an unknown family".into())
+        )));
+    }
+    match getsockopt(&fd, sockopt::SockType) {
+        Ok(SockType::Stream) => {}
+        Ok(other) => {
+            return Err(problem(format!(
+                "is a {other:?} socket, not a stream socket (ListenStream=)"
+            )))
+        }
+        Err(e) => return Err(problem(format!("has no socket type ({e})"))),
+    }
+    match getsockopt(&fd, sockopt::AcceptConn) {
+        Ok(true) => {}
+        Ok(false) => return Err(problem("is not listening".into())),
+        Err(e) => return Err(problem(format!("cannot be checked for listening ({e})"))),
+    }
+    let unix = addr
+        .as_unix_addr()
+        .ok_or_else(|| problem("has no Unix address".into()))?;
+    match unix.path() {
+        Some(path) => Ok(path.to_path_buf()),
+        None if unix.as_abstract().is_some() => Err(problem(
+            "is in the abstract namespace, which has no permissions".into(),
+        )),
+        None => Err(problem("has no name".into())),
     }
 }
 
@@ -136,6 +211,7 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<Listener, BindError
     Ok(Listener {
         inner,
         path: path.to_path_buf(),
+        passed: false,
     })
 }
 
@@ -223,15 +299,20 @@ impl Drop for Open<'_> {
 }
 
 /// Accepts connections until `stop` is cancelled, then waits for the
-/// requests in flight to be answered.
+/// requests in flight to be answered. `started` hears once the accept loop
+/// runs.
 pub async fn serve(
     listener: Listener,
     daemon: Arc<Daemon>,
     limits: Limits,
     stop: CancellationToken,
+    started: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = TaskTracker::new();
+    if let Some(started) = started {
+        let _ = started.send(());
+    }
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
@@ -363,4 +444,46 @@ async fn write_frame<T: Serialize>(
         .map_err(|_| ConnError::Slow)?
         .map_err(FrameError::Io)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn refusal(fd: BorrowedFd<'_>) -> String {
+        check_passed(fd).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn only_a_listening_unix_stream_socket_on_a_path_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert_eq!(check_passed(listener.as_fd()).unwrap(), path);
+
+        let (stream, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(refusal(stream.as_fd()).contains("is not listening"));
+
+        let datagram = std::os::unix::net::UnixDatagram::bind(dir.path().join("d")).unwrap();
+        let said = refusal(datagram.as_fd());
+        assert!(
+            said.contains("is a Datagram socket, not a stream socket"),
+            "{said}"
+        );
+
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        assert!(refusal(tcp.as_fd()).contains("is not a Unix socket"));
+
+        let file = std::fs::File::open(dir.path()).unwrap();
+        assert!(refusal(file.as_fd()).contains("is not a socket"));
+
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("snctld-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+        let hidden = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        let said = refusal(hidden.as_fd());
+        assert!(said.contains("abstract namespace"), "{said}");
+        assert!(said.contains("single ListenStream="), "{said}");
+    }
 }

@@ -354,6 +354,112 @@ impl DaemonProcess {
     }
 }
 
+impl DaemonProcess {
+    /// [`DaemonProcess::start_with_log_filter`], with `configure` adjusting
+    /// the command before it is spawned (environment such as
+    /// `NOTIFY_SOCKET`, or `env_remove("RUST_LOG")` so that the
+    /// configuration's `[log] filter` counts).
+    pub fn start_configured(
+        dir: &Path,
+        extra: &[&str],
+        filter: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<DaemonProcess> {
+        let socket = dir.join("snctld.sock");
+        let state_dir = dir.join("state");
+        let log = dir.join("snctld.log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut command = Command::new(bin("snctld"));
+        command
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(extra)
+            .env("RUST_LOG", filter)
+            .stdin(Stdio::null())
+            .stderr(stderr);
+        configure(&mut command);
+        let child = command.spawn()?;
+        let mut process = DaemonProcess {
+            child: Some(child),
+            socket,
+            state_dir,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if snctl::Client::connect(&process.socket).is_ok() {
+                return Ok(process);
+            }
+            if let Some(status) = process
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                process.child = None;
+                anyhow::bail!(
+                    "snctld exited with {status} before serving: {}",
+                    process.log_text().trim_end()
+                );
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("snctld did not serve {} in time", process.socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon, if it runs.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill with a pid we spawned and have not reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants
+/// (`PR_SET_CHILD_SUBREAPER`), so that a test can [`wait_pid`] a daemon
+/// that `snctld --daemon` left behind. Affects the whole test process:
+/// orphans of other tests become its (harmless) zombies.
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments only.
+    let done = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(
+        done,
+        0,
+        "PR_SET_CHILD_SUBREAPER: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Waits up to `limit` for process `pid` (a child, or an orphan after
+/// [`become_subreaper`]) to end; its exit code, `-signal` when a signal
+/// killed it, `None` when it still runs (or is not ours to wait for).
+pub fn wait_pid(pid: i32, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a local.
+        let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if got == pid {
+            return Some(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                -libc::WTERMSIG(status)
+            });
+        }
+        if got < 0 || Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for DaemonProcess {
     fn drop(&mut self) {
         self.stop();

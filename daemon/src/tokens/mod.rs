@@ -175,6 +175,17 @@ impl Entry {
         }
     }
 
+    /// Whether the token in hand is valid and less than a tenth of its
+    /// lifetime old.
+    fn just_obtained(&self) -> bool {
+        let shared = self.lock();
+        let now = now_ms();
+        shared.token.as_ref().is_some_and(|t| {
+            now < t.expires_at_ms
+                && now - t.obtained_at_ms < (t.expires_at_ms - t.obtained_at_ms) / 10
+        })
+    }
+
     fn lifetime_ms(&self) -> Option<i64> {
         let shared = self.lock();
         shared
@@ -329,6 +340,12 @@ fn internal(error: StoreError) -> Error {
 fn shutting_down() -> Error {
     Error::Unavailable {
         message: "snctld is shutting down".into(),
+    }
+}
+
+fn vanished() -> Error {
+    Error::Internal {
+        message: "a new token vanished".into(),
     }
 }
 
@@ -711,15 +728,17 @@ impl Tokens {
         }
         let outcome = match entry.holdoff(name) {
             Some(error) => Err(error),
+            // A token this fresh that is still not enough: an ask just under
+            // the lifetime would otherwise make every call an upstream
+            // request. The freshest token there is will have to do.
+            None if entry.just_obtained() => return entry.fresh(0).ok_or_else(vanished),
             None => self.fetch(&entry).await,
         };
         match outcome {
             Ok(()) => match (entry.fresh(min_valid_ms), entry.lifetime_ms()) {
                 (Some(reply), _) => Ok(reply),
                 (None, Some(lifetime)) => Err(too_long(name, lifetime, min_valid)),
-                (None, None) => Err(Error::Internal {
-                    message: "a new token vanished".into(),
-                }),
+                (None, None) => Err(vanished()),
             },
             Err(error) => entry.fresh(0).ok_or(error),
         }
@@ -840,6 +859,42 @@ impl Tokens {
                 }
             }
         }
+    }
+
+    /// Calls `ping` (systemd's `WATCHDOG=1`) every `period` for as long as
+    /// the token machinery is alive, and only then.
+    ///
+    /// The task lives with the schedulers: it is spawned on their tracker
+    /// and stops with them, so pings end when [`Tokens::shutdown`] begins
+    /// or the runtime dies. Each period it makes a round trip through the
+    /// store thread, which every refresh needs to commit; a store that does
+    /// not answer within the period, or is gone, means no ping, and systemd
+    /// restarts the daemon once `WatchdogSec=` passes. That the task runs
+    /// at all shows the runtime still schedules timers and tasks: a wedged
+    /// runtime (every worker blocked) pings nothing either. A slow or hung
+    /// instance does not stop the pings: upstream calls have their own
+    /// timeouts, and restarting would not make ServiceNow answer sooner.
+    pub fn spawn_watchdog(&self, period: Duration, ping: impl Fn() + Send + 'static) {
+        let inner = self.inner.clone();
+        self.inner.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = inner.stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                match tokio::time::timeout(period, inner.store.call(|_| Ok(()))).await {
+                    Ok(Ok(())) => ping(),
+                    Ok(Err(error)) => tracing::error!(%error, "watchdog: the store is gone; not pinging systemd"),
+                    Err(_) => tracing::error!(
+                        period_ms = period.as_millis() as u64,
+                        "watchdog: the store thread did not answer within a period; not pinging systemd"
+                    ),
+                }
+            }
+        });
     }
 
     /// Stops every scheduler and waits for in-flight refreshes to finish.

@@ -10,6 +10,7 @@ mod doctor;
 mod faults;
 mod logins;
 mod refresh;
+mod service;
 mod socket;
 mod storage;
 

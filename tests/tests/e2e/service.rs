@@ -1,0 +1,607 @@
+//! Running as a service: socket activation under `systemd-socket-activate`,
+//! the sd_notify conversation (READY only once served, STATUS, WATCHDOG,
+//! STOPPING), `--daemon` with its pid file, SIGTERM with requests in flight,
+//! and SIGHUP reloading the configuration.
+//!
+//! Waits are bounded; nothing asserts how long anything took.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use snctl_tests::fake::{FakeInstance, Fault};
+use snctl_tests::harness::{
+    become_subreaper, bin, fake, snctl, wait_pid, wait_until, DaemonProcess, CLIENT_ID,
+    CLIENT_SECRET,
+};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// `snctl add prod` for the fake's client (client credentials).
+fn add_prod(socket: &Path, fake: &FakeInstance) {
+    let url = fake.url();
+    let out = snctl(
+        socket,
+        &[
+            "add",
+            "prod",
+            "--instance",
+            &url,
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-stdin",
+        ],
+        Some(&format!("{CLIENT_SECRET}\n")),
+    );
+    assert!(out.status.success(), "add: {}", text(&out.stderr));
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn kill(pid: i32, signal: i32) {
+    // SAFETY: kill with integer arguments only.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// One datagram on the notify socket, and for `READY=1` whether the
+/// daemon's socket answered (a full hello) right when it arrived.
+#[derive(Debug, Clone)]
+struct Note {
+    text: String,
+    served_at_ready: Option<bool>,
+}
+
+/// A service manager's NOTIFY_SOCKET, listened to on a thread.
+struct Notifications {
+    path: PathBuf,
+    rx: mpsc::Receiver<Note>,
+    seen: Vec<Note>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Notifications {
+    fn listen(path: &Path, daemon_socket: &Path) -> Notifications {
+        let socket = UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, daemon_socket) = (stop.clone(), daemon_socket.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while !flag.load(Ordering::Relaxed) {
+                let Ok(n) = socket.recv(&mut buf) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let served_at_ready = text
+                    .lines()
+                    .any(|l| l == "READY=1")
+                    .then(|| snctl::Client::connect(&daemon_socket).is_ok());
+                let _ = tx.send(Note {
+                    text,
+                    served_at_ready,
+                });
+            }
+        });
+        Notifications {
+            path: path.to_path_buf(),
+            rx,
+            seen: Vec::new(),
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The first note so far or within `limit` that has `line`.
+    fn wait_for(&mut self, line: &str, limit: Duration) -> Option<Note> {
+        let has = |n: &Note| n.text.lines().any(|l| l.starts_with(line));
+        if let Some(note) = self.seen.iter().find(|n| has(n)) {
+            return Some(note.clone());
+        }
+        let deadline = std::time::Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(note) => {
+                    self.seen.push(note.clone());
+                    if has(&note) {
+                        return Some(note);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        None
+    }
+
+    /// Every note received so far, in order.
+    fn all(&mut self) -> Vec<Note> {
+        while let Ok(note) = self.rx.try_recv() {
+            self.seen.push(note);
+        }
+        self.seen.clone()
+    }
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+fn notify_socket_hears_ready_once_served_then_status_watchdog_and_stopping() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let mut notes = Notifications::listen(&notify, &dir.path().join("snctld.sock"));
+    let mut daemon = DaemonProcess::start_configured(dir.path(), &[], "info", |c| {
+        c.env("NOTIFY_SOCKET", &notify)
+            .env("WATCHDOG_USEC", "400000");
+    })
+    .unwrap();
+
+    let ready = notes.wait_for("READY=1", LIMIT).expect("READY=1 arrives");
+    assert_eq!(
+        ready.served_at_ready,
+        Some(true),
+        "the socket answers when READY=1 arrives"
+    );
+    assert!(
+        ready.text.contains(&format!(
+            "STATUS=serving 0 authentications on {}",
+            daemon.socket.display()
+        )),
+        "{ready:?}"
+    );
+    let first = &notes.all()[0];
+    assert!(
+        first.text.contains("READY=1"),
+        "READY=1 comes first: {first:?}"
+    );
+
+    add_prod(&daemon.socket, &fake);
+    notes
+        .wait_for("STATUS=serving 1 authentication on", LIMIT)
+        .expect("STATUS follows the added authentication");
+    notes
+        .wait_for("WATCHDOG=1", LIMIT)
+        .expect("WATCHDOG=1 with WATCHDOG_USEC set");
+
+    assert!(daemon.stop(), "SIGTERM: exit 0");
+    notes
+        .wait_for("STOPPING=1", LIMIT)
+        .expect("STOPPING=1 on SIGTERM");
+    let all = notes.all();
+    assert_eq!(
+        all.iter().filter(|n| n.text.contains("READY=1")).count(),
+        1,
+        "{all:?}"
+    );
+    let stopping = all
+        .iter()
+        .position(|n| n.text.contains("STOPPING=1"))
+        .unwrap();
+    assert!(
+        all[stopping + 1..]
+            .iter()
+            .all(|n| !n.text.contains("WATCHDOG=1")),
+        "no WATCHDOG=1 after STOPPING=1: {all:?}"
+    );
+}
+
+#[test]
+fn a_wrong_key_stops_the_start_without_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = DaemonProcess::start(dir.path(), &[]).unwrap();
+    assert!(first.stop());
+    let key = dir.path().join("state").join("snctld.key");
+    std::fs::write(&key, format!("{}\n", "42".repeat(32))).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let notify = dir.path().join("notify");
+    let mut notes = Notifications::listen(&notify, &dir.path().join("snctld.sock"));
+    let err = DaemonProcess::start_configured(dir.path(), &[], "warn", |c| {
+        c.env("NOTIFY_SOCKET", &notify);
+    })
+    .err()
+    .expect("the wrong key stops the start");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("not the key this database was sealed with"),
+        "{message}"
+    );
+    let failed = notes
+        .wait_for("STATUS=failed to start:", LIMIT)
+        .expect("the failure is told");
+    assert!(failed.text.contains("not the key"), "{failed:?}");
+    let all = notes.all();
+    assert!(
+        all.iter().all(|n| !n.text.contains("READY=1")),
+        "no READY=1: {all:?}"
+    );
+}
+
+/// `systemd-socket-activate -l SOCKET [extra…] snctld …`: the socket is
+/// made by it and passed to snctld on the first connection.
+fn socket_activate(dir: &Path, extra: &[&str]) -> std::process::Child {
+    let tool = Path::new("/usr/bin/systemd-socket-activate");
+    assert!(
+        tool.exists(),
+        "{} is missing: install systemd (apt-get install systemd)",
+        tool.display()
+    );
+    let config = dir.join("snctld.toml");
+    std::fs::write(&config, "").unwrap();
+    let log = std::fs::File::create(dir.join("snctld.log")).unwrap();
+    Command::new(tool)
+        .arg("-l")
+        .arg(dir.join("snctld.sock"))
+        .args(extra)
+        // It passes only the environment it is told to.
+        .arg("-E")
+        .arg("RUST_LOG=info")
+        .arg(bin("snctld"))
+        .arg("--socket")
+        .arg(dir.join("snctld.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("systemd-socket-activate runs")
+}
+
+#[test]
+fn socket_activation_serves_tokens_through_the_passed_socket_and_leaves_it() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("snctld.sock");
+    let mut child = socket_activate(dir.path(), &["--fdname=snctld"]);
+    assert!(wait_until(LIMIT, || socket.exists()), "the socket is made");
+
+    // The first connection starts snctld on the passed socket.
+    add_prod(&socket, &fake);
+    let out = snctl(&socket, &["token", "prod"], None);
+    assert!(out.status.success(), "token: {}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    assert!(fake.is_access_token_valid(&token));
+
+    // It execs snctld: the same pid.
+    kill(child.id() as i32, libc::SIGTERM);
+    assert!(
+        wait_until(LIMIT, || matches!(child.try_wait(), Ok(Some(_)))),
+        "snctld stops on SIGTERM"
+    );
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("snctld.log")).unwrap();
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("using the socket systemd passed"), "{log}");
+    assert!(log.contains("name=snctld"), "{log}");
+    let meta = std::fs::symlink_metadata(&socket).expect("the socket file is left in place");
+    assert!(meta.file_type().is_socket());
+}
+
+#[test]
+fn a_passed_datagram_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("snctld.sock");
+    let mut child = socket_activate(dir.path(), &["--datagram"]);
+    assert!(wait_until(LIMIT, || socket.exists()), "the socket is made");
+    UnixDatagram::unbound()
+        .unwrap()
+        .send_to(b"wake up", &socket)
+        .unwrap();
+    assert!(
+        wait_until(LIMIT, || matches!(child.try_wait(), Ok(Some(_)))),
+        "snctld refuses and exits"
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let log = std::fs::read_to_string(dir.path().join("snctld.log")).unwrap();
+    assert!(
+        log.contains("the socket passed by the service manager (fd 3) is a Datagram socket, not a stream socket"),
+        "{log}"
+    );
+    assert!(!dir.path().join("state").exists(), "nothing was opened");
+}
+
+/// `snctld --daemon --pid-file DIR/snctld.pid --log-file DIR/snctld.log`
+/// with the socket and state under `dir` (or `socket` when given); returns
+/// when the starting process exits.
+fn daemon_start(dir: &Path, socket: Option<&Path>) -> Output {
+    let default_socket = dir.join("snctld.sock");
+    Command::new(bin("snctld"))
+        .arg("--daemon")
+        .arg("--pid-file")
+        .arg(dir.join("snctld.pid"))
+        .arg("--log-file")
+        .arg(dir.join("snctld.log"))
+        .arg("--socket")
+        .arg(socket.unwrap_or(&default_socket))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .expect("snctld runs")
+}
+
+fn pid_in(pid_file: &Path) -> i32 {
+    std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn daemon_mode_serves_when_it_returns_and_sigterm_loses_no_refresh() {
+    become_subreaper();
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, pid_file) = (
+        dir.path().join("snctld.sock"),
+        dir.path().join("snctld.pid"),
+    );
+    let log = || std::fs::read_to_string(dir.path().join("snctld.log")).unwrap_or_default();
+
+    let out = daemon_start(dir.path(), None);
+    assert!(out.status.success(), "{}{}", text(&out.stderr), log());
+    // Serving the moment the starting process is gone.
+    let mut client = snctl::Client::connect(&socket).expect("serving once --daemon returns");
+    let pid = pid_in(&pid_file);
+    assert_eq!(
+        client.status().unwrap().pid,
+        pid as u32,
+        "the pid file names the daemon"
+    );
+    drop(client);
+
+    // A second daemon on the same pid file refuses, naming file and pid.
+    let again = daemon_start(dir.path(), Some(&dir.path().join("other.sock")));
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = text(&again.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "another snctld (pid {pid}) holds the pid file {}",
+            pid_file.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(pid_in(&pid_file), pid, "the pid file is left alone");
+
+    // SIGTERM while a refresh waits on the instance.
+    add_prod(&socket, &fake);
+    fake.push_fault(Fault::Delay(Duration::from_secs(2)));
+    let requests = fake.token_requests();
+    let refresh = Command::new(bin("snctl"))
+        .args(["refresh", "prod"])
+        .env("SNCTL_SOCKET", &socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(LIMIT, || fake.token_requests() > requests),
+        "the refresh reaches the instance"
+    );
+    kill(pid, libc::SIGTERM);
+    let refreshed = refresh.wait_with_output().unwrap();
+    assert!(
+        refreshed.status.success(),
+        "the refresh in flight is answered: {}",
+        text(&refreshed.stderr)
+    );
+    assert_eq!(wait_pid(pid, LIMIT), Some(0), "exit 0: {}", log());
+    assert!(!pid_file.exists(), "the pid file goes at a clean exit");
+    assert!(!socket.exists(), "the socket it bound goes too");
+    let newest = fake
+        .issued_access_tokens()
+        .last()
+        .cloned()
+        .expect("tokens issued");
+
+    // The refreshed token was committed: a new daemon serves it without
+    // asking the instance.
+    let out = daemon_start(dir.path(), None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid = pid_in(&pid_file);
+    let calls = fake.token_requests();
+    let out = snctl(&socket, &["token", "prod"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), newest);
+    assert_eq!(fake.token_requests(), calls);
+    kill(pid, libc::SIGTERM);
+    assert_eq!(wait_pid(pid, LIMIT), Some(0), "{}", log());
+}
+
+#[test]
+fn a_failing_daemon_start_exits_non_zero_with_the_daemons_error() {
+    become_subreaper();
+    // A socket directory anyone may write.
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = daemon_start(dir.path(), Some(&open.join("snctld.sock")));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("snctld: the socket directory"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("is writable by everyone"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!dir.path().join("snctld.pid").exists());
+
+    // A wrong key.
+    let dir = tempfile::tempdir().unwrap();
+    let out = daemon_start(dir.path(), None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid = pid_in(&dir.path().join("snctld.pid"));
+    kill(pid, libc::SIGTERM);
+    assert_eq!(wait_pid(pid, LIMIT), Some(0));
+    let key = dir.path().join("state").join("snctld.key");
+    std::fs::write(&key, format!("{}\n", "42".repeat(32))).unwrap();
+    let out = daemon_start(dir.path(), None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("is not the key this database was sealed with"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("snctld.sock").exists());
+    assert!(!dir.path().join("snctld.pid").exists());
+}
+
+#[test]
+fn shutdown_is_bounded_when_a_refresh_hangs_upstream() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = DaemonProcess::start(dir.path(), &[]).unwrap();
+    add_prod(&daemon.socket, &fake);
+    // Longer than the grace, shorter than the HTTP timeout (30 s).
+    fake.push_fault(Fault::Delay(Duration::from_secs(25)));
+    let requests = fake.token_requests();
+    let mut refresh = Command::new(bin("snctl"))
+        .args(["refresh", "prod"])
+        .env("SNCTL_SOCKET", &daemon.socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(LIMIT, || fake.token_requests() > requests));
+    assert!(
+        daemon.stop(),
+        "exit 0 despite the hanging refresh: {}",
+        daemon.log_text()
+    );
+    assert!(
+        wait_until(LIMIT, || matches!(refresh.try_wait(), Ok(Some(_)))),
+        "the client hears the daemon go"
+    );
+    let out = refresh.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.starts_with("snctl: "), "a clean error: {stderr}");
+    assert!(daemon.log_text().contains("stopping without them"));
+}
+
+#[test]
+fn sighup_reloads_the_configuration_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("snctld.toml");
+    let write = |text: &str| std::fs::write(&config, text).unwrap();
+    write("[log]\nfilter = \"warn\"\n[refresh]\nahead = 0.75\n[access]\nadmin_group = \"snctl-admin\"\n");
+    let config_arg = config.to_str().unwrap();
+    let daemon = DaemonProcess::start_configured(dir.path(), &["--config", config_arg], "", |c| {
+        c.env_remove("RUST_LOG");
+    })
+    .unwrap();
+    let status = || {
+        let out = snctl(&daemon.socket, &["status"], None);
+        assert!(out.status.success(), "serving: {}", text(&out.stderr));
+    };
+    status();
+    assert!(
+        !daemon.log_text().contains("DEBUG"),
+        "the file's filter counts"
+    );
+
+    // Live: log filter and admin group; refresh.ahead waits for a restart.
+    write("[log]\nfilter = \"info,snctld=debug\"\n[refresh]\nahead = 0.5\n[access]\nadmin_group = \"snctl-ops\"\n");
+    daemon.signal(libc::SIGHUP);
+    let logged = |line: &str| wait_until(LIMIT, || daemon.log_text().contains(line));
+    assert!(
+        logged("SIGHUP: log.filter changed, applied"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        logged("SIGHUP: access.admin_group changed, applied"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        logged("SIGHUP: refresh.ahead changed; it applies at the next start"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        daemon.log_text().contains("to=\"snctl-ops\""),
+        "{}",
+        daemon.log_text()
+    );
+    status();
+    assert!(
+        logged("DEBUG"),
+        "the new filter is in force: {}",
+        daemon.log_text()
+    );
+
+    // An invalid file is refused and the running configuration stays.
+    write("[refresh]\nahead = 5\n");
+    daemon.signal(libc::SIGHUP);
+    assert!(
+        logged("configuration not reloaded, the running one stays"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(daemon
+        .log_text()
+        .contains("refresh.ahead must be between 0.1 and 0.95"));
+    status();
+
+    // The live changes are in force, the restart-only one is not, and the
+    // invalid file changed nothing.
+    write("[log]\nfilter = \"info,snctld=debug\"\n[refresh]\nahead = 0.75\n[access]\nadmin_group = \"snctl-ops\"\n");
+    daemon.signal(libc::SIGHUP);
+    assert!(
+        logged("SIGHUP: configuration reloaded, nothing changed"),
+        "{}",
+        daemon.log_text()
+    );
+    status();
+}
+
+#[test]
+fn a_damaged_database_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = DaemonProcess::start(dir.path(), &[]).unwrap();
+    assert!(first.stop());
+    // The header's freelist count (offset 36) made wrong: queries still
+    // work, quick_check does not pass.
+    let db = dir.path().join("state").join(snctld::store::DB_FILE);
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[36..40].copy_from_slice(&3u32.to_be_bytes());
+    std::fs::write(&db, bytes).unwrap();
+    let err = DaemonProcess::start(dir.path(), &[])
+        .err()
+        .expect("a damaged database stops the start");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("is damaged (SQLite quick_check: Freelist: size is 0 but should be 3"),
+        "{message}"
+    );
+    assert!(!dir.path().join("snctld.sock").exists());
+}
