@@ -5,6 +5,7 @@
 //! ```toml
 //! [server]
 //! max_connections = 512
+//! max_connections_per_user = 64   # admins are not limited, and keep 16 of their own
 //! idle_timeout_secs = 120
 //! read_timeout_secs = 10
 //!
@@ -189,6 +190,7 @@ struct LoginSection {
 #[serde(deny_unknown_fields)]
 struct ServerSection {
     max_connections: Option<usize>,
+    max_connections_per_user: Option<usize>,
     idle_timeout_secs: Option<u64>,
     read_timeout_secs: Option<u64>,
 }
@@ -334,6 +336,14 @@ impl Config {
             }
             self.limits.max_connections = n;
         }
+        if let Some(n) = s.max_connections_per_user {
+            if n == 0 {
+                return Err(parse_err(
+                    "server.max_connections_per_user must be at least 1",
+                ));
+            }
+            self.limits.max_per_uid = n;
+        }
         self.limits.idle_timeout = s
             .idle_timeout_secs
             .map(secs)
@@ -431,7 +441,7 @@ impl Config {
             value.as_ref().map(show).unwrap_or_else(|| "(none)".into())
         }
         let (a, b) = (self, new);
-        let pairs: [(&'static str, String, String); 21] = [
+        let pairs: [(&'static str, String, String); 22] = [
             ("log.filter", opt(&a.log_filter), opt(&b.log_filter)),
             ("--socket", show(&a.socket), show(&b.socket)),
             ("--state-dir", show(&a.state_dir), show(&b.state_dir)),
@@ -449,6 +459,11 @@ impl Config {
                 "server.max_connections",
                 show(&a.limits.max_connections),
                 show(&b.limits.max_connections),
+            ),
+            (
+                "server.max_connections_per_user",
+                show(&a.limits.max_per_uid),
+                show(&b.limits.max_per_uid),
             ),
             (
                 "server.idle_timeout_secs",

@@ -159,11 +159,21 @@ fn private_files(db: &std::path::Path) -> anyhow::Result<()> {
 /// Refuses a state directory that group or others may write (it holds the
 /// key and the database); warns when they may read or enter it.
 pub(crate) fn check_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(dir)
         .map_err(|e| anyhow::anyhow!("cannot read the state directory {}: {e}", dir.display()))?;
     if !meta.is_dir() {
         anyhow::bail!("the state directory {} is not a directory", dir.display());
+    }
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        anyhow::bail!(
+            "the state directory {} belongs to uid {}, not to snctld's uid {me} or root: another user could swap its files; run `chown {me} {}`",
+            dir.display(),
+            meta.uid(),
+            dir.display()
+        );
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 {
@@ -241,6 +251,11 @@ impl Daemon {
             }
         }
         line
+    }
+
+    /// Whether `peer` is an admin (they keep connection slots of their own).
+    pub fn is_admin(&self, peer: &Peer) -> bool {
+        self.access().is_admin(peer)
     }
 
     /// Answers one request from `peer`, if the access rules allow it.
@@ -359,10 +374,6 @@ pub async fn run_with(
         records,
         ..
     } = state;
-    // A passed socket has the mode and group its unit gave it.
-    if !listener.is_passed() {
-        server::give_group(listener.path(), config.access.socket_group.as_deref())?;
-    }
     let mut hangup = if service.reloads() {
         use tokio::signal::unix::{signal, SignalKind};
         Some(

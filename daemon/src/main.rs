@@ -257,7 +257,12 @@ fn start(args: Args, passed: Option<PassedSocket>, service: &Service) -> anyhow:
                 tracing::info!(socket = %passed.path.display(), name = %passed.name, "using the socket systemd passed");
                 snctld::server::Listener::adopt(passed.fd, passed.path)?
             }
-            None => snctld::server::bind(&config.socket, config.socket_mode, config.socket_dir_mode)?,
+            None => snctld::server::bind(
+                &config.socket,
+                config.socket_mode,
+                config.socket_dir_mode,
+                config.access.socket_group.as_deref(),
+            )?,
         };
         snctld::run_with(config, state, listener, shutdown, service.clone()).await
     });

@@ -36,6 +36,8 @@ use crate::Daemon;
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections one non-admin user may hold at once.
+    pub max_per_uid: usize,
     /// How long a connection may wait between requests.
     pub idle_timeout: Duration,
     /// How long a started frame may take to arrive, and a reply to be taken.
@@ -46,6 +48,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 512,
+            max_per_uid: 64,
             idle_timeout: Duration::from_secs(120),
             read_timeout: Duration::from_secs(10),
         }
@@ -162,24 +165,33 @@ pub fn check_passed(fd: BorrowedFd<'_>) -> Result<PathBuf, BindError> {
 
 /// Binds the socket at `path` with `mode`, replacing a stale socket file
 /// left by a daemon that died, but never one that still answers.
-pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<Listener, BindError> {
+pub fn bind(
+    path: &Path,
+    mode: u32,
+    dir_mode: u32,
+    group: Option<&str>,
+) -> Result<Listener, BindError> {
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-    if let Some(dir) = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        let dir_err = |source| BindError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(dir_mode)
             .create(dir)
-            .map_err(|source| BindError::Dir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            .map_err(dir_err)?;
+        // The umask (snctld's is 077) cut the mode: a system socket's
+        // directory must let its group through.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))
+            .map_err(dir_err)?;
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        check_dir(dir)?;
-    }
+    check_dir(dir)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(BindError::NotASocket(path.to_path_buf()))
@@ -205,8 +217,11 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> Result<Listener, BindError
         .reclaim_name(true)
         .create_tokio()
         .map_err(listen_err)?;
-    // The mode given above is cut by the umask (snctld's is 077); set the
-    // one asked for. Until then the socket is only stricter.
+    // The group first, then the mode: the mode given above was cut by the
+    // umask (snctld's is 077), so until now the socket was only stricter.
+    if let Some(name) = group {
+        give_group(path, name)?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen_err)?;
     Ok(Listener {
         inner,
@@ -253,24 +268,68 @@ fn check_dir(dir: &Path) -> Result<(), BindError> {
     }
 }
 
-/// Gives the socket file to `group` (system mode: `snctl`, with mode 0660),
-/// so that its members may connect. A group that does not exist is skipped
-/// with a warning: only root and snctld's user can connect then.
-pub fn give_group(path: &Path, group: Option<&str>) -> Result<(), BindError> {
-    let Some(name) = group else {
+/// Gives the socket file to `name` (a group name or number; system mode:
+/// `snctl`), so that its members may connect. A group that does not exist
+/// is skipped with a warning.
+fn give_group(path: &Path, name: &str) -> Result<(), BindError> {
+    let gid = match name.parse::<u32>() {
+        Ok(gid) => Some(gid),
+        Err(_) => nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw()),
+    };
+    let Some(gid) = gid else {
+        tracing::warn!(group = %name, "the socket group does not exist: only root, snctld's user and its primary group can connect");
         return Ok(());
     };
-    let Some(found) = nix::unistd::Group::from_name(name).ok().flatten() else {
-        tracing::warn!(group = %name, "the socket group does not exist: only root and snctld's user can connect");
-        return Ok(());
-    };
-    std::os::unix::fs::lchown(path, None, Some(found.gid.as_raw())).map_err(|source| {
-        BindError::Group {
-            path: path.to_path_buf(),
-            group: name.to_string(),
-            source,
-        }
+    std::os::unix::fs::lchown(path, None, Some(gid)).map_err(|source| BindError::Group {
+        path: path.to_path_buf(),
+        group: name.to_string(),
+        source,
     })
+}
+
+/// Connections kept for admins once `max_connections` are taken, so that
+/// a flood of connections never locks an admin out.
+pub const ADMIN_RESERVE: usize = 16;
+
+/// Open connections per uid.
+#[derive(Default)]
+struct PerUid(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
+
+/// One connection counted for its uid until dropped.
+struct UidSlot {
+    table: Arc<PerUid>,
+    uid: u32,
+}
+
+impl PerUid {
+    /// A slot for `uid`, unless a non-admin already holds `limit`.
+    fn take(self: &Arc<Self>, uid: u32, limit: usize, admin: bool) -> Option<UidSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(uid).or_insert(0);
+        if !admin && *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(UidSlot {
+            table: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut counts = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.uid) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// Counts open connections for `snctl status`.
@@ -309,6 +368,8 @@ pub async fn serve(
     started: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let reserve = Arc::new(Semaphore::new(ADMIN_RESERVE));
+    let per_uid = Arc::new(PerUid::default());
     let tracker = TaskTracker::new();
     if let Some(started) = started {
         let _ = started.send(());
@@ -326,21 +387,44 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        // Who is calling, before any frame is read; a caller we cannot name
+        // gets nothing.
+        let peer = match match &stream {
+            Stream::UdSocket(socket) => Peer::of(socket.inner()),
+        } {
+            Ok(peer) => peer,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a caller's credentials; closing");
+                continue;
+            }
+        };
+        let admin = daemon.is_admin(&peer);
+        // One user cannot take every slot, and admins keep a few of their own.
+        let Some(mine) = per_uid.take(peer.uid, limits.max_per_uid, admin) else {
+            tracing::warn!(%peer, limit = limits.max_per_uid, "connection limit of this user reached; closing a new connection");
+            continue;
+        };
+        let permit = permits
+            .clone()
+            .try_acquire_owned()
+            .or_else(|_| match admin {
+                true => reserve.clone().try_acquire_owned(),
+                false => Err(tokio::sync::TryAcquireError::NoPermits),
+            });
+        let Ok(permit) = permit else {
             tracing::warn!(
                 limit = limits.max_connections,
                 "connection limit reached; closing a new connection"
             );
-            drop(stream);
             continue;
         };
         let (daemon, limits, stop) = (daemon.clone(), limits.clone(), stop.clone());
         tracker.spawn(async move {
             let _open = Open::new(&daemon.connections);
-            if let Err(error) = connection(stream, &daemon, &limits, &stop).await {
+            if let Err(error) = connection(stream, peer, &daemon, &limits, &stop).await {
                 tracing::debug!(%error, "connection ended");
             }
-            drop(permit);
+            drop((permit, mine));
         });
     }
     drop(listener);
@@ -358,22 +442,15 @@ enum ConnError {
     Frame(#[from] FrameError),
     #[error("client speaks protocol {0}")]
     Version(u32),
-    #[error("cannot read the caller's credentials: {0}")]
-    Peer(String),
 }
 
 async fn connection(
     mut stream: Stream,
+    peer: Peer,
     daemon: &Daemon,
     limits: &Limits,
     stop: &CancellationToken,
 ) -> Result<(), ConnError> {
-    // Who is calling, before any frame is read; a caller we cannot name
-    // gets nothing.
-    let peer = match &stream {
-        Stream::UdSocket(socket) => Peer::of(socket.inner()),
-    }
-    .map_err(|e| ConnError::Peer(e.to_string()))?;
     tracing::debug!(%peer, "connection");
 
     let Some(hello) = read_frame::<Hello>(&mut stream, limits, stop).await? else {

@@ -87,6 +87,7 @@ impl TestDaemon {
                     &config.socket,
                     config.socket_mode,
                     config.socket_dir_mode,
+                    config.access.socket_group.as_deref(),
                 ) {
                     Ok(l) => l,
                     Err(e) => {
@@ -259,58 +260,11 @@ impl DaemonProcess {
         user: Option<(u32, u32)>,
     ) -> anyhow::Result<DaemonProcess> {
         use std::os::unix::process::CommandExt;
-        let socket = dir.join("snctld.sock");
-        let state_dir = dir.join("state");
-        let log = dir.join("snctld.log");
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let mut command = Command::new(bin("snctld"));
-        command
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .args(extra)
-            .env("RUST_LOG", filter)
-            .stdin(Stdio::null())
-            .stderr(stderr);
-        if let Some((uid, gid)) = user {
-            command.uid(uid).gid(gid);
-        }
-        let child = command.spawn()?;
-        let mut process = DaemonProcess {
-            child: Some(child),
-            socket,
-            state_dir,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match snctl::Client::connect(&process.socket) {
-                Ok(_) => return Ok(process),
-                Err(snctl::ClientError::Daemon(e)) => {
-                    anyhow::bail!("snctld at {} refused: {e}", process.socket.display())
-                }
-                Err(_) => {}
+        DaemonProcess::start_configured(dir, extra, filter, |command| {
+            if let Some((uid, gid)) = user {
+                command.uid(uid).gid(gid);
             }
-            if let Some(status) = process
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                process.child = None;
-                anyhow::bail!(
-                    "snctld exited with {status} before serving: {}",
-                    process.log_text().trim_end()
-                );
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!("snctld did not serve {} in time", process.socket.display());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {

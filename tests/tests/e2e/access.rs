@@ -9,6 +9,7 @@
 //! without it these tests say so and pass.
 
 use std::ffi::{CStr, CString};
+use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -820,4 +821,83 @@ fn the_system_daemons_socket_is_open_to_the_socket_group() {
         "the socket's mode; {ran:#?}"
     );
     assert!(ran.ok().contains("authentications: 0"), "{ran:#?}");
+}
+
+/// Opens `count` connections as `caller`, says hello on each, and holds
+/// them until its stdin closes; prints how many the daemon answered.
+const FLOOD: &str = r#"
+import socket, sys
+path, count, hello = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+held, answered = [], 0
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    try:
+        s.connect(path)
+        s.sendall(hello)
+        if len(s.recv(4)) == 4:
+            answered += 1
+    except OSError:
+        pass
+    held.append(s)
+print(answered, flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn one_user_flooding_the_socket_locks_out_neither_others_nor_admins() {
+    if !can_switch_users("one_user_flooding_the_socket_locks_out_neither_others_nor_admins") {
+        return;
+    }
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: python3 is needed to hold many connections as another uid");
+        return;
+    }
+    let world = World::start(|config| {
+        config.limits.max_connections = 8;
+        config.limits.max_per_uid = 4;
+    });
+    world.add("prod", Readers::default());
+    let hello = snctl_shared::frame::encode(
+        &snctl_shared::protocol::Hello {
+            protocol_version: snctl::PROTOCOL_VERSION,
+            client_version: "flood".into(),
+        },
+        snctl_shared::frame::MAX_REQUEST_FRAME,
+    )
+    .unwrap();
+    let hex: String = hello.iter().map(|b| format!("{b:02x}")).collect();
+    let mut command = Command::new("python3");
+    command
+        .args(["-c", FLOOD])
+        .arg(world.socket())
+        .args(["30", &hex])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Caller::user(4001).apply(&mut command);
+    let mut flood = match command.spawn() {
+        Ok(flood) => flood,
+        Err(e) => {
+            eprintln!("skipped: python3 does not run as uid 4001 here ({e})");
+            return;
+        }
+    };
+    let mut answered = String::new();
+    BufReader::new(flood.stdout.take().unwrap())
+        .read_line(&mut answered)
+        .unwrap();
+    assert_eq!(
+        answered.trim(),
+        "4",
+        "the flooding user holds only its own share"
+    );
+
+    // While it holds them: another user and root are served.
+    world
+        .snctl(&Caller::user(4002), &["token", "prod"], None)
+        .ok();
+    world.daemon.client().token("prod").unwrap();
+    drop(flood.stdin.take());
+    let _ = flood.wait();
 }

@@ -111,9 +111,12 @@ fn connections_past_the_cap_are_closed_and_the_rest_served() {
     let mut config = test_config(dir.path());
     config.limits.max_connections = 4;
     let daemon = TestDaemon::start(config).unwrap();
-    let mut clients: Vec<_> = (0..4).map(|_| daemon.client()).collect();
+    // The test is an admin to the daemon (root, or the daemon's own user):
+    // it has the admins' reserve on top of the cap.
+    let cap = 4 + snctld::server::ADMIN_RESERVE;
+    let mut clients: Vec<_> = (0..cap).map(|_| daemon.client()).collect();
     clients[0].add(add_request("prod", &fake.url())).unwrap();
-    // The fifth is closed during the handshake, with a clear error.
+    // The next is closed during the handshake, with a clear error.
     let err = snctl::Client::connect(daemon.socket())
         .err()
         .expect("refused");
@@ -154,4 +157,54 @@ fn a_stale_socket_file_is_replaced() {
     assert!(config.socket.exists());
     let daemon = TestDaemon::start(config).unwrap();
     assert!(daemon.client().status().is_ok());
+}
+
+#[test]
+fn the_system_daemon_makes_its_socket_directory_and_socket_open_to_their_group() {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: snctld runs in system mode (socket 0660, directory 0755) only as root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // snctld's umask is 077; the modes must come out as asked all the same.
+    let socket = dir.path().join("run").join("snctld.sock");
+    let config = dir.path().join("snctld.toml");
+    std::fs::write(&config, "[access]\nsocket_group = \"0\"\n").unwrap();
+    let mut daemon = std::process::Command::new(snctl_tests::harness::bin("snctld"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = snctl_tests::harness::wait_until(Duration::from_secs(20), || {
+        snctl::Client::connect(&socket).is_ok()
+    });
+    let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    let modes = (mode(socket.parent().unwrap()).ok(), mode(&socket).ok());
+    // SAFETY: kill with a pid we spawned and have not reaped.
+    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = daemon.wait();
+    assert!(served, "snctld did not serve");
+    assert_eq!(modes, (Some(0o755), Some(0o660)));
+}
+
+#[test]
+fn a_socket_directory_others_may_write_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut config = test_config(dir.path());
+    config.socket = open.join("snctld.sock");
+    let err = TestDaemon::start(config)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("is writable by everyone"), "{err}");
+    assert!(!open.join("snctld.sock").exists());
 }
