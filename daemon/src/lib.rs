@@ -489,7 +489,8 @@ async fn report_status(daemon: Arc<Daemon>, service: Service, stop: Cancellation
 }
 
 /// SIGHUP: reads the configuration again, applies what can change while
-/// serving (`log.filter`, `access.admin_group`) and logs every change and
+/// serving (`log.filter`, `access.admin_group`, `[refresh]`, `[login]`)
+/// and logs every change and
 /// whether it applied; the others apply at the next start. A file that
 /// does not load changes nothing.
 fn reload(running: &mut Config, daemon: &Daemon, service: &Service) {
@@ -529,6 +530,14 @@ fn reload(running: &mut Config, daemon: &Daemon, service: &Service) {
                 let access = Arc::new(Access::new(&new.access));
                 *daemon.access.write().unwrap_or_else(|p| p.into_inner()) = access;
                 running.access.admin_group = new.access.admin_group.clone();
+                tracing::info!(%setting, from = %old, to = %value, "SIGHUP: {setting} changed, applied");
+            }
+            _ if setting.starts_with("refresh.") || setting.starts_with("login.") => {
+                daemon
+                    .tokens
+                    .set_policies(new.refresh.clone(), new.login.clone());
+                running.refresh = new.refresh.clone();
+                running.login = new.login.clone();
                 tracing::info!(%setting, from = %old, to = %value, "SIGHUP: {setting} changed, applied");
             }
             _ => {

@@ -39,16 +39,22 @@ struct Args {
     /// reach the starting command.
     #[arg(long, value_name = "PATH", requires = "daemon")]
     log_file: Option<PathBuf>,
-    /// Socket path [default: /run/snctld/snctld.sock as root,
-    /// $XDG_RUNTIME_DIR/snctld/snctld.sock otherwise].
+    /// Serve the whole host (system paths, the socket and admin groups)
+    /// although not run as root: for the systemd unit's `User=snctld`.
+    #[arg(long, global = true)]
+    system: bool,
+    /// Socket path [default: /run/snctld/snctld.sock as root or with
+    /// --system, $XDG_RUNTIME_DIR/snctld/snctld.sock otherwise].
     #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
     /// State directory holding the database and the key [default:
-    /// /var/lib/snctld as root, $XDG_STATE_HOME/snctld otherwise].
+    /// /var/lib/snctld as root or with --system, $XDG_STATE_HOME/snctld
+    /// otherwise].
     #[arg(long, value_name = "DIR", global = true)]
     state_dir: Option<PathBuf>,
-    /// Configuration file [default: /etc/snctld/snctld.toml as root,
-    /// $XDG_CONFIG_HOME/snctld/snctld.toml otherwise, if present].
+    /// Configuration file [default: /etc/snctld/snctld.toml as root or
+    /// with --system, $XDG_CONFIG_HOME/snctld/snctld.toml otherwise, if
+    /// present].
     #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
@@ -229,7 +235,12 @@ fn start(args: Args, passed: Option<PassedSocket>, service: &Service) -> anyhow:
         state_dir: args.state_dir,
         config: args.config,
     };
-    let config = Config::load(Mode::detect(), overrides)?;
+    let mode = if args.system {
+        Mode::System
+    } else {
+        Mode::detect()
+    };
+    let config = Config::load(mode, overrides)?;
     if let Some(Command::Rekey { new_key_file }) = args.command {
         let mut say = |text: &str| println!("{text}");
         let done = snctld::rekey::rekey(&config, new_key_file.as_deref(), &mut say)?;

@@ -133,7 +133,7 @@ impl Tokens {
             redirect_port: code.then(|| {
                 request
                     .redirect_port
-                    .unwrap_or(self.inner.login.redirect_port)
+                    .unwrap_or(self.login_policy().redirect_port)
             }),
             refresh_lifespan_secs: check_lifespan(
                 request
@@ -456,10 +456,12 @@ impl Tokens {
                 (auth, false)
             }
         };
-        let redirect_uri =
-            redirect_uri(auth.redirect_port.unwrap_or(self.inner.login.redirect_port));
+        let redirect_uri = redirect_uri(
+            auth.redirect_port
+                .unwrap_or(self.login_policy().redirect_port),
+        );
         let authorize = ServiceNow::authorize(&auth, &redirect_uri).map_err(Error::invalid)?;
-        let expires_at_ms = now_ms() + self.inner.login.timeout.as_millis() as i64;
+        let expires_at_ms = now_ms() + self.login_policy().timeout.as_millis() as i64;
         let challenge = LoginChallenge {
             authorize_url: authorize.url,
             redirect_uri: redirect_uri.clone(),

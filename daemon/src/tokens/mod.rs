@@ -306,8 +306,9 @@ struct Inner {
     entries: RwLock<HashMap<String, Arc<Entry>>>,
     store: Store,
     upstream: ServiceNow,
-    policy: RefreshPolicy,
-    login: LoginPolicy,
+    /// Both may change on SIGHUP ([`Tokens::set_policies`]).
+    policy: RwLock<RefreshPolicy>,
+    login: RwLock<LoginPolicy>,
     /// Authorization-code logins started and not yet finished, by name.
     pending: Mutex<HashMap<String, admin::Pending>>,
     permits: Semaphore,
@@ -382,8 +383,8 @@ impl Tokens {
                 store,
                 upstream,
                 permits: Semaphore::new(policy.max_concurrent_upstream.max(1)),
-                policy,
-                login,
+                policy: RwLock::new(policy),
+                login: RwLock::new(login),
                 pending: Mutex::new(HashMap::new()),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -405,6 +406,29 @@ impl Tokens {
             tokens.spawn_scheduler(entry);
         }
         tokens
+    }
+
+    fn policy(&self) -> RefreshPolicy {
+        self.inner
+            .policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn login_policy(&self) -> LoginPolicy {
+        self.inner
+            .login
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// New refresh and login policies (SIGHUP), for every later refresh,
+    /// backoff and login. The cap on concurrent upstream requests stays.
+    pub fn set_policies(&self, refresh: RefreshPolicy, login: LoginPolicy) {
+        *self.inner.policy.write().unwrap_or_else(|p| p.into_inner()) = refresh;
+        *self.inner.login.write().unwrap_or_else(|p| p.into_inner()) = login;
     }
 
     fn read_entries(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Entry>>> {
@@ -471,7 +495,7 @@ impl Tokens {
             shared.refresh = Some((refresh, issued));
         }
         let lifetime = (tokens.expires_at_ms - tokens.obtained_at_ms).max(0) as f64;
-        let policy = &self.inner.policy;
+        let policy = self.policy();
         let jitter = if policy.jitter > 0.0 {
             rand::thread_rng().gen_range(-policy.jitter..policy.jitter)
         } else {
@@ -498,7 +522,7 @@ impl Tokens {
     }
 
     fn backoff(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
-        let policy = &self.inner.policy;
+        let policy = self.policy();
         let exp = policy
             .backoff_min
             .saturating_mul(1u32 << failures.saturating_sub(1).min(16))

@@ -528,8 +528,11 @@ fn sighup_reloads_the_configuration_and_keeps_serving() {
         "the file's filter counts"
     );
 
-    // Live: log filter and admin group; refresh.ahead waits for a restart.
-    write("[log]\nfilter = \"info,snctld=debug\"\n[refresh]\nahead = 0.5\n[access]\nadmin_group = \"snctl-ops\"\n");
+    // Live: log filter, admin group and refresh policy; a server limit
+    // waits for a restart.
+    let live = "[log]\nfilter = \"info,snctld=debug\"\n[refresh]\nahead = 0.5\n\
+                [access]\nadmin_group = \"snctl-ops\"\n[server]\nread_timeout_secs = 20\n";
+    write(live);
     daemon.signal(libc::SIGHUP);
     let logged = |line: &str| wait_until(LIMIT, || daemon.log_text().contains(line));
     assert!(
@@ -543,7 +546,12 @@ fn sighup_reloads_the_configuration_and_keeps_serving() {
         daemon.log_text()
     );
     assert!(
-        logged("SIGHUP: refresh.ahead changed; it applies at the next start"),
+        logged("SIGHUP: refresh.ahead changed, applied"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        logged("SIGHUP: server.read_timeout_secs changed; it applies at the next start"),
         "{}",
         daemon.log_text()
     );
@@ -572,15 +580,19 @@ fn sighup_reloads_the_configuration_and_keeps_serving() {
         .contains("refresh.ahead must be between 0.1 and 0.95"));
     status();
 
-    // The live changes are in force, the restart-only one is not, and the
-    // invalid file changed nothing.
-    write("[log]\nfilter = \"info,snctld=debug\"\n[refresh]\nahead = 0.75\n[access]\nadmin_group = \"snctl-ops\"\n");
+    // The invalid file changed nothing: the same file again changes only
+    // the setting that still waits for a restart.
+    write(live);
     daemon.signal(libc::SIGHUP);
+    let count = |line: &str| daemon.log_text().matches(line).count();
     assert!(
-        logged("SIGHUP: configuration reloaded, nothing changed"),
+        wait_until(LIMIT, || count("server.read_timeout_secs changed") == 2),
         "{}",
         daemon.log_text()
     );
+    assert_eq!(count("SIGHUP: log.filter changed"), 1);
+    assert_eq!(count("SIGHUP: refresh.ahead changed"), 1);
+    assert_eq!(count("SIGHUP: access.admin_group changed"), 1);
     status();
 }
 
