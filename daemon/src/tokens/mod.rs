@@ -291,11 +291,12 @@ fn carry_issue_time(tokens: &mut TokenSet, held: Option<&(Secret, i64)>) {
     }
 }
 
-/// "13d 4h", "5h 10m", "42m".
+/// "13d 4h", "5h 10m", "42m", "9s".
 fn describe_span(ms: i64) -> String {
     let mins = ms.max(0) / 60_000;
     let (days, hours, mins) = (mins / 1440, mins / 60 % 24, mins % 60);
     match (days, hours) {
+        (0, 0) if mins == 0 => format!("{}s", ms.max(0) / 1000),
         (0, 0) => format!("{mins}m"),
         (0, _) => format!("{hours}h {mins}m"),
         _ => format!("{days}d {hours}h"),
@@ -926,5 +927,19 @@ impl Tokens {
         self.inner.stop.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_span;
+
+    #[test]
+    fn spans_read_in_the_largest_units_that_matter() {
+        assert_eq!(describe_span(9_400), "9s");
+        assert_eq!(describe_span(42 * 60_000 + 5_000), "42m");
+        assert_eq!(describe_span((5 * 60 + 10) * 60_000), "5h 10m");
+        assert_eq!(describe_span((13 * 24 + 4) * 3_600_000), "13d 4h");
+        assert_eq!(describe_span(-5), "0s");
     }
 }
