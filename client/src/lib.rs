@@ -24,9 +24,9 @@ use interprocess::local_socket::{GenericFilePath, Stream};
 
 use snctl_shared::frame::{self, FrameError, MAX_REQUEST_FRAME};
 use snctl_shared::protocol::{
-    AddRequest, AuthSummary, DaemonStatus, Diagnosis, Hello, HelloReply, LoginChallenge,
-    LoginRequest, NameRequest, RemoveReply, RemoveRequest, Reply, Request, Response,
-    StartLoginRequest, TokenRequest, UpdateRequest,
+    AddRequest, AuthSummary, BackupRequest, DaemonStatus, Diagnosis, Hello, HelloReply,
+    LoginChallenge, LoginRequest, NameRequest, RemoveReply, RemoveRequest, Reply, Request,
+    Response, StartLoginRequest, TokenRequest, UpdateRequest,
 };
 
 /// The protocol types, for callers that build admin requests.
@@ -106,6 +106,15 @@ impl ClientError {
             ClientError::Daemon(error) => error.kind(),
         }
     }
+}
+
+/// What [`Client::backup`] returns.
+#[derive(Debug)]
+pub struct Backup {
+    /// The database file: write it as is.
+    pub bytes: Vec<u8>,
+    /// Where the daemon's master key is; it is not in the backup.
+    pub key: PathBuf,
 }
 
 /// A connection to `snctld`. One connection serves any number of requests,
@@ -303,6 +312,46 @@ impl Client {
         match self.request(&request)? {
             Reply::Diagnosis(diagnosis) => Ok(diagnosis),
             other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// A consistent copy of the daemon's database (admins only): sealed
+    /// secrets only, never the master key. Fetched in chunks over one
+    /// snapshot the daemon takes at the first.
+    pub fn backup(&mut self) -> Result<Backup, ClientError> {
+        let mut bytes = Vec::new();
+        let mut snapshot = None;
+        loop {
+            let request = Request::Backup(BackupRequest {
+                snapshot,
+                offset: bytes.len() as u64,
+            });
+            let chunk = match self.request(&request)? {
+                Reply::Backup(chunk) => chunk,
+                other => return Err(self.unexpected(other)),
+            };
+            if chunk.offset != bytes.len() as u64
+                || snapshot.is_some_and(|id| id != chunk.snapshot)
+                || (chunk.bytes.is_empty() && chunk.offset < chunk.total)
+            {
+                return Err(self.lost(FrameError::Decode(format!(
+                    "backup chunk out of order (snapshot {}, offset {}, {} bytes)",
+                    chunk.snapshot,
+                    chunk.offset,
+                    chunk.bytes.len()
+                ))));
+            }
+            if bytes.is_empty() {
+                bytes.reserve_exact(usize::try_from(chunk.total).unwrap_or(0));
+            }
+            snapshot = Some(chunk.snapshot);
+            bytes.extend_from_slice(&chunk.bytes);
+            if bytes.len() as u64 >= chunk.total {
+                return Ok(Backup {
+                    bytes,
+                    key: PathBuf::from(chunk.key),
+                });
+            }
         }
     }
 

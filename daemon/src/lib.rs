@@ -14,20 +14,24 @@ pub mod config;
 pub mod crypto;
 pub mod hygiene;
 pub mod rekey;
+pub mod restore;
 pub mod server;
 pub mod service;
 pub mod servicenow;
 pub mod store;
 pub mod tokens;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use snctl_shared::protocol::{DaemonStatus, Reply, Request, Response};
+use snctl_shared::protocol::{
+    BackupChunk, BackupRequest, DaemonStatus, Reply, Request, Response, BACKUP_CHUNK,
+};
 use snctl_shared::Error;
 use snctl_shared::PROTOCOL_VERSION;
 
@@ -225,6 +229,25 @@ pub struct Daemon {
     connections: Gauge,
     /// Woken after admin requests, which may change the status summary.
     changed: tokio::sync::Notify,
+    /// For backups (the tokens have their own handle).
+    store: Store,
+    /// Where the master key came from, told with every backup chunk.
+    key_path: PathBuf,
+    /// Backup snapshots being read, by id.
+    backups: Mutex<Snapshots>,
+}
+
+/// The temporary copy a backup is made in, inside the state directory.
+pub const BACKUP_TMP_FILE: &str = "snctld.db.backup-tmp";
+
+/// How long a backup snapshot is kept after its last chunk was asked for.
+const BACKUP_KEEP: Duration = Duration::from_secs(300);
+
+/// Backup snapshots not yet read to the end.
+#[derive(Default)]
+struct Snapshots {
+    next_id: u64,
+    kept: HashMap<u64, (Arc<Vec<u8>>, Instant)>,
 }
 
 impl Daemon {
@@ -305,12 +328,77 @@ impl Daemon {
             Request::StartLogin(r) => self.tokens.start_login(r).await.map(Reply::LoginChallenge),
             Request::Login(r) => self.tokens.login(r).await.map(Reply::Auth),
             Request::Doctor(r) => self.tokens.doctor(&r.name).await.map(Reply::Diagnosis),
+            Request::Backup(r) => self.backup(r).await.map(Reply::Backup),
             Request::Token(_) | Request::List | Request::Show(_) | Request::Status => {
                 Err(Error::Internal {
                     message: format!("{} is not an admin request", request.kind()),
                 })
             }
         }
+    }
+
+    /// One chunk of a backup; the first request takes the snapshot (see
+    /// [`BackupRequest`]). A snapshot is dropped once its last chunk is
+    /// sent, or [`BACKUP_KEEP`] after it was last read.
+    async fn backup(&self, request: BackupRequest) -> Result<BackupChunk, Error> {
+        let (id, bytes) = match request.snapshot {
+            None => {
+                let tmp = self.state_dir.join(BACKUP_TMP_FILE);
+                let bytes = self.store.call(move |db| db.backup(&tmp)).await;
+                let bytes = Arc::new(bytes.map_err(|error| {
+                    tracing::error!(%error, "backup failed");
+                    Error::Internal {
+                        message: format!("cannot copy the database: {error}"),
+                    }
+                })?);
+                let mut snapshots = self.snapshots();
+                snapshots.next_id += 1;
+                tracing::info!(snapshot = snapshots.next_id, bytes = bytes.len(), "backup snapshot taken");
+                (snapshots.next_id, bytes)
+            }
+            Some(id) => match self.snapshots().kept.get(&id) {
+                Some((bytes, _)) => (id, bytes.clone()),
+                None => {
+                    return Err(Error::invalid(format!(
+                        "backup snapshot {id} is gone (each chunk must be asked for within {} s): run the backup again",
+                        BACKUP_KEEP.as_secs()
+                    )))
+                }
+            },
+        };
+        let total = bytes.len();
+        let start = usize::try_from(request.offset)
+            .ok()
+            .filter(|&o| o <= total)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "offset {} is past the end of backup snapshot {id} ({total} bytes)",
+                    request.offset
+                ))
+            })?;
+        let end = total.min(start + BACKUP_CHUNK);
+        let mut snapshots = self.snapshots();
+        if end == total {
+            snapshots.kept.remove(&id);
+        } else {
+            snapshots.kept.insert(id, (bytes.clone(), Instant::now()));
+        }
+        Ok(BackupChunk {
+            snapshot: id,
+            total: total as u64,
+            offset: start as u64,
+            bytes: bytes[start..end].to_vec(),
+            key: self.key_path.display().to_string(),
+        })
+    }
+
+    /// The backup snapshots, those unread for [`BACKUP_KEEP`] dropped.
+    fn snapshots(&self) -> std::sync::MutexGuard<'_, Snapshots> {
+        let mut snapshots = self.backups.lock().unwrap_or_else(|p| p.into_inner());
+        snapshots
+            .kept
+            .retain(|_, (_, used)| used.elapsed() < BACKUP_KEEP);
+        snapshots
     }
 
     /// How the daemon is doing; authentication names only for admins.
@@ -372,6 +460,7 @@ pub async fn run_with(
         store,
         thread,
         records,
+        key_source,
         ..
     } = state;
     let mut hangup = if service.reloads() {
@@ -399,6 +488,9 @@ pub async fn run_with(
         state_dir: config.state_dir.clone(),
         connections: Gauge::default(),
         changed: tokio::sync::Notify::new(),
+        store: store.clone(),
+        key_path: key_source.path().to_path_buf(),
+        backups: Mutex::default(),
     });
     tracing::info!(socket = %listener.path().display(), passed = listener.is_passed(), authentications = count, "serving");
     let stop = CancellationToken::new();

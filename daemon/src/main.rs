@@ -2,7 +2,7 @@
 //! (`--daemon`), build the configuration, open the state, bind the socket
 //! (unless passed), run until SIGTERM or SIGINT, reloading the
 //! configuration on SIGHUP. `snctld rekey` moves the stored secrets to a
-//! new master key instead.
+//! new master key instead; `snctld restore` puts a backup in place.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -73,6 +73,15 @@ enum Command {
         /// exists); rekey then prints how to install it.
         #[arg(long, value_name = "PATH")]
         new_key_file: Option<PathBuf>,
+    },
+    /// Replace the database with a backup made by `snctl backup`. Stop
+    /// snctld first. The backup is checked (integrity, schema, and that the
+    /// master key opens it) before anything is replaced; the previous
+    /// database is kept as snctld.db.before-restore.
+    Restore {
+        /// The backup file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -214,9 +223,12 @@ fn absolute_paths(args: &mut Args) -> anyhow::Result<()> {
         *path = std::path::absolute(&*path)
             .map_err(|e| anyhow::anyhow!("cannot make {} absolute: {e}", path.display()))?;
     }
-    if let Some(Command::Rekey {
-        new_key_file: Some(path),
-    }) = &mut args.command
+    if let Some(
+        Command::Rekey {
+            new_key_file: Some(path),
+        }
+        | Command::Restore { file: path },
+    ) = &mut args.command
     {
         *path = std::path::absolute(&*path)?;
     }
@@ -245,6 +257,11 @@ fn start(args: Args, passed: Option<PassedSocket>, service: &Service) -> anyhow:
         let mut say = |text: &str| println!("{text}");
         let done = snctld::rekey::rekey(&config, new_key_file.as_deref(), &mut say)?;
         println!("{}", done.summary());
+        return Ok(());
+    }
+    if let Some(Command::Restore { file }) = args.command {
+        let done = snctld::restore::restore(&config, &file)?;
+        println!("{}", done.summary(&file));
         return Ok(());
     }
     match service.set_log_filter(config.log_filter.as_deref()) {

@@ -58,6 +58,11 @@ pub enum StoreError {
     AlreadyExists,
     #[error("the store has shut down")]
     Closed,
+    #[error("cannot make the backup copy {path}: {source}")]
+    Backup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// One authentication's settings: what is needed to ask for a token.
@@ -178,6 +183,14 @@ impl UncheckedDb {
             tx.commit()?;
         }
         Ok(db)
+    }
+
+    /// SQLite's full integrity check, first line ("ok" when sound). Writes
+    /// nothing.
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 
     fn key_check_of(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
@@ -614,6 +627,57 @@ impl Db {
         let n = tx.execute("DELETE FROM authentications WHERE name = ?1", [name])?;
         tx.commit()?;
         Ok(n > 0)
+    }
+
+    /// A consistent copy of the whole database, as the bytes of a
+    /// self-contained database file (rollback journal mode, no `-wal` to go
+    /// with it). Made with SQLite's online backup API into `tmp` (created
+    /// 0600, removed before returning); on the store thread no write can
+    /// interleave. Sealed blobs stay sealed: no secret is in clear.
+    pub fn backup(&mut self, tmp: &Path) -> Result<Vec<u8>, StoreError> {
+        let io_err = |source| StoreError::Backup {
+            path: tmp.to_path_buf(),
+            source,
+        };
+        let remove = || {
+            for suffix in ["", "-journal", "-wal", "-shm"] {
+                match std::fs::remove_file(format!("{}{suffix}", tmp.display())) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        // Left by a copy that died half way.
+        remove().map_err(io_err)?;
+        let copied = (|| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(tmp)
+                .map_err(io_err)?;
+            {
+                let mut dst = Connection::open(tmp)?;
+                // Every page in one step: one read transaction, one snapshot.
+                rusqlite::backup::Backup::new(&self.conn, &mut dst)?.run_to_completion(
+                    i32::MAX,
+                    std::time::Duration::from_millis(10),
+                    None,
+                )?;
+            }
+            // The copy says WAL, like its source: make it a single file.
+            let dst = Connection::open(tmp)?;
+            dst.query_row("PRAGMA journal_mode = DELETE", [], |r| {
+                r.get::<_, String>(0)
+            })?;
+            dst.close().map_err(|(_, e)| e)?;
+            std::fs::read(tmp).map_err(io_err)
+        })();
+        let removed = remove().map_err(io_err);
+        let bytes = copied?;
+        removed?;
+        Ok(bytes)
     }
 
     /// Runs SQLite's full integrity check ("ok" when sound).

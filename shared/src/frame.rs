@@ -263,6 +263,14 @@ mod tests {
                 client_secret: None,
             }),
             Request::Doctor(NameRequest { name: "a".into() }),
+            Request::Backup(BackupRequest {
+                snapshot: None,
+                offset: 0,
+            }),
+            Request::Backup(BackupRequest {
+                snapshot: Some(u64::MAX),
+                offset: 1 << 40,
+            }),
         ];
         for request in requests {
             let frame = encode(&request, MAX_REQUEST_FRAME).unwrap();
@@ -271,6 +279,20 @@ mod tests {
             let back: Request = decode_request(&frame[4..]).unwrap();
             assert_eq!(back, request);
         }
+    }
+
+    #[test]
+    fn a_full_backup_chunk_fits_in_a_response_frame() {
+        let response: Response = Ok(Reply::Backup(BackupChunk {
+            snapshot: 7,
+            total: 1 << 33,
+            offset: 1 << 32,
+            bytes: (0..BACKUP_CHUNK).map(|i| i as u8).collect(),
+            key: "/var/lib/snctld/snctld.key".into(),
+        }));
+        let frame = encode(&response, MAX_RESPONSE_FRAME).unwrap();
+        let back: Response = read_response(&mut io::Cursor::new(frame)).unwrap();
+        assert_eq!(back, response);
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub enum Request {
     Login(LoginRequest),
     /// Probes the instance to tell why an authentication fails.
     Doctor(NameRequest),
+    /// One chunk of an online copy of the database (admins only).
+    Backup(BackupRequest),
 }
 
 impl Request {
@@ -86,6 +88,7 @@ impl Request {
             Request::StartLogin(_) => "start-login",
             Request::Login(_) => "login",
             Request::Doctor(_) => "doctor",
+            Request::Backup(_) => "backup",
         }
     }
 }
@@ -112,6 +115,8 @@ pub enum Reply {
     LoginChallenge(LoginChallenge),
     /// Answer to [`Request::Doctor`].
     Diagnosis(Diagnosis),
+    /// Answer to [`Request::Backup`].
+    Backup(BackupChunk),
 }
 
 /// Asks for an access token.
@@ -494,6 +499,36 @@ pub enum CheckOutcome {
     /// Not run: does not apply, or an earlier probe failed.
     Skipped,
 }
+
+/// Asks for a chunk of a backup. The first request (`snapshot: None`,
+/// offset 0) makes the daemon take a consistent copy of the database (SQLite
+/// online backup) and keep it under an id until its last chunk is read or
+/// it expires; the following ones name that id and the next offset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRequest {
+    /// The snapshot to read on; `None` takes a new one.
+    pub snapshot: Option<u64>,
+    /// Where in the snapshot the chunk starts.
+    pub offset: u64,
+}
+
+/// A chunk of a backup: ciphertext only, never the master key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupChunk {
+    /// The snapshot's id, for the next request.
+    pub snapshot: u64,
+    /// The snapshot's size in bytes.
+    pub total: u64,
+    /// Where this chunk starts.
+    pub offset: u64,
+    /// The chunk's bytes (at most [`BACKUP_CHUNK`]).
+    pub bytes: Vec<u8>,
+    /// Where the master key that opens the backup is (it is not in it).
+    pub key: String,
+}
+
+/// Largest chunk of a [`BackupChunk`], well under the response frame limit.
+pub const BACKUP_CHUNK: usize = 4 * 1024 * 1024;
 
 /// Coarse kind of an [`Error`], for callers that branch on it. Each maps to
 /// one of the CLI's documented exit codes.

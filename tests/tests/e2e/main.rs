@@ -3,6 +3,7 @@
 //! instance over real HTTP on loopback.
 
 mod access;
+mod backup;
 mod canary;
 mod cli;
 mod crash;

@@ -162,6 +162,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a consistent copy of the daemon's database to FILE (mode 0600):
+    /// sealed secrets only; the master key is not in it.
+    Backup {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Who may get an authentication's tokens, besides admins. None given:
@@ -622,6 +631,27 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 message: format!("cannot run {program}: {error}"),
             })
         }
+        Command::Backup { file, force } => {
+            if !force && file.symlink_metadata().is_ok() {
+                return Err(other(format!(
+                    "{} exists: give --force to replace it",
+                    file.display()
+                )));
+            }
+            let backup = connect(&cli.socket)?.backup()?;
+            write_new_file(&file, &backup.bytes, force)
+                .map_err(|e| other(format!("cannot write {}: {e}", file.display())))?;
+            println!(
+                "wrote a backup of {} bytes to {}: sealed secrets only",
+                backup.bytes.len(),
+                file.display()
+            );
+            println!(
+                "the master key is not in it: it is {} on snctld's host; keep a copy of that key apart from the backup (whoever has both can read every secret)",
+                backup.key.display()
+            );
+            Ok(())
+        }
         Command::Status { json } => {
             let mut client = connect(&cli.socket)?;
             let status = client.status()?;
@@ -633,6 +663,45 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
     }
+}
+
+/// Writes `bytes` to `path` (mode 0600) through a synced temporary file in
+/// the same directory, so that `path` is never half written; an existing
+/// `path` is replaced only when `replace`.
+fn write_new_file(path: &std::path::Path, bytes: &[u8], replace: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("not a file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        if replace {
+            std::fs::rename(&tmp, path)
+        } else {
+            // Fails when `path` appeared meanwhile: never overwritten.
+            std::fs::hard_link(&tmp, path).and_then(|()| std::fs::remove_file(&tmp))
+        }
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Standard input read one line at a time, so that a script can pipe the

@@ -1,0 +1,265 @@
+//! `snctld restore FILE`: puts a backup made by `snctl backup` in place of
+//! the database.
+//!
+//! The daemon must be stopped: like [`crate::rekey`], restore takes the
+//! state directory's lock exclusively and refuses when the configured socket
+//! answers. The steps:
+//!
+//! 1. Copy FILE (its bytes only: never a `-wal` beside it) to
+//!    `snctld.db.restore` in the state directory, mode 0600, synced.
+//! 2. Check that copy: a database of a schema this build knows, `PRAGMA
+//!    integrity_check` "ok", and a key check that the master key (from the
+//!    daemon's own sources, [`KeySources::of`]) opens. Anything else removes
+//!    the copy and changes nothing.
+//! 3. Checkpoint the current `snctld.db` when it opens, rename it (and a
+//!    `-wal` left over) to `snctld.db.before-restore`, rename the copy into
+//!    place and sync the directory.
+//! 4. Open it the way the daemon does (key check, migrate, quick check,
+//!    load). If that fails, the previous database is put back.
+//!
+//! `snctld.db.before-restore` stays for the administrator to delete once
+//! the restored database serves; a restore refuses to run while it is
+//! there, so that it is never overwritten.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use crate::config::Config;
+use crate::crypto::{self, KeySources};
+use crate::store::{UncheckedDb, DB_FILE};
+
+/// The backup's copy while it is checked.
+pub const RESTORE_FILE: &str = "snctld.db.restore";
+/// The database a restore replaced, kept for the administrator.
+pub const PREVIOUS_FILE: &str = "snctld.db.before-restore";
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct Restored {
+    /// Authentications whose secrets open with the master key.
+    pub authentications: usize,
+    /// Sealed secrets that do not open (their authentications are left out
+    /// when the daemon loads, as at any start).
+    pub unreadable: usize,
+    /// The database now in place.
+    pub database: PathBuf,
+    /// Where the replaced database is kept, when there was one.
+    pub previous: Option<PathBuf>,
+}
+
+impl Restored {
+    /// The closing lines `snctld restore` prints.
+    pub fn summary(&self, file: &Path) -> String {
+        let n = self.authentications;
+        let mut text = format!(
+            "restored {n} authentication{} from {} into {}",
+            if n == 1 { "" } else { "s" },
+            file.display(),
+            self.database.display()
+        );
+        if self.unreadable > 0 {
+            text.push_str(&format!(
+                "; {} sealed secret(s) do not open with the master key and are left out",
+                self.unreadable
+            ));
+        }
+        if let Some(previous) = &self.previous {
+            text.push_str(&format!(
+                "\nthe previous database is kept as {}: delete it once snctld serves the restored one",
+                previous.display()
+            ));
+        }
+        text
+    }
+}
+
+/// Runs `snctld restore FILE` (see the module documentation).
+pub fn restore(config: &Config, file: &Path) -> anyhow::Result<Restored> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = &config.state_dir;
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    }
+    crate::check_state_dir(dir)?;
+    let _lock = match crate::lock_state_dir(dir, true) {
+        Ok(lock) => lock,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => bail!(
+            "snctld is running on {} (it holds the state directory's lock): stop it first (systemctl stop snctld)",
+            dir.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot lock the state directory {}", dir.display()))
+        }
+    };
+    if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+        bail!(
+            "snctld is running and serving {}: stop it first (systemctl stop snctld)",
+            config.socket.display()
+        );
+    }
+    let db_path = dir.join(DB_FILE);
+    let staged = dir.join(RESTORE_FILE);
+    let previous = dir.join(PREVIOUS_FILE);
+    if previous.exists() {
+        bail!(
+            "{} is left from an earlier restore: move it away first (it may be the only copy of that database); nothing was changed",
+            previous.display()
+        );
+    }
+
+    remove_db_files(&staged).context("cannot remove the copy an earlier restore left")?;
+    let checked = copy_private(file, &staged).and_then(|()| check(config, &staged));
+    if let Err(error) = checked {
+        let _ = remove_db_files(&staged);
+        return Err(error.context(format!(
+            "{} not restored; nothing was changed",
+            file.display()
+        )));
+    }
+
+    let had_previous = db_path.exists();
+    if had_previous {
+        checkpoint(&db_path);
+        move_db_files(&db_path, &previous).with_context(|| {
+            format!(
+                "cannot move {} to {}; the database in place was not replaced",
+                db_path.display(),
+                previous.display()
+            )
+        })?;
+    }
+    let installed = fs::rename(&staged, &db_path).and_then(|()| crypto::sync_dir(dir));
+    let opened = installed
+        .with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                staged.display(),
+                db_path.display()
+            )
+        })
+        .and_then(|()| open_restored(config, &db_path));
+    match opened {
+        Ok((authentications, unreadable)) => Ok(Restored {
+            authentications,
+            unreadable,
+            database: db_path,
+            previous: had_previous.then_some(previous),
+        }),
+        Err(error) => {
+            let put_back = (|| -> io::Result<()> {
+                remove_db_files(&db_path)?;
+                if had_previous {
+                    move_db_files(&previous, &db_path)?;
+                }
+                crypto::sync_dir(dir)
+            })();
+            match put_back {
+                Ok(()) if had_previous => Err(error.context(
+                    "the restored database does not open: the previous database was put back",
+                )),
+                Ok(()) => Err(error.context("the restored database does not open: removed it")),
+                Err(e) => Err(error.context(format!(
+                    "the restored database does not open, and putting the previous one back failed ({e}): it is {}",
+                    previous.display()
+                ))),
+            }
+        }
+    }
+}
+
+/// Copies the bytes of `from` to `to` (created new, 0600, synced).
+fn copy_private(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let mut source = fs::File::open(from)
+        .with_context(|| format!("cannot read the backup {}", from.display()))?;
+    let mut write = || -> io::Result<()> {
+        let mut target = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(to)?;
+        io::copy(&mut source, &mut target)?;
+        target.sync_all()
+    };
+    write().with_context(|| format!("cannot copy the backup to {}", to.display()))
+}
+
+/// The checks before anything is replaced: schema, integrity, key.
+fn check(config: &Config, staged: &Path) -> anyhow::Result<()> {
+    let db = UncheckedDb::open(staged)?;
+    let integrity = db.integrity_check()?;
+    if integrity != "ok" {
+        bail!("the backup is damaged (SQLite integrity_check: {integrity})");
+    }
+    let Some(check) = db.key_check()? else {
+        bail!("the backup is not a snctld database (it has no key check)");
+    };
+    crypto::load_master_key(&KeySources::of(config), Some(&check))?;
+    Ok(())
+}
+
+/// Opens the restored database as the daemon does; how many
+/// authentications load, and how many sealed secrets do not open.
+fn open_restored(config: &Config, db_path: &Path) -> anyhow::Result<(usize, usize)> {
+    let db = UncheckedDb::open(db_path)?;
+    let check = db
+        .key_check()?
+        .context("the restored database has no key check")?;
+    let (key, _) = crypto::load_master_key(&KeySources::of(config), Some(&check))?;
+    let mut db = db.prepare(Arc::new(key))?;
+    let quick = db.quick_check()?;
+    if quick != "ok" {
+        bail!("the restored database is damaged (SQLite quick_check: {quick})");
+    }
+    let (records, unreadable) = db.load_readable()?;
+    Ok((records.len(), unreadable.len()))
+}
+
+/// Folds a `-wal` into the database when it opens; a database that does
+/// not is moved with its `-wal` as it is.
+fn checkpoint(db_path: &Path) {
+    if let Ok(conn) = rusqlite::Connection::open(db_path) {
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let _ = conn.close();
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", path.display()))
+}
+
+/// Renames a database and its `-wal` and `-journal`; drops its `-shm`
+/// (rebuilt from the `-wal`).
+fn move_db_files(from: &Path, to: &Path) -> io::Result<()> {
+    remove_db_files(to)?;
+    for suffix in ["", "-wal", "-journal"] {
+        match fs::rename(with_suffix(from, suffix), with_suffix(to, suffix)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    remove_file(&with_suffix(from, "-shm"))
+}
+
+/// Removes a database and its side files, those that exist.
+fn remove_db_files(path: &Path) -> io::Result<()> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        remove_file(&with_suffix(path, suffix))?;
+    }
+    Ok(())
+}
+
+fn remove_file(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,348 @@
+//! `snctl backup FILE` and `snctld restore FILE`: an online copy taken while
+//! tokens are fetched and refreshes commit holds no secret in clear, and
+//! restored with the master key into a new state directory every
+//! authentication works; a wrong key or a running daemon is refused and
+//! changes nothing; only admins may back up.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use snctl_tests::fake::FakeInstance;
+use snctl_tests::harness::{
+    self, bin, contains, fake, snctl, test_config, wait_until, TestDaemon, CLIENT_SECRET,
+};
+use snctld::Config;
+
+use crate::{add_by_password, add_request};
+
+const USER: &str = "abel.tuter";
+const PASSWORD: &str = "password-canary-B4k";
+
+/// `snctld ARGS` (the built binary), outside any systemd credentials.
+fn snctld(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(bin("snctld"))
+        .args(args)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("snctld runs")
+}
+
+/// `snctld restore FILE` on the state directory and socket of `config`.
+fn restore(config: &Config, file: &Path) -> Output {
+    snctld(&[
+        "restore".as_ref(),
+        "--state-dir".as_ref(),
+        config.state_dir.as_os_str(),
+        "--socket".as_ref(),
+        config.socket.as_os_str(),
+        file.as_os_str(),
+    ])
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `snctl backup FILE` against `daemon`; asserts it worked.
+fn backup(daemon: &TestDaemon, file: &Path) -> Output {
+    let out = snctl(daemon.socket(), &["backup", file.to_str().unwrap()], None);
+    assert!(out.status.success(), "{out:?}");
+    out
+}
+
+/// A state directory (0700) under `dir` holding a copy of `key`, as an
+/// admin sets one up from their separate key backup.
+fn new_state_dir(dir: &Path, key: &Path) -> Config {
+    let config = test_config(dir);
+    std::fs::create_dir(&config.state_dir).unwrap();
+    std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let copy = config.state_dir.join("snctld.key");
+    std::fs::copy(key, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    config
+}
+
+/// Asserts that every authentication in `names` hands out a token the
+/// instance accepts, and gets a new one on `refresh`.
+fn every_authentication_works(daemon: &TestDaemon, fake: &FakeInstance, names: &[&str]) {
+    let mut client = daemon.client();
+    let listed: Vec<String> = client.list().unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(listed, names);
+    for name in names {
+        let token = client.token_with(name, Duration::from_secs(1)).unwrap();
+        assert!(
+            fake.is_access_token_valid(token.access_token.expose()),
+            "{name}"
+        );
+        client.refresh(name).unwrap();
+        let token = client.token_with(name, Duration::from_secs(1)).unwrap();
+        assert!(
+            fake.is_access_token_valid(token.access_token.expose()),
+            "{name}"
+        );
+    }
+}
+
+/// The state directory's files, by name.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = harness::files_under(dir);
+    files.sort();
+    files
+}
+
+#[test]
+fn a_backup_taken_while_tokens_refresh_restores_into_a_new_state_dir_where_every_authentication_works(
+) {
+    let fake = fake();
+    fake.add_user(USER, PASSWORD);
+    fake.set_access_lifetime(6);
+    let old = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(test_config(old.path())).unwrap();
+    daemon
+        .client()
+        .add(add_request("prod", &fake.url()))
+        .unwrap();
+    let out = add_by_password(
+        daemon.socket(),
+        &fake.url(),
+        "desk",
+        Some(USER),
+        PASSWORD,
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    // Clients fetch tokens and force refreshes while backups are taken.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let hammers: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, done) = (stop.clone(), done.clone());
+            let mut client = daemon.client();
+            std::thread::spawn(move || {
+                let name = if i % 2 == 0 { "prod" } else { "desk" };
+                while !stop.load(Ordering::Relaxed) {
+                    if i < 2 {
+                        client.refresh(name).unwrap();
+                    } else {
+                        client.token_with(name, Duration::from_secs(5)).unwrap();
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || done
+        .load(Ordering::Relaxed)
+        >= 8));
+    let file = old.path().join("snctld.backup");
+    for _ in 0..3 {
+        let _ = std::fs::remove_file(&file);
+        backup(&daemon, &file);
+    }
+    let out = snctl(
+        daemon.socket(),
+        &["backup", "--force", file.to_str().unwrap()],
+        None,
+    );
+    stop.store(true, Ordering::Relaxed);
+    for hammer in hammers {
+        hammer.join().expect("no client failed");
+    }
+    assert!(out.status.success(), "{out:?}");
+    let stdout = text(&out.stdout);
+    let key = daemon.config.state_dir.join("snctld.key");
+    assert!(
+        stdout.contains(&format!("it is {}", key.display())) && stdout.contains("apart"),
+        "{stdout}"
+    );
+
+    // Ciphertext only, and private.
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let bytes = std::fs::read(&file).unwrap();
+    let mut secrets = vec![CLIENT_SECRET.to_string(), PASSWORD.to_string()];
+    secrets.extend(fake.issued_access_tokens());
+    secrets.extend(fake.refresh_tokens_issued());
+    assert!(secrets.len() > 4, "tokens were issued: {}", secrets.len());
+    for secret in &secrets {
+        assert!(
+            !contains(&bytes, secret.as_bytes()),
+            "a secret is in the backup in clear"
+        );
+    }
+    let raw_key = std::fs::read(&key).unwrap();
+    assert!(!contains(&bytes, &raw_key));
+
+    // Without --force an existing file is left alone.
+    let out = snctl(daemon.socket(), &["backup", file.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("--force"), "{out:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    daemon.stop().unwrap();
+
+    // Restored into a new state directory with the key beside it.
+    let new = tempfile::tempdir().unwrap();
+    let config = new_state_dir(new.path(), &key);
+    let out = restore(&config, &file);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("restored 2 authentications"),
+        "{out:?}"
+    );
+    assert!(!config.state_dir.join("snctld.db.restore").exists());
+    assert!(!config.state_dir.join("snctld.db.before-restore").exists());
+    let restored = TestDaemon::start(config).unwrap();
+    every_authentication_works(&restored, &fake, &["desk", "prod"]);
+}
+
+#[test]
+fn restore_is_refused_with_a_wrong_key_or_while_the_daemon_runs_and_changes_nothing() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let daemon = TestDaemon::start(config.clone()).unwrap();
+    daemon
+        .client()
+        .add(add_request("prod", &fake.url()))
+        .unwrap();
+    // More than one chunk (4 MiB) to send: a table of the test's own,
+    // written beside the running daemon.
+    let filler: Vec<u8> = (0..6 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let db = config.state_dir.join("snctld.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute_batch("CREATE TABLE filler (data BLOB NOT NULL)")
+            .unwrap();
+        conn.execute("INSERT INTO filler (data) VALUES (?1)", [&filler])
+            .unwrap();
+    }
+    let file = dir.path().join("snctld.backup");
+    backup(&daemon, &file);
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.len() > filler.len());
+    // A rollback-journal database (format bytes 1, not WAL's 2): the file
+    // is whole without a -wal.
+    assert_eq!(&bytes[..16], b"SQLite format 3\0");
+    assert_eq!(bytes[18..20], [1, 1]);
+
+    // While the daemon runs.
+    let before = daemon.client().list().unwrap();
+    let out = restore(&config, &file);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("stop it first"), "{out:?}");
+    assert!(!config.state_dir.join("snctld.db.restore").exists());
+    assert!(!config.state_dir.join("snctld.db.before-restore").exists());
+    assert_eq!(daemon.client().list().unwrap(), before);
+
+    // Into a state directory whose key is another: refused, untouched.
+    let other = tempfile::tempdir().unwrap();
+    let other_config = test_config(other.path());
+    let other_daemon = TestDaemon::start(other_config.clone()).unwrap();
+    other_daemon
+        .client()
+        .add(add_request("other", &fake.url()))
+        .unwrap();
+    other_daemon.stop().unwrap();
+    let files = snapshot(&other_config.state_dir);
+    let out = restore(&other_config, &file);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("is not the key this database was sealed with")
+            && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(snapshot(&other_config.state_dir), files);
+    let other_daemon = TestDaemon::start(other_config).unwrap();
+    every_authentication_works(&other_daemon, &fake, &["other"]);
+    other_daemon.stop().unwrap();
+
+    // Over its own database, stopped: the previous one is kept, and a
+    // second restore will not overwrite it.
+    daemon.client().remove("prod", true).unwrap();
+    daemon.stop().unwrap();
+    let out = restore(&config, &file);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("restored 1 authentication "), "{stdout}");
+    let previous = config.state_dir.join("snctld.db.before-restore");
+    assert!(
+        stdout.contains(&format!("kept as {}", previous.display())),
+        "{stdout}"
+    );
+    assert!(previous.exists());
+    let out = restore(&config, &file);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("move it away first"), "{out:?}");
+    let restored: Vec<u8> = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT data FROM filler", [], |r| r.get(0))
+        .unwrap();
+    assert!(restored == filler, "the chunks were put together in order");
+    let daemon = TestDaemon::start(config).unwrap();
+    every_authentication_works(&daemon, &fake, &["prod"]);
+}
+
+#[test]
+fn only_admins_may_back_up() {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only_admins_may_back_up needs root to run snctl as another uid");
+        return;
+    }
+    let fake = fake();
+    let dir = tempfile::Builder::new()
+        .prefix("snctl-backup-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut config = test_config(dir.path());
+    config.socket_mode = 0o666;
+    let daemon = TestDaemon::start(config).unwrap();
+    daemon
+        .client()
+        .add(add_request("prod", &fake.url()))
+        .unwrap();
+    // A copy of snctl anyone may run (the target directory may be out of
+    // reach), made by another process so that no test forks with it open.
+    let copy = dir.path().join("snctl");
+    let copied = Command::new("cp")
+        .arg(bin("snctl"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let outside = tempfile::Builder::new()
+        .prefix("snctl-backup-out-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let file = outside.path().join("stolen.db");
+    let out = Command::new(&copy)
+        .args(["backup", file.to_str().unwrap()])
+        .env("SNCTL_SOCKET", daemon.socket())
+        .current_dir(dir.path())
+        .uid(4001)
+        .gid(4001)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("forbidden: backup is for admins"),
+        "{out:?}"
+    );
+    assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+}
