@@ -193,6 +193,34 @@ pub(crate) fn check_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// For work on the state directory with the daemon stopped (`rekey`,
+/// `restore`): the directory checked, its lock held exclusively, and no
+/// daemon answering on the socket.
+pub(crate) fn lock_stopped_state_dir(config: &Config) -> anyhow::Result<StateDirLock> {
+    use anyhow::Context;
+    let dir = &config.state_dir;
+    check_state_dir(dir)?;
+    let stop_first = "stop it first (systemctl stop snctld.socket snctld.service)";
+    let lock = match lock_state_dir(dir, true) {
+        Ok(lock) => lock,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => anyhow::bail!(
+            "snctld is running on {} (it holds the state directory's lock): {stop_first}",
+            dir.display()
+        ),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot lock the state directory {}", dir.display()))
+        }
+    };
+    if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+        anyhow::bail!(
+            "snctld is running and serving {}: {stop_first}",
+            config.socket.display()
+        );
+    }
+    Ok(lock)
+}
+
 /// An advisory lock (`flock`) on the state directory: shared for a running
 /// daemon, exclusive for `snctld rekey`. Released when dropped, or when the
 /// process dies.

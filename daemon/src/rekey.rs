@@ -123,23 +123,7 @@ fn run(
             dir.display()
         );
     }
-    crate::check_state_dir(dir)?;
-    let _lock = match crate::lock_state_dir(dir, true) {
-        Ok(lock) => lock,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => bail!(
-            "snctld is running on {} (it holds the state directory's lock): stop it first (systemctl stop snctld)",
-            dir.display()
-        ),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot lock the state directory {}", dir.display()))
-        }
-    };
-    if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
-        bail!(
-            "snctld is running and serving {}: stop it first (systemctl stop snctld)",
-            config.socket.display()
-        );
-    }
+    let _lock = crate::lock_stopped_state_dir(config)?;
     let db_path = dir.join(DB_FILE);
     if !db_path.exists() {
         bail!(
