@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod hygiene;
+pub mod jwt;
 pub mod rekey;
 pub mod restore;
 pub mod server;

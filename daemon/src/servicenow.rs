@@ -36,6 +36,8 @@ use crate::store::{Authentication, TokenSet};
 pub const TOKEN_PATH: &str = "/oauth_token.do";
 /// Authorize endpoint, relative to the instance URL.
 pub const AUTHORIZE_PATH: &str = "/oauth_auth.do";
+/// The `grant_type` of the JWT-bearer grant (RFC 7523).
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// Revocation endpoint, relative to the instance URL.
 pub const REVOKE_PATH: &str = "/oauth_revoke_token.do";
 /// Lifetime assumed when a token response has no `expires_in`
@@ -81,6 +83,8 @@ pub enum Proof<'a> {
         verifier: &'a Secret,
         redirect_uri: &'a str,
     },
+    /// A fresh assertion signed with the authentication's JWT key.
+    JwtBearer,
 }
 
 /// Which call failed; it decides what a 401 means.
@@ -91,6 +95,7 @@ pub enum Step {
     Password,
     Code,
     Revoke,
+    JwtBearer,
 }
 
 impl Proof<'_> {
@@ -100,6 +105,7 @@ impl Proof<'_> {
             Proof::Refresh(_) => Step::Refresh,
             Proof::Password { .. } => Step::Password,
             Proof::Code { .. } => Step::Code,
+            Proof::JwtBearer => Step::JwtBearer,
         }
     }
 }
@@ -180,6 +186,12 @@ impl Failure {
                     "{instance} refused the authorization code (HTTP 401 access_denied): check the client \
                      secret and that the Redirect URL on the Application Registry record is exactly the one \
                      snctl printed, then log in again (codes expire within minutes)"
+                ),
+                Step::JwtBearer => format!(
+                    "{instance} refused the JWT assertion (HTTP 401 access_denied): check that the JWT \
+                     Verifier Map of the Application Registry record holds the certificate of this key \
+                     (and its key id, if one is set), that the --jwt-subject user exists and is active, \
+                     and the client ID and secret"
                 ),
                 Step::Revoke => format!(
                     "{instance} refused the client ID and secret at the revocation endpoint (HTTP 401 \
@@ -420,19 +432,50 @@ impl ServiceNow {
                     .request_async(self)
                     .await
             }
+            Proof::JwtBearer => self.jwt_bearer(auth).await,
         }
     }
 
-    /// Revokes a token at the instance (`/oauth_revoke_token.do`, form
-    /// field `token`, the client authenticated as for the token endpoint).
-    ///
-    /// Sent by hand rather than through oauth2, whose revocation request
-    /// refuses any URL that is not https, and loopback instances are http.
-    pub async fn revoke(&self, auth: &Authentication, token: &Secret) -> Result<(), Failure> {
-        let mut form = vec![("token", token.expose())];
-        let mut request = self
-            .http
-            .post(format!("{}{REVOKE_PATH}", auth.instance_url));
+    /// The JWT-bearer grant, sent by hand (oauth2 has no such grant) through
+    /// the same transport, so that every failure is told apart as for the
+    /// other grants.
+    async fn jwt_bearer(
+        &self,
+        auth: &Authentication,
+    ) -> Result<BasicTokenResponse, RequestTokenError<Transport, oauth2::basic::BasicErrorResponse>>
+    {
+        let jwt = auth.jwt.as_ref().ok_or_else(|| {
+            RequestTokenError::Other("no JWT signing key is stored for this authentication".into())
+        })?;
+        let assertion = crate::jwt::assertion(jwt, &auth.client_id, clock::now_ms() / 1000)
+            .map_err(RequestTokenError::Other)?;
+        let mut form = vec![
+            ("grant_type", JWT_BEARER_GRANT),
+            ("assertion", assertion.as_str()),
+        ];
+        if let Some(scope) = &auth.scope {
+            form.push(("scope", scope));
+        }
+        let request = self
+            .form_post(auth, TOKEN_PATH, form)
+            .map_err(|e| RequestTokenError::Request(Transport::Request(e)))?;
+        let response = self
+            .execute(request)
+            .await
+            .map_err(RequestTokenError::Request)?;
+        serde_json::from_slice(response.body())
+            .map_err(|e| RequestTokenError::Other(format!("malformed token response: {e}")))
+    }
+
+    /// A form POST to `path` of the instance, the client authenticated as
+    /// its `client_auth` says.
+    fn form_post<'a>(
+        &self,
+        auth: &'a Authentication,
+        path: &str,
+        mut form: Vec<(&'a str, &'a str)>,
+    ) -> Result<reqwest::Request, reqwest::Error> {
+        let mut request = self.http.post(format!("{}{path}", auth.instance_url));
         match auth.client_auth {
             ClientAuth::Form => {
                 form.push(("client_id", &auth.client_id));
@@ -445,7 +488,7 @@ impl ServiceNow {
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
-        let request = request
+        request
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
@@ -453,6 +496,16 @@ impl ServiceNow {
             .header(http::header::ACCEPT, "application/json")
             .body(body)
             .build()
+    }
+
+    /// Revokes a token at the instance (`/oauth_revoke_token.do`, form
+    /// field `token`, the client authenticated as for the token endpoint).
+    ///
+    /// Sent by hand rather than through oauth2, whose revocation request
+    /// refuses any URL that is not https, and loopback instances are http.
+    pub async fn revoke(&self, auth: &Authentication, token: &Secret) -> Result<(), Failure> {
+        let request = self
+            .form_post(auth, REVOKE_PATH, vec![("token", token.expose())])
             .map_err(|e| classify_transport(&e, self.request_timeout))?;
         self.execute(request).await.map(drop).map_err(|e| {
             self.classify::<oauth2::basic::BasicErrorResponse>(RequestTokenError::Request(e))

@@ -19,20 +19,21 @@ use std::thread::JoinHandle;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use snctl_shared::protocol::{AuthState, ClientAuth, Grant};
+use snctl_shared::protocol::{AuthState, ClientAuth, Grant, JwtSettings};
 use snctl_shared::Secret;
 
 use crate::access::ReaderIds;
 use crate::crypto::{self, CryptoError, MasterKey};
 
 /// The schema this build writes. See [`migrate`] for the history.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// Database file name inside the state directory.
 pub const DB_FILE: &str = "snctld.db";
 
 const F_CLIENT_SECRET: &str = "client_secret";
 const F_ACCESS_TOKEN: &str = "access_token";
 const F_REFRESH_TOKEN: &str = "refresh_token";
+const F_JWT_KEY: &str = "jwt_key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,6 +85,9 @@ pub struct Authentication {
     pub refresh_lifespan_secs: u64,
     /// Who may get its tokens besides admins (empty: anyone).
     pub readers: ReaderIds,
+    /// The signing key (sealed as `jwt_key`), subject and key id of the
+    /// `jwt-bearer` grant.
+    pub jwt: Option<JwtSettings>,
 }
 
 /// Tokens obtained from the instance.
@@ -209,6 +213,8 @@ impl UncheckedDb {
 ///   `refresh_lifespan_secs` and `refresh_issued_ms`.
 /// - 3: readers: `allow_users`, `allow_groups` (numeric ids) and
 ///   `allow_units`, each a comma-separated list.
+/// - 4: the JWT-bearer grant: `jwt_key` (sealed PKCS#8), `jwt_subject` and
+///   `jwt_kid`.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < 1 {
@@ -261,6 +267,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )?;
         tx.commit()?;
     }
+    if version < 4 {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "ALTER TABLE authentications ADD COLUMN jwt_key BLOB;
+            ALTER TABLE authentications ADD COLUMN jwt_subject TEXT;
+            ALTER TABLE authentications ADD COLUMN jwt_kid TEXT;
+            PRAGMA user_version = 4;",
+        )?;
+        tx.commit()?;
+    }
     Ok(())
 }
 
@@ -278,6 +294,7 @@ fn grant_from(s: String) -> Result<Grant, StoreError> {
         "client-credentials" => Ok(Grant::ClientCredentials),
         "password" => Ok(Grant::Password),
         "authorization-code" => Ok(Grant::AuthorizationCode),
+        "jwt-bearer" => Ok(Grant::JwtBearer),
         _ => Err(StoreError::Unknown {
             what: "grant",
             value: s,
@@ -307,6 +324,14 @@ fn state_from(s: String) -> Result<AuthState, StoreError> {
             value: s,
         }),
     }
+}
+
+fn seal_jwt_key(key: &MasterKey, auth: &Authentication) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(auth
+        .jwt
+        .as_ref()
+        .map(|j| key.seal_secret(&auth.name, F_JWT_KEY, &j.key))
+        .transpose()?)
 }
 
 fn now_ms() -> i64 {
@@ -352,7 +377,7 @@ impl Db {
             "SELECT name, instance_url, grant_type, client_id, client_auth, scope, client_secret,
                     access_token, access_expires_ms, obtained_ms, refresh_token, state, last_error,
                     created_ms, username, redirect_port, refresh_lifespan_secs, refresh_issued_ms,
-                    allow_users, allow_groups, allow_units
+                    allow_users, allow_groups, allow_units, jwt_key, jwt_subject, jwt_kid
              FROM authentications ORDER BY name",
         )?;
         type Row = (
@@ -375,6 +400,7 @@ impl Db {
             i64,
             Option<i64>,
             [String; 3],
+            (Option<Vec<u8>>, Option<String>, Option<String>),
         );
         let rows: Vec<Row> = stmt
             .query_map([], |r| {
@@ -398,6 +424,7 @@ impl Db {
                     r.get(16)?,
                     r.get(17)?,
                     [r.get(18)?, r.get(19)?, r.get(20)?],
+                    (r.get(21)?, r.get(22)?, r.get(23)?),
                 ))
             })?
             .collect::<Result<_, _>>()?;
@@ -422,9 +449,18 @@ impl Db {
             lifespan,
             refresh_issued,
             [allow_users, allow_groups, allow_units],
+            (jwt_key, jwt_subject, jwt_kid),
         ) in rows
         {
             let client_secret = self.key.open_secret(&name, F_CLIENT_SECRET, &secret)?;
+            let jwt = match jwt_key {
+                Some(blob) => Some(JwtSettings {
+                    key: self.key.open_secret(&name, F_JWT_KEY, &blob)?,
+                    subject: jwt_subject.unwrap_or_default(),
+                    kid: jwt_kid,
+                }),
+                None => None,
+            };
             let tokens = match (access, expires) {
                 (Some(access), Some(expires_at_ms)) => Some(TokenSet {
                     access_token: self.key.open_secret(&name, F_ACCESS_TOKEN, &access)?,
@@ -451,6 +487,7 @@ impl Db {
                     redirect_port,
                     refresh_lifespan_secs: lifespan.max(0) as u64,
                     readers: readers_from(&allow_users, &allow_groups, &allow_units)?,
+                    jwt,
                 },
                 tokens,
                 state: state_from(state)?,
@@ -477,8 +514,10 @@ impl Db {
         tx.execute(
             "INSERT INTO authentications (name, instance_url, grant_type, client_id, client_auth,
                  scope, client_secret, created_ms, updated_ms, username, redirect_port,
-                 refresh_lifespan_secs, allow_users, allow_groups, allow_units)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 refresh_lifespan_secs, allow_users, allow_groups, allow_units, jwt_key,
+                 jwt_subject, jwt_kid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18)",
             params![
                 auth.name,
                 auth.instance_url,
@@ -496,6 +535,9 @@ impl Db {
                 join(&auth.readers.users),
                 join(&auth.readers.groups),
                 join(&auth.readers.units),
+                seal_jwt_key(&self.key, auth)?,
+                auth.jwt.as_ref().map(|j| &j.subject),
+                auth.jwt.as_ref().and_then(|j| j.kid.as_ref()),
             ],
         )?;
         Self::write_tokens(&tx, &self.key, &auth.name, tokens, now, false)?;
@@ -521,7 +563,8 @@ impl Db {
             "UPDATE authentications SET instance_url = ?2, client_id = ?3, client_auth = ?4,
                  scope = ?5, client_secret = ?6, updated_ms = ?7, username = ?8,
                  redirect_port = ?9, refresh_lifespan_secs = ?10, allow_users = ?11,
-                 allow_groups = ?12, allow_units = ?13
+                 allow_groups = ?12, allow_units = ?13, jwt_key = ?14, jwt_subject = ?15,
+                 jwt_kid = ?16
              WHERE name = ?1",
             params![
                 auth.name,
@@ -538,6 +581,9 @@ impl Db {
                 join(&auth.readers.users),
                 join(&auth.readers.groups),
                 join(&auth.readers.units),
+                seal_jwt_key(&self.key, auth)?,
+                auth.jwt.as_ref().map(|j| &j.subject),
+                auth.jwt.as_ref().and_then(|j| j.kid.as_ref()),
             ],
         )?;
         if changed == 0 {
@@ -708,20 +754,29 @@ impl Db {
             Option<Vec<u8>>,
             Option<i64>,
             Option<Vec<u8>>,
+            Option<Vec<u8>>,
         );
         let rows: Vec<Blobs> = self
             .conn
             .prepare(
-                "SELECT name, client_secret, access_token, access_expires_ms, refresh_token
+                "SELECT name, client_secret, access_token, access_expires_ms, refresh_token,
+                     jwt_key
                  FROM authentications ORDER BY name",
             )?
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?
             .collect::<Result<_, _>>()?;
         let mut unreadable = Vec::new();
-        for (name, secret, access, expires, refresh) in rows {
-            let mut fields = vec![(F_CLIENT_SECRET, Some(secret))];
+        for (name, secret, access, expires, refresh, jwt_key) in rows {
+            let mut fields = vec![(F_CLIENT_SECRET, Some(secret)), (F_JWT_KEY, jwt_key)];
             // load_all opens the tokens only with an expiry.
             if expires.is_some() && access.is_some() {
                 fields.push((F_ACCESS_TOKEN, access));
@@ -766,7 +821,7 @@ impl Db {
     }
 
     /// Re-seals every sealed blob (client secrets, access and refresh
-    /// tokens, the key check) under `new_key`, each with a fresh nonce, in
+    /// tokens, JWT signing keys, the key check) under `new_key`, each with a fresh nonce, in
     /// one `BEGIN IMMEDIATE` transaction, then uses `new_key` and drops the
     /// old one. Returns how many blobs were re-sealed. A blob that does not
     /// open with the current key fails the whole re-seal, and nothing
@@ -775,13 +830,21 @@ impl Db {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        type Blobs = (String, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+        type Blobs = (
+            String,
+            Vec<u8>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        );
         let rows: Vec<Blobs> = tx
             .prepare(
-                "SELECT name, client_secret, access_token, refresh_token
+                "SELECT name, client_secret, access_token, refresh_token, jwt_key
                  FROM authentications ORDER BY name",
             )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
             .collect::<Result<_, _>>()?;
         let old = &self.key;
         let reseal = |name: &str, field: &'static str, blob: &[u8]| -> Result<_, StoreError> {
@@ -789,7 +852,7 @@ impl Db {
             Ok(new_key.seal(name, field, &plain)?)
         };
         let mut count = 0;
-        for (name, secret, access, refresh) in rows {
+        for (name, secret, access, refresh, jwt_key) in rows {
             let secret = reseal(&name, F_CLIENT_SECRET, &secret)?;
             let access = access
                 .map(|b| reseal(&name, F_ACCESS_TOKEN, &b))
@@ -797,12 +860,16 @@ impl Db {
             let refresh = refresh
                 .map(|b| reseal(&name, F_REFRESH_TOKEN, &b))
                 .transpose()?;
-            count += 1 + usize::from(access.is_some()) + usize::from(refresh.is_some());
+            let jwt_key = jwt_key.map(|b| reseal(&name, F_JWT_KEY, &b)).transpose()?;
+            count += 1
+                + usize::from(access.is_some())
+                + usize::from(refresh.is_some())
+                + usize::from(jwt_key.is_some());
             tx.execute(
                 "UPDATE authentications SET client_secret = ?2, access_token = ?3,
-                     refresh_token = ?4
+                     refresh_token = ?4, jwt_key = ?5
                  WHERE name = ?1",
-                params![name, secret, access, refresh],
+                params![name, secret, access, refresh, jwt_key],
             )?;
         }
         // The old check was proven when the key was loaded; a new one says
@@ -912,6 +979,7 @@ mod tests {
                     groups: vec![3000],
                     units: vec!["sync.service".into()],
                 },
+                jwt: None,
             },
             TokenSet {
                 access_token: Secret::new("access-token-canary".into()),
@@ -1062,6 +1130,52 @@ mod tests {
         assert_eq!(
             records[0].auth.client_secret.expose(),
             "client-secret-canary"
+        );
+    }
+
+    #[test]
+    fn a_jwt_key_is_sealed_resealed_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(MasterKey::generate().unwrap().0);
+        let mut db = open(dir.path(), &key);
+        let (mut auth, tokens) = sample("svc");
+        auth.grant = Grant::JwtBearer;
+        auth.jwt = Some(JwtSettings {
+            key: Secret::new("jwt-key-canary".into()),
+            subject: "svc.sync".into(),
+            kid: Some("k1".into()),
+        });
+        db.insert(&auth, &tokens).unwrap();
+        let jwt_of = |db: &mut Db| db.load_all().unwrap().remove(0).auth.jwt.unwrap();
+        let jwt = jwt_of(&mut db);
+        assert_eq!(jwt.key.expose(), "jwt-key-canary");
+        assert_eq!(
+            (jwt.subject.as_str(), jwt.kid.as_deref()),
+            ("svc.sync", Some("k1"))
+        );
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            let raw = std::fs::read(file.unwrap().path()).unwrap();
+            assert!(!raw.windows(14).any(|w| w == b"jwt-key-canary"));
+        }
+        assert!(db.unreadable().unwrap().is_empty());
+        // Client secret, access token, JWT key and the key check.
+        let new_key = Arc::new(MasterKey::generate().unwrap().0);
+        assert_eq!(db.reseal(new_key).unwrap(), 4);
+        assert_eq!(jwt_of(&mut db).key.expose(), "jwt-key-canary");
+        // A blob moved from another column does not open as the JWT key.
+        db.conn
+            .execute("UPDATE authentications SET jwt_key = client_secret", [])
+            .unwrap();
+        let unreadable = db.unreadable().unwrap();
+        assert!(
+            matches!(
+                &unreadable[..],
+                [CryptoError::Open {
+                    field: F_JWT_KEY,
+                    ..
+                }]
+            ),
+            "{unreadable:?}"
         );
     }
 

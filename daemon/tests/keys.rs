@@ -72,6 +72,7 @@ fn sample(name: &str, with_refresh: bool) -> (Authentication, TokenSet) {
             redirect_port: None,
             refresh_lifespan_secs: snctld::store::DEFAULT_REFRESH_LIFESPAN_SECS,
             readers: Default::default(),
+            jwt: None,
         },
         TokenSet {
             access_token: Secret::new(format!("access-token-of-{name}")),

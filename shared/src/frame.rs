@@ -231,6 +231,7 @@ mod tests {
                     groups: vec!["ops".into()],
                     units: vec!["sync.service".into()],
                 },
+                jwt: None,
             }),
             Request::Update(UpdateRequest {
                 name: "a".into(),

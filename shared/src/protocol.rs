@@ -11,7 +11,8 @@
 //! that they disagree. Everything else may change only together with
 //! [`PROTOCOL_VERSION`]; new enum variants are appended at the end.
 //!
-//! Secrets travel only inward (a client secret in [`AddRequest`], a
+//! Secrets travel only inward (a client secret or a JWT signing key in
+//! [`AddRequest`], a
 //! password or an authorization code in [`LoginRequest`]); the only secret
 //! the daemon ever sends is an access token in [`TokenReply`].
 
@@ -23,7 +24,7 @@ use crate::Secret;
 
 /// The protocol version spoken by this build. Bumped on any change to the
 /// shape of a [`Request`] or [`Response`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// First frame of every connection, client to daemon. Frozen forever.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +179,10 @@ pub enum Grant {
     Password,
     /// `authorization_code` with PKCE: a person consents in a browser.
     AuthorizationCode,
+    /// `urn:ietf:params:oauth:grant-type:jwt-bearer`: unattended, the daemon
+    /// signs a short assertion with a private key for each token; no refresh
+    /// token.
+    JwtBearer,
 }
 
 impl Grant {
@@ -187,13 +192,14 @@ impl Grant {
             Grant::ClientCredentials => "client-credentials",
             Grant::Password => "password",
             Grant::AuthorizationCode => "authorization-code",
+            Grant::JwtBearer => "jwt-bearer",
         }
     }
 
     /// Whether a person logs in (and must log in again when the refresh
     /// token dies).
     pub fn needs_person(self) -> bool {
-        !matches!(self, Grant::ClientCredentials)
+        !matches!(self, Grant::ClientCredentials | Grant::JwtBearer)
     }
 }
 
@@ -234,6 +240,20 @@ pub struct AddRequest {
     pub refresh_lifespan_secs: Option<u64>,
     /// Who may get its tokens; empty: anyone who can open the socket.
     pub readers: Readers,
+    /// The signing key and subject for the `jwt-bearer` grant.
+    pub jwt: Option<JwtSettings>,
+}
+
+/// What the `jwt-bearer` grant signs its assertions with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtSettings {
+    /// The private key: PKCS#8 DER in standard base64 (an RSA key signs
+    /// RS256, a P-256 EC key ES256).
+    pub key: Secret,
+    /// The ServiceNow user the tokens act as (the assertion's `sub`).
+    pub subject: String,
+    /// The key id (`kid` header) the JWT Verifier Map expects, if any.
+    pub kid: Option<String>,
 }
 
 /// Who may get an authentication's tokens besides admins: users, groups

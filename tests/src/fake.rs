@@ -18,7 +18,12 @@
 //!   `glide.oauth.inbound.client.credential.grant_type.enabled` is on, and without a
 //!   refresh token), `password`, `authorization_code` (the code is bound to the client,
 //!   the `redirect_uri` and the PKCE challenge of its authorize request) and
-//!   `refresh_token`.
+//!   `refresh_token`, and `urn:ietf:params:oauth:grant-type:jwt-bearer` (RFC 7523) as
+//!   ServiceNow's JWT Verifier Map does: the assertion must be signed (RS256 or ES256) by
+//!   a key registered for the client ([`FakeInstance::add_jwt_key`]), with `iss` and
+//!   `aud` the client ID, `exp` in the future and at most an hour ahead, `iat` not in the
+//!   future (60 s of skew), a `jti` never seen before and a known user as `sub`; the
+//!   client authenticates as well. No refresh token.
 //! - Refresh tokens are not rotated, as on ServiceNow, unless a test asks for rotation
 //!   (see [`FakeInstance::set_rotate_refresh_tokens`]); it then behaves like servers that
 //!   rotate with reuse protection yet tolerate a lost answer.
@@ -40,7 +45,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -296,6 +301,37 @@ impl FakeInstance {
         self.lock().revoke_requests
     }
 
+    /// Registers the public key of the PKCS#8 `private_key` (P-256 EC or RSA) in the
+    /// client's JWT Verifier Map, as the certificate an admin would upload.
+    pub fn add_jwt_key(&self, client_id: &str, private_key: &[u8]) {
+        use ring::signature::KeyPair as _;
+        let rng = ring::rand::SystemRandom::new();
+        let fixed = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let verifier = match ring::signature::EcdsaKeyPair::from_pkcs8(fixed, private_key, &rng) {
+            Ok(ec) => JwtVerifier::Es256(ec.public_key().as_ref().to_vec()),
+            Err(_) => {
+                let rsa = ring::signature::RsaKeyPair::from_pkcs8(private_key)
+                    .expect("a P-256 EC or RSA PKCS#8 key");
+                JwtVerifier::Rs256(rsa.public_key().as_ref().to_vec())
+            }
+        };
+        let mut s = self.lock();
+        s.jwt_keys
+            .entry(client_id.to_owned())
+            .or_default()
+            .push(verifier);
+    }
+
+    /// Empties the client's JWT Verifier Map.
+    pub fn clear_jwt_keys(&self, client_id: &str) {
+        self.lock().jwt_keys.remove(client_id);
+    }
+
+    /// JWT-bearer grants that issued a token.
+    pub fn jwt_grants(&self) -> u64 {
+        self.lock().jwt_grants
+    }
+
     pub fn table_requests(&self) -> u64 {
         self.lock().table_requests
     }
@@ -372,6 +408,35 @@ struct AuthCode {
     expires_at: Instant,
 }
 
+/// A public key of a JWT Verifier Map, as ring verifies with it.
+enum JwtVerifier {
+    /// The uncompressed P-256 point.
+    Es256(Vec<u8>),
+    /// The RSAPublicKey DER.
+    Rs256(Vec<u8>),
+}
+
+impl JwtVerifier {
+    fn verify(&self, alg: &str, message: &[u8], signature: &[u8]) -> bool {
+        use ring::signature::{
+            UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256,
+        };
+        match (self, alg) {
+            (JwtVerifier::Es256(key), "ES256") => {
+                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key)
+                    .verify(message, signature)
+                    .is_ok()
+            }
+            (JwtVerifier::Rs256(key), "RS256") => {
+                UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, key)
+                    .verify(message, signature)
+                    .is_ok()
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     clients: HashMap<String, String>,
@@ -403,6 +468,9 @@ struct State {
     tokens_issued: u64,
     revoke_requests: u64,
     table_requests: u64,
+    jwt_keys: HashMap<String, Vec<JwtVerifier>>,
+    seen_jtis: HashSet<String>,
+    jwt_grants: u64,
 }
 
 /// Field order matches ServiceNow's answer, which is easier to compare by eye in logs.
@@ -536,6 +604,9 @@ impl State {
             Some("password") => self.password_grant(client_id, &form)?,
             Some("authorization_code") => self.code_grant(client_id, &form)?,
             Some("refresh_token") => self.refresh_grant(client_id, &form)?,
+            Some("urn:ietf:params:oauth:grant-type:jwt-bearer") => {
+                self.jwt_grant(&client_id, &form)?
+            }
             _ => return Err(Denied),
         };
         let access_token = random_token();
@@ -591,6 +662,57 @@ impl State {
         self.pkce_exchanges += u64::from(code.code_challenge.is_some());
         let token = self.new_refresh_token(client_id, &code.scope, code.user, None);
         Ok((Some(token), code.scope))
+    }
+
+    /// Checks the assertion as ServiceNow's JWT Verifier Map does. Its `jti` is spent
+    /// once the signature holds, whether the other claims pass or not.
+    fn jwt_grant(&mut self, client_id: &str, form: &Form) -> Result<Granted, Denied> {
+        let assertion = form.get("assertion").ok_or(Denied)?;
+        let mut parts = assertion.split('.');
+        let (Some(header), Some(claims), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Denied);
+        };
+        let decode = |part: &str| -> Result<serde_json::Value, Denied> {
+            let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| Denied)?;
+            serde_json::from_slice(&bytes).map_err(|_| Denied)
+        };
+        let (header, claims) = (decode(header)?, decode(claims)?);
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| Denied)?;
+        let alg = header["alg"].as_str().ok_or(Denied)?;
+        let signed = &assertion[..assertion.rfind('.').ok_or(Denied)?];
+        let keys = self.jwt_keys.get(client_id).ok_or(Denied)?;
+        if !keys
+            .iter()
+            .any(|key| key.verify(alg, signed.as_bytes(), &signature))
+        {
+            return Err(Denied);
+        }
+        let jti = claims["jti"].as_str().ok_or(Denied)?;
+        if !self.seen_jtis.insert(jti.to_owned()) {
+            return Err(Denied);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| Denied)?
+            .as_secs() as i64;
+        let (exp, iat) = (claims["exp"].as_i64(), claims["iat"].as_i64());
+        let timely = exp.is_some_and(|exp| now < exp && exp <= now + 3600)
+            && iat.is_some_and(|iat| iat <= now + 60);
+        let subject = claims["sub"].as_str().ok_or(Denied)?;
+        if !timely
+            || claims["iss"].as_str() != Some(client_id)
+            || claims["aud"].as_str() != Some(client_id)
+            || !self.users.contains_key(subject)
+        {
+            return Err(Denied);
+        }
+        self.jwt_grants += 1;
+        Ok((
+            None,
+            requested_scope(form).unwrap_or_else(|| DEFAULT_SCOPE.into()),
+        ))
     }
 
     fn refresh_grant(&mut self, client_id: String, form: &Form) -> Result<Granted, Denied> {
@@ -1899,5 +2021,148 @@ mod tests {
         assert!(fake.is_refresh_token_valid(&r0) && fake.is_refresh_token_valid(&r1));
         assert_eq!((fake.token_requests(), fake.tokens_issued()), (2, 2));
         assert_eq!(refresh(&fake, &r0).await.status(), 200);
+    }
+
+    const JWT_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+    const SUBJECT: &str = "svc.sync";
+
+    fn now_secs() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn ec_key() -> Vec<u8> {
+        let rng = ring::rand::SystemRandom::new();
+        let fixed = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        ring::signature::EcdsaKeyPair::generate_pkcs8(fixed, &rng)
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    }
+
+    fn good_claims() -> Value {
+        let now = now_secs();
+        serde_json::json!({
+            "iss": ID, "sub": SUBJECT, "aud": ID, "iat": now, "exp": now + 300,
+            "jti": random_token(),
+        })
+    }
+
+    fn sign_es256(pkcs8: &[u8], claims: &Value) -> String {
+        let rng = ring::rand::SystemRandom::new();
+        let fixed = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(fixed, pkcs8, &rng).unwrap();
+        let header = serde_json::json!({"alg": "ES256", "typ": "JWT"});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = key.sign(&rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    async fn jwt_fake() -> (FakeInstance, Vec<u8>) {
+        let fake = fake().await;
+        fake.add_user(SUBJECT, "unused-password");
+        let key = ec_key();
+        fake.add_jwt_key(ID, &key);
+        (fake, key)
+    }
+
+    async fn exchange_jwt(fake: &FakeInstance, assertion: &str, secret: &str) -> reqwest::Response {
+        let form = [
+            ("grant_type", JWT_GRANT),
+            ("assertion", assertion),
+            ("client_id", ID),
+            ("client_secret", secret),
+        ];
+        post(fake, TOKEN, &form).await
+    }
+
+    #[tokio::test]
+    async fn jwt_bearer_issues_a_token_once_per_assertion() {
+        let (fake, key) = jwt_fake().await;
+        let assertion = sign_es256(&key, &good_claims());
+        let response = exchange_jwt(&fake, &assertion, SECRET).await;
+        assert_eq!(response.status(), 200);
+        let body = json(response).await;
+        assert!(body.get("refresh_token").is_none());
+        assert_eq!(
+            table(&fake, &text(&body, "access_token")).await.status(),
+            200
+        );
+        // The same assertion again is a replay.
+        assert_denied(exchange_jwt(&fake, &assertion, SECRET).await).await;
+        assert_eq!(fake.jwt_grants(), 1);
+    }
+
+    #[tokio::test]
+    async fn jwt_bearer_refuses_every_bad_assertion_with_the_generic_401() {
+        let (fake, key) = jwt_fake().await;
+        let now = now_secs();
+        let changes: [(&str, Value); 8] = [
+            ("aud", "another-client".into()),
+            ("iss", "another-client".into()),
+            ("exp", (now - 1).into()),
+            ("exp", (now + 2 * 3600).into()),
+            ("iat", (now + 300).into()),
+            ("sub", "nobody".into()),
+            ("jti", Value::Null),
+            ("exp", Value::Null),
+        ];
+        for (claim, value) in changes {
+            let mut claims = good_claims();
+            claims[claim] = value;
+            let response = exchange_jwt(&fake, &sign_es256(&key, &claims), SECRET).await;
+            assert_eq!(response.status(), 401, "{claim}");
+            assert_eq!(response.text().await.unwrap(), ACCESS_DENIED);
+        }
+        // Signed by a key the Verifier Map does not hold.
+        assert_denied(exchange_jwt(&fake, &sign_es256(&ec_key(), &good_claims()), SECRET).await)
+            .await;
+        // Claims changed after signing.
+        let signed = sign_es256(&key, &good_claims());
+        let mut parts: Vec<String> = signed.split('.').map(str::to_owned).collect();
+        let mut forged = good_claims();
+        forged["sub"] = DEFAULT_USER.into();
+        parts[1] = URL_SAFE_NO_PAD.encode(forged.to_string());
+        assert_denied(exchange_jwt(&fake, &parts.join("."), SECRET).await).await;
+        // A valid assertion does not replace the client's own authentication.
+        assert_denied(exchange_jwt(&fake, &sign_es256(&key, &good_claims()), "wrong").await).await;
+        assert_denied(exchange_jwt(&fake, "not.a.jwt", SECRET).await).await;
+        assert_eq!(fake.jwt_grants(), 0);
+        assert_eq!(fake.tokens_issued(), 0);
+    }
+
+    /// The test-only RSA key in `tests/fixtures`, as PKCS#8 DER.
+    fn fixture_rsa_key() -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/test-only-jwt-rsa-key.pem"
+        );
+        let pem = std::fs::read_to_string(path).unwrap();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        STANDARD.decode(body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn snctld_rs256_assertions_verify() {
+        let fake = fake().await;
+        fake.add_user(SUBJECT, "unused-password");
+        let key = fixture_rsa_key();
+        fake.add_jwt_key(ID, &key);
+        let jwt = snctl_shared::protocol::JwtSettings {
+            key: snctl_shared::Secret::new(STANDARD.encode(&key)),
+            subject: SUBJECT.into(),
+            kid: Some("snctl-test".into()),
+        };
+        let assertion = snctld::jwt::assertion(&jwt, ID, now_secs()).unwrap();
+        assert_eq!(exchange_jwt(&fake, &assertion, SECRET).await.status(), 200);
+        let other = snctld::jwt::assertion(&jwt, "another-client", now_secs()).unwrap();
+        assert_denied(exchange_jwt(&fake, &other, SECRET).await).await;
+        assert_eq!(fake.jwt_grants(), 1);
     }
 }

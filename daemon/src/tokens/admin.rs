@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use snctl_shared::protocol::{
-    AddRequest, AuthState, AuthSummary, Grant, LoginChallenge, LoginProof, LoginRequest,
-    RemoveReply, RemoveRequest, StartLoginRequest, UpdateRequest, UpstreamError, UpstreamKind,
+    AddRequest, AuthState, AuthSummary, Grant, JwtSettings, LoginChallenge, LoginProof,
+    LoginRequest, RemoveReply, RemoveRequest, StartLoginRequest, UpdateRequest, UpstreamError,
+    UpstreamKind,
 };
 use snctl_shared::secret::equal_in_constant_time;
 use snctl_shared::{name, Error, Secret};
 
-use super::{carry_issue_time, internal, redirect_uri, upstream_error, Entry, Tokens};
+use super::{carry_issue_time, internal, redirect_uri, unattended, upstream_error, Entry, Tokens};
 use crate::access::ReaderIds;
 use crate::clock::now_ms;
 use crate::servicenow::{normalize_instance_url, Proof, ServiceNow};
@@ -141,6 +142,7 @@ impl Tokens {
                     .unwrap_or(DEFAULT_REFRESH_LIFESPAN_SECS),
             )?,
             readers: ReaderIds::resolve(&request.readers)?,
+            jwt: check_jwt(request)?,
         };
         check_auth(&auth)?;
         Ok(auth)
@@ -174,6 +176,14 @@ impl Tokens {
             (Grant::Password, None) => {
                 return Err(Error::invalid(
                     "the password grant needs a user: give --username",
+                ))
+            }
+            (Grant::JwtBearer, None) => {
+                self.verify(&auth, Proof::JwtBearer, NOTHING_SAVED).await?
+            }
+            (Grant::JwtBearer, Some(_)) => {
+                return Err(Error::invalid(
+                    "the jwt-bearer grant takes no user: the --jwt-subject user is the one tokens act as",
                 ))
             }
             (Grant::AuthorizationCode, _) => return Err(Error::invalid(
@@ -298,10 +308,7 @@ impl Tokens {
         check_auth(&auth)?;
         let tokens = match (credentials, auth.grant.needs_person(), &held) {
             (false, _, _) => None,
-            (true, false, _) => Some(
-                self.verify(&auth, Proof::ClientCredentials, SETTINGS_KEPT)
-                    .await?,
-            ),
+            (true, false, _) => Some(self.verify(&auth, unattended(&auth), SETTINGS_KEPT).await?),
             (true, true, Some((refresh, _))) => {
                 let mut tokens = self
                     .verify(&auth, Proof::Refresh(refresh), SETTINGS_KEPT)
@@ -602,6 +609,41 @@ fn check_login_grant(auth: &Authentication, wanted: Grant) -> Result<(), Error> 
         Grant::AuthorizationCode => Err(Error::invalid(format!(
             "{name} uses the authorization-code grant: log in through the browser"
         ))),
+        Grant::JwtBearer => Err(Error::invalid(format!(
+            "{name} uses the jwt-bearer grant: no person logs in; use `snctl refresh {name}`"
+        ))),
+    }
+}
+
+/// The JWT settings of a new authentication: given, with a usable key and
+/// a subject, exactly for the jwt-bearer grant.
+fn check_jwt(request: &AddRequest) -> Result<Option<JwtSettings>, Error> {
+    match (request.grant, &request.jwt) {
+        (Grant::JwtBearer, Some(jwt)) => {
+            crate::jwt::check_key(&jwt.key).map_err(Error::invalid)?;
+            let subject = jwt.subject.trim();
+            if subject.is_empty() {
+                return Err(Error::invalid(
+                    "the jwt-bearer grant needs a subject: give --jwt-subject USER",
+                ));
+            }
+            Ok(Some(JwtSettings {
+                key: jwt.key.clone(),
+                subject: subject.to_string(),
+                kid: jwt
+                    .kid
+                    .as_ref()
+                    .map(|k| k.trim().to_string())
+                    .filter(|k| !k.is_empty()),
+            }))
+        }
+        (Grant::JwtBearer, None) => Err(Error::invalid(
+            "the jwt-bearer grant needs a signing key and a subject: give --jwt-key FILE and --jwt-subject USER",
+        )),
+        (_, Some(_)) => Err(Error::invalid(
+            "a JWT signing key only applies to the jwt-bearer grant",
+        )),
+        (_, None) => Ok(None),
     }
 }
 

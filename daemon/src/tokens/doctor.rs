@@ -313,6 +313,19 @@ impl Tokens {
                 );
                 false
             }
+            Err(Error::Upstream(u))
+                if u.kind == UpstreamKind::AccessDenied && auth.grant == Grant::JwtBearer =>
+            {
+                found.check(&what, CheckOutcome::Fail, "HTTP 401 access_denied");
+                found.blame(
+                    "the client is accepted but the JWT assertion is refused: the JWT Verifier Map of the Application Registry record lacks the certificate of snctl's key (or its key id), or the subject user is unknown or inactive",
+                    format!(
+                        "upload the certificate for the key (`openssl req -new -x509 -key FILE -subj /CN=snctl -days 825 -out snctl.crt`) to the record's JWT Verifier Map, then run `snctl refresh {name}`"
+                    ),
+                    false,
+                );
+                false
+            }
             Err(Error::Upstream(u)) if u.kind == UpstreamKind::AccessDenied => {
                 found.check(&what, CheckOutcome::Fail, "HTTP 401 access_denied");
                 let scope = auth
@@ -361,6 +374,7 @@ impl Tokens {
 fn grant_check(grant: Grant) -> String {
     match grant {
         Grant::ClientCredentials => "client-credentials grant gets a token".into(),
+        Grant::JwtBearer => "jwt-bearer grant gets a token".into(),
         _ => "refresh token gets a token".into(),
     }
 }

@@ -275,6 +275,15 @@ impl Entry {
     }
 }
 
+/// What gets a token without a person: the JWT-bearer grant's assertion,
+/// or the client credentials.
+fn unattended(auth: &Authentication) -> Proof<'static> {
+    match auth.grant {
+        Grant::JwtBearer => Proof::JwtBearer,
+        _ => Proof::ClientCredentials,
+    }
+}
+
 /// The Redirect URL of a login whose loopback listener is on `port`.
 pub fn redirect_uri(port: u16) -> String {
     format!("http://127.0.0.1:{port}/callback")
@@ -570,7 +579,7 @@ impl Tokens {
         }
         let proof = match &refresh {
             Some((token, _)) => Proof::Refresh(token),
-            None => Proof::ClientCredentials,
+            None => unattended(&auth),
         };
         match self.ask(&auth, proof).await? {
             Ok(mut tokens) => {

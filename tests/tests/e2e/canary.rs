@@ -375,6 +375,7 @@ fn add_request(name: &str, instance: &str, secret: &str) -> AddRequest {
         redirect_port: None,
         refresh_lifespan_secs: None,
         readers: Readers::default(),
+        jwt: None,
     }
 }
 

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod doctor;
 mod faults;
+mod jwt;
 mod logins;
 mod refresh;
 mod service;
@@ -33,6 +34,7 @@ pub fn add_request(name: &str, instance: &str) -> AddRequest {
         redirect_port: None,
         refresh_lifespan_secs: None,
         readers: Default::default(),
+        jwt: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! 7 upstream error.
 
 mod callback;
+mod jwtkey;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::os::unix::process::CommandExt;
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use snctl::protocol::{
     AddRequest, AuthState, AuthSummary, CheckOutcome, ClientAuth, DaemonStatus, Diagnosis, Grant,
-    LoginProof, LoginRequest, Readers, StartLoginRequest, UpdateRequest, UserLogin,
+    JwtSettings, LoginProof, LoginRequest, Readers, StartLoginRequest, UpdateRequest, UserLogin,
 };
 use snctl::{Client, ClientError, ErrorKind, Secret};
 
@@ -43,8 +44,9 @@ enum Command {
         /// Client ID from System OAuth > Application Registry.
         #[arg(long)]
         client_id: String,
-        /// How tokens are had: client-credentials (services), authorization-code (a
-        /// person, in a browser) or password (deprecated).
+        /// How tokens are had: client-credentials (services), jwt-bearer (services,
+        /// signed assertions), authorization-code (a person, in a browser) or password
+        /// (deprecated).
         #[arg(long, value_enum, default_value = "client-credentials")]
         grant: GrantArg,
         /// OAuth scope to request.
@@ -58,6 +60,8 @@ enum Command {
         client_secret_stdin: bool,
         #[command(flatten)]
         login: LoginArgs,
+        #[command(flatten)]
+        jwt: JwtArgs,
         /// Port of the Redirect URL http://127.0.0.1:PORT/callback (authorization-code)
         /// [default: snctld's login.redirect_port, 8751].
         #[arg(long, value_name = "PORT")]
@@ -198,6 +202,65 @@ impl ReaderArgs {
     }
 }
 
+/// The signing key of the jwt-bearer grant.
+#[derive(clap::Args, Debug)]
+struct JwtArgs {
+    /// Private key that signs the assertions (jwt-bearer): PKCS#8, PEM or DER; a P-256
+    /// EC key signs ES256, an RSA key RS256.
+    #[arg(long, value_name = "FILE")]
+    jwt_key: Option<PathBuf>,
+    /// ServiceNow user the tokens act as (jwt-bearer).
+    #[arg(long, value_name = "USER")]
+    jwt_subject: Option<String>,
+    /// Key id (`kid`) the JWT Verifier Map expects (jwt-bearer).
+    #[arg(long, value_name = "KID")]
+    jwt_kid: Option<String>,
+}
+
+impl JwtArgs {
+    /// The JWT settings for `grant`, with the key read and checked; the
+    /// flags are refused for other grants.
+    fn settings(self, grant: Grant) -> Result<Option<(JwtSettings, jwtkey::JwtKey)>, Failure> {
+        if grant != Grant::JwtBearer {
+            let given = [
+                ("--jwt-key", self.jwt_key.is_some()),
+                ("--jwt-subject", self.jwt_subject.is_some()),
+                ("--jwt-kid", self.jwt_kid.is_some()),
+            ];
+            return match given.iter().find(|(_, set)| *set) {
+                Some((flag, _)) => Err(usage(format!(
+                    "{flag} only applies to the jwt-bearer grant"
+                ))),
+                None => Ok(None),
+            };
+        }
+        let (Some(path), Some(subject)) = (self.jwt_key, self.jwt_subject) else {
+            return Err(usage(
+                "the jwt-bearer grant needs --jwt-key FILE and --jwt-subject USER",
+            ));
+        };
+        let key = jwtkey::read(&path).map_err(usage)?;
+        let settings = JwtSettings {
+            key: key.pkcs8.clone(),
+            subject,
+            kid: self.jwt_kid,
+        };
+        Ok(Some((settings, key)))
+    }
+}
+
+/// What to paste into ServiceNow for a jwt-bearer authentication.
+fn print_verifier_help(key: &jwtkey::JwtKey, path_hint: &str) {
+    println!(
+        "The JWT Verifier Map of the Application Registry record must hold a certificate for \
+         this key ({}), uploaded to System Definition > Certificates; make one with:\n  \
+         openssl req -new -x509 -key {path_hint} -subj /CN=snctl -days 825 -out snctl.crt\n\
+         Public key:\n{}",
+        key.alg,
+        jwtkey::public_pem(&key.spki)
+    );
+}
+
 /// How a person logs in (`add` of a password or authorization-code
 /// authentication, and `login`).
 #[derive(clap::Args, Debug)]
@@ -230,7 +293,9 @@ impl LoginArgs {
             ("--timeout", self.timeout.is_some()),
         ];
         let misplaced = match grant {
-            Grant::ClientCredentials => person.iter().chain(&browser).find(|(_, set)| *set),
+            Grant::ClientCredentials | Grant::JwtBearer => {
+                person.iter().chain(&browser).find(|(_, set)| *set)
+            }
             Grant::Password => browser.iter().find(|(_, set)| *set),
             Grant::AuthorizationCode => person.iter().find(|(_, set)| *set),
         };
@@ -249,6 +314,7 @@ enum GrantArg {
     ClientCredentials,
     Password,
     AuthorizationCode,
+    JwtBearer,
 }
 
 impl From<GrantArg> for Grant {
@@ -257,6 +323,7 @@ impl From<GrantArg> for Grant {
             GrantArg::ClientCredentials => Grant::ClientCredentials,
             GrantArg::Password => Grant::Password,
             GrantArg::AuthorizationCode => Grant::AuthorizationCode,
+            GrantArg::JwtBearer => Grant::JwtBearer,
         }
     }
 }
@@ -364,6 +431,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             client_auth,
             client_secret_stdin,
             login,
+            jwt,
             redirect_port,
             refresh_token_lifespan,
             readers,
@@ -372,6 +440,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             note_short_lifespan(refresh_token_lifespan);
             let grant = Grant::from(grant);
             login.check(grant)?;
+            let key_path = jwt
+                .jwt_key
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let jwt = jwt.settings(grant)?;
+            if let Some((_, key)) = &jwt {
+                print_verifier_help(key, &key_path);
+            }
             let mut stdin = StdinLines;
             let secret = read_secret(
                 &mut stdin,
@@ -391,9 +468,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 redirect_port,
                 refresh_lifespan_secs: refresh_token_lifespan,
                 readers: readers.readers(),
+                jwt: jwt.map(|(settings, _)| settings),
             };
             let summary = match grant {
-                Grant::ClientCredentials => connect(&cli.socket)?.add(request)?,
+                Grant::ClientCredentials | Grant::JwtBearer => {
+                    connect(&cli.socket)?.add(request)?
+                }
                 Grant::Password => {
                     eprintln!(
                         "note: the password grant is deprecated by the OAuth security BCP (RFC 9700); \
@@ -449,9 +529,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     };
                     browser_login(&cli.socket, start, &login)?
                 }
-                Grant::ClientCredentials => {
+                Grant::ClientCredentials | Grant::JwtBearer => {
                     return Err(usage(format!(
-                        "{name} uses the client-credentials grant: no person logs in; use `snctl refresh {name}`"
+                        "{name} uses the {} grant: no person logs in; use `snctl refresh {name}`",
+                        current.grant.as_str()
                     )))
                 }
             };
