@@ -15,19 +15,7 @@ fn add_list_show_token_refresh_update_exec_remove() {
     let sock = daemon.socket();
     let url = fake.url();
 
-    let out = snctl(
-        sock,
-        &[
-            "add",
-            "prod",
-            "--instance",
-            &url,
-            "--client-id",
-            CLIENT_ID,
-            "--client-secret-stdin",
-        ],
-        Some(&format!("{CLIENT_SECRET}\n")),
-    );
+    let out = crate::add_by_secret(sock, &url, "prod");
     assert!(out.status.success(), "add: {}", text(&out.stderr));
     assert!(text(&out.stdout).contains("added prod"));
     assert_eq!(fake.tokens_issued(), 1);

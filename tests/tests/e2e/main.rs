@@ -38,6 +38,22 @@ pub fn add_request(name: &str, instance: &str) -> AddRequest {
     }
 }
 
+/// `snctl add NAME` (client credentials) for the fake's client against
+/// `instance`, the client secret piped in.
+pub fn add_by_secret(socket: &std::path::Path, instance: &str, name: &str) -> std::process::Output {
+    let args = [
+        "add",
+        name,
+        "--instance",
+        instance,
+        "--client-id",
+        CLIENT_ID,
+        "--client-secret-stdin",
+    ];
+    let stdin = format!("{CLIENT_SECRET}\n");
+    snctl_tests::harness::snctl(socket, &args, Some(&stdin))
+}
+
 /// `snctl add NAME --grant password` against `instance`: the client secret
 /// and `password` piped in, `--username` when `user` is given, then `extra`.
 pub fn add_by_password(

@@ -16,28 +16,14 @@ use std::time::Duration;
 
 use snctl_tests::fake::{FakeInstance, Fault};
 use snctl_tests::harness::{
-    become_subreaper, bin, fake, snctl, wait_pid, wait_until, DaemonProcess, CLIENT_ID,
-    CLIENT_SECRET,
+    become_subreaper, bin, fake, snctl, wait_pid, wait_until, DaemonProcess,
 };
 
 const LIMIT: Duration = Duration::from_secs(20);
 
 /// `snctl add prod` for the fake's client (client credentials).
 fn add_prod(socket: &Path, fake: &FakeInstance) {
-    let url = fake.url();
-    let out = snctl(
-        socket,
-        &[
-            "add",
-            "prod",
-            "--instance",
-            &url,
-            "--client-id",
-            CLIENT_ID,
-            "--client-secret-stdin",
-        ],
-        Some(&format!("{CLIENT_SECRET}\n")),
-    );
+    let out = crate::add_by_secret(socket, &fake.url(), "prod");
     assert!(out.status.success(), "add: {}", text(&out.stderr));
 }
 
