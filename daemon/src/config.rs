@@ -33,6 +33,11 @@
 //!
 //! [log]
 //! filter = "info"         # tracing filter, e.g. "info,snctld::tokens=debug"; RUST_LOG and -v win
+//!
+//! [proxy]
+//! names = ["prod"]        # serve DIR/prod.sock, an authenticating HTTP proxy to prod's instance
+//! all = false             # or every authentication there is when the daemon starts
+//! dir = "/run/snctld/proxy"   # default: the socket's directory + "/proxy"
 //! ```
 //!
 //! SIGHUP reads the file again ([`Config::reload`], [`Config::changes`]):
@@ -74,6 +79,31 @@ pub struct Config {
     /// Where this configuration came from, to read it again on SIGHUP;
     /// `None` for one built in code ([`Config::under`]).
     pub origin: Option<Origin>,
+    /// `[proxy]`: the local authenticating proxies.
+    pub proxy: ProxyConfig,
+}
+
+/// Which authentications get a proxy socket ([`crate::proxy`]), and where.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub names: Vec<String>,
+    /// Every authentication there is when the daemon starts.
+    pub all: bool,
+    /// Where the `NAME.sock` files go; `None`: the socket's directory +
+    /// `/proxy`.
+    pub dir: Option<PathBuf>,
+}
+
+impl ProxyConfig {
+    /// The directory of the proxy sockets when the main socket is `socket`.
+    pub fn dir_for(&self, socket: &Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| {
+            socket
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join("proxy")
+        })
+    }
 }
 
 /// The inputs of [`Config::load`], kept for [`Config::reload`].
@@ -158,6 +188,16 @@ struct File {
     http: HttpSection,
     #[serde(default)]
     log: LogSection,
+    #[serde(default)]
+    proxy: ProxySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxySection {
+    names: Option<Vec<String>>,
+    all: Option<bool>,
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,6 +281,7 @@ impl Config {
             key_file: None,
             log_filter: None,
             origin: None,
+            proxy: ProxyConfig::default(),
         }
     }
 
@@ -307,6 +348,7 @@ impl Config {
             key_file: None,
             log_filter: None,
             origin: Some(origin),
+            proxy: ProxyConfig::default(),
         };
         if explicit || file.exists() {
             config.apply_file(&file)?;
@@ -418,6 +460,22 @@ impl Config {
             }
             self.log_filter = Some(filter).filter(|f| !f.trim().is_empty());
         }
+        let p = file.proxy;
+        if let Some(names) = p.names {
+            if let Some(bad) = names
+                .iter()
+                .find(|n| n.is_empty() || n.contains('/') || n.starts_with('.'))
+            {
+                return Err(parse_err(&format!(
+                    "proxy.names: {bad:?} cannot name a socket file"
+                )));
+            }
+            self.proxy.names = names;
+        }
+        self.proxy.all = p.all.unwrap_or(self.proxy.all);
+        if p.dir.is_some() {
+            self.proxy.dir = p.dir;
+        }
         Ok(())
     }
 
@@ -441,7 +499,7 @@ impl Config {
             value.as_ref().map(show).unwrap_or_else(|| "(none)".into())
         }
         let (a, b) = (self, new);
-        let pairs: [(&'static str, String, String); 22] = [
+        let pairs: [(&'static str, String, String); 25] = [
             ("log.filter", opt(&a.log_filter), opt(&b.log_filter)),
             ("--socket", show(&a.socket), show(&b.socket)),
             ("--state-dir", show(&a.state_dir), show(&b.state_dir)),
@@ -532,6 +590,9 @@ impl Config {
                 format!("{:o}", a.socket_dir_mode),
                 format!("{:o}", b.socket_dir_mode),
             ),
+            ("proxy.names", show(&a.proxy.names), show(&b.proxy.names)),
+            ("proxy.all", show(&a.proxy.all), show(&b.proxy.all)),
+            ("proxy.dir", opt(&a.proxy.dir), opt(&b.proxy.dir)),
         ];
         pairs
             .into_iter()

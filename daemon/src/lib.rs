@@ -14,6 +14,7 @@ pub mod config;
 pub mod crypto;
 pub mod hygiene;
 pub mod jwt;
+pub mod proxy;
 pub mod rekey;
 pub mod restore;
 pub mod server;
@@ -502,6 +503,28 @@ pub async fn run_with(
         None
     };
     let count = records.len();
+    let proxy_names: Vec<String> = if config.proxy.all {
+        records.iter().map(|r| r.auth.name.clone()).collect()
+    } else {
+        config.proxy.names.clone()
+    };
+    let proxy_dir = config.proxy.dir_for(&config.socket);
+    let mut proxy_listeners = Vec::with_capacity(proxy_names.len());
+    for name in proxy_names {
+        let path = proxy_dir.join(format!("{name}.sock"));
+        let listener = server::bind(
+            &path,
+            config.socket_mode,
+            config.socket_dir_mode,
+            config.access.socket_group.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("proxy for {name}: {e}"))?;
+        if !records.iter().any(|r| r.auth.name == name) {
+            tracing::warn!(%name, "proxy: no such authentication yet; requests get 404 until it is added");
+        }
+        proxy_listeners.push((name, listener));
+    }
+    let http = upstream.http().clone();
     let tokens = Tokens::start(
         records,
         store.clone(),
@@ -531,6 +554,18 @@ pub async fn run_with(
         stop.clone(),
         Some(started),
     ));
+    let mut proxies = Vec::with_capacity(proxy_listeners.len());
+    for (name, listener) in proxy_listeners {
+        tracing::info!(%name, socket = %listener.path().display(), "proxy serving");
+        proxies.push(tokio::spawn(proxy::serve(
+            listener,
+            name,
+            daemon.clone(),
+            http.clone(),
+            config.limits.read_timeout,
+            stop.clone(),
+        )));
+    }
     if accepting.await.is_ok() {
         service.ready(&daemon.summary());
     }
@@ -569,6 +604,11 @@ pub async fn run_with(
     let drained = tokio::time::timeout_at(deadline, async {
         if server.await.is_err() {
             tracing::error!("the server task panicked");
+        }
+        for proxy in proxies {
+            if proxy.await.is_err() {
+                tracing::error!("a proxy task panicked");
+            }
         }
     })
     .await

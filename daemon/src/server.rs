@@ -98,6 +98,15 @@ impl Listener {
         self.passed
     }
 
+    /// The next connection and who is on its other end.
+    pub(crate) async fn accept(&self) -> io::Result<(Stream, Peer)> {
+        let stream = self.inner.accept().await?;
+        let peer = match &stream {
+            Stream::UdSocket(socket) => Peer::of(socket.inner())?,
+        };
+        Ok((stream, peer))
+    }
+
     /// Serves `fd`, a socket the service manager passed, once
     /// [`check_passed`] has accepted it. Needs a tokio runtime. Dropping the
     /// listener closes the descriptor and leaves the socket file in place.

@@ -330,6 +330,11 @@ impl ServiceNow {
         })
     }
 
+    /// The pooled client, for the local proxy ([`crate::proxy`]).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The authorize URL for a login by a person (PKCE S256 and a random
     /// `state`), and the verifier to keep until the code comes back.
     pub fn authorize(auth: &Authentication, redirect_uri: &str) -> Result<Authorize, String> {

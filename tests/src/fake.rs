@@ -35,6 +35,12 @@
 //!   ([`FakeInstance::revoke_refresh_tokens`]).
 //! - `GET /api/now/table/<table>` needs a valid bearer token, otherwise it answers
 //!   ServiceNow's "User Not Authenticated" failure.
+//! - `POST /api/now/attachment/file` needs a valid bearer token and answers the size of
+//!   the body it got (`{"result":{"size_bytes":"N"}}`); bodies up to 64 MiB, for
+//!   streaming tests.
+//! - A test can have the next table request answered `429` with `Retry-After`
+//!   ([`FakeInstance::rate_limit_next_table`]) and can revoke every access token
+//!   ([`FakeInstance::revoke_access_tokens`]).
 //! - Anything else gets a ServiceNow-style JSON 404.
 //! - A hibernating developer instance ([`FakeInstance::set_hibernating`]) answers every
 //!   request with a 200 HTML page.
@@ -57,6 +63,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
+const MAX_ATTACHMENT: usize = 64 * 1024 * 1024;
+const ATTACHMENT_PATH: &str = "/api/now/attachment/file";
 const MAX_HEADERS: usize = 64;
 const JSON: &str = "application/json;charset=UTF-8";
 const HTML: &str = "text/html;charset=UTF-8";
@@ -336,6 +344,34 @@ impl FakeInstance {
         self.lock().table_requests
     }
 
+    /// The `Authorization` header of the last table request, as received.
+    pub fn last_table_authorization(&self) -> Option<String> {
+        self.lock().last_table_authorization.clone()
+    }
+
+    /// The next table request is answered 429 with `Retry-After: retry_after`.
+    pub fn rate_limit_next_table(&self, retry_after: &str) {
+        self.lock()
+            .table_rate_limits
+            .push_back(retry_after.to_owned());
+    }
+
+    /// Revokes every access token issued so far, as an administrator could.
+    pub fn revoke_access_tokens(&self) {
+        let mut state = self.lock();
+        let issued = state.issued_access.clone();
+        for token in issued {
+            if state.revoked.insert(token.clone()) {
+                state.revoked_order.push(token);
+            }
+        }
+    }
+
+    /// Attachment uploads answered, authenticated or not.
+    pub fn attachment_requests(&self) -> u64 {
+        self.lock().attachment_requests
+    }
+
     pub fn is_access_token_valid(&self, token: &str) -> bool {
         self.lock().access_token_valid(token)
     }
@@ -468,6 +504,9 @@ struct State {
     tokens_issued: u64,
     revoke_requests: u64,
     table_requests: u64,
+    last_table_authorization: Option<String>,
+    table_rate_limits: VecDeque<String>,
+    attachment_requests: u64,
     jwt_keys: HashMap<String, Vec<JwtVerifier>>,
     seen_jtis: HashSet<String>,
     jwt_grants: u64,
@@ -798,6 +837,13 @@ impl State {
 
     fn table(&mut self, req: &Request) -> Response {
         self.table_requests += 1;
+        self.last_table_authorization = req.header("authorization").map(str::to_owned);
+        if let Some(retry_after) = self.table_rate_limits.pop_front() {
+            let body = r#"{"error":{"message":"Too Many Requests","detail":"Rate limit exceeded"},"status":"failure"}"#;
+            let mut response = Response::new(429, JSON, body);
+            response.headers.push(("Retry-After", retry_after));
+            return response;
+        }
         let token = req.header("authorization").and_then(bearer_token);
         if !token.is_some_and(|t| self.access_token_valid(t)) {
             return Response::new(401, JSON, NOT_AUTHENTICATED);
@@ -808,6 +854,16 @@ impl State {
             "short_description": "fake incident",
         }]});
         Response::new(200, JSON, body.to_string())
+    }
+
+    fn attachment(&mut self, req: &Request) -> Response {
+        self.attachment_requests += 1;
+        let token = req.header("authorization").and_then(bearer_token);
+        if !token.is_some_and(|t| self.access_token_valid(t)) {
+            return Response::new(401, JSON, NOT_AUTHENTICATED);
+        }
+        let body = serde_json::json!({"result": {"size_bytes": req.body.len().to_string()}});
+        Response::new(201, JSON, body.to_string())
     }
 }
 
@@ -979,6 +1035,7 @@ impl Response {
 fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        201 => "Created",
         302 => "Found",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -1073,6 +1130,7 @@ async fn handle(state: &Shared, req: &Request) -> Reply {
         ("POST", "/oauth_token.do") => token_endpoint(state, req).await,
         ("POST", "/oauth_revoke_token.do") => Reply::Full(lock(state).revoke(req)),
         ("GET", _) if table => Reply::Full(lock(state).table(req)),
+        ("POST", ATTACHMENT_PATH) => Reply::Full(lock(state).attachment(req)),
         _ => Reply::Full(Response::new(404, JSON, NOT_FOUND)),
     }
 }
@@ -1286,7 +1344,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, ReadError> 
             .parse::<usize>()
             .map_err(|_| ReadError::Reject(400))?,
     };
-    if content_length > MAX_BODY {
+    let limit = match request.target().0 {
+        ATTACHMENT_PATH => MAX_ATTACHMENT,
+        _ => MAX_BODY,
+    };
+    if content_length > limit {
         return Err(ReadError::Reject(413));
     }
     Ok(Some((request, head_len, content_length)))

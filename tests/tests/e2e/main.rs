@@ -11,6 +11,7 @@ mod doctor;
 mod faults;
 mod jwt;
 mod logins;
+mod proxy;
 mod refresh;
 mod service;
 mod socket;

@@ -1,0 +1,480 @@
+//! The local authenticating proxy: plain HTTP/1.1 on a Unix socket per
+//! authentication (`DIR/NAME.sock`), forwarded to the instance with
+//! `Authorization: Bearer …` added, so that the caller never holds a token.
+//!
+//! - Each request is checked like a `token` request: the peer's credentials
+//!   against the authentication's readers ([`Access::require_reader`]); a
+//!   refusal is a 403 with a JSON body.
+//! - Bodies stream both ways over the daemon's pooled client; only a body
+//!   small enough to replay (at most [`REPLAY_MAX`] by its Content-Length)
+//!   is held in memory.
+//! - Hop-by-hop headers (and those named in `Connection`) are dropped both
+//!   ways, as are the caller's `Authorization` and `Host`.
+//! - A 401 from the instance: one refresh (single flight, and none when
+//!   another request already replaced the token) and one retry, for
+//!   replayable requests; otherwise the 401 goes back.
+//! - A 429 with `Retry-After` or `X-RateLimit-Reset`: until then, every
+//!   request for that authentication is answered 429 at once.
+//! - One audit line per request: method, path without the query, status,
+//!   peer, time to the response head.
+//!
+//! [`Access::require_reader`]: crate::access::Access::require_reader
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use snctl_shared::protocol::TokenReply;
+use snctl_shared::Error;
+
+use crate::access::Peer;
+use crate::server::Listener;
+use crate::Daemon;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The largest request body kept in memory so that it can be sent again
+/// after a refresh; larger ones stream and are not retried.
+pub const REPLAY_MAX: u64 = 1024 * 1024;
+
+/// How long the token put on a request must still be valid.
+const MIN_VALID: Duration = Duration::from_secs(60);
+
+/// The longest a rate limit is believed.
+const MAX_HOLD: Duration = Duration::from_secs(3600);
+
+/// One authentication's proxy.
+struct Proxy {
+    name: String,
+    daemon: Arc<Daemon>,
+    http: reqwest::Client,
+    /// Until when the instance asked to be left alone (429).
+    held_until: Mutex<Option<SystemTime>>,
+}
+
+/// Serves `name`'s proxy on `listener` until `stop`, then lets the
+/// requests in flight finish.
+pub(crate) async fn serve(
+    listener: Listener,
+    name: String,
+    daemon: Arc<Daemon>,
+    http: reqwest::Client,
+    read_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let proxy = Arc::new(Proxy {
+        name,
+        daemon,
+        http,
+        held_until: Mutex::new(None),
+    });
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, name = %proxy.name, "proxy: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (proxy, stop) = (proxy.clone(), stop.clone());
+        tracker.spawn(async move {
+            let peer = Arc::new(peer);
+            let service = hyper::service::service_fn(move |request| {
+                let (proxy, peer) = (proxy.clone(), peer.clone());
+                async move { Ok::<_, Infallible>(proxy.handle(&peer, request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, "proxy connection ended");
+            }
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+impl Proxy {
+    /// Answers one request and writes its audit line.
+    async fn handle(&self, peer: &Peer, request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let response = self.forward(peer, request).await;
+        tracing::info!(
+            name = %self.name,
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            uid = peer.uid,
+            pid = ?peer.pid,
+            unit = ?peer.unit,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "proxied"
+        );
+        response
+    }
+
+    async fn forward(&self, peer: &Peer, request: Request<Incoming>) -> Response<Body> {
+        let access = self.daemon.access();
+        let tokens = &self.daemon.tokens;
+        let allowed = |readers: &_| access.require_reader(peer, &self.name, readers);
+        let token = match tokens.token(&self.name, MIN_VALID, allowed).await {
+            Ok(token) => token,
+            Err(error) => return refused(&error),
+        };
+        if let Some(left) = self.held() {
+            return rate_limited(left);
+        }
+        let (parts, body) = request.into_parts();
+        let target = format!(
+            "{}{}",
+            token.instance_url,
+            parts.uri.path_and_query().map_or("/", |p| p.as_str())
+        );
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        for name in [header::AUTHORIZATION, header::HOST, header::EXPECT] {
+            headers.remove(name);
+        }
+        let small = body.size_hint().exact().is_some_and(|n| n <= REPLAY_MAX);
+        let replay = if body.is_end_stream() || small {
+            match Limited::new(body, REPLAY_MAX as usize).collect().await {
+                Ok(collected) => Some(collected.to_bytes()),
+                Err(error) => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        &format!("cannot read the request body: {error}"),
+                    )
+                }
+            }
+        } else {
+            // The caller's Content-Length stays, so the instance gets the
+            // body as sent rather than chunked.
+            let stream = reqwest::Body::wrap_stream(body.into_data_stream());
+            let sent = self
+                .send(&parts.method, &target, &headers, stream, &token)
+                .await;
+            return self.relay(sent);
+        };
+        let replay = replay.unwrap_or_default();
+        let sent = self
+            .send(&parts.method, &target, &headers, replay.clone(), &token)
+            .await;
+        match sent {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                let token = match self.renewed(&token).await {
+                    Ok(token) => token,
+                    // The instance's 401 says more than why no new token came.
+                    Err(error) => {
+                        tracing::warn!(name = %self.name, %error, "proxy: no new token after a 401");
+                        return self.relay(Ok(response));
+                    }
+                };
+                let again = self
+                    .send(&parts.method, &target, &headers, replay, &token)
+                    .await;
+                self.relay(again)
+            }
+            sent => self.relay(sent),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: &http::Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: impl Into<reqwest::Body>,
+        token: &TokenReply,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .request(method.clone(), target)
+            .headers(headers.clone())
+            .bearer_auth(token.access_token.expose())
+            .body(body)
+            .send()
+            .await
+    }
+
+    /// A token other than `used`: the current one when another request
+    /// already replaced it, else a refreshed one.
+    async fn renewed(&self, used: &TokenReply) -> Result<TokenReply, Error> {
+        let tokens = &self.daemon.tokens;
+        let current = tokens.token(&self.name, MIN_VALID, |_| Ok(())).await?;
+        if current.access_token.expose() != used.access_token.expose() {
+            return Ok(current);
+        }
+        tracing::info!(name = %self.name, "proxy: the instance refused the token (401); refreshing");
+        tokens.refresh(&self.name).await?;
+        tokens.token(&self.name, MIN_VALID, |_| Ok(())).await
+    }
+
+    /// The instance's answer for the caller; a 429 with a time to wait
+    /// holds later requests.
+    fn relay(&self, sent: reqwest::Result<reqwest::Response>) -> Response<Body> {
+        let upstream = match sent {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                let error = error.without_url();
+                let status = if error.is_timeout() {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                tracing::warn!(name = %self.name, %error, "proxy: the instance did not answer");
+                return json(
+                    status,
+                    "upstream",
+                    &format!("the instance did not answer: {error}"),
+                );
+            }
+        };
+        if upstream.status() == StatusCode::TOO_MANY_REQUESTS {
+            if let Some(until) = retry_at(upstream.headers(), SystemTime::now()) {
+                tracing::warn!(name = %self.name, wait_secs = until.duration_since(SystemTime::now()).unwrap_or_default().as_secs(), "proxy: the instance is rate limiting; holding requests");
+                *self.held_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+            }
+        }
+        let status = upstream.status();
+        let mut headers = upstream.headers().clone();
+        strip_hop_by_hop(&mut headers);
+        let upstream: http::Response<reqwest::Body> = upstream.into();
+        let mut response =
+            Response::new(upstream.into_body().map_err(BoxError::from).boxed_unsync());
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        *response.version_mut() = Version::HTTP_11;
+        response
+    }
+
+    /// How long the rate limit still holds, if it does.
+    fn held(&self) -> Option<Duration> {
+        let mut held = self.held_until.lock().unwrap_or_else(|p| p.into_inner());
+        let left = held.and_then(|until| until.duration_since(SystemTime::now()).ok());
+        match left {
+            Some(left) if !left.is_zero() => Some(left),
+            _ => {
+                *held = None;
+                None
+            }
+        }
+    }
+}
+
+/// When a 429 says to come back: `Retry-After` (seconds or an HTTP date),
+/// else `X-RateLimit-Reset` (Unix seconds); at most [`MAX_HOLD`] ahead.
+fn retry_at(headers: &HeaderMap, now: SystemTime) -> Option<SystemTime> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let at = match text("retry-after") {
+        Some(value) => match value.parse::<u64>() {
+            Ok(secs) => now + Duration::from_secs(secs.min(MAX_HOLD.as_secs())),
+            Err(_) => httpdate::parse_http_date(value).ok()?,
+        },
+        None => {
+            let epoch = text("x-ratelimit-reset")?.parse::<u64>().ok()?;
+            UNIX_EPOCH + Duration::from_secs(epoch)
+        }
+    };
+    Some(at.min(now + MAX_HOLD))
+}
+
+/// Drops the hop-by-hop headers (RFC 9110 §7.6.1) and those `Connection`
+/// names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// A one-line JSON error: `{"error":KIND,"message":…}`.
+fn json(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": kind, "message": message }).to_string();
+    let mut response = Response::new(
+        Full::new(Bytes::from(body + "\n"))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Why no token could be put on the request.
+fn refused(error: &Error) -> Response<Body> {
+    let (status, kind) = match error {
+        Error::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+        Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        Error::NeedsLogin { .. } => (StatusCode::SERVICE_UNAVAILABLE, "needs_login"),
+        Error::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream"),
+        Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    json(status, kind, &error.to_string())
+}
+
+fn rate_limited(left: Duration) -> Response<Body> {
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    let mut response = json(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        &format!("the instance asked for no requests for {secs} s more"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::{Access, ReaderIds};
+    use crate::config::AccessConfig;
+    use snctl_shared::protocol::Readers;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_go() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("proxy-authorization", "Basic eA=="),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("accept", "application/json"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_dates_and_reset_epochs() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |pairs: &[(&'static str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_str(value).unwrap());
+            }
+            retry_at(&headers, now)
+        };
+        assert_eq!(
+            at(&[("retry-after", "30")]),
+            Some(now + Duration::from_secs(30))
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            at(&[("retry-after", &date)]),
+            Some(now + Duration::from_secs(90))
+        );
+        assert_eq!(
+            at(&[("x-ratelimit-reset", "1800000120")]),
+            Some(now + Duration::from_secs(120))
+        );
+        assert_eq!(
+            at(&[("retry-after", "999999")]),
+            Some(now + MAX_HOLD),
+            "bounded"
+        );
+        assert_eq!(at(&[]), None);
+    }
+
+    #[test]
+    fn a_peer_outside_the_readers_is_refused_with_403() {
+        let readers = Readers {
+            users: vec!["4001".into()],
+            groups: vec![],
+            units: vec![],
+        };
+        let readers = ReaderIds::resolve(&readers).unwrap();
+        let access = Access::new(&AccessConfig::default());
+        let peer = |uid| Peer {
+            uid,
+            gid: uid,
+            pid: Some(1),
+            groups: vec![uid],
+            unit: None,
+        };
+        assert!(access.require_reader(&peer(4001), "prod", &readers).is_ok());
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let other = if unsafe { libc::geteuid() } == 4002 {
+            4003
+        } else {
+            4002
+        };
+        let error = access
+            .require_reader(&peer(other), "prod", &readers)
+            .unwrap_err();
+        let response = refused(&error);
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+}

@@ -1,0 +1,384 @@
+//! The local authenticating proxy: plain HTTP/1.1 on `DIR/proxy/NAME.sock`,
+//! forwarded to the fake instance with the daemon's bearer token.
+//!
+//! The client here is raw HTTP/1.1 on a std `UnixStream` (keep-alive, so
+//! that a run of requests measures the proxy and not connection set-up).
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use snctl::protocol::Readers;
+use snctl_tests::harness::{self, fake, test_config, DaemonProcess, TestDaemon};
+
+use crate::{add_by_secret, add_request, Prod};
+
+/// A daemon with `prod` added and proxied.
+fn proxied() -> Prod {
+    Prod::with(|_| {}, |config| config.proxy.names = vec!["prod".into()])
+}
+
+fn proxy_socket(dir: &Path) -> PathBuf {
+    dir.join("proxy").join("prod.sock")
+}
+
+/// One HTTP/1.1 answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+struct Http<S> {
+    stream: S,
+    buf: Vec<u8>,
+}
+
+impl<S: Read + Write> Http<S> {
+    fn new(stream: S) -> Http<S> {
+        Http {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Answer {
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: sn\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        self.stream.write_all(head.as_bytes()).unwrap();
+        self.stream.write_all(body).unwrap();
+        self.answer()
+    }
+
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed mid-answer");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    fn answer(&mut self) -> Answer {
+        let (status, headers, head_len) = loop {
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut parsed = httparse::Response::new(&mut slots);
+            if let httparse::Status::Complete(n) = parsed.parse(&self.buf).unwrap() {
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let value = String::from_utf8_lossy(h.value).into_owned();
+                        (h.name.to_ascii_lowercase(), value)
+                    })
+                    .collect();
+                break (parsed.code.unwrap(), headers, n);
+            }
+            self.fill();
+        };
+        self.buf.drain(..head_len);
+        let mut answer = Answer {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if let Some(length) = answer.header("content-length") {
+            let length: usize = length.trim().parse().unwrap();
+            while self.buf.len() < length {
+                self.fill();
+            }
+            answer.body = self.buf.drain(..length).collect();
+        } else if answer
+            .header("transfer-encoding")
+            .is_some_and(|t| t.contains("chunked"))
+        {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    self.fill();
+                };
+                let line = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+                let size =
+                    usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+                while self.buf.len() < line_end + 2 + size + 2 {
+                    self.fill();
+                }
+                answer
+                    .body
+                    .extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                self.buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        }
+        answer
+    }
+}
+
+fn connect(socket: &Path) -> Http<UnixStream> {
+    let stream =
+        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    Http::new(stream)
+}
+
+const TABLE: &str = "/api/now/table/incident?sysparm_limit=1";
+
+#[test]
+fn proxy_forwards_with_the_daemons_token_and_drops_the_callers_authorization() {
+    let prod = proxied();
+    let mut http = connect(&proxy_socket(prod.dir.path()));
+    let answer = http.request(
+        "GET",
+        TABLE,
+        &[
+            ("Authorization", "Bearer caller-own-token"),
+            ("Connection", "keep-alive, X-Private"),
+            ("X-Private", "hop"),
+            ("Accept", "application/json"),
+        ],
+        b"",
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["result"][0]["number"], "INC0010001");
+    assert_eq!(prod.fake.table_requests(), 1);
+    let sent = prod.fake.last_table_authorization().unwrap();
+    let token = sent.strip_prefix("Bearer ").unwrap();
+    assert!(prod.fake.is_access_token_valid(token), "{sent}");
+    assert!(!sent.contains("caller-own-token"));
+    // The same connection serves the next request.
+    let again = http.request("GET", TABLE, &[], b"");
+    assert_eq!(again.status, 200);
+    assert_eq!(prod.fake.table_requests(), 2);
+}
+
+#[test]
+fn proxy_streams_a_large_body_both_ways() {
+    let prod = proxied();
+    let mut http = connect(&proxy_socket(prod.dir.path()));
+    let body = vec![b'x'; 8 * 1024 * 1024];
+    let answer = http.request(
+        "POST",
+        "/api/now/attachment/file?table_name=incident&file_name=big.bin",
+        &[("Content-Type", "application/octet-stream")],
+        &body,
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
+    assert_eq!(answer.json()["result"]["size_bytes"], "8388608");
+    assert_eq!(prod.fake.attachment_requests(), 1);
+}
+
+#[test]
+fn proxy_refreshes_once_on_a_401_and_retries() {
+    let prod = proxied();
+    let mut http = connect(&proxy_socket(prod.dir.path()));
+    assert_eq!(http.request("GET", TABLE, &[], b"").status, 200);
+    let issued = prod.fake.tokens_issued();
+    prod.fake.revoke_access_tokens();
+    let answer = http.request("GET", TABLE, &[], b"");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(prod.fake.tokens_issued(), issued + 1, "one refresh");
+    assert_eq!(prod.fake.table_requests(), 3, "one retry");
+}
+
+#[test]
+fn proxy_answers_429_at_once_while_the_instance_rate_limits() {
+    let prod = proxied();
+    let mut http = connect(&proxy_socket(prod.dir.path()));
+    prod.fake.rate_limit_next_table("30");
+    let first = http.request("GET", TABLE, &[], b"");
+    assert_eq!(first.status, 429, "{first:?}");
+    assert_eq!(prod.fake.table_requests(), 1);
+    for _ in 0..3 {
+        let held = http.request("GET", TABLE, &[], b"");
+        assert_eq!(held.status, 429, "{held:?}");
+        assert_eq!(held.json()["error"], "rate_limited");
+        let wait: u64 = held.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=30).contains(&wait), "{wait}");
+    }
+    assert_eq!(
+        prod.fake.table_requests(),
+        1,
+        "held requests never reach the instance"
+    );
+}
+
+#[test]
+fn proxy_refuses_a_caller_outside_the_readers_with_403() {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to call the proxy as another uid");
+        return;
+    }
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: needs curl");
+        return;
+    }
+    let fake = fake();
+    let dir = tempfile::Builder::new()
+        .prefix("snctl-proxy-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut config = test_config(dir.path());
+    config.socket_mode = 0o666;
+    config.socket_dir_mode = 0o755;
+    config.proxy.names = vec!["prod".into()];
+    let daemon = TestDaemon::start(config).unwrap();
+    let mut request = add_request("prod", &fake.url());
+    request.readers = Readers {
+        users: vec!["4002".into()],
+        ..Readers::default()
+    };
+    daemon.client().add(request).unwrap();
+    let socket = proxy_socket(dir.path());
+    let curl_as = |uid: u32| {
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&socket)
+            .arg(format!("http://sn{TABLE}"))
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let refused = curl_as(4001);
+    assert!(refused.ends_with("\n403"), "{refused}");
+    assert!(refused.contains(r#""error":"forbidden""#), "{refused}");
+    assert!(refused.contains("uid 4001"), "{refused}");
+    assert_eq!(fake.table_requests(), 0);
+    let read = curl_as(4002);
+    assert!(read.ends_with("\n200"), "{read}");
+    assert_eq!(fake.table_requests(), 1);
+}
+
+#[test]
+fn proxy_audit_line_names_the_request_but_no_query_value_or_token() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("snctld.toml");
+    std::fs::write(&config, "[proxy]\nnames = [\"prod\"]\n").unwrap();
+    let mut daemon = DaemonProcess::start_with_log_filter(
+        dir.path(),
+        &["--config", config.to_str().unwrap()],
+        "info",
+    )
+    .unwrap();
+    let added = add_by_secret(&daemon.socket, &fake.url(), "prod");
+    assert!(added.status.success(), "{added:?}");
+    let mut http = connect(&proxy_socket(dir.path()));
+    let answer = http.request(
+        "GET",
+        "/api/now/table/incident?sysparm_query=number%3DSECRETVALUE42&sysparm_limit=1",
+        &[],
+        b"",
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(harness::wait_until(Duration::from_secs(5), || daemon
+        .log_text()
+        .contains("proxied")));
+    daemon.stop();
+    let log = daemon.log_text();
+    let line = log.lines().find(|l| l.contains("proxied")).unwrap();
+    for part in [
+        "name=prod",
+        "method=GET",
+        "path=/api/now/table/incident",
+        "status=200",
+        "uid=",
+        "duration_ms=",
+    ] {
+        assert!(line.contains(part), "{part} missing: {line}");
+    }
+    assert!(!log.contains("SECRETVALUE42"), "{log}");
+    assert!(!log.contains("sysparm"), "{log}");
+    for token in fake.issued_access_tokens() {
+        assert!(!log.contains(&token), "token in the log");
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Proxy overhead: the same table GET, through the proxy and straight to
+/// the fake with a valid token, each on one keep-alive connection. Printed
+/// (`--nocapture`), never asserted.
+#[test]
+fn proxy_overhead_against_direct_requests() {
+    const N: usize = 200;
+    let prod = proxied();
+    let mut proxy = connect(&proxy_socket(prod.dir.path()));
+    let token = prod.client().token("prod").unwrap();
+    let bearer = format!("Bearer {}", token.access_token.expose());
+    let direct_stream = std::net::TcpStream::connect(("127.0.0.1", prod.fake.port())).unwrap();
+    direct_stream.set_nodelay(true).unwrap();
+    let mut direct = Http::new(direct_stream);
+    // Warm up both: pooled upstream connection, token in memory.
+    assert_eq!(proxy.request("GET", TABLE, &[], b"").status, 200);
+    assert_eq!(
+        direct
+            .request("GET", TABLE, &[("Authorization", &bearer)], b"")
+            .status,
+        200
+    );
+    let mut through = Vec::with_capacity(N);
+    let mut straight = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t = Instant::now();
+        assert_eq!(proxy.request("GET", TABLE, &[], b"").status, 200);
+        through.push(t.elapsed());
+        let t = Instant::now();
+        let answer = direct.request("GET", TABLE, &[("Authorization", &bearer)], b"");
+        assert_eq!(answer.status, 200);
+        straight.push(t.elapsed());
+    }
+    let (p, d) = (median(through), median(straight));
+    println!(
+        "proxy overhead, {N} sequential table GETs: median via proxy {:.3} ms, direct {:.3} ms, ratio {:.2}, overhead {:.3} ms",
+        p.as_secs_f64() * 1e3,
+        d.as_secs_f64() * 1e3,
+        p.as_secs_f64() / d.as_secs_f64(),
+        (p.as_secs_f64() - d.as_secs_f64()) * 1e3
+    );
+}
