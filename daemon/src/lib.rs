@@ -562,7 +562,7 @@ pub async fn run_with(
             name,
             daemon.clone(),
             http.clone(),
-            config.limits.read_timeout,
+            config.limits.clone(),
             stop.clone(),
         )));
     }

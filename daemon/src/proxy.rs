@@ -38,7 +38,7 @@ use snctl_shared::protocol::TokenReply;
 use snctl_shared::Error;
 
 use crate::access::Peer;
-use crate::server::Listener;
+use crate::server::{Gate, Limits, Listener};
 use crate::Daemon;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -70,9 +70,10 @@ pub(crate) async fn serve(
     name: String,
     daemon: Arc<Daemon>,
     http: reqwest::Client,
-    read_timeout: Duration,
+    limits: Limits,
     stop: CancellationToken,
 ) {
+    let gate = Gate::new(&limits);
     let proxy = Arc::new(Proxy {
         name,
         daemon,
@@ -92,8 +93,13 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let (proxy, stop) = (proxy.clone(), stop.clone());
+        // The main socket's limits, per proxy socket.
+        let Some(admitted) = gate.admit(&peer, proxy.daemon.is_admin(&peer)) else {
+            continue;
+        };
+        let (proxy, stop, read_timeout) = (proxy.clone(), stop.clone(), limits.read_timeout);
         tracker.spawn(async move {
+            let _admitted = admitted;
             let peer = Arc::new(peer);
             let service = hyper::service::service_fn(move |request| {
                 let (proxy, peer) = (proxy.clone(), peer.clone());

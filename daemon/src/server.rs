@@ -303,6 +303,62 @@ fn give_group(path: &Path, name: &str) -> Result<(), BindError> {
 /// a flood of connections never locks an admin out.
 pub const ADMIN_RESERVE: usize = 16;
 
+/// Who may hold a connection on one listener: at most `max_connections`,
+/// at most `max_per_uid` for one non-admin user, and a reserve that only
+/// admins may use once the rest are taken.
+pub(crate) struct Gate {
+    permits: Arc<Semaphore>,
+    reserve: Arc<Semaphore>,
+    per_uid: Arc<PerUid>,
+    max_connections: usize,
+    max_per_uid: usize,
+}
+
+/// A connection let in by a [`Gate`], counted until dropped.
+pub(crate) struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: UidSlot,
+}
+
+impl Gate {
+    pub(crate) fn new(limits: &Limits) -> Gate {
+        Gate {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            reserve: Arc::new(Semaphore::new(ADMIN_RESERVE)),
+            per_uid: Arc::new(PerUid::default()),
+            max_connections: limits.max_connections,
+            max_per_uid: limits.max_per_uid,
+        }
+    }
+
+    /// Lets `peer` in, or logs why not (the caller then closes).
+    pub(crate) fn admit(&self, peer: &Peer, admin: bool) -> Option<Admitted> {
+        let Some(slot) = self.per_uid.take(peer.uid, self.max_per_uid, admin) else {
+            tracing::warn!(%peer, limit = self.max_per_uid, "connection limit of this user reached; closing a new connection");
+            return None;
+        };
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .or_else(|e| match admin {
+                true => self.reserve.clone().try_acquire_owned(),
+                false => Err(e),
+            });
+        let Ok(permit) = permit else {
+            tracing::warn!(
+                limit = self.max_connections,
+                "connection limit reached; closing a new connection"
+            );
+            return None;
+        };
+        Some(Admitted {
+            _permit: permit,
+            _slot: slot,
+        })
+    }
+}
+
 /// Open connections per uid.
 #[derive(Default)]
 struct PerUid(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
@@ -376,18 +432,18 @@ pub async fn serve(
     stop: CancellationToken,
     started: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let reserve = Arc::new(Semaphore::new(ADMIN_RESERVE));
-    let per_uid = Arc::new(PerUid::default());
+    let gate = Gate::new(&limits);
     let tracker = TaskTracker::new();
     if let Some(started) = started {
         let _ = started.send(());
     }
     loop {
-        let stream = tokio::select! {
+        // Who is calling, before any frame is read; a caller we cannot name
+        // gets nothing.
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
-            accepted = listener.inner.accept() => match accepted {
-                Ok(stream) => stream,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(%error, "accept failed");
@@ -396,35 +452,7 @@ pub async fn serve(
                 }
             },
         };
-        // Who is calling, before any frame is read; a caller we cannot name
-        // gets nothing.
-        let peer = match match &stream {
-            Stream::UdSocket(socket) => Peer::of(socket.inner()),
-        } {
-            Ok(peer) => peer,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read a caller's credentials; closing");
-                continue;
-            }
-        };
-        let admin = daemon.is_admin(&peer);
-        // One user cannot take every slot, and admins keep a few of their own.
-        let Some(mine) = per_uid.take(peer.uid, limits.max_per_uid, admin) else {
-            tracing::warn!(%peer, limit = limits.max_per_uid, "connection limit of this user reached; closing a new connection");
-            continue;
-        };
-        let permit = permits
-            .clone()
-            .try_acquire_owned()
-            .or_else(|_| match admin {
-                true => reserve.clone().try_acquire_owned(),
-                false => Err(tokio::sync::TryAcquireError::NoPermits),
-            });
-        let Ok(permit) = permit else {
-            tracing::warn!(
-                limit = limits.max_connections,
-                "connection limit reached; closing a new connection"
-            );
+        let Some(admitted) = gate.admit(&peer, daemon.is_admin(&peer)) else {
             continue;
         };
         let (daemon, limits, stop) = (daemon.clone(), limits.clone(), stop.clone());
@@ -433,7 +461,7 @@ pub async fn serve(
             if let Err(error) = connection(stream, peer, &daemon, &limits, &stop).await {
                 tracing::debug!(%error, "connection ended");
             }
-            drop((permit, mine));
+            drop(admitted);
         });
     }
     drop(listener);
