@@ -38,6 +38,9 @@
 //! names = ["prod"]        # serve DIR/prod.sock, an authenticating HTTP proxy to prod's instance
 //! all = false             # or every authentication there is when the daemon starts
 //! dir = "/run/snctld/proxy"   # default: the socket's directory + "/proxy"
+//! on_rate_limit = "reject"  # while a 429 holds: answer 429 at once, or "hold" the request
+//! hold_max_secs = 30      # "hold" waits at most this long, else 429 at once
+//! tcp_port = 8752         # also serve http://127.0.0.1:8752/NAME/… (off by default)
 //! ```
 //!
 //! SIGHUP reads the file again ([`Config::reload`], [`Config::changes`]):
@@ -84,7 +87,7 @@ pub struct Config {
 }
 
 /// Which authentications get a proxy socket ([`crate::proxy`]), and where.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
     pub names: Vec<String>,
     /// Every authentication there is when the daemon starts.
@@ -92,6 +95,35 @@ pub struct ProxyConfig {
     /// Where the `NAME.sock` files go; `None`: the socket's directory +
     /// `/proxy`.
     pub dir: Option<PathBuf>,
+    /// What a request meets while the instance's 429 holds.
+    pub on_rate_limit: OnRateLimit,
+    /// The longest [`OnRateLimit::Hold`] makes a request wait.
+    pub hold_max: Duration,
+    /// A port on 127.0.0.1 serving every proxied authentication by path
+    /// prefix (`/NAME/…`); `None`: no TCP listener.
+    pub tcp_port: Option<u16>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> ProxyConfig {
+        ProxyConfig {
+            names: Vec::new(),
+            all: false,
+            dir: None,
+            on_rate_limit: OnRateLimit::Reject,
+            hold_max: Duration::from_secs(30),
+            tcp_port: None,
+        }
+    }
+}
+
+/// `[proxy] on_rate_limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRateLimit {
+    /// Answer 429 with `Retry-After` at once.
+    Reject,
+    /// Wait until the hold ends (at most `hold_max`), then forward.
+    Hold,
 }
 
 impl ProxyConfig {
@@ -198,6 +230,9 @@ struct ProxySection {
     names: Option<Vec<String>>,
     all: Option<bool>,
     dir: Option<PathBuf>,
+    on_rate_limit: Option<String>,
+    hold_max_secs: Option<u64>,
+    tcp_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -476,6 +511,26 @@ impl Config {
         if p.dir.is_some() {
             self.proxy.dir = p.dir;
         }
+        if let Some(mode) = p.on_rate_limit {
+            self.proxy.on_rate_limit = match mode.as_str() {
+                "reject" => OnRateLimit::Reject,
+                "hold" => OnRateLimit::Hold,
+                _ => {
+                    return Err(parse_err(&format!(
+                        "proxy.on_rate_limit: {mode:?} is neither \"reject\" nor \"hold\""
+                    )))
+                }
+            };
+        }
+        if let Some(secs) = p.hold_max_secs {
+            if !(1..=3600).contains(&secs) {
+                return Err(parse_err("proxy.hold_max_secs must be between 1 and 3600"));
+            }
+            self.proxy.hold_max = Duration::from_secs(secs);
+        }
+        if p.tcp_port.is_some() {
+            self.proxy.tcp_port = p.tcp_port;
+        }
         Ok(())
     }
 
@@ -499,7 +554,7 @@ impl Config {
             value.as_ref().map(show).unwrap_or_else(|| "(none)".into())
         }
         let (a, b) = (self, new);
-        let pairs: [(&'static str, String, String); 25] = [
+        let pairs: [(&'static str, String, String); 28] = [
             ("log.filter", opt(&a.log_filter), opt(&b.log_filter)),
             ("--socket", show(&a.socket), show(&b.socket)),
             ("--state-dir", show(&a.state_dir), show(&b.state_dir)),
@@ -593,6 +648,21 @@ impl Config {
             ("proxy.names", show(&a.proxy.names), show(&b.proxy.names)),
             ("proxy.all", show(&a.proxy.all), show(&b.proxy.all)),
             ("proxy.dir", opt(&a.proxy.dir), opt(&b.proxy.dir)),
+            (
+                "proxy.on_rate_limit",
+                show(&a.proxy.on_rate_limit),
+                show(&b.proxy.on_rate_limit),
+            ),
+            (
+                "proxy.hold_max_secs",
+                show(&a.proxy.hold_max),
+                show(&b.proxy.hold_max),
+            ),
+            (
+                "proxy.tcp_port",
+                opt(&a.proxy.tcp_port),
+                opt(&b.proxy.tcp_port),
+            ),
         ];
         pairs
             .into_iter()
@@ -660,5 +730,40 @@ mod tests {
         let err = running.reload().unwrap_err().to_string();
         assert!(err.contains("log.filter"), "{err}");
         assert!(Config::under(dir.path()).reload().is_err());
+    }
+
+    #[test]
+    fn proxy_rate_limit_and_tcp_settings_parse_with_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snctld.toml");
+        let overrides = PathOverrides {
+            socket: Some(dir.path().join("s.sock")),
+            state_dir: Some(dir.path().to_path_buf()),
+            config: Some(path.clone()),
+        };
+        std::fs::write(&path, "[proxy]\nnames = [\"prod\"]\n").unwrap();
+        let config = Config::load(Mode::User, overrides.clone()).unwrap();
+        assert_eq!(config.proxy.on_rate_limit, OnRateLimit::Reject);
+        assert_eq!(config.proxy.hold_max, Duration::from_secs(30));
+        assert_eq!(config.proxy.tcp_port, None);
+
+        std::fs::write(
+            &path,
+            "[proxy]\non_rate_limit = \"hold\"\nhold_max_secs = 5\ntcp_port = 8752\n",
+        )
+        .unwrap();
+        let config = Config::load(Mode::User, overrides.clone()).unwrap();
+        assert_eq!(config.proxy.on_rate_limit, OnRateLimit::Hold);
+        assert_eq!(config.proxy.hold_max, Duration::from_secs(5));
+        assert_eq!(config.proxy.tcp_port, Some(8752));
+
+        std::fs::write(&path, "[proxy]\non_rate_limit = \"wait\"\n").unwrap();
+        let err = Config::load(Mode::User, overrides.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("proxy.on_rate_limit"), "{err}");
+        std::fs::write(&path, "[proxy]\nhold_max_secs = 0\n").unwrap();
+        let err = Config::load(Mode::User, overrides).unwrap_err().to_string();
+        assert!(err.contains("proxy.hold_max_secs"), "{err}");
     }
 }

@@ -524,6 +524,15 @@ pub async fn run_with(
         }
         proxy_listeners.push((name, listener));
     }
+    let tcp_listener = match config.proxy.tcp_port {
+        Some(port) => {
+            let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+                .await
+                .map_err(|e| anyhow::anyhow!("proxy on 127.0.0.1:{port}: {e}"))?;
+            Some(listener)
+        }
+        None => None,
+    };
     let http = upstream.http().clone();
     let tokens = Tokens::start(
         records,
@@ -554,14 +563,29 @@ pub async fn run_with(
         stop.clone(),
         Some(started),
     ));
-    let mut proxies = Vec::with_capacity(proxy_listeners.len());
+    let mut proxies = Vec::with_capacity(proxy_listeners.len() + 1);
+    let mut by_name = std::collections::HashMap::new();
     for (name, listener) in proxy_listeners {
         tracing::info!(%name, socket = %listener.path().display(), "proxy serving");
+        let one = proxy::Proxy::new(name.clone(), daemon.clone(), http.clone(), &config.proxy);
+        by_name.insert(name, one.clone());
         proxies.push(tokio::spawn(proxy::serve(
             listener,
-            name,
-            daemon.clone(),
-            http.clone(),
+            one,
+            config.limits.clone(),
+            stop.clone(),
+        )));
+    }
+    if let Some(listener) = tcp_listener {
+        match listener.local_addr() {
+            Ok(addr) => {
+                tracing::info!(%addr, names = ?by_name.keys().collect::<Vec<_>>(), "proxy serving on TCP")
+            }
+            Err(error) => tracing::warn!(%error, "proxy serving on TCP, address unknown"),
+        }
+        proxies.push(tokio::spawn(proxy::serve_tcp(
+            listener,
+            by_name,
             config.limits.clone(),
             stop.clone(),
         )));

@@ -14,12 +14,21 @@
 //!   another request already replaced the token) and one retry, for
 //!   replayable requests; otherwise the 401 goes back.
 //! - A 429 with `Retry-After` or `X-RateLimit-Reset`: until then, every
-//!   request for that authentication is answered 429 at once.
+//!   request for that authentication is answered 429 at once, or, with
+//!   `[proxy] on_rate_limit = "hold"`, waits for the end (at most
+//!   `hold_max_secs`, else 429 at once) and is then forwarded.
 //! - One audit line per request: method, path without the query, status,
 //!   peer, time to the response head.
+//! - Optionally ([`serve_tcp`], `[proxy] tcp_port`) one listener on
+//!   127.0.0.1 for every proxied authentication, by path prefix
+//!   `/NAME/…`. No peer credentials there, so: only authentications
+//!   without readers; `X-Snctl-Proxy: 1` required (400), any `Origin` and
+//!   any `Host` but 127.0.0.1 or localhost refused (403), so that a
+//!   browser page cannot use it.
 //!
 //! [`Access::require_reader`]: crate::access::Access::require_reader
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,13 +40,15 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use snctl_shared::protocol::TokenReply;
 use snctl_shared::Error;
 
-use crate::access::Peer;
+use crate::access::{Peer, ReaderIds};
+use crate::config::{OnRateLimit, ProxyConfig};
 use crate::server::{Gate, Limits, Listener};
 use crate::Daemon;
 
@@ -51,35 +62,58 @@ pub const REPLAY_MAX: u64 = 1024 * 1024;
 /// How long the token put on a request must still be valid.
 const MIN_VALID: Duration = Duration::from_secs(60);
 
+/// The header every request on the TCP listener must carry, as `1`.
+const PROXY_HEADER: &str = "x-snctl-proxy";
+
 /// The longest a rate limit is believed.
 const MAX_HOLD: Duration = Duration::from_secs(3600);
 
-/// One authentication's proxy.
-struct Proxy {
+/// One authentication's proxy, shared by its Unix socket and the TCP
+/// listener.
+pub(crate) struct Proxy {
     name: String,
     daemon: Arc<Daemon>,
     http: reqwest::Client,
+    on_rate_limit: OnRateLimit,
+    hold_max: Duration,
     /// Until when the instance asked to be left alone (429).
     held_until: Mutex<Option<SystemTime>>,
 }
 
-/// Serves `name`'s proxy on `listener` until `stop`, then lets the
-/// requests in flight finish.
+#[derive(Clone, Copy)]
+/// Who is calling: a peer on the Unix socket, or anyone on 127.0.0.1.
+enum Caller<'a> {
+    Unix(&'a Peer),
+    Tcp,
+}
+
+impl Proxy {
+    pub(crate) fn new(
+        name: String,
+        daemon: Arc<Daemon>,
+        http: reqwest::Client,
+        config: &ProxyConfig,
+    ) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            name,
+            daemon,
+            http,
+            on_rate_limit: config.on_rate_limit,
+            hold_max: config.hold_max,
+            held_until: Mutex::new(None),
+        })
+    }
+}
+
+/// Serves `proxy` on its Unix socket `listener` until `stop`, then lets
+/// the requests in flight finish.
 pub(crate) async fn serve(
     listener: Listener,
-    name: String,
-    daemon: Arc<Daemon>,
-    http: reqwest::Client,
+    proxy: Arc<Proxy>,
     limits: Limits,
     stop: CancellationToken,
 ) {
     let gate = Gate::new(&limits);
-    let proxy = Arc::new(Proxy {
-        name,
-        daemon,
-        http,
-        held_until: Mutex::new(None),
-    });
     let tracker = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -97,43 +131,196 @@ pub(crate) async fn serve(
         let Some(admitted) = gate.admit(&peer, proxy.daemon.is_admin(&peer)) else {
             continue;
         };
-        let (proxy, stop, read_timeout) = (proxy.clone(), stop.clone(), limits.read_timeout);
-        tracker.spawn(async move {
-            let _admitted = admitted;
-            let peer = Arc::new(peer);
-            let service = hyper::service::service_fn(move |request| {
+        let proxy = proxy.clone();
+        let peer = Arc::new(peer);
+        tracker.spawn(connection(
+            stream,
+            limits.read_timeout,
+            stop.clone(),
+            admitted,
+            move |request| {
                 let (proxy, peer) = (proxy.clone(), peer.clone());
-                async move { Ok::<_, Infallible>(proxy.handle(&peer, request).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(read_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%error, "proxy connection ended");
-            }
-        });
+                async move { proxy.handle(&peer, request).await }
+            },
+        ));
     }
     drop(listener);
     tracker.close();
     tracker.wait().await;
 }
 
+/// Serves every proxy in `proxies` on one TCP `listener` (127.0.0.1), the
+/// authentication named by the first path segment, until `stop`.
+pub(crate) async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    proxies: HashMap<String, Arc<Proxy>>,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let proxies = Arc::new(proxies);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "proxy: TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(
+                limit = limits.max_connections,
+                "proxy: TCP connection limit reached; closing a new connection"
+            );
+            continue;
+        };
+        let proxies = proxies.clone();
+        tracker.spawn(connection(
+            stream,
+            limits.read_timeout,
+            stop.clone(),
+            permit,
+            move |request| {
+                let proxies = proxies.clone();
+                async move { over_tcp(&proxies, request).await }
+            },
+        ));
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// One HTTP/1.1 connection, each request answered by `handle`, closed
+/// gracefully on `stop`; `admitted` is held until it ends.
+async fn connection<S, A, F, Fut>(
+    stream: S,
+    read_timeout: Duration,
+    stop: CancellationToken,
+    admitted: A,
+    handle: F,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: Fn(Request<Incoming>) -> Fut,
+    Fut: std::future::Future<Output = Response<Body>>,
+{
+    let _admitted = admitted;
+    let service = hyper::service::service_fn(move |request| {
+        let answer = handle(request);
+        async move { Ok::<_, Infallible>(answer.await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "proxy connection ended");
+    }
+}
+
+/// A request on the TCP listener: refused when it comes from a browser
+/// page (an `Origin`) or lacks `X-Snctl-Proxy: 1`; else `/NAME/rest` goes
+/// to `NAME`'s proxy as `/rest`.
+async fn over_tcp(
+    proxies: &HashMap<String, Arc<Proxy>>,
+    mut request: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let audit = |name: &str, path: &str, status: StatusCode| {
+        tracing::info!(
+            name = %name,
+            method = %method,
+            path = %path,
+            status = status.as_u16(),
+            peer = %"tcp",
+            duration_ms = started.elapsed().as_millis() as u64,
+            "proxied"
+        );
+    };
+    let refuse = |status, kind, message: &str| {
+        let response = json(status, kind, message);
+        audit("-", &path, status);
+        response
+    };
+    if request.headers().contains_key(header::ORIGIN) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "requests with an Origin header (from a browser page) are refused",
+        );
+    }
+    // A page whose name was re-pointed at 127.0.0.1 (DNS rebinding) sends
+    // its own name as Host, and no Origin on a same-origin GET.
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    if !host.is_some_and(|h| matches!(h.host(), "127.0.0.1" | "localhost")) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the TCP proxy answers only requests for Host 127.0.0.1 or localhost",
+        );
+    }
+    if request.headers().get(PROXY_HEADER).map(|v| v.as_bytes()) != Some(b"1") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the TCP proxy needs the header X-Snctl-Proxy: 1",
+        );
+    }
+    let rest = path.strip_prefix('/').unwrap_or(&path);
+    let (name, rest) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Some(proxy) = proxies.get(name) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no proxied authentication {name:?}: use http://127.0.0.1:PORT/NAME/…"),
+        );
+    };
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let target = match request.uri().query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_string(),
+    };
+    match target.parse() {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the path is not a valid URI",
+            )
+        }
+    }
+    let response = proxy.forward(Caller::Tcp, request).await;
+    audit(name, rest, response.status());
+    response
+}
+
 impl Proxy {
-    /// Answers one request and writes its audit line.
+    /// Answers one request on the Unix socket and writes its audit line.
     async fn handle(&self, peer: &Peer, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
-        let response = self.forward(peer, request).await;
+        let response = self.forward(Caller::Unix(peer), request).await;
         tracing::info!(
             name = %self.name,
             method = %method,
@@ -148,16 +335,33 @@ impl Proxy {
         response
     }
 
-    async fn forward(&self, peer: &Peer, request: Request<Incoming>) -> Response<Body> {
+    async fn forward(&self, caller: Caller<'_>, request: Request<Incoming>) -> Response<Body> {
         let access = self.daemon.access();
         let tokens = &self.daemon.tokens;
-        let allowed = |readers: &_| access.require_reader(peer, &self.name, readers);
-        let token = match tokens.token(&self.name, MIN_VALID, allowed).await {
+        let allowed = |readers: &ReaderIds| match caller {
+            Caller::Unix(peer) => access.require_reader(peer, &self.name, readers),
+            Caller::Tcp if readers.is_empty() => Ok(()),
+            Caller::Tcp => Err(Error::Forbidden {
+                reason: format!(
+                    "{} has readers, and the TCP proxy cannot tell who is calling: use its \
+                     Unix socket",
+                    self.name
+                ),
+            }),
+        };
+        let mut token = match tokens.token(&self.name, MIN_VALID, allowed).await {
             Ok(token) => token,
             Err(error) => return refused(&error),
         };
-        if let Some(left) = self.held() {
-            return rate_limited(left);
+        if self.held().is_some() {
+            if let Err(left) = self.wait_out_hold().await {
+                return rate_limited(left);
+            }
+            // The wait may have outlasted the token's margin.
+            token = match tokens.token(&self.name, MIN_VALID, allowed).await {
+                Ok(token) => token,
+                Err(error) => return refused(&error),
+            };
         }
         let (parts, body) = request.into_parts();
         let target = format!(
@@ -280,6 +484,19 @@ impl Proxy {
         *response.headers_mut() = headers;
         *response.version_mut() = Version::HTTP_11;
         response
+    }
+
+    /// Waits until the rate limit ends, with `hold`; else, or when it lasts
+    /// past `hold_max` from now, the time left.
+    async fn wait_out_hold(&self) -> Result<(), Duration> {
+        let deadline = Instant::now() + self.hold_max;
+        while let Some(left) = self.held() {
+            if self.on_rate_limit == OnRateLimit::Reject || Instant::now() + left > deadline {
+                return Err(left);
+            }
+            tokio::time::sleep(left).await;
+        }
+        Ok(())
     }
 
     /// How long the rate limit still holds, if it does.

@@ -67,7 +67,10 @@ impl<S: Read + Write> Http<S> {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Answer {
-        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: sn\r\n");
+        let mut head = format!("{method} {target} HTTP/1.1\r\n");
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            head.push_str("Host: sn\r\n");
+        }
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -381,4 +384,230 @@ fn proxy_overhead_against_direct_requests() {
         p.as_secs_f64() / d.as_secs_f64(),
         (p.as_secs_f64() - d.as_secs_f64()) * 1e3
     );
+}
+
+#[test]
+fn proxy_with_hold_waits_out_the_rate_limit_then_forwards() {
+    let prod = Prod::with(
+        |_| {},
+        |config| {
+            config.proxy.names = vec!["prod".into()];
+            config.proxy.on_rate_limit = snctld::config::OnRateLimit::Hold;
+        },
+    );
+    let mut http = connect(&proxy_socket(prod.dir.path()));
+    prod.fake.rate_limit_next_table("1");
+    let first = http.request("GET", TABLE, &[], b"");
+    assert_eq!(first.status, 429, "the instance's own 429: {first:?}");
+    assert_eq!(prod.fake.table_requests(), 1);
+    let held = http.request("GET", TABLE, &[], b"");
+    assert_eq!(held.status, 200, "{held:?}");
+    assert_eq!(held.json()["result"][0]["number"], "INC0010001");
+    assert_eq!(
+        prod.fake.table_requests(),
+        2,
+        "forwarded once the hold ended"
+    );
+}
+
+#[test]
+fn proxy_with_hold_answers_429_at_once_past_hold_max() {
+    let prod = Prod::with(
+        |_| {},
+        |config| {
+            config.proxy.names = vec!["prod".into()];
+            config.proxy.on_rate_limit = snctld::config::OnRateLimit::Hold;
+            config.proxy.hold_max = Duration::from_secs(1);
+        },
+    );
+    let mut http = connect(&proxy_socket(prod.dir.path()));
+    prod.fake.rate_limit_next_table("30");
+    assert_eq!(http.request("GET", TABLE, &[], b"").status, 429);
+    let held = http.request("GET", TABLE, &[], b"");
+    assert_eq!(held.status, 429, "{held:?}");
+    assert_eq!(held.json()["error"], "rate_limited");
+    assert!(held.header("retry-after").is_some());
+    assert_eq!(prod.fake.table_requests(), 1);
+}
+
+/// A port on 127.0.0.1 free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Requests on the TCP listener name it as their Host, as curl does.
+fn tcp_headers<'a>(host: &'a str, more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut headers = vec![("Host", host)];
+    headers.extend_from_slice(more);
+    headers
+}
+
+fn connect_tcp(port: u16) -> Http<std::net::TcpStream> {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    Http::new(stream)
+}
+
+const TCP_TABLE: &str = "/prod/api/now/table/incident?sysparm_limit=1";
+
+/// `prod` (no readers) and `team` (read by this uid) proxied, with the TCP
+/// listener on `port`.
+fn proxied_over_tcp(port: u16) -> Prod {
+    let prod = Prod::with(
+        |_| {},
+        |config| {
+            config.proxy.names = vec!["prod".into(), "team".into()];
+            config.proxy.tcp_port = Some(port);
+        },
+    );
+    let mut team = add_request("team", &prod.fake.url());
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let uid = unsafe { libc::geteuid() };
+    team.readers = Readers {
+        users: vec![uid.to_string()],
+        ..Readers::default()
+    };
+    prod.client().add(team).unwrap();
+    prod
+}
+
+#[test]
+fn proxy_over_tcp_forwards_with_the_header_and_no_origin() {
+    let port = free_port();
+    let prod = proxied_over_tcp(port);
+    let mut http = connect_tcp(port);
+    let answer = http.request(
+        "GET",
+        TCP_TABLE,
+        &tcp_headers("127.0.0.1", &[("X-Snctl-Proxy", "1")]),
+        b"",
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["result"][0]["number"], "INC0010001");
+    assert_eq!(prod.fake.table_requests(), 1);
+    let sent = prod.fake.last_table_authorization().unwrap();
+    assert!(prod
+        .fake
+        .is_access_token_valid(sent.strip_prefix("Bearer ").unwrap()));
+}
+
+#[test]
+fn proxy_over_tcp_needs_the_header() {
+    let port = free_port();
+    let prod = proxied_over_tcp(port);
+    let answer = connect_tcp(port).request("GET", TCP_TABLE, &tcp_headers("localhost", &[]), b"");
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(answer.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("X-Snctl-Proxy: 1"));
+    assert_eq!(prod.fake.table_requests(), 0);
+}
+
+#[test]
+fn proxy_over_tcp_refuses_a_request_with_an_origin() {
+    let port = free_port();
+    let prod = proxied_over_tcp(port);
+    let answer = connect_tcp(port).request(
+        "GET",
+        TCP_TABLE,
+        &tcp_headers(
+            "127.0.0.1",
+            &[("X-Snctl-Proxy", "1"), ("Origin", "https://evil.example")],
+        ),
+        b"",
+    );
+    assert_eq!(answer.status, 403, "{answer:?}");
+    assert_eq!(prod.fake.table_requests(), 0);
+}
+
+#[test]
+fn proxy_over_tcp_refuses_a_host_other_than_loopback() {
+    let port = free_port();
+    let prod = proxied_over_tcp(port);
+    let answer = connect_tcp(port).request(
+        "GET",
+        TCP_TABLE,
+        &tcp_headers("rebound.example", &[("X-Snctl-Proxy", "1")]),
+        b"",
+    );
+    assert_eq!(answer.status, 403, "{answer:?}");
+    assert_eq!(prod.fake.table_requests(), 0);
+}
+
+#[test]
+fn proxy_over_tcp_refuses_an_authentication_with_readers() {
+    let port = free_port();
+    let prod = proxied_over_tcp(port);
+    let answer = connect_tcp(port).request(
+        "GET",
+        "/team/api/now/table/incident",
+        &tcp_headers("127.0.0.1", &[("X-Snctl-Proxy", "1")]),
+        b"",
+    );
+    assert_eq!(answer.status, 403, "{answer:?}");
+    let message = answer.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("team has readers"), "{message}");
+    assert!(message.contains("Unix socket"), "{message}");
+    assert_eq!(prod.fake.table_requests(), 0);
+}
+
+#[test]
+fn proxy_over_tcp_listens_on_127_0_0_1_only_and_audits_peer_tcp() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("snctld.toml");
+    std::fs::write(
+        &config,
+        format!("[proxy]\nnames = [\"prod\"]\ntcp_port = {port}\n"),
+    )
+    .unwrap();
+    let mut daemon = DaemonProcess::start_with_log_filter(
+        dir.path(),
+        &["--config", config.to_str().unwrap()],
+        "info",
+    )
+    .unwrap();
+    let added = add_by_secret(&daemon.socket, &fake.url(), "prod");
+    assert!(added.status.success(), "{added:?}");
+    let host = format!("127.0.0.1:{port}");
+    let answer = connect_tcp(port).request(
+        "GET",
+        "/prod/api/now/table/incident?sysparm_query=number%3DSECRETVALUE42",
+        &tcp_headers(&host, &[("X-Snctl-Proxy", "1")]),
+        b"",
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(harness::wait_until(Duration::from_secs(5), || daemon
+        .log_text()
+        .contains("proxied")));
+    daemon.stop();
+    let log = daemon.log_text();
+    let serving = log
+        .lines()
+        .find(|l| l.contains("proxy serving on TCP"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        serving.contains(&format!("addr=127.0.0.1:{port}")),
+        "{serving}"
+    );
+    let line = log.lines().find(|l| l.contains("proxied")).unwrap();
+    for part in [
+        "name=prod",
+        "method=GET",
+        "path=/api/now/table/incident",
+        "status=200",
+        "peer=tcp",
+    ] {
+        assert!(line.contains(part), "{part} missing: {line}");
+    }
+    assert!(!log.contains("SECRETVALUE42"), "{log}");
 }
