@@ -511,35 +511,15 @@ impl Db {
             return Err(StoreError::AlreadyExists);
         }
         let now = now_ms();
+        // The row's identity; every setting is then written as `replace`
+        // writes it.
         tx.execute(
-            "INSERT INTO authentications (name, instance_url, grant_type, client_id, client_auth,
-                 scope, client_secret, created_ms, updated_ms, username, redirect_port,
-                 refresh_lifespan_secs, allow_users, allow_groups, allow_units, jwt_key,
-                 jwt_subject, jwt_kid)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18)",
-            params![
-                auth.name,
-                auth.instance_url,
-                auth.grant.as_str(),
-                auth.client_id,
-                auth.client_auth.as_str(),
-                auth.scope,
-                self.key
-                    .seal_secret(&auth.name, F_CLIENT_SECRET, &auth.client_secret)?,
-                auth.created_at_ms,
-                now,
-                auth.username,
-                auth.redirect_port,
-                auth.refresh_lifespan_secs as i64,
-                join(&auth.readers.users),
-                join(&auth.readers.groups),
-                join(&auth.readers.units),
-                seal_jwt_key(&self.key, auth)?,
-                auth.jwt.as_ref().map(|j| &j.subject),
-                auth.jwt.as_ref().and_then(|j| j.kid.as_ref()),
-            ],
+            "INSERT INTO authentications (name, grant_type, created_ms, instance_url, client_id,
+                 client_auth, client_secret, updated_ms)
+             VALUES (?1, ?2, ?3, '', '', '', x'', ?3)",
+            params![auth.name, auth.grant.as_str(), auth.created_at_ms],
         )?;
+        Self::write_settings(&tx, &self.key, auth, now)?;
         Self::write_tokens(&tx, &self.key, &auth.name, tokens, now, false)?;
         tx.commit()?;
         Ok(())
@@ -559,34 +539,7 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms();
-        let changed = tx.execute(
-            "UPDATE authentications SET instance_url = ?2, client_id = ?3, client_auth = ?4,
-                 scope = ?5, client_secret = ?6, updated_ms = ?7, username = ?8,
-                 redirect_port = ?9, refresh_lifespan_secs = ?10, allow_users = ?11,
-                 allow_groups = ?12, allow_units = ?13, jwt_key = ?14, jwt_subject = ?15,
-                 jwt_kid = ?16
-             WHERE name = ?1",
-            params![
-                auth.name,
-                auth.instance_url,
-                auth.client_id,
-                auth.client_auth.as_str(),
-                auth.scope,
-                self.key
-                    .seal_secret(&auth.name, F_CLIENT_SECRET, &auth.client_secret)?,
-                now,
-                auth.username,
-                auth.redirect_port,
-                auth.refresh_lifespan_secs as i64,
-                join(&auth.readers.users),
-                join(&auth.readers.groups),
-                join(&auth.readers.units),
-                seal_jwt_key(&self.key, auth)?,
-                auth.jwt.as_ref().map(|j| &j.subject),
-                auth.jwt.as_ref().and_then(|j| j.kid.as_ref()),
-            ],
-        )?;
-        if changed == 0 {
+        if !Self::write_settings(&tx, &self.key, auth, now)? {
             return Ok(false);
         }
         if let Some(tokens) = tokens {
@@ -606,6 +559,43 @@ impl Db {
         let found = Self::write_tokens(&tx, &self.key, name, tokens, now_ms(), true)?;
         tx.commit()?;
         Ok(found)
+    }
+
+    /// Writes every setting of `auth` (its grant and creation time stay);
+    /// returns whether the row exists.
+    fn write_settings(
+        tx: &rusqlite::Transaction<'_>,
+        key: &MasterKey,
+        auth: &Authentication,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let changed = tx.execute(
+            "UPDATE authentications SET instance_url = ?2, client_id = ?3, client_auth = ?4,
+                 scope = ?5, client_secret = ?6, updated_ms = ?7, username = ?8,
+                 redirect_port = ?9, refresh_lifespan_secs = ?10, allow_users = ?11,
+                 allow_groups = ?12, allow_units = ?13, jwt_key = ?14, jwt_subject = ?15,
+                 jwt_kid = ?16
+             WHERE name = ?1",
+            params![
+                auth.name,
+                auth.instance_url,
+                auth.client_id,
+                auth.client_auth.as_str(),
+                auth.scope,
+                key.seal_secret(&auth.name, F_CLIENT_SECRET, &auth.client_secret)?,
+                now,
+                auth.username,
+                auth.redirect_port,
+                auth.refresh_lifespan_secs as i64,
+                join(&auth.readers.users),
+                join(&auth.readers.groups),
+                join(&auth.readers.units),
+                seal_jwt_key(key, auth)?,
+                auth.jwt.as_ref().map(|j| &j.subject),
+                auth.jwt.as_ref().and_then(|j| j.kid.as_ref()),
+            ],
+        )?;
+        Ok(changed > 0)
     }
 
     /// Writes new tokens; `keep_refresh` keeps the stored refresh token
