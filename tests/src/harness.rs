@@ -130,6 +130,12 @@ impl TestDaemon {
         &self.config.socket
     }
 
+    /// The names `list` shows to this process, in order.
+    pub fn names(&self) -> Vec<String> {
+        let list = self.client().list().expect("list");
+        list.into_iter().map(|a| a.name).collect()
+    }
+
     /// A connected client.
     pub fn client(&self) -> snctl::Client {
         snctl::Client::connect(&self.config.socket).expect("client connects")

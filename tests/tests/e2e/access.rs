@@ -529,14 +529,7 @@ fn the_admin_group_may_add_and_list_everything_and_no_one_else() {
         .snctl(&plain, &["token", "prod"], None)
         .refused("prod's tokens are for users 4001 and admins");
 
-    let names: Vec<String> = world
-        .daemon
-        .client()
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|a| a.name)
-        .collect();
+    let names = world.daemon.names();
     assert_eq!(names, ["prod", "second"]);
 }
 

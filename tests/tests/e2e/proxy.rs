@@ -321,17 +321,17 @@ fn proxy_audit_line_names_the_request_but_no_query_value_or_token() {
         .contains("proxied")));
     daemon.stop();
     let log = daemon.log_text();
-    let line = log.lines().find(|l| l.contains("proxied")).unwrap();
-    for part in [
-        "name=prod",
-        "method=GET",
-        "path=/api/now/table/incident",
-        "status=200",
-        "uid=",
-        "duration_ms=",
-    ] {
-        assert!(line.contains(part), "{part} missing: {line}");
-    }
+    assert_audit_line(
+        &log,
+        &[
+            "name=prod",
+            "method=GET",
+            "path=/api/now/table/incident",
+            "status=200",
+            "uid=",
+            "duration_ms=",
+        ],
+    );
     assert!(!log.contains("SECRETVALUE42"), "{log}");
     assert!(!log.contains("sysparm"), "{log}");
     for token in fake.issued_access_tokens() {
@@ -599,15 +599,26 @@ fn proxy_over_tcp_listens_on_127_0_0_1_only_and_audits_peer_tcp() {
         serving.contains(&format!("addr=127.0.0.1:{port}")),
         "{serving}"
     );
-    let line = log.lines().find(|l| l.contains("proxied")).unwrap();
-    for part in [
-        "name=prod",
-        "method=GET",
-        "path=/api/now/table/incident",
-        "status=200",
-        "peer=tcp",
-    ] {
+    assert_audit_line(
+        &log,
+        &[
+            "name=prod",
+            "method=GET",
+            "path=/api/now/table/incident",
+            "status=200",
+            "peer=tcp",
+        ],
+    );
+    assert!(!log.contains("SECRETVALUE42"), "{log}");
+}
+
+/// The first `proxied` line of `log` has every one of `parts`.
+fn assert_audit_line(log: &str, parts: &[&str]) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("proxied"))
+        .expect("an audit line");
+    for part in parts {
         assert!(line.contains(part), "{part} missing: {line}");
     }
-    assert!(!log.contains("SECRETVALUE42"), "{log}");
 }

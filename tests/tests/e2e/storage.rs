@@ -21,13 +21,7 @@ fn a_restart_keeps_every_authentication_and_token() {
 
     let issued = fake.tokens_issued();
     let daemon = TestDaemon::in_dir(dir.path());
-    let names: Vec<String> = daemon
-        .client()
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|a| a.name)
-        .collect();
+    let names = daemon.names();
     assert_eq!(names, ["dev", "prod"]);
     let after = daemon.client().token("prod").unwrap();
     assert_eq!(
@@ -169,13 +163,7 @@ fn an_authentication_whose_secrets_do_not_open_is_left_out_and_can_be_removed() 
         .unwrap();
 
     let daemon = TestDaemon::in_dir(dir.path());
-    let names: Vec<String> = daemon
-        .client()
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|a| a.name)
-        .collect();
+    let names = daemon.names();
     assert_eq!(names, ["prod"], "the readable one is served");
     daemon.client().token("prod").unwrap();
 
