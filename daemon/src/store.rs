@@ -499,28 +499,39 @@ impl Db {
 
     /// Stores a new authentication with its first tokens.
     pub fn insert(&mut self, auth: &Authentication, tokens: &TokenSet) -> Result<(), StoreError> {
+        self.insert_all(std::iter::once((auth, tokens)))
+    }
+
+    /// Stores new authentications with their first tokens in one
+    /// transaction: all of them, or none if one name exists already.
+    pub fn insert_all<'a>(
+        &mut self,
+        items: impl IntoIterator<Item = (&'a Authentication, &'a TokenSet)>,
+    ) -> Result<(), StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row(
-            "SELECT count(*) FROM authentications WHERE name = ?1",
-            [&auth.name],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if exists {
-            return Err(StoreError::AlreadyExists);
-        }
         let now = now_ms();
-        // The row's identity; every setting is then written as `replace`
-        // writes it.
-        tx.execute(
-            "INSERT INTO authentications (name, grant_type, created_ms, instance_url, client_id,
-                 client_auth, client_secret, updated_ms)
-             VALUES (?1, ?2, ?3, '', '', '', x'', ?3)",
-            params![auth.name, auth.grant.as_str(), auth.created_at_ms],
-        )?;
-        Self::write_settings(&tx, &self.key, auth, now)?;
-        Self::write_tokens(&tx, &self.key, &auth.name, tokens, now, false)?;
+        for (auth, tokens) in items {
+            let exists: bool = tx.query_row(
+                "SELECT count(*) FROM authentications WHERE name = ?1",
+                [&auth.name],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )?;
+            if exists {
+                return Err(StoreError::AlreadyExists);
+            }
+            // The row's identity; every setting is then written as `replace`
+            // writes it.
+            tx.execute(
+                "INSERT INTO authentications (name, grant_type, created_ms, instance_url, client_id,
+                     client_auth, client_secret, updated_ms)
+                 VALUES (?1, ?2, ?3, '', '', '', x'', ?3)",
+                params![auth.name, auth.grant.as_str(), auth.created_at_ms],
+            )?;
+            Self::write_settings(&tx, &self.key, auth, now)?;
+            Self::write_tokens(&tx, &self.key, &auth.name, tokens, now, false)?;
+        }
         tx.commit()?;
         Ok(())
     }

@@ -467,3 +467,71 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Stores `count` client-credentials authentications named
+/// `load-00000`… for the fake's client at `instance_url`, each with an
+/// access token valid for an hour, straight into the database under
+/// `state_dir` (made, with its key, if missing) in one transaction. The
+/// daemon must not be running. The tokens are not the instance's: they are
+/// served, not used.
+pub fn seed_authentications(
+    state_dir: &Path,
+    instance_url: &str,
+    count: usize,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::sync::Arc;
+
+    use snctl::protocol::{ClientAuth, Grant};
+    use snctl::Secret;
+    use snctld::store::{Authentication, TokenSet, UncheckedDb, DB_FILE};
+
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)?;
+    let unchecked = UncheckedDb::open(&state_dir.join(DB_FILE))?;
+    let check = unchecked.key_check()?;
+    let (key, _) = snctld::crypto::load_master_key(
+        &snctld::crypto::KeySources::state_dir(state_dir),
+        check.as_deref(),
+    )?;
+    let mut db = unchecked.prepare(Arc::new(key))?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let items: Vec<(Authentication, TokenSet)> = (0..count)
+        .map(|i| {
+            let auth = Authentication {
+                name: seeded_name(i),
+                instance_url: instance_url.to_string(),
+                grant: Grant::ClientCredentials,
+                client_id: CLIENT_ID.to_string(),
+                client_auth: ClientAuth::Form,
+                scope: None,
+                client_secret: Secret::new(CLIENT_SECRET.to_string()),
+                created_at_ms: now_ms,
+                username: None,
+                redirect_port: None,
+                refresh_lifespan_secs: 100 * 86_400,
+                readers: Default::default(),
+                jwt: None,
+            };
+            let tokens = TokenSet {
+                access_token: Secret::new(format!("seeded-access-token-{i:05}")),
+                expires_at_ms: now_ms + 3_600_000,
+                obtained_at_ms: now_ms,
+                refresh_token: None,
+                refresh_issued_ms: None,
+            };
+            (auth, tokens)
+        })
+        .collect();
+    db.insert_all(items.iter().map(|(a, t)| (a, t)))?;
+    Ok(())
+}
+
+/// The name of the `i`th authentication [`seed_authentications`] stores.
+pub fn seeded_name(i: usize) -> String {
+    format!("load-{i:05}")
+}

@@ -10,6 +10,7 @@ mod crash;
 mod doctor;
 mod faults;
 mod jwt;
+mod load;
 mod logins;
 mod proxy;
 mod refresh;

@@ -208,3 +208,104 @@ fn a_socket_directory_others_may_write_is_refused() {
     assert!(err.contains("is writable by everyone"), "{err}");
     assert!(!open.join("snctld.sock").exists());
 }
+
+/// The frames of a hello and a `refresh NAME` request, as a client sends them.
+fn refresh_request_bytes(name: &str) -> Vec<u8> {
+    use snctl_shared::protocol::{NameRequest, Request};
+    let mut bytes = hello_bytes();
+    let request = Request::Refresh(NameRequest {
+        name: name.to_string(),
+    });
+    bytes.extend(frame::encode(&request, MAX_REQUEST_FRAME).unwrap());
+    bytes
+}
+
+/// Every kind of misbehaving client at once — one byte a second, idle,
+/// half a frame then gone, a request then gone while the instance is slow
+/// to answer it — and a well-behaved client is served throughout; the
+/// abandoned refresh still completes and is kept.
+#[test]
+fn a_crowd_of_misbehaving_clients_never_stops_a_token() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let Prod {
+        dir: _dir,
+        fake,
+        daemon,
+    } = Prod::with(
+        |_| {},
+        |c| {
+            c.limits.read_timeout = Duration::from_secs(2);
+            c.limits.idle_timeout = Duration::from_secs(3);
+        },
+    );
+    let socket = daemon.socket().to_path_buf();
+    let before = daemon.client().token("prod").unwrap();
+    let issued = fake.tokens_issued();
+
+    // One byte a second: cut off once the frame is late.
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickles: Vec<_> = (0..8)
+        .map(|_| {
+            let (socket, stop) = (socket.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(&socket).unwrap();
+                let mut sent = 0;
+                for byte in refresh_request_bytes("prod") {
+                    if stop.load(Ordering::Relaxed) || s.write_all(&[byte]).is_err() {
+                        break;
+                    }
+                    sent += 1;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                (sent, closed_by_daemon(&mut s))
+            })
+        })
+        .collect();
+    // Connected and silent.
+    let mut idle: Vec<_> = (0..8)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    // Half a frame, then gone.
+    let whole = refresh_request_bytes("prod");
+    for cut in 1..whole.len() {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.write_all(&whole[..cut]).unwrap();
+    }
+    // A whole refresh request while the instance takes its time, then gone
+    // before the answer.
+    fake.push_fault(snctl_tests::fake::Fault::Delay(Duration::from_millis(1500)));
+    {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.write_all(&refresh_request_bytes("prod")).unwrap();
+        assert!(snctl_tests::harness::wait_until(
+            Duration::from_secs(10),
+            || fake.token_requests() > 1
+        ));
+    }
+
+    // Meanwhile a well-behaved client, new connection each time, is served.
+    for _ in 0..50 {
+        assert!(daemon.client().token("prod").is_ok());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    for s in &mut idle {
+        assert!(closed_by_daemon(s), "an idle connection is closed");
+    }
+    for trickle in trickles {
+        let (sent, closed) = trickle.join().unwrap();
+        assert!(closed, "a trickling client is cut off");
+        assert!(sent < whole.len(), "cut off before its frame was whole");
+    }
+    // The refresh whose client vanished completed and was kept.
+    assert!(snctl_tests::harness::wait_until(
+        Duration::from_secs(10),
+        || fake.tokens_issued() > issued
+    ));
+    let after = daemon.client().token("prod").unwrap();
+    assert_ne!(after.access_token, before.access_token);
+    assert!(fake.is_access_token_valid(after.access_token.expose()));
+    stop.store(true, Ordering::Relaxed);
+}
