@@ -293,6 +293,15 @@ pub enum Transport {
     },
     #[error("not JSON")]
     NotJson { status: u16, detail: String },
+    /// The answer began but its body did not arrive whole.
+    #[error("HTTP {status} body: {source}")]
+    Body {
+        status: u16,
+        received: usize,
+        expected: Option<u64>,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("{0}")]
     Request(#[source] reqwest::Error),
     #[error("{0}")]
@@ -612,6 +621,26 @@ impl ServiceNow {
             RequestTokenError::Request(Transport::NotJson { status, detail }) => {
                 Failure::new(UpstreamKind::NotJson, Some(status), detail)
             }
+            // A body that stops coming is a timeout like any other.
+            RequestTokenError::Request(Transport::Body { source, .. }) if source.is_timeout() => {
+                classify_transport(&source, self.request_timeout)
+            }
+            // The instance answered, so the network is not the question: the
+            // answer was cut off (a Content-Length it did not keep).
+            RequestTokenError::Request(Transport::Body {
+                status,
+                received,
+                expected,
+                source,
+            }) => Failure::new(
+                UpstreamKind::BadResponse,
+                Some(status),
+                format!(
+                    "the answer was cut off after {received}{} bytes: {}",
+                    expected.map(|n| format!(" of {n}")).unwrap_or_default(),
+                    error_chain(&source)
+                ),
+            ),
             RequestTokenError::Request(Transport::Request(e)) => {
                 classify_transport(&e, self.request_timeout)
             }
@@ -667,22 +696,27 @@ fn classify_transport(error: &reqwest::Error, timeout: Duration) -> Failure {
             format!("no complete answer within {} s", timeout.as_secs()),
         );
     }
-    let mut source = error.source();
-    while let Some(e) = source {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Failure::new(UpstreamKind::Tls, None, tls.to_string());
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                return Failure::new(UpstreamKind::Tls, None, tls.to_string());
-            }
-        }
-        source = e.source();
+    if let Some(tls) = error.source().and_then(rustls_cause) {
+        return Failure::new(UpstreamKind::Tls, None, tls.to_string());
     }
     Failure::new(UpstreamKind::Connection, None, error_chain(error))
+}
+
+/// The rustls error behind `error`, however deep. An `io::Error` hides
+/// what it wraps from `source()` (it answers with the wrapped error's own
+/// source), and the connector nests one `io::Error` in another, so each
+/// one's `get_ref()` is searched as well.
+fn rustls_cause<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let wrapped = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref());
+    if let Some(tls) = wrapped.and_then(|inner| rustls_cause(inner)) {
+        return Some(tls);
+    }
+    error.source().and_then(rustls_cause)
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -800,8 +834,21 @@ impl ServiceNow {
             .map_err(Transport::Request)?;
         let status = response.status();
         let headers = response.headers().clone();
+        let expected = response.content_length();
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(Transport::Request)? {
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(Transport::Body {
+                        status: status.as_u16(),
+                        received: body.len(),
+                        expected,
+                        source,
+                    })
+                }
+            };
             if body.len() + chunk.len() > MAX_BODY {
                 return Err(Transport::Other(format!(
                     "answer larger than {MAX_BODY} bytes"
@@ -883,5 +930,16 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert(http::header::RETRY_AFTER, "7".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_tls_error_is_found_inside_nested_io_errors() {
+        use std::io::{Error as IoError, ErrorKind};
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        // As the HTTPS connector hands it up: an io::Error in an io::Error.
+        let nested = IoError::other(IoError::new(ErrorKind::InvalidData, tls.clone()));
+        assert_eq!(rustls_cause(&nested), Some(&tls));
+        let plain = IoError::new(ErrorKind::ConnectionReset, "reset");
+        assert_eq!(rustls_cause(&plain), None);
     }
 }

@@ -46,6 +46,12 @@
 //!   request with a 200 HTML page.
 //!
 //! Faults (see [`Fault`]) only ever apply to `POST /oauth_token.do`.
+//!
+//! [`FakeInstance::start_tls`] serves the same instance over HTTPS, with a certificate
+//! for `127.0.0.1` signed by a CA generated at start ([`FakeInstance::ca_pem`], what
+//! snctld's `[http] ca_file` would name). It can switch to a certificate of another CA
+//! ([`FakeInstance::set_untrusted_certificate`]), as an intercepting proxy nobody told
+//! snctld about would present.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -57,7 +63,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use rand::Rng as _;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -65,6 +71,7 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
 const MAX_ATTACHMENT: usize = 64 * 1024 * 1024;
 const ATTACHMENT_PATH: &str = "/api/now/attachment/file";
+const TOKEN_PATH: &str = "/oauth_token.do";
 const MAX_HEADERS: usize = 64;
 const JSON: &str = "application/json;charset=UTF-8";
 const HTML: &str = "text/html;charset=UTF-8";
@@ -172,6 +179,8 @@ pub struct FakeInstance {
     addr: SocketAddr,
     state: Shared,
     accept_task: JoinHandle<()>,
+    /// The certificates of an HTTPS instance.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Drop for FakeInstance {
@@ -183,19 +192,53 @@ impl Drop for FakeInstance {
 impl FakeInstance {
     /// Binds an ephemeral loopback port and starts serving on the current runtime.
     pub async fn start() -> io::Result<FakeInstance> {
+        FakeInstance::serve(None).await
+    }
+
+    /// Like [`FakeInstance::start`], but over HTTPS: a certificate for `127.0.0.1` and
+    /// `localhost`, signed by a CA made for this instance alone ([`FakeInstance::ca_pem`]).
+    pub async fn start_tls() -> io::Result<FakeInstance> {
+        FakeInstance::serve(Some(Arc::new(Tls::generate()?))).await
+    }
+
+    async fn serve(tls: Option<Arc<Tls>>) -> io::Result<FakeInstance> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let state: Shared = Arc::new(Mutex::new(State::new()));
-        let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&state)));
+        let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&state), tls.clone()));
         Ok(FakeInstance {
             addr,
             state,
             accept_task,
+            tls,
         })
     }
 
+    /// `https://127.0.0.1:PORT` for an instance started with [`FakeInstance::start_tls`],
+    /// else `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The PEM certificate of the CA that signed an HTTPS instance's certificate: what
+    /// a client must trust. `None` for a plain HTTP instance.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|tls| tls.ca_pem.as_str())
+    }
+
+    /// From now on an HTTPS instance presents, on new connections, a certificate for
+    /// the same names signed by another CA, whose certificate no test sees. The token
+    /// endpoint of an HTTPS instance closes the connection after each answer, so the
+    /// next token request makes a new handshake: a client that trusts only
+    /// [`FakeInstance::ca_pem`] fails it, and no request reaches the instance.
+    pub fn set_untrusted_certificate(&self, on: bool) {
+        self.lock().untrusted_certificate = on;
+    }
+
+    /// TCP connections accepted so far, HTTPS handshakes that failed included.
+    pub fn connections(&self) -> u64 {
+        self.lock().connections
     }
 
     pub fn port(&self) -> u16 {
@@ -483,6 +526,8 @@ struct State {
     client_credentials_enabled: bool,
     rotate_refresh_tokens: bool,
     hibernating: bool,
+    untrusted_certificate: bool,
+    connections: u64,
     access_lifetime: u64,
     refresh_lifespan: u64,
     faults: VecDeque<Fault>,
@@ -1060,7 +1105,94 @@ enum Reply {
     Reset,
 }
 
-async fn accept_loop(listener: TcpListener, state: Shared) {
+/// The certificates of an HTTPS instance: the one its clients are told to trust, and
+/// another for [`FakeInstance::set_untrusted_certificate`].
+struct Tls {
+    ca_pem: String,
+    trusted: tokio_rustls::TlsAcceptor,
+    untrusted: tokio_rustls::TlsAcceptor,
+}
+
+impl Tls {
+    fn generate() -> io::Result<Tls> {
+        let (ca_pem, trusted) = signed_acceptor("snctl test instance CA")?;
+        let (_, untrusted) = signed_acceptor("snctl test interceptor CA")?;
+        Ok(Tls {
+            ca_pem,
+            trusted,
+            untrusted,
+        })
+    }
+}
+
+/// A new CA named `ca_name` and a server certificate it signed for `127.0.0.1` and
+/// `localhost`: the CA's PEM, and an acceptor presenting the server certificate.
+fn signed_acceptor(ca_name: &str) -> io::Result<(String, tokio_rustls::TlsAcceptor)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let failed = |e: rcgen::Error| io::Error::other(format!("test certificate: {e}"));
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().map_err(failed)?;
+    let ca_pem = ca.self_signed(&ca_key).map_err(failed)?.pem();
+    let issuer = Issuer::new(ca, ca_key);
+
+    let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    let mut leaf = CertificateParams::new(names).map_err(failed)?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "fake ServiceNow instance");
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate().map_err(failed)?;
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(failed)?;
+
+    // The provider is named rather than taken from the process default, which is
+    // ambiguous when another crate in the build enables a second one.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| {
+            b.with_no_client_auth()
+                .with_single_cert(vec![leaf_cert.der().clone()], key)
+        })
+        .map_err(io::Error::other)?;
+    Ok((ca_pem, tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+}
+
+/// A stream the fake serves HTTP on: plain TCP, or TLS over TCP.
+trait Connection: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Whether the connection closes after answering a token request, so that the
+    /// next one makes a handshake with whichever certificate is in force then. Closing
+    /// them when the certificate changes would race with a client that is already
+    /// sending on one.
+    const CLOSE_AFTER_TOKEN: bool;
+
+    /// Closes with a TCP reset, whatever the layers above would say.
+    fn reset(self);
+}
+
+impl Connection for TcpStream {
+    const CLOSE_AFTER_TOKEN: bool = false;
+
+    fn reset(self) {
+        reset(self);
+    }
+}
+
+impl Connection for tokio_rustls::server::TlsStream<TcpStream> {
+    const CLOSE_AFTER_TOKEN: bool = true;
+
+    fn reset(self) {
+        reset(self.into_inner().0);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Shared, tls: Option<Arc<Tls>>) {
     // Connections live in this set so that aborting the accept task also ends keep-alive
     // connections, which would otherwise keep answering after the instance is dropped.
     let mut connections = JoinSet::new();
@@ -1068,7 +1200,22 @@ async fn accept_loop(listener: TcpListener, state: Shared) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve_connection(stream, Arc::clone(&state)));
+                    let state = Arc::clone(&state);
+                    let untrusted = {
+                        let mut s = lock(&state);
+                        s.connections += 1;
+                        s.untrusted_certificate
+                    };
+                    match &tls {
+                        None => connections.spawn(serve_connection(stream, state)),
+                        Some(tls) => {
+                            let acceptor = match untrusted {
+                                true => tls.untrusted.clone(),
+                                false => tls.trusted.clone(),
+                            };
+                            connections.spawn(serve_tls(acceptor, stream, state))
+                        }
+                    };
                 }
                 // Usually descriptor exhaustion; pausing avoids a hot loop until it clears.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -1078,7 +1225,16 @@ async fn accept_loop(listener: TcpListener, state: Shared) {
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, state: Shared) {
+/// The handshake, then HTTP as on a plain connection. A client that refuses the
+/// certificate ends the handshake with an alert; there is nothing to answer then.
+async fn serve_tls(acceptor: tokio_rustls::TlsAcceptor, stream: TcpStream, state: Shared) {
+    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+    if let Ok(Ok(stream)) = handshake.await {
+        serve_connection(stream, state).await;
+    }
+}
+
+async fn serve_connection<S: Connection>(mut stream: S, state: Shared) {
     let mut buf = Vec::new();
     loop {
         let request = match read_request(&mut stream, &mut buf).await {
@@ -1096,7 +1252,8 @@ async fn serve_connection(mut stream: TcpStream, state: Shared) {
                 return;
             }
         };
-        let close = !request.keep_alive;
+        let close =
+            !request.keep_alive || (S::CLOSE_AFTER_TOKEN && request.target().0 == TOKEN_PATH);
         let delivered = match handle(&state, &request).await {
             Reply::Full(response) => send(&mut stream, &response, close).await,
             Reply::Slow(response, interval) => {
@@ -1107,7 +1264,7 @@ async fn serve_connection(mut stream: TcpStream, state: Shared) {
                 return;
             }
             Reply::Reset => {
-                reset(stream);
+                stream.reset();
                 return;
             }
         };
@@ -1127,7 +1284,7 @@ async fn handle(state: &Shared, req: &Request) -> Reply {
         .is_some_and(|t| !t.is_empty());
     match (req.method.as_str(), path) {
         ("GET", "/oauth_auth.do") => Reply::Full(lock(state).authorize(req)),
-        ("POST", "/oauth_token.do") => token_endpoint(state, req).await,
+        ("POST", TOKEN_PATH) => token_endpoint(state, req).await,
         ("POST", "/oauth_revoke_token.do") => Reply::Full(lock(state).revoke(req)),
         ("GET", _) if table => Reply::Full(lock(state).table(req)),
         ("POST", ATTACHMENT_PATH) => Reply::Full(lock(state).attachment(req)),
@@ -1188,14 +1345,14 @@ fn issue(state: &Shared, req: &Request) -> Response {
     }
 }
 
-async fn send(stream: &mut TcpStream, response: &Response, close: bool) -> io::Result<()> {
+async fn send<S: Connection>(stream: &mut S, response: &Response, close: bool) -> io::Result<()> {
     let mut bytes = response.head(response.body.len(), close).into_bytes();
     bytes.extend_from_slice(&response.body);
     stream.write_all(&bytes).await
 }
 
-async fn send_slowly(
-    stream: &mut TcpStream,
+async fn send_slowly<S: Connection>(
+    stream: &mut S,
     response: &Response,
     interval: Duration,
     close: bool,
@@ -1211,7 +1368,7 @@ async fn send_slowly(
 
 /// Promises a whole token response but sends only its first half, then closes cleanly,
 /// so the client sees EOF mid-body rather than a reset.
-async fn send_truncated(stream: &mut TcpStream) -> io::Result<()> {
+async fn send_truncated<S: Connection>(stream: &mut S) -> io::Result<()> {
     let body = format!(
         r#"{{"access_token":"{}","scope":"{DEFAULT_SCOPE}","token_type":"Bearer","expires_in":{DEFAULT_ACCESS_LIFETIME}}}"#,
         random_token()
@@ -1236,7 +1393,7 @@ fn reset(stream: TcpStream) {
 /// After rejecting a request whose body was not read, closing at once would make the
 /// kernel answer the unread bytes with an RST that can destroy the error response
 /// before the client reads it. Half-close and drain for a while instead.
-async fn close_gracefully(mut stream: TcpStream) {
+async fn close_gracefully<S: Connection>(mut stream: S) {
     let _ = stream.shutdown().await;
     let drain = async {
         let mut sink = [0u8; 8192];
@@ -1260,8 +1417,8 @@ impl From<io::Error> for ReadError {
 
 /// Reads one request. `buf` carries bytes already received past the previous request,
 /// which matters for pipelining clients. `Ok(None)` is a clean close between requests.
-async fn read_request(
-    stream: &mut TcpStream,
+async fn read_request<S: Connection>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> Result<Option<Request>, ReadError> {
     let (mut request, head_len, content_length) = loop {
@@ -1289,7 +1446,7 @@ async fn read_request(
     Ok(Some(request))
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+async fn read_more<S: Connection>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
     let mut chunk = [0u8; 8192];
     let n = stream.read(&mut chunk).await?;
     buf.extend_from_slice(&chunk[..n]);
@@ -1738,6 +1895,53 @@ mod tests {
         let issued = fake.issued_access_tokens();
         assert_eq!(issued.len(), 1);
         assert!(fake.is_access_token_valid(&issued[0]));
+    }
+
+    /// A client that trusts the CA of `fake`, on connections of its own.
+    fn https(fake: &FakeInstance) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(fake.ca_pem().unwrap().as_bytes()).unwrap();
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()
+            .expect("client")
+    }
+
+    #[tokio::test]
+    async fn tls_serves_to_clients_that_trust_its_ca_and_can_switch_certificates() {
+        let fake = FakeInstance::start_tls().await.expect("start fake");
+        fake.add_client(ID, SECRET);
+        assert!(fake.url().starts_with("https://127.0.0.1:"));
+        let url = format!("{}{TOKEN}", fake.url());
+        let client = https(&fake);
+        let answer = client.post(&url).form(&cc_form(SECRET)).send().await;
+        assert_eq!(answer.unwrap().status(), 200);
+
+        // Another CA's certificate: the handshake fails, nothing reaches the endpoint.
+        fake.set_untrusted_certificate(true);
+        let error = client
+            .post(&url)
+            .form(&cc_form(SECRET))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(format!("{error:?}").contains("UnknownIssuer"), "{error:?}");
+        assert_eq!(fake.token_requests(), 1);
+        assert_eq!(fake.connections(), 2);
+
+        // Faults travel over TLS as over TCP.
+        fake.set_untrusted_certificate(false);
+        fake.push_fault(Fault::ResetBeforeProcessing);
+        assert!(client
+            .post(&url)
+            .form(&cc_form(SECRET))
+            .send()
+            .await
+            .is_err());
+        let answer = client.post(&url).form(&cc_form(SECRET)).send().await;
+        assert_eq!(answer.unwrap().status(), 200);
+        assert_eq!((fake.token_requests(), fake.tokens_issued()), (3, 2));
     }
 
     #[tokio::test]
