@@ -142,6 +142,9 @@ pub struct Failure {
     pub retry_after: Option<Duration>,
     /// The call that failed.
     pub step: Step,
+    /// The connection was made and broke before the answer was complete:
+    /// the instance's address is right, whatever else is wrong.
+    pub midway: bool,
 }
 
 impl Failure {
@@ -152,6 +155,7 @@ impl Failure {
             detail: detail.into(),
             retry_after: None,
             step: Step::ClientCredentials,
+            midway: false,
         }
     }
 
@@ -226,6 +230,11 @@ impl Failure {
             ),
             UpstreamKind::Timeout => format!(
                 "no answer from {instance} in time ({}): check the network or HTTPS_PROXY; snctld retries",
+                self.detail
+            ),
+            UpstreamKind::Connection if self.midway => format!(
+                "the connection to {instance} broke before the token request was answered ({}): \
+                 snctld retries; if it keeps happening, look for a proxy or firewall that cuts connections",
                 self.detail
             ),
             UpstreamKind::Connection => format!(
@@ -699,7 +708,10 @@ fn classify_transport(error: &reqwest::Error, timeout: Duration) -> Failure {
     if let Some(tls) = error.source().and_then(rustls_cause) {
         return Failure::new(UpstreamKind::Tls, None, tls.to_string());
     }
-    Failure::new(UpstreamKind::Connection, None, error_chain(error))
+    Failure {
+        midway: !error.is_connect(),
+        ..Failure::new(UpstreamKind::Connection, None, error_chain(error))
+    }
 }
 
 /// The rustls error behind `error`, however deep. An `io::Error` hides

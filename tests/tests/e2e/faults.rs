@@ -318,13 +318,13 @@ fn cases() -> Vec<Case> {
             label: "reset before processing",
             install: standing(Fault::ResetBeforeProcessing),
             kind: UpstreamKind::Connection,
-            says: "Connection reset by peer",
+            says: "broke before the token request was answered",
         },
         Case {
             label: "reset after issuing",
             install: standing(Fault::ResetAfterProcessing),
             kind: UpstreamKind::Connection,
-            says: "Connection reset by peer",
+            says: "broke before the token request was answered",
         },
         Case {
             label: "HTML 200 (hibernating)",
