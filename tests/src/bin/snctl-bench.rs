@@ -1,0 +1,612 @@
+//! The benchmark: how close to the socket's floor a token comes, how rarely
+//! the instance is asked, and what 10,000 authentications cost — all in one
+//! run, on this machine, as ratios against figures measured in the same run.
+//!
+//! Run it with `cargo run --release -p snctl-tests --bin snctl-bench`
+//! (`-- --quick` for a short smoke run; `-- --part round-trips|herd|steady|stored`
+//! for some parts only). BENCHMARKS.md explains the method.
+//!
+//! 1. The floor: a Unix-socket server on the daemon's runtime that reads a
+//!    frame the size of a token request and answers with one the size of a
+//!    token reply; the client side is the same blocking code the client
+//!    library runs. Then the daemon's token round trip through the client
+//!    library on a warm token. p50, p99 and throughput at 1, 16, 64 and 256
+//!    concurrent clients, each with its own connection.
+//! 2. Upstream requests: 1,000 clients asking at once for an expired token,
+//!    and a steady run with short token lifetimes.
+//! 3. 10,000 authentications stored: time from starting `snctld` to the
+//!    first token served, and its resident memory.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use snctl::protocol::{Hello, Reply, Request, Response, TokenReply, TokenRequest};
+use snctl_shared::frame::{self, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
+use snctl_tests::fake::{FakeInstance, Fault};
+use snctl_tests::harness::{self, seed_authentications, DaemonProcess, CLIENT_ID, CLIENT_SECRET};
+
+/// Concurrency levels of the round-trip runs.
+const LEVELS: [usize; 4] = [1, 16, 64, 256];
+
+struct Options {
+    /// How long each round-trip level runs.
+    level_time: Duration,
+    /// Clients asking at once for an expired token.
+    herd: usize,
+    /// Length of the steady run.
+    steady_time: Duration,
+    /// Authentications stored for the start-up figure.
+    stored: usize,
+    /// The parts to run (`--part NAME`, repeatable): all when empty.
+    parts: Vec<String>,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let args: Vec<String> = std::env::args().collect();
+        let quick = args.iter().any(|a| a == "--quick");
+        let parts = args
+            .windows(2)
+            .filter(|w| w[0] == "--part")
+            .map(|w| w[1].clone())
+            .collect();
+        Options {
+            level_time: Duration::from_millis(if quick { 300 } else { 3000 }),
+            herd: 1000,
+            steady_time: Duration::from_secs(if quick { 6 } else { 24 }),
+            stored: 10_000,
+            parts,
+        }
+    }
+
+    fn runs(&self, part: &str) -> bool {
+        self.parts.is_empty() || self.parts.iter().any(|p| p == part)
+    }
+}
+
+/// Latencies and throughput of one run.
+struct Run {
+    p50: Duration,
+    p99: Duration,
+    per_sec: f64,
+    requests: usize,
+}
+
+impl Run {
+    fn from(mut latencies: Vec<Duration>, wall: Duration) -> Run {
+        latencies.sort_unstable();
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        Run {
+            p50: at(0.50),
+            p99: at(0.99),
+            per_sec: latencies.len() as f64 / wall.as_secs_f64(),
+            requests: latencies.len(),
+        }
+    }
+}
+
+/// `clients` threads, each with a connection from `connect`, calling `once`
+/// back to back for `time`; every call's latency counts.
+fn measure<C: Send + 'static>(
+    clients: usize,
+    time: Duration,
+    connect: impl Fn() -> C + Send + Sync + 'static,
+    once: impl Fn(&mut C) + Send + Sync + 'static,
+) -> Run {
+    let connect = Arc::new(connect);
+    let once = Arc::new(once);
+    let start = Arc::new(Barrier::new(clients + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (connect, once, start, stop) =
+                (connect.clone(), once.clone(), start.clone(), stop.clone());
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let mut conn = connect();
+                    // Warm the connection and the daemon's path first.
+                    for _ in 0..10 {
+                        once(&mut conn);
+                    }
+                    let mut latencies = Vec::with_capacity(100_000);
+                    start.wait();
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        once(&mut conn);
+                        latencies.push(t.elapsed());
+                    }
+                    latencies
+                })
+                .expect("client thread")
+        })
+        .collect();
+    start.wait();
+    let began = Instant::now();
+    std::thread::sleep(time);
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for thread in threads {
+        all.extend(thread.join().expect("client thread"));
+    }
+    Run::from(all, began.elapsed())
+}
+
+/// The floor: reads request-sized frames and answers each with a frame of
+/// `reply_len` bytes, on a runtime built as the daemon builds its own.
+fn echo_server(path: &Path, reply_len: usize) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("echo runtime");
+        runtime.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::UnixListener::from_std(listener).expect("listener");
+            let mut reply = (reply_len as u32).to_le_bytes().to_vec();
+            reply.resize(4 + reply_len, 0x5a);
+            let reply: Arc<[u8]> = reply.into();
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    let mut payload = vec![0u8; MAX_REQUEST_FRAME];
+                    loop {
+                        let mut header = [0u8; 4];
+                        if stream.read_exact(&mut header).await.is_err() {
+                            return;
+                        }
+                        let len = u32::from_le_bytes(header) as usize;
+                        if len > MAX_REQUEST_FRAME
+                            || stream.read_exact(&mut payload[..len]).await.is_err()
+                            || stream.write_all(&reply).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        })
+    });
+    Ok(())
+}
+
+/// One round trip to the floor server: the request frame written as the
+/// client library writes it, the reply read as it reads one.
+fn echo_once(stream: &mut UnixStream, request: &[u8], buf: &mut Vec<u8>) {
+    stream.write_all(request).expect("echo write");
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).expect("echo read");
+    let len = u32::from_le_bytes(header) as usize;
+    buf.resize(len, 0);
+    stream.read_exact(buf).expect("echo read");
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+/// A target and whether this run met it.
+struct Verdict {
+    what: String,
+    met: bool,
+}
+
+fn verdict(what: String, met: bool) -> Verdict {
+    Verdict { what, met }
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn fake_with_client() -> anyhow::Result<FakeInstance> {
+    let fake = harness::runtime().block_on(FakeInstance::start())?;
+    fake.add_client(CLIENT_ID, CLIENT_SECRET);
+    Ok(fake)
+}
+
+/// A daemon in `dir` at the production log level, with room for the herd.
+fn start_daemon(dir: &Path, max_connections: usize) -> anyhow::Result<DaemonProcess> {
+    let config = dir.join("snctld.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nmax_connections = {max_connections}\nmax_connections_per_user = {max_connections}\n"),
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    DaemonProcess::start_with_log_filter(dir, &["--config", &config], "info")
+}
+
+fn add(socket: &Path, fake: &FakeInstance, name: &str) -> anyhow::Result<()> {
+    let mut request = snctl::protocol::AddRequest {
+        name: name.to_string(),
+        instance_url: fake.url(),
+        grant: snctl::protocol::Grant::ClientCredentials,
+        client_id: CLIENT_ID.to_string(),
+        client_secret: snctl::Secret::new(CLIENT_SECRET.to_string()),
+        client_auth: snctl::protocol::ClientAuth::Form,
+        scope: None,
+        user: None,
+        redirect_port: None,
+        refresh_lifespan_secs: None,
+        readers: Default::default(),
+        jwt: None,
+    };
+    request.name = name.to_string();
+    snctl::Client::connect(socket)?.add(request)?;
+    Ok(())
+}
+
+/// Part 1: the floor and the daemon side by side.
+fn round_trips(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
+    println!("\n== token round trip on a warm token, beside the socket floor");
+    let fake = fake_with_client()?;
+    let dir = tempfile::tempdir()?;
+    let daemon = start_daemon(dir.path(), 1024)?;
+    add(&daemon.socket, &fake, "prod")?;
+    let token: TokenReply = snctl::Client::connect(&daemon.socket)?.token("prod")?;
+
+    // Frames of exactly the sizes the daemon's exchange has.
+    let request = frame::encode(
+        &Request::Token(TokenRequest {
+            name: "prod".into(),
+            min_valid_secs: 60,
+        }),
+        MAX_REQUEST_FRAME,
+    )?;
+    let reply: Response = Ok(Reply::Token(token));
+    let reply_len = frame::encode(&reply, MAX_RESPONSE_FRAME)?.len() - frame::HEADER_LEN;
+    let echo_path = dir.path().join("echo.sock");
+    echo_server(&echo_path, reply_len)?;
+    let hello = frame::encode(
+        &Hello {
+            protocol_version: snctl::PROTOCOL_VERSION,
+            client_version: "bench".into(),
+        },
+        MAX_REQUEST_FRAME,
+    )?;
+    println!(
+        "frames: request {} bytes, reply {} bytes (with their 4-byte headers)",
+        request.len(),
+        reply_len + frame::HEADER_LEN
+    );
+    println!(
+        "{:>8} | {:>10} {:>10} {:>9} | {:>10} {:>10} {:>9} | {:>6} {:>6} {:>6}",
+        "clients",
+        "floor p50",
+        "p99",
+        "req/s",
+        "token p50",
+        "p99",
+        "req/s",
+        "p50 ×",
+        "p99 ×",
+        "thr %"
+    );
+    let failures = Arc::new(AtomicU64::new(0));
+    for clients in LEVELS {
+        let floor = {
+            let (path, request, hello) = (echo_path.clone(), request.clone(), hello.clone());
+            measure(
+                clients,
+                options.level_time,
+                move || {
+                    let mut s = UnixStream::connect(&path).expect("connect to the floor");
+                    let mut buf = Vec::new();
+                    // The same handshake cost is paid once per connection.
+                    echo_once(&mut s, &hello, &mut buf);
+                    (s, buf)
+                },
+                move |(s, buf)| echo_once(s, &request, buf),
+            )
+        };
+        let daemon_run = {
+            let socket: PathBuf = daemon.socket.clone();
+            let failures = failures.clone();
+            measure(
+                clients,
+                options.level_time,
+                move || snctl::Client::connect(&socket).expect("connect to snctld"),
+                move |client| {
+                    if client.token("prod").is_err() {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            )
+        };
+        let p50 = daemon_run.p50.as_secs_f64() / floor.p50.as_secs_f64();
+        let p99 = daemon_run.p99.as_secs_f64() / floor.p99.as_secs_f64();
+        let thr = daemon_run.per_sec / floor.per_sec * 100.0;
+        println!(
+            "{clients:>8} | {:>10} {:>10} {:>9.0} | {:>10} {:>10} {:>9.0} | {p50:>6.2} {p99:>6.2} {thr:>5.0}%   ({} and {} requests)",
+            micros(floor.p50),
+            micros(floor.p99),
+            floor.per_sec,
+            micros(daemon_run.p50),
+            micros(daemon_run.p99),
+            daemon_run.per_sec,
+            floor.requests,
+            daemon_run.requests,
+        );
+        match clients {
+            1 => verdicts.push(verdict(
+                format!("token p50 at 1 client ≤ 1.5× the floor: {p50:.2}×"),
+                p50 <= 1.5,
+            )),
+            16 => verdicts.push(verdict(
+                format!("throughput at 16 clients ≥ 60 % of the floor's: {thr:.0} %"),
+                thr >= 60.0,
+            )),
+            64 => verdicts.push(verdict(
+                format!("token p99 at 64 clients ≤ 3× the floor: {p99:.2}×"),
+                p99 <= 3.0,
+            )),
+            _ => {}
+        }
+    }
+    let failed = failures.load(Ordering::Relaxed);
+    verdicts.push(verdict(
+        format!("token requests that failed: {failed}"),
+        failed == 0,
+    ));
+    println!(
+        "upstream token requests during the round trips: {} (the first token only)",
+        fake.token_requests()
+    );
+    Ok(())
+}
+
+/// Part 2a: `herd` clients ask at once for an expired token.
+fn herd(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
+    println!(
+        "\n== {} clients ask at once for an expired token",
+        options.herd
+    );
+    let fake = fake_with_client()?;
+    fake.set_access_lifetime(1);
+    let dir = tempfile::tempdir()?;
+    let mut daemon = start_daemon(dir.path(), options.herd + 64)?;
+    add(&daemon.socket, &fake, "herd")?;
+    // Stopped while the token expires; then the instance is slow to answer,
+    // so that every client arrives while the refresh is in flight.
+    daemon.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    fake.set_access_lifetime(1800);
+    fake.push_fault(Fault::Delay(Duration::from_millis(500)));
+    let before = fake.token_requests();
+    let socket = daemon.socket.clone();
+    let ready = Arc::new(Barrier::new(options.herd + 1));
+    let clients: Vec<_> = (0..options.herd)
+        .map(|_| {
+            let (socket, ready) = (socket.clone(), ready.clone());
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    ready.wait();
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        match snctl::Client::connect(&socket) {
+                            Ok(mut client) => {
+                                return client
+                                    .token_with("herd", Duration::from_secs(60))
+                                    .map(|t| t.access_token.expose().to_string())
+                                    .map_err(|e| e.to_string())
+                            }
+                            Err(_) if Instant::now() < deadline => {
+                                std::thread::sleep(Duration::from_millis(2))
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
+                })
+                .expect("client thread")
+        })
+        .collect();
+    ready.wait();
+    let dir_path = dir.path().to_path_buf();
+    let config = dir_path.join("snctld.toml").to_string_lossy().into_owned();
+    let _daemon = DaemonProcess::start_with_log_filter(&dir_path, &["--config", &config], "info")?;
+    let mut tokens = std::collections::HashSet::new();
+    let mut errors = Vec::new();
+    for client in clients {
+        match client.join().expect("client thread") {
+            Ok(token) => {
+                tokens.insert(token);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let upstream = fake.token_requests() - before;
+    println!(
+        "{} clients served, {} errors, {} distinct token(s); upstream token requests: {upstream}",
+        options.herd - errors.len(),
+        errors.len(),
+        tokens.len()
+    );
+    if let Some(e) = errors.first() {
+        println!("first error: {e}");
+    }
+    verdicts.push(verdict(
+        format!(
+            "1 upstream request for {} callers of an expired token: {upstream}",
+            options.herd
+        ),
+        upstream == 1 && errors.is_empty(),
+    ));
+    Ok(())
+}
+
+/// Part 2b: a steady load on authentications whose tokens live 4 s.
+fn steady(options: &Options) -> anyhow::Result<()> {
+    const AUTHS: usize = 8;
+    const LIFETIME: u64 = 4;
+    println!(
+        "\n== steady run: {AUTHS} authentications, tokens living {LIFETIME} s, 16 clients, {} s",
+        options.steady_time.as_secs()
+    );
+    let fake = fake_with_client()?;
+    fake.set_access_lifetime(LIFETIME);
+    let dir = tempfile::tempdir()?;
+    let daemon = start_daemon(dir.path(), 1024)?;
+    for i in 0..AUTHS {
+        add(&daemon.socket, &fake, &format!("steady-{i}"))?;
+    }
+    let before = fake.token_requests();
+    let socket = daemon.socket.clone();
+    let served = Arc::new(AtomicU64::new(0));
+    let counted = served.clone();
+    let run = measure(
+        16,
+        options.steady_time,
+        move || (snctl::Client::connect(&socket).expect("connect"), 0usize),
+        move |(client, i)| {
+            *i += 1;
+            if client
+                .token_with(&format!("steady-{}", *i % AUTHS), Duration::from_secs(1))
+                .is_ok()
+            {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    );
+    let upstream = fake.token_requests() - before;
+    let lifetimes = options.steady_time.as_secs_f64() / LIFETIME as f64;
+    println!(
+        "{} tokens served ({} asked); upstream token requests: {upstream} = {:.2} per authentication per token lifetime \
+         (the daemon refreshes at 75 % of a lifetime: 1.33 is the design)",
+        served.load(Ordering::Relaxed),
+        run.requests,
+        upstream as f64 / AUTHS as f64 / lifetimes
+    );
+    Ok(())
+}
+
+/// Part 3: start-up and memory with many authentications stored.
+fn stored(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
+    println!(
+        "\n== {} authentications stored: start to first token, memory",
+        options.stored
+    );
+    let fake = fake_with_client()?;
+    let dir = tempfile::tempdir()?;
+    seed_authentications(&dir.path().join("state"), &fake.url(), options.stored)?;
+    let socket = dir.path().join("snctld.sock");
+    let started = Instant::now();
+    let mut child = std::process::Command::new(harness::bin("snctld"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("snctld.log"))?)
+        .spawn()?;
+    let last = harness::seeded_name(options.stored - 1);
+    let serving = loop {
+        if let Ok(mut client) = snctl::Client::connect(&socket) {
+            if client.token(&last).is_ok() {
+                break started.elapsed();
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
+            anyhow::bail!(
+                "snctld did not serve with {} authentications",
+                options.stored
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let pid = child.id();
+    let rss = rss_kib(pid, "VmRSS:");
+    let hwm = rss_kib(pid, "VmHWM:");
+    // A full listing, and memory again.
+    let anon = rss_kib(pid, "RssAnon:");
+    let listed = snctl::Client::connect(&socket)?.list()?.len();
+    // The daemon returns what the listing took once it has sent it.
+    std::thread::sleep(Duration::from_millis(200));
+    let rss_listed = rss_kib(pid, "VmRSS:");
+    let anon_listed = rss_kib(pid, "RssAnon:");
+    // SAFETY: kill with the pid of a child we spawned and have not reaped.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    child.wait()?;
+    println!(
+        "first token {:.0} ms after start; RSS {:.1} MiB ({:.1} MiB of it heap and stacks; peak {:.1} MiB), \
+         {:.1} MiB ({:.1} MiB) after listing all {listed}",
+        serving.as_secs_f64() * 1e3,
+        rss as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        rss_listed as f64 / 1024.0,
+        anon_listed as f64 / 1024.0,
+    );
+    verdicts.push(verdict(
+        format!(
+            "serving {} ms after start with {} authentications (≤ 300 ms)",
+            serving.as_millis(),
+            options.stored
+        ),
+        serving <= Duration::from_millis(300),
+    ));
+    verdicts.push(verdict(
+        format!(
+            "RSS with {} authentications ≤ 32 MiB: {:.1} MiB",
+            options.stored,
+            rss.max(rss_listed) as f64 / 1024.0
+        ),
+        rss.max(rss_listed) <= 32 * 1024,
+    ));
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {model}, Linux {}", kernel.trim())
+}
+
+fn main() -> anyhow::Result<()> {
+    harness::build_binaries()?;
+    let options = Options::parse();
+    if cfg!(debug_assertions) {
+        println!("note: a debug build; the figures that count come from --release");
+    }
+    println!("machine: {}", machine());
+    let mut verdicts = Vec::new();
+    if options.runs("round-trips") {
+        round_trips(&options, &mut verdicts)?;
+    }
+    if options.runs("herd") {
+        herd(&options, &mut verdicts)?;
+    }
+    if options.runs("steady") {
+        steady(&options)?;
+    }
+    if options.runs("stored") {
+        stored(&options, &mut verdicts)?;
+    }
+    println!("\n== targets");
+    for v in &verdicts {
+        println!("{} {}", if v.met { "met   " } else { "MISSED" }, v.what);
+    }
+    Ok(())
+}
