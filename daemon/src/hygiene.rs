@@ -22,6 +22,25 @@ pub fn harden() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Allocations this large and larger are mapped on their own and given
+/// back to the system when freed.
+const MMAP_THRESHOLD: i32 = 64 << 10;
+
+/// Keeps the daemon's memory close to what it holds. glibc's default
+/// threshold for mapping large allocations on their own rises to the size
+/// of the largest block ever freed, after which big transient buffers (the
+/// frame of a listing of thousands of authentications) come from the heap
+/// and stay in the process's resident memory; a fixed threshold returns
+/// them. Measured with 10,000 authentications: 40 MiB resident after a full
+/// listing with the default, 30 MiB with this (BENCHMARKS.md).
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt takes two integers and only changes a malloc setting.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

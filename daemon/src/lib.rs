@@ -319,14 +319,6 @@ impl Daemon {
                 let min_valid = Duration::from_secs(r.min_valid_secs.into());
                 let reader = |readers: &_| access.require_reader(peer, &r.name, readers);
                 let token = self.tokens.token(&r.name, min_valid, reader).await?;
-                tracing::info!(
-                    name = %r.name,
-                    uid = peer.uid,
-                    pid = ?peer.pid,
-                    unit = ?peer.unit,
-                    valid_secs = token.expires_at - clock::now_ms() / 1000,
-                    "token handed out"
-                );
                 Ok(Reply::Token(token))
             }
             Request::List => Ok(Reply::List(

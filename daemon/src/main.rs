@@ -90,7 +90,13 @@ enum Command {
 /// The filter is `RUST_LOG`, else `-v`, else the configuration's `[log]
 /// filter` (applied later through the returned setter, also on SIGHUP),
 /// else `info`.
-fn init_logging(verbose: u8) -> SetLogFilter {
+///
+/// Lines are written by a thread of their own (the returned guard flushes
+/// it when dropped): a request never waits for the disk or for a journal
+/// that is slow to read, and the audit line of every token handout costs
+/// the request path a queue push. Nothing is dropped: once 128k lines wait,
+/// writers wait too.
+fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::WorkerGuard) {
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
     let fixed = from_env.is_some() || verbose > 0;
     let default = match verbose {
@@ -101,8 +107,12 @@ fn init_logging(verbose: u8) -> SetLogFilter {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colours for a terminal only, not for files and journald.
     let ansi = std::io::stderr().is_terminal() && !stderr_is_journal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("snctld-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi);
     let reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync> = if stderr_is_journal()
     {
@@ -119,7 +129,7 @@ fn init_logging(verbose: u8) -> SetLogFilter {
         builder.init();
         Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
     };
-    Box::new(move |configured: Option<&str>| {
+    let set_filter = Box::new(move |configured: Option<&str>| {
         if fixed {
             return Ok(false);
         }
@@ -128,7 +138,8 @@ fn init_logging(verbose: u8) -> SetLogFilter {
             .map_err(|e| e.to_string())?;
         reload(filter)?;
         Ok(true)
-    })
+    });
+    (set_filter, guard)
 }
 
 /// Whether stderr is the journal stream systemd connected (not merely
@@ -165,13 +176,15 @@ fn main() -> ExitCode {
         Ok(Some(Forked::Exit(code))) => return code,
         Err(error) => return fail(&format!("{error:#}")),
     };
-    let set_log_filter = init_logging(args.verbose);
+    let (set_log_filter, log_guard) = init_logging(args.verbose);
     let service = Service::from_env(ready_pipe, Some(set_log_filter));
     let pid_file = args.pid_file.clone();
     let result = start(args, passed, &service);
     if let Some(path) = pid_file {
         service::remove_pid_file(&path);
     }
+    // Every line logged so far is written before the last words below.
+    drop(log_guard);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -242,6 +255,7 @@ fn start(args: Args, passed: Option<PassedSocket>, service: &Service) -> anyhow:
     // Before any key or secret is in memory.
     snctld::hygiene::harden()
         .map_err(|e| anyhow::anyhow!("cannot turn off core dumps and ptrace access: {e}"))?;
+    snctld::hygiene::tune_allocator();
     let overrides = PathOverrides {
         socket: args.socket,
         state_dir: args.state_dir,

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use snctl_shared::frame::{self, FrameError, HEADER_LEN, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
-use snctl_shared::protocol::{Hello, HelloReply, Request, Response};
+use snctl_shared::protocol::{Hello, HelloReply, Reply, Request, Response};
 use snctl_shared::Error;
 use snctl_shared::PROTOCOL_VERSION;
 
@@ -469,6 +469,10 @@ pub async fn serve(
     tracker.wait().await;
 }
 
+/// Names a connection remembers having audited; past this many, every
+/// handout of another authentication is logged.
+const MAX_AUDITED_NAMES: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
     #[error("idle for too long")]
@@ -501,9 +505,32 @@ async fn connection(
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(ConnError::Version(hello.protocol_version));
     }
+    // Authentications whose tokens this connection has been given: the
+    // audit line is written once per connection and authentication. The
+    // caller is fixed for the connection's life, so a process asking again
+    // on it adds nothing to the record, only volume to the log (a service
+    // asking per API call would write thousands of lines a second).
+    let mut audited: Vec<String> = Vec::new();
     while let Some(request) = read_frame::<Request>(&mut stream, limits, stop).await? {
         let kind = request.kind();
+        let audit = match &request {
+            Request::Token(r) if !audited.contains(&r.name) => Some(r.name.clone()),
+            _ => None,
+        };
         let response: Response = daemon.handle(&peer, request).await;
+        if let (Some(name), Ok(Reply::Token(token))) = (audit, &response) {
+            tracing::info!(
+                %name,
+                uid = peer.uid,
+                pid = ?peer.pid,
+                unit = ?peer.unit,
+                valid_secs = token.expires_at - crate::clock::now_ms() / 1000,
+                "token handed out"
+            );
+            if audited.len() < MAX_AUDITED_NAMES {
+                audited.push(name);
+            }
+        }
         match &response {
             Err(error @ Error::Forbidden { .. }) => {
                 tracing::warn!(request = kind, %peer, "refused: {error}")

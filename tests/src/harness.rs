@@ -535,3 +535,31 @@ pub fn seed_authentications(
 pub fn seeded_name(i: usize) -> String {
     format!("load-{i:05}")
 }
+
+/// Builds `snctl`, `snctld` and `fake-browser` beside the running program
+/// (`cargo run` builds only the program itself), in its profile. Does
+/// nothing outside `cargo run`.
+pub fn build_binaries() -> anyhow::Result<()> {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return Ok(());
+    };
+    let exe = std::env::current_exe()?;
+    let release = exe.parent().is_some_and(|d| d.ends_with("release"));
+    println!(
+        "building snctl and snctld ({})…",
+        if release { "release" } else { "debug" }
+    );
+    // Two runs: `--bin` would filter the binaries of every package named.
+    for targets in [
+        &["-p", "snctl", "-p", "snctld"][..],
+        &["-p", "snctl-tests", "--bin", "fake-browser"],
+    ] {
+        let mut cmd = Command::new(&cargo);
+        cmd.args(["build", "--quiet"]).args(targets);
+        if release {
+            cmd.arg("--release");
+        }
+        anyhow::ensure!(cmd.status()?.success(), "building the binaries failed");
+    }
+    Ok(())
+}

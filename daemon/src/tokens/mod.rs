@@ -888,7 +888,10 @@ impl Tokens {
                     // or only a warning was due.
                     if entry.due_ms().is_some_and(|at| at <= now_ms()) {
                         // The outcome is recorded on the entry and logged.
-                        let _ = self.fetch(&entry).await;
+                        // Boxed: the upstream request's state is large, and
+                        // an idle scheduler (one per authentication) should
+                        // not carry room for it.
+                        let _ = Box::pin(self.fetch(&entry)).await;
                     }
                 }
             }

@@ -6,10 +6,10 @@
 //! (`-- --quick` for a short smoke run; `-- --part round-trips|herd|steady|stored`
 //! for some parts only). BENCHMARKS.md explains the method.
 //!
-//! 1. The floor: a Unix-socket server on the daemon's runtime that reads a
-//!    frame the size of a token request and answers with one the size of a
-//!    token reply; the client side is the same blocking code the client
-//!    library runs. Then the daemon's token round trip through the client
+//! 1. The floor: a Unix-socket server, a blocking thread per connection,
+//!    that reads a frame the size of a token request and answers with one
+//!    the size of a token reply; the client side is the same blocking code
+//!    the client library runs. The two are measured in alternating slices. Then the daemon's token round trip through the client
 //!    library on a warm token. p50, p99 and throughput at 1, 16, 64 and 256
 //!    concurrent clients, each with its own connection.
 //! 2. Upstream requests: 1,000 clients asking at once for an expired token,
@@ -89,16 +89,29 @@ impl Run {
     }
 }
 
+/// Opens a connection for a client thread.
+type Connect<C> = Arc<dyn Fn() -> C + Send + Sync>;
+/// One request on a connection.
+type Once<C> = Arc<dyn Fn(&mut C) + Send + Sync>;
+/// How one server is measured.
+type Side<C> = (Connect<C>, Once<C>);
+/// A connection to a floor server: kept, or `None` for a new one per request.
+type EchoConn = Option<(UnixStream, Vec<u8>)>;
+
 /// `clients` threads, each with a connection from `connect`, calling `once`
 /// back to back for `time`; every call's latency counts.
-fn measure<C: Send + 'static>(
+fn measure<C: 'static>(clients: usize, time: Duration, connect: Connect<C>, once: Once<C>) -> Run {
+    let (latencies, wall) = sample(clients, time, connect, once);
+    Run::from(latencies, wall)
+}
+
+/// What [`measure`] measures, as raw latencies and the wall time.
+fn sample<C: 'static>(
     clients: usize,
     time: Duration,
-    connect: impl Fn() -> C + Send + Sync + 'static,
-    once: impl Fn(&mut C) + Send + Sync + 'static,
-) -> Run {
-    let connect = Arc::new(connect);
-    let once = Arc::new(once);
+    connect: Connect<C>,
+    once: Once<C>,
+) -> (Vec<Duration>, Duration) {
     let start = Arc::new(Barrier::new(clients + 1));
     let stop = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..clients)
@@ -133,12 +146,80 @@ fn measure<C: Send + 'static>(
     for thread in threads {
         all.extend(thread.join().expect("client thread"));
     }
-    Run::from(all, began.elapsed())
+    (all, began.elapsed())
+}
+
+/// The floors and the daemon at the same concurrency, in alternating
+/// slices of `time / SLICES` each, so that whatever else the machine does
+/// in the meantime (a core waking, a neighbour's burst) falls on all alike.
+fn side_by_side<F: 'static, D: 'static>(
+    clients: usize,
+    time: Duration,
+    floors: &[Side<F>],
+    daemon: Side<D>,
+) -> (Vec<Run>, Run) {
+    const SLICES: u32 = 6;
+    let slice = time / SLICES;
+    let mut f: Vec<(Vec<Duration>, Duration)> = floors
+        .iter()
+        .map(|_| (Vec::new(), Duration::ZERO))
+        .collect();
+    let mut d = (Vec::new(), Duration::ZERO);
+    for _ in 0..SLICES {
+        for (floor, into) in floors.iter().zip(&mut f) {
+            let (latencies, wall) = sample(clients, slice, floor.0.clone(), floor.1.clone());
+            into.0.extend(latencies);
+            into.1 += wall;
+        }
+        let (latencies, wall) = sample(clients, slice, daemon.0.clone(), daemon.1.clone());
+        d.0.extend(latencies);
+        d.1 += wall;
+    }
+    let floors = f.into_iter().map(|(l, w)| Run::from(l, w)).collect();
+    (floors, Run::from(d.0, d.1))
 }
 
 /// The floor: reads request-sized frames and answers each with a frame of
-/// `reply_len` bytes, on a runtime built as the daemon builds its own.
+/// `reply_len` bytes, one blocking thread per connection: a round trip
+/// with nothing but the socket in it.
 fn echo_server(path: &Path, reply_len: usize) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    let mut reply = (reply_len as u32).to_le_bytes().to_vec();
+    reply.resize(4 + reply_len, 0x5a);
+    let reply: Arc<[u8]> = reply.into();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let reply = reply.clone();
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut payload = vec![0u8; MAX_REQUEST_FRAME];
+                    loop {
+                        let mut header = [0u8; 4];
+                        if stream.read_exact(&mut header).is_err() {
+                            return;
+                        }
+                        let len = u32::from_le_bytes(header) as usize;
+                        if len > MAX_REQUEST_FRAME
+                            || stream.read_exact(&mut payload[..len]).is_err()
+                            || stream.write_all(&reply).is_err()
+                        {
+                            return;
+                        }
+                    }
+                })
+                .expect("echo thread");
+        }
+    });
+    Ok(())
+}
+
+/// The same server on a tokio runtime built as the daemon builds its own
+/// (a task per connection, one worker per core): what the socket costs
+/// once an async runtime schedules the server's side.
+fn async_echo_server(path: &Path, reply_len: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     listener.set_nonblocking(true)?;
@@ -272,6 +353,9 @@ fn round_trips(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result
     let reply_len = frame::encode(&reply, MAX_RESPONSE_FRAME)?.len() - frame::HEADER_LEN;
     let echo_path = dir.path().join("echo.sock");
     echo_server(&echo_path, reply_len)?;
+    let failures = Arc::new(AtomicU64::new(0));
+    let async_echo_path = dir.path().join("async-echo.sock");
+    async_echo_server(&async_echo_path, reply_len)?;
     let hello = frame::encode(
         &Hello {
             protocol_version: snctl::PROTOCOL_VERSION,
@@ -285,79 +369,110 @@ fn round_trips(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result
         reply_len + frame::HEADER_LEN
     );
     println!(
-        "{:>8} | {:>10} {:>10} {:>9} | {:>10} {:>10} {:>9} | {:>6} {:>6} {:>6}",
-        "clients",
-        "floor p50",
-        "p99",
-        "req/s",
-        "token p50",
-        "p99",
-        "req/s",
-        "p50 ×",
-        "p99 ×",
-        "thr %"
+        "floor: a blocking thread per connection; async floor: the same on a tokio runtime like the daemon's"
     );
-    let failures = Arc::new(AtomicU64::new(0));
-    for clients in LEVELS {
-        let floor = {
-            let (path, request, hello) = (echo_path.clone(), request.clone(), hello.clone());
-            measure(
-                clients,
-                options.level_time,
-                move || {
-                    let mut s = UnixStream::connect(&path).expect("connect to the floor");
+    println!(
+        "{:>7} | {:>9} {:>9} {:>7} | {:>9} {:>9} {:>7} | {:>9} {:>9} {:>7} | {:>5} {:>5} {:>4} | {:>5} {:>5} {:>4}",
+        "clients", "floor p50", "p99", "req/s", "async p50", "p99", "req/s", "token p50", "p99", "req/s",
+        "p50×", "p99×", "thr", "p50×", "p99×", "thr"
+    );
+    println!("{:>97}{:>20}", "(token / floor)", "(token / async)");
+    let floor_sides = |fresh: bool| -> Vec<Side<EchoConn>> {
+        [echo_path.clone(), async_echo_path.clone()]
+            .into_iter()
+            .map(|path| {
+                let (request, hello) = (request.clone(), hello.clone());
+                let open = move |path: &Path| {
+                    let mut s = UnixStream::connect(path).expect("connect to the floor");
                     let mut buf = Vec::new();
-                    // The same handshake cost is paid once per connection.
+                    // The same handshake the daemon's clients make.
                     echo_once(&mut s, &hello, &mut buf);
                     (s, buf)
-                },
-                move |(s, buf)| echo_once(s, &request, buf),
-            )
-        };
-        let daemon_run = {
-            let socket: PathBuf = daemon.socket.clone();
-            let failures = failures.clone();
-            measure(
-                clients,
-                options.level_time,
-                move || snctl::Client::connect(&socket).expect("connect to snctld"),
-                move |client| {
-                    if client.token("prod").is_err() {
-                        failures.fetch_add(1, Ordering::Relaxed);
+                };
+                let open_too = open.clone();
+                let path_too = path.clone();
+                let connect: Connect<EchoConn> = Arc::new(move || (!fresh).then(|| open(&path)));
+                let once: Once<EchoConn> = Arc::new(move |conn| match conn {
+                    Some((s, buf)) => echo_once(s, &request, buf),
+                    None => {
+                        let (mut s, mut buf) = open_too(&path_too);
+                        echo_once(&mut s, &request, &mut buf);
                     }
-                },
-            )
-        };
-        let p50 = daemon_run.p50.as_secs_f64() / floor.p50.as_secs_f64();
-        let p99 = daemon_run.p99.as_secs_f64() / floor.p99.as_secs_f64();
-        let thr = daemon_run.per_sec / floor.per_sec * 100.0;
+                });
+                (connect, once)
+            })
+            .collect()
+    };
+    let daemon_side = |fresh: bool| -> Side<Option<snctl::Client>> {
+        let socket: PathBuf = daemon.socket.clone();
+        let socket_too = socket.clone();
+        let failures = failures.clone();
+        (
+            Arc::new(move || {
+                (!fresh).then(|| snctl::Client::connect(&socket).expect("connect to snctld"))
+            }),
+            Arc::new(move |conn| {
+                let ok = match conn {
+                    Some(client) => client.token("prod"),
+                    None => snctl::Client::connect(&socket_too).and_then(|mut c| c.token("prod")),
+                };
+                if ok.is_err() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }),
+        )
+    };
+    let ratios = |token: &Run, floor: &Run| {
+        (
+            token.p50.as_secs_f64() / floor.p50.as_secs_f64(),
+            token.p99.as_secs_f64() / floor.p99.as_secs_f64(),
+            token.per_sec / floor.per_sec * 100.0,
+        )
+    };
+    for clients in LEVELS {
+        let (floors, token) = side_by_side(
+            clients,
+            options.level_time,
+            &floor_sides(false),
+            daemon_side(false),
+        );
+        let (floor, async_floor) = (&floors[0], &floors[1]);
+        let (p50, p99, thr) = ratios(&token, floor);
+        let (a50, a99, athr) = ratios(&token, async_floor);
         println!(
-            "{clients:>8} | {:>10} {:>10} {:>9.0} | {:>10} {:>10} {:>9.0} | {p50:>6.2} {p99:>6.2} {thr:>5.0}%   ({} and {} requests)",
-            micros(floor.p50),
-            micros(floor.p99),
-            floor.per_sec,
-            micros(daemon_run.p50),
-            micros(daemon_run.p99),
-            daemon_run.per_sec,
-            floor.requests,
-            daemon_run.requests,
+            "{clients:>7} | {:>9} {:>9} {:>7.0} | {:>9} {:>9} {:>7.0} | {:>9} {:>9} {:>7.0} | {p50:>5.2} {p99:>5.2} {thr:>3.0}% | {a50:>5.2} {a99:>5.2} {athr:>3.0}%",
+            micros(floor.p50), micros(floor.p99), floor.per_sec,
+            micros(async_floor.p50), micros(async_floor.p99), async_floor.per_sec,
+            micros(token.p50), micros(token.p99), token.per_sec,
         );
         match clients {
             1 => verdicts.push(verdict(
-                format!("token p50 at 1 client ≤ 1.5× the floor: {p50:.2}×"),
+                format!("token p50 at 1 client ≤ 1.5× the floor: {p50:.2}× (async floor: {a50:.2}×)"),
                 p50 <= 1.5,
             )),
             16 => verdicts.push(verdict(
-                format!("throughput at 16 clients ≥ 60 % of the floor's: {thr:.0} %"),
+                format!("throughput at 16 clients ≥ 60 % of the floor's: {thr:.0} % (async floor: {athr:.0} %)"),
                 thr >= 60.0,
             )),
             64 => verdicts.push(verdict(
-                format!("token p99 at 64 clients ≤ 3× the floor: {p99:.2}×"),
+                format!("token p99 at 64 clients ≤ 3× the floor: {p99:.2}× (async floor: {a99:.2}×)"),
                 p99 <= 3.0,
             )),
             _ => {}
         }
     }
+    // What a process such as `snctl token` pays: a new connection, the
+    // hello and one request.
+    let (floors, fresh) =
+        side_by_side(1, options.level_time, &floor_sides(true), daemon_side(true));
+    println!(
+        "new connection + hello + token, 1 client: floor p50 {}, async floor {}, token {} ({:.2}× / {:.2}×)",
+        micros(floors[0].p50),
+        micros(floors[1].p50),
+        micros(fresh.p50),
+        fresh.p50.as_secs_f64() / floors[0].p50.as_secs_f64(),
+        fresh.p50.as_secs_f64() / floors[1].p50.as_secs_f64(),
+    );
     let failed = failures.load(Ordering::Relaxed);
     verdicts.push(verdict(
         format!("token requests that failed: {failed}"),
@@ -467,29 +582,29 @@ fn steady(options: &Options) -> anyhow::Result<()> {
     }
     let before = fake.token_requests();
     let socket = daemon.socket.clone();
-    let served = Arc::new(AtomicU64::new(0));
-    let counted = served.clone();
+    let failed = Arc::new(AtomicU64::new(0));
+    let counted = failed.clone();
     let run = measure(
         16,
         options.steady_time,
-        move || (snctl::Client::connect(&socket).expect("connect"), 0usize),
-        move |(client, i)| {
+        Arc::new(move || (snctl::Client::connect(&socket).expect("connect"), 0usize)),
+        Arc::new(move |(client, i): &mut (snctl::Client, usize)| {
             *i += 1;
             if client
                 .token_with(&format!("steady-{}", *i % AUTHS), Duration::from_secs(1))
-                .is_ok()
+                .is_err()
             {
                 counted.fetch_add(1, Ordering::Relaxed);
             }
-        },
+        }),
     );
     let upstream = fake.token_requests() - before;
     let lifetimes = options.steady_time.as_secs_f64() / LIFETIME as f64;
     println!(
-        "{} tokens served ({} asked); upstream token requests: {upstream} = {:.2} per authentication per token lifetime \
+        "{} tokens asked for, {} failed; upstream token requests: {upstream} = {:.2} per authentication per token lifetime \
          (the daemon refreshes at 75 % of a lifetime: 1.33 is the design)",
-        served.load(Ordering::Relaxed),
         run.requests,
+        failed.load(Ordering::Relaxed),
         upstream as f64 / AUTHS as f64 / lifetimes
     );
     Ok(())

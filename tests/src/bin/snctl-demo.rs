@@ -41,34 +41,8 @@ fn short(token: &str) -> String {
     format!("{}… ({} chars)", &token[..token.len().min(12)], token.len())
 }
 
-/// `cargo run` builds only this binary; build the others beside it.
-fn build_binaries() -> anyhow::Result<()> {
-    let Some(cargo) = std::env::var_os("CARGO") else {
-        return Ok(());
-    };
-    let exe = std::env::current_exe()?;
-    let release = exe.parent().is_some_and(|d| d.ends_with("release"));
-    println!(
-        "building snctl and snctld ({})…",
-        if release { "release" } else { "debug" }
-    );
-    // Two runs: `--bin` would filter the binaries of every package named.
-    for targets in [
-        &["-p", "snctl", "-p", "snctld"][..],
-        &["-p", "snctl-tests", "--bin", "fake-browser"],
-    ] {
-        let mut cmd = Command::new(&cargo);
-        cmd.args(["build", "--quiet"]).args(targets);
-        if release {
-            cmd.arg("--release");
-        }
-        anyhow::ensure!(cmd.status()?.success(), "building the binaries failed");
-    }
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
-    build_binaries()?;
+    harness::build_binaries()?;
     let fake = harness::runtime().block_on(snctl_tests::fake::FakeInstance::start())?;
     fake.add_client(CLIENT_ID, CLIENT_SECRET);
     // Short-lived tokens so that a refresh happens during the demo.

@@ -894,3 +894,40 @@ fn one_user_flooding_the_socket_locks_out_neither_others_nor_admins() {
     drop(flood.stdin.take());
     let _ = flood.wait();
 }
+
+/// The audit line is written once per connection and authentication: a
+/// process asking again on its connection is the same caller, and a new
+/// connection (another `snctl token`) is audited again.
+#[test]
+fn token_handouts_are_audited_once_per_connection_and_authentication() {
+    let fake = snctl_tests::harness::fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start_with_log_filter(dir.path(), &[], "info").unwrap();
+    let mut client = snctl::Client::connect(&daemon.socket).unwrap();
+    client.add(add_request("prod", &fake.url())).unwrap();
+    client.add(add_request("dev", &fake.url())).unwrap();
+    for _ in 0..5 {
+        client.token("prod").unwrap();
+        client.token("dev").unwrap();
+    }
+    let mut other = snctl::Client::connect(&daemon.socket).unwrap();
+    other.token("prod").unwrap();
+    other.token("prod").unwrap();
+    let audited = |name: &str| {
+        daemon
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("token handed out") && l.contains(&format!("name={name}")))
+            .count()
+    };
+    assert!(wait_until(Duration::from_secs(10), || audited("prod") == 2
+        && audited("dev") == 1));
+    // And not more, once the log has caught up.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        (audited("prod"), audited("dev")),
+        (2, 1),
+        "{}",
+        daemon.log_text()
+    );
+}
