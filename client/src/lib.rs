@@ -123,6 +123,9 @@ pub struct Client {
     stream: Stream,
     path: PathBuf,
     daemon_version: String,
+    /// The hello is sent and its answer not yet read
+    /// ([`Client::connect_pipelined`]).
+    hello_pending: bool,
 }
 
 impl Client {
@@ -141,6 +144,17 @@ impl Client {
     /// Connects to the daemon at `path` and checks that it speaks this
     /// protocol version.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let mut client = Client::connect_pipelined(path)?;
+        client.finish_hello()?;
+        Ok(client)
+    }
+
+    /// Connects and sends the hello without waiting for its answer, which
+    /// is read with the answer to the first request: a process that makes
+    /// one request (`snctl token`) waits for one round trip instead of two.
+    /// A daemon of another protocol version, or one that refuses the
+    /// connection, shows as the first request's error.
+    pub fn connect_pipelined(path: &Path) -> Result<Client, ClientError> {
         let connect_err = |source| ClientError::Connect {
             path: path.to_path_buf(),
             source,
@@ -157,6 +171,7 @@ impl Client {
             stream,
             path: path.to_path_buf(),
             daemon_version: String::new(),
+            hello_pending: true,
         };
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -164,16 +179,24 @@ impl Client {
         };
         frame::write_frame(&mut client.stream, &hello, MAX_REQUEST_FRAME)
             .map_err(|e| client.lost(e))?;
-        let reply: HelloReply =
-            frame::read_response(&mut client.stream).map_err(|e| client.lost(e))?;
+        Ok(client)
+    }
+
+    /// Reads the answer to the hello, if it is still to come.
+    fn finish_hello(&mut self) -> Result<(), ClientError> {
+        if !self.hello_pending {
+            return Ok(());
+        }
+        let reply: HelloReply = frame::read_response(&mut self.stream).map_err(|e| self.lost(e))?;
         if reply.protocol_version != PROTOCOL_VERSION {
             return Err(ClientError::Daemon(Error::ProtocolMismatch {
                 daemon: reply.protocol_version,
                 client: PROTOCOL_VERSION,
             }));
         }
-        client.daemon_version = reply.daemon_version;
-        Ok(client)
+        self.daemon_version = reply.daemon_version;
+        self.hello_pending = false;
+        Ok(())
     }
 
     fn lost(&self, source: FrameError) -> ClientError {
@@ -183,7 +206,8 @@ impl Client {
         }
     }
 
-    /// The daemon's package version, from the handshake.
+    /// The daemon's package version, from the handshake (empty before the
+    /// first request of a pipelined connection).
     pub fn daemon_version(&self) -> &str {
         &self.daemon_version
     }
@@ -205,8 +229,10 @@ impl Client {
 
     /// Sends one request and waits for its answer.
     pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
-        frame::write_frame(&mut self.stream, request, MAX_REQUEST_FRAME)
-            .map_err(|e| self.lost(e))?;
+        let written = frame::write_frame(&mut self.stream, request, MAX_REQUEST_FRAME);
+        // A refused handshake explains a failed write better than the write.
+        self.finish_hello()?;
+        written.map_err(|e| self.lost(e))?;
         let response: Response =
             frame::read_response(&mut self.stream).map_err(|e| self.lost(e))?;
         response.map_err(ClientError::Daemon)

@@ -85,6 +85,10 @@ enum Command {
     },
 }
 
+/// Lines that may wait for the log writer. The queue's slots are allocated
+/// up front: tracing-appender's default of 128k takes 4 MiB.
+const LOG_LINES_QUEUED: usize = 4096;
+
 /// Logs go to stderr; journald stamps lines itself, so no timestamps when
 /// stderr is the journal (`JOURNAL_STREAM` names its device and inode).
 /// The filter is `RUST_LOG`, else `-v`, else the configuration's `[log]
@@ -93,9 +97,9 @@ enum Command {
 ///
 /// Lines are written by a thread of their own (the returned guard flushes
 /// it when dropped): a request never waits for the disk or for a journal
-/// that is slow to read, and the audit line of every token handout costs
-/// the request path a queue push. Nothing is dropped: once 128k lines wait,
-/// writers wait too.
+/// that is slow to read, and an audit line costs the request path a
+/// queue push. Nothing is dropped: once
+/// [`LOG_LINES_QUEUED`] lines wait, writers wait too.
 fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::WorkerGuard) {
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
     let fixed = from_env.is_some() || verbose > 0;
@@ -109,6 +113,7 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
     let ansi = std::io::stderr().is_terminal() && !stderr_is_journal();
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(LOG_LINES_QUEUED)
         .thread_name("snctld-log")
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -198,3 +198,50 @@ fn no_daemon_exits_3_with_a_hint() {
     assert_eq!(out.status.code(), Some(3));
     assert!(text(&out.stderr).contains("snctld is not running"));
 }
+
+/// A daemon of another protocol version: `snctl` (which sends its first
+/// request without waiting for the hello's answer) and the library's
+/// `connect` both say so, whatever became of the request.
+#[test]
+fn a_daemon_of_another_protocol_version_is_named() {
+    use snctl_shared::frame::{self, MAX_RESPONSE_FRAME};
+    use snctl_shared::protocol::HelloReply;
+    use std::io::{Read, Write};
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("old.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let answered = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut hello = [0u8; 64];
+            let _ = stream.read(&mut hello).unwrap();
+            let reply = HelloReply {
+                protocol_version: snctl::PROTOCOL_VERSION + 7,
+                daemon_version: "9.9.9".into(),
+            };
+            stream
+                .write_all(&frame::encode(&reply, MAX_RESPONSE_FRAME).unwrap())
+                .unwrap();
+            // An older daemon closes after its answer.
+        }
+    });
+    let out = snctl(&socket, &["token", "prod"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "snctl speaks protocol {} but snctld speaks {}",
+            snctl::PROTOCOL_VERSION,
+            snctl::PROTOCOL_VERSION + 7
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!out.status.success());
+    let err = snctl::Client::connect(&socket).err().expect("refused");
+    assert!(
+        err.to_string().contains("install matching versions"),
+        "{err}"
+    );
+    answered.join().unwrap();
+}

@@ -417,7 +417,7 @@ fn main() -> ExitCode {
 
 fn connect(cli_socket: &Option<PathBuf>) -> Result<Client, Failure> {
     let path = snctl_shared::paths::client_socket(cli_socket.as_deref());
-    Ok(Client::connect(&path)?)
+    Ok(Client::connect_pipelined(&path)?)
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
