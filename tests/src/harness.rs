@@ -563,3 +563,14 @@ pub fn build_binaries() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A `kB` field of `/proc/PID/status` (`"VmRSS:"`, `"RssAnon:"`,
+/// `"VmHWM:"`), in KiB; 0 if the process or the field is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

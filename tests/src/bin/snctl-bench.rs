@@ -286,15 +286,6 @@ fn verdict(what: String, met: bool) -> Verdict {
     Verdict { what, met }
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn fake_with_client() -> anyhow::Result<FakeInstance> {
     let fake = harness::runtime().block_on(FakeInstance::start())?;
     fake.add_client(CLIENT_ID, CLIENT_SECRET);
@@ -646,15 +637,15 @@ fn stored(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> 
         std::thread::sleep(Duration::from_millis(1));
     };
     let pid = child.id();
-    let rss = rss_kib(pid, "VmRSS:");
-    let hwm = rss_kib(pid, "VmHWM:");
+    let rss = harness::proc_status_kib(pid, "VmRSS:");
+    let hwm = harness::proc_status_kib(pid, "VmHWM:");
     // A full listing, and memory again.
-    let anon = rss_kib(pid, "RssAnon:");
+    let anon = harness::proc_status_kib(pid, "RssAnon:");
     let listed = snctl::Client::connect(&socket)?.list()?.len();
     // The daemon returns what the listing took once it has sent it.
     std::thread::sleep(Duration::from_millis(200));
-    let rss_listed = rss_kib(pid, "VmRSS:");
-    let anon_listed = rss_kib(pid, "RssAnon:");
+    let rss_listed = harness::proc_status_kib(pid, "VmRSS:");
+    let anon_listed = harness::proc_status_kib(pid, "RssAnon:");
     // SAFETY: kill with the pid of a child we spawned and have not reaped.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     child.wait()?;

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use snctl_tests::harness::{fake, seed_authentications, seeded_name, wait_until, DaemonProcess};
+use snctl_tests::harness::{
+    fake, proc_status_kib, seed_authentications, seeded_name, wait_until, DaemonProcess,
+};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -23,12 +25,7 @@ fn env_or(name: &str, default: usize) -> usize {
 
 /// Resident set size in KiB and open file descriptors of process `pid`.
 fn footprint(pid: u32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
+    let rss = proc_status_kib(pid, "VmRSS:");
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count();
