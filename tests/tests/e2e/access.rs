@@ -706,10 +706,18 @@ fn every_token_handed_out_is_logged_without_the_token() {
             .find(|l| l.contains("token handed out"))
             .map(str::to_string)
     };
+    let refusal = format!("uid 4007, pid {}", refused.pid);
+    let refusal_logged = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("refused") && l.contains(&refusal))
+    };
+    // The log is written by a thread of its own: wait for it to catch up.
     assert!(
-        wait_until(Duration::from_secs(10), || audited(&process.log_text())
-            .is_some()),
-        "no audit line in {}",
+        wait_until(Duration::from_secs(10), || {
+            let log = process.log_text();
+            audited(&log).is_some() && refusal_logged(&log)
+        }),
+        "no audit line or no refusal in {}",
         process.log_text()
     );
     let log = process.log_text();
@@ -730,11 +738,7 @@ fn every_token_handed_out_is_logged_without_the_token() {
         "one token was handed out: {log}"
     );
     // The refusal is logged too, with the caller.
-    assert!(
-        log.lines().any(|l| l.contains("refused")
-            && l.contains(&format!("uid 4007, pid {}", refused.pid))),
-        "{log}"
-    );
+    assert!(refusal_logged(&log), "{log}");
     for issued in fake.issued_access_tokens() {
         assert!(!log.contains(&issued), "a token is in the log: {log}");
     }
