@@ -480,23 +480,16 @@ pub fn seed_authentications(
     count: usize,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    use std::sync::Arc;
 
     use snctl::protocol::{ClientAuth, Grant};
     use snctl::Secret;
-    use snctld::store::{Authentication, TokenSet, UncheckedDb, DB_FILE};
+    use snctld::store::{Authentication, TokenSet};
 
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(state_dir)?;
-    let unchecked = UncheckedDb::open(&state_dir.join(DB_FILE))?;
-    let check = unchecked.key_check()?;
-    let (key, _) = snctld::crypto::load_master_key(
-        &snctld::crypto::KeySources::state_dir(state_dir),
-        check.as_deref(),
-    )?;
-    let mut db = unchecked.prepare(Arc::new(key))?;
+    let mut db = open_db(state_dir)?;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
@@ -573,4 +566,37 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The database under `state_dir` opened with the state directory's master
+/// key (made if missing), as the daemon opens it. The daemon must not be
+/// running.
+pub fn open_db(state_dir: &Path) -> anyhow::Result<snctld::store::Db> {
+    use snctld::store::{UncheckedDb, DB_FILE};
+    let unchecked = UncheckedDb::open(&state_dir.join(DB_FILE))?;
+    let check = unchecked.key_check()?;
+    let (key, _) = snctld::crypto::load_master_key(
+        &snctld::crypto::KeySources::state_dir(state_dir),
+        check.as_deref(),
+    )?;
+    Ok(unchecked.prepare(std::sync::Arc::new(key))?)
+}
+
+/// An add request (client credentials) for the fake's registered client.
+pub fn add_request(name: &str, instance: &str) -> snctl::protocol::AddRequest {
+    use snctl::protocol::{AddRequest, ClientAuth, Grant};
+    AddRequest {
+        name: name.to_string(),
+        instance_url: instance.to_string(),
+        grant: Grant::ClientCredentials,
+        client_id: CLIENT_ID.to_string(),
+        client_secret: snctl::Secret::new(CLIENT_SECRET.to_string()),
+        client_auth: ClientAuth::Form,
+        scope: None,
+        user: None,
+        redirect_port: None,
+        refresh_lifespan_secs: None,
+        readers: Default::default(),
+        jwt: None,
+    }
 }

@@ -304,22 +304,7 @@ fn start_daemon(dir: &Path, max_connections: usize) -> anyhow::Result<DaemonProc
 }
 
 fn add(socket: &Path, fake: &FakeInstance, name: &str) -> anyhow::Result<()> {
-    let mut request = snctl::protocol::AddRequest {
-        name: name.to_string(),
-        instance_url: fake.url(),
-        grant: snctl::protocol::Grant::ClientCredentials,
-        client_id: CLIENT_ID.to_string(),
-        client_secret: snctl::Secret::new(CLIENT_SECRET.to_string()),
-        client_auth: snctl::protocol::ClientAuth::Form,
-        scope: None,
-        user: None,
-        redirect_port: None,
-        refresh_lifespan_secs: None,
-        readers: Default::default(),
-        jwt: None,
-    };
-    request.name = name.to_string();
-    snctl::Client::connect(socket)?.add(request)?;
+    snctl::Client::connect(socket)?.add(harness::add_request(name, &fake.url()))?;
     Ok(())
 }
 

@@ -18,7 +18,6 @@ use rand::Rng;
 
 use snctl_tests::fake::{FakeInstance, Fault};
 use snctl_tests::harness::{bin, snctl, wait_until, DaemonProcess, CLIENT_ID, CLIENT_SECRET};
-use snctld::store::{UncheckedDb, DB_FILE};
 
 const USER: &str = "abel.tuter";
 const PASSWORD: &str = "crash-password";
@@ -55,14 +54,7 @@ fn stored_refresh_token(state_dir: &Path) -> String {
 /// Every authentication's name and refresh token on disk, after checking
 /// the database's integrity (the daemon is not running).
 fn stored_refresh_tokens(state_dir: &Path) -> Vec<(String, Option<String>)> {
-    let unchecked = UncheckedDb::open(&state_dir.join(DB_FILE)).unwrap();
-    let check = unchecked.key_check().unwrap();
-    let (key, _) = snctld::crypto::load_master_key(
-        &snctld::crypto::KeySources::state_dir(state_dir),
-        check.as_deref(),
-    )
-    .unwrap();
-    let mut db = unchecked.prepare(Arc::new(key)).unwrap();
+    let mut db = snctl_tests::harness::open_db(state_dir).unwrap();
     assert_eq!(db.integrity_check().unwrap(), "ok");
     db.load_all()
         .unwrap()

@@ -18,27 +18,9 @@ mod service;
 mod socket;
 mod storage;
 
-use snctl::protocol::{AddRequest, ClientAuth, Grant};
-use snctl::Secret;
 use snctl_tests::harness::{CLIENT_ID, CLIENT_SECRET};
 
-/// An add request for the fake's registered client.
-pub fn add_request(name: &str, instance: &str) -> AddRequest {
-    AddRequest {
-        name: name.to_string(),
-        instance_url: instance.to_string(),
-        grant: Grant::ClientCredentials,
-        client_id: CLIENT_ID.to_string(),
-        client_secret: Secret::new(CLIENT_SECRET.to_string()),
-        client_auth: ClientAuth::Form,
-        scope: None,
-        user: None,
-        redirect_port: None,
-        refresh_lifespan_secs: None,
-        readers: Default::default(),
-        jwt: None,
-    }
-}
+pub use snctl_tests::harness::add_request;
 
 /// `snctl add NAME` (client credentials) for the fake's client against
 /// `instance`, the client secret piped in.
