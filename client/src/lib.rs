@@ -15,7 +15,7 @@
 //! # }
 //! ```
 
-use std::io;
+use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ pub use snctl_shared::{Error, ErrorKind, Secret, PROTOCOL_VERSION};
 /// How long to wait for an answer. Admin requests talk to the instance,
 /// which may take a while; a token from memory takes microseconds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Room for the answers read at once: a token's, with the hello's.
+const READ_BUFFER: usize = 1024;
 
 /// Why a request did not get an answer.
 #[derive(Debug)]
@@ -120,11 +123,15 @@ pub struct Backup {
 /// A connection to `snctld`. One connection serves any number of requests,
 /// one at a time.
 pub struct Client {
-    stream: Stream,
+    /// Answers are read through a small buffer: one read takes a frame
+    /// whole (and the hello's answer with the first request's).
+    stream: BufReader<Stream>,
     path: PathBuf,
     daemon_version: String,
-    /// The hello is sent and its answer not yet read
-    /// ([`Client::connect_pipelined`]).
+    /// The hello, encoded and not yet sent: it goes out with the first
+    /// request, in one write ([`Client::connect_pipelined`]).
+    unsent_hello: Vec<u8>,
+    /// The hello's answer is still to be read.
     hello_pending: bool,
 }
 
@@ -149,9 +156,10 @@ impl Client {
         Ok(client)
     }
 
-    /// Connects and sends the hello without waiting for its answer, which
-    /// is read with the answer to the first request: a process that makes
-    /// one request (`snctl token`) waits for one round trip instead of two.
+    /// Connects without waiting for the hello's answer: the hello goes out
+    /// with the first request, in one write, and its answer is read with
+    /// that request's: a process that makes one request (`snctl token`)
+    /// waits for one round trip instead of two.
     /// A daemon of another protocol version, or one that refuses the
     /// connection, shows as the first request's error.
     pub fn connect_pipelined(path: &Path) -> Result<Client, ClientError> {
@@ -167,25 +175,47 @@ impl Client {
         stream
             .set_send_timeout(Some(DEFAULT_TIMEOUT))
             .map_err(connect_err)?;
-        let mut client = Client {
-            stream,
-            path: path.to_path_buf(),
-            daemon_version: String::new(),
-            hello_pending: true,
-        };
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             client_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        frame::write_frame(&mut client.stream, &hello, MAX_REQUEST_FRAME)
-            .map_err(|e| client.lost(e))?;
-        Ok(client)
+        let lost = |source| ClientError::Connection {
+            path: path.to_path_buf(),
+            source,
+        };
+        let unsent_hello = frame::encode(&hello, MAX_REQUEST_FRAME).map_err(lost)?;
+        Ok(Client {
+            stream: BufReader::with_capacity(READ_BUFFER, stream),
+            path: path.to_path_buf(),
+            daemon_version: String::new(),
+            unsent_hello,
+            hello_pending: true,
+        })
+    }
+
+    /// Sends `frame`, after the hello if that is still to go.
+    fn send(&mut self, frame: &[u8]) -> Result<(), FrameError> {
+        let stream = self.stream.get_mut();
+        if self.unsent_hello.is_empty() {
+            stream.write_all(frame)?;
+        } else {
+            // Taken before writing: after a failed write the hello's answer
+            // (a refusal, say) is still read, never the hello sent twice.
+            let mut both = std::mem::take(&mut self.unsent_hello);
+            both.extend_from_slice(frame);
+            stream.write_all(&both)?;
+        }
+        stream.flush()?;
+        Ok(())
     }
 
     /// Reads the answer to the hello, if it is still to come.
     fn finish_hello(&mut self) -> Result<(), ClientError> {
         if !self.hello_pending {
             return Ok(());
+        }
+        if !self.unsent_hello.is_empty() {
+            self.send(&[]).map_err(|e| self.lost(e))?;
         }
         let reply: HelloReply = frame::read_response(&mut self.stream).map_err(|e| self.lost(e))?;
         if reply.protocol_version != PROTOCOL_VERSION {
@@ -223,13 +253,14 @@ impl Client {
             path: self.path.clone(),
             source,
         };
-        self.stream.set_recv_timeout(Some(timeout)).map_err(err)?;
-        self.stream.set_send_timeout(Some(timeout)).map_err(err)
+        let stream = self.stream.get_ref();
+        stream.set_recv_timeout(Some(timeout)).map_err(err)?;
+        stream.set_send_timeout(Some(timeout)).map_err(err)
     }
 
     /// Sends one request and waits for its answer.
     pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
-        let written = frame::write_frame(&mut self.stream, request, MAX_REQUEST_FRAME);
+        let written = frame::encode(request, MAX_REQUEST_FRAME).and_then(|frame| self.send(&frame));
         // A refused handshake explains a failed write better than the write.
         self.finish_hello()?;
         written.map_err(|e| self.lost(e))?;

@@ -1,7 +1,7 @@
 //! The socket: accepting connections, reading frames, answering them.
 //!
-//! One task per connection, any number of requests per connection, one at
-//! a time. A connection waiting for its next request may idle for
+//! One thread per connection (see [`serve`]), any number of requests per
+//! connection, one at a time. A connection waiting for its next request may idle for
 //! `idle_timeout`; once a frame has started it must arrive whole within
 //! `read_timeout`. Anything wrong with a frame (too large, malformed, late)
 //! ends that connection and nothing else. Past `max_connections`, new
@@ -9,6 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -19,7 +20,6 @@ use interprocess::local_socket::traits::tokio::Listener as _;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -425,6 +425,18 @@ impl Drop for Open<'_> {
 /// Accepts connections until `stop` is cancelled, then waits for the
 /// requests in flight to be answered. `started` hears once the accept loop
 /// runs.
+///
+/// Each connection is served by a thread of its own from the runtime's
+/// blocking pool (reused once idle: a new connection costs no new thread),
+/// which reads its frames and drives the (async) request handlers on the
+/// runtime's handle: a warm token never leaves that thread. The pool must
+/// have room for `max_connections` + [`ADMIN_RESERVE`] besides its other
+/// work ([`blocking_threads`]). Served as tasks on the runtime's
+/// workers instead, a burst of callers woke one task each on two workers,
+/// and the kernel, which shares the CPU per thread, gave those two the
+/// share of two callers: at 64 callers one request in a hundred waited
+/// milliseconds (BENCHMARKS.md). A thread per connection gets the CPU as its
+/// caller does.
 pub async fn serve(
     listener: Listener,
     daemon: Arc<Daemon>,
@@ -434,6 +446,8 @@ pub async fn serve(
 ) {
     let gate = Gate::new(&limits);
     let tracker = TaskTracker::new();
+    let live = Arc::new(Live::default());
+    let runtime = tokio::runtime::Handle::current();
     if let Some(started) = started {
         let _ = started.send(());
     }
@@ -455,18 +469,106 @@ pub async fn serve(
         let Some(admitted) = gate.admit(&peer, daemon.is_admin(&peer)) else {
             continue;
         };
-        let (daemon, limits, stop) = (daemon.clone(), limits.clone(), stop.clone());
-        tracker.spawn(async move {
+        let stream = match blocking(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "cannot serve a connection; closing it");
+                continue;
+            }
+        };
+        let (daemon, limits, live, runtime) = (
+            daemon.clone(),
+            limits.clone(),
+            live.clone(),
+            runtime.clone(),
+        );
+        tracker.spawn_blocking(move || {
             let _open = Open::new(&daemon.connections);
-            if let Err(error) = connection(stream, peer, &daemon, &limits, &stop).await {
+            let Some(_registered) = live.register(&stream) else {
+                return; // stopping
+            };
+            if let Err(error) = connection(stream, peer, &daemon, &limits, &runtime) {
                 tracing::debug!(%error, "connection ended");
             }
             drop(admitted);
         });
     }
     drop(listener);
+    // Connections waiting for their next request end now; those with a
+    // request in flight answer it first.
+    live.stop();
     tracker.close();
     tracker.wait().await;
+}
+
+/// How many blocking threads the runtime that serves `limits` needs: one
+/// per connection, and tokio's default 512 for the rest (name lookups of
+/// the HTTP client among them).
+pub fn blocking_threads(limits: &Limits) -> usize {
+    limits.max_connections + ADMIN_RESERVE + 512
+}
+
+/// The accepted stream as a blocking socket, off the runtime's poller.
+fn blocking(stream: Stream) -> io::Result<UnixStream> {
+    let Stream::UdSocket(socket) = stream;
+    let stream = UnixStream::from(OwnedFd::try_from(socket)?);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// The sockets of the connections being served, so that a stop can end
+/// their waits for a next request.
+#[derive(Default)]
+struct Live(std::sync::Mutex<LiveInner>);
+
+#[derive(Default)]
+struct LiveInner {
+    stopping: bool,
+    next: u64,
+    sockets: std::collections::HashMap<u64, std::os::fd::RawFd>,
+}
+
+/// A connection's place in [`Live`], given up (before its socket closes)
+/// when dropped.
+struct Registered<'a> {
+    live: &'a Live,
+    id: u64,
+}
+
+impl Live {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `stream`, unless the daemon is stopping.
+    fn register(&self, stream: &UnixStream) -> Option<Registered<'_>> {
+        let mut inner = self.lock();
+        if inner.stopping {
+            return None;
+        }
+        inner.next += 1;
+        let id = inner.next;
+        inner.sockets.insert(id, stream.as_raw_fd());
+        Some(Registered { live: self, id })
+    }
+
+    /// Shuts the reading side of every connection: a wait for a next
+    /// request sees the end of the stream; a reply still goes out.
+    fn stop(&self) {
+        let mut inner = self.lock();
+        inner.stopping = true;
+        for fd in inner.sockets.values() {
+            // The descriptor is open: its connection deregisters (under this
+            // lock) before closing it.
+            let _ = nix::sys::socket::shutdown(*fd, nix::sys::socket::Shutdown::Read);
+        }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.live.lock().sockets.remove(&self.id);
+    }
 }
 
 /// Names a connection remembers having audited; past this many, every
@@ -485,23 +587,24 @@ enum ConnError {
     Version(u32),
 }
 
-async fn connection(
-    mut stream: Stream,
+fn connection(
+    stream: UnixStream,
     peer: Peer,
     daemon: &Daemon,
     limits: &Limits,
-    stop: &CancellationToken,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<(), ConnError> {
     tracing::debug!(%peer, "connection");
+    let mut conn = Conn::new(stream, limits)?;
 
-    let Some(hello) = read_frame::<Hello>(&mut stream, limits, stop).await? else {
+    let Some(hello) = conn.read::<Hello>()? else {
         return Ok(());
     };
     let reply = HelloReply {
         protocol_version: PROTOCOL_VERSION,
         daemon_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    write_frame(&mut stream, &reply, limits).await?;
+    conn.write(&reply)?;
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(ConnError::Version(hello.protocol_version));
     }
@@ -511,13 +614,13 @@ async fn connection(
     // on it adds nothing to the record, only volume to the log (a service
     // asking per API call would write thousands of lines a second).
     let mut audited: Vec<String> = Vec::new();
-    while let Some(request) = read_frame::<Request>(&mut stream, limits, stop).await? {
+    while let Some(request) = conn.read::<Request>()? {
         let kind = request.kind();
         let audit = match &request {
             Request::Token(r) if !audited.contains(&r.name) => Some(r.name.clone()),
             _ => None,
         };
-        let response: Response = daemon.handle(&peer, request).await;
+        let response: Response = runtime.block_on(daemon.handle(&peer, request));
         if let (Some(name), Ok(Reply::Token(token))) = (audit, &response) {
             tracing::info!(
                 %name,
@@ -538,53 +641,152 @@ async fn connection(
             Err(error) => tracing::debug!(request = kind, %error, "request failed"),
             Ok(_) => {}
         }
-        write_frame(&mut stream, &response, limits).await?;
+        conn.write(&response)?;
     }
     Ok(())
 }
 
-/// Reads one frame; `None` when the client closed the connection or the
-/// daemon is stopping between requests.
-async fn read_frame<T: serde::de::DeserializeOwned>(
-    stream: &mut Stream,
-    limits: &Limits,
-    stop: &CancellationToken,
-) -> Result<Option<T>, ConnError> {
-    let mut header = [0u8; HEADER_LEN];
-    let first = tokio::select! {
-        _ = stop.cancelled() => return Ok(None),
-        read = tokio::time::timeout(limits.idle_timeout, stream.read(&mut header)) => read,
-    };
-    let got = first
-        .map_err(|_| ConnError::Idle)?
-        .map_err(FrameError::Io)?;
-    if got == 0 {
-        return Ok(None);
-    }
-    let rest = async {
-        stream.read_exact(&mut header[got..]).await?;
-        let len = frame::payload_len(header, MAX_REQUEST_FRAME)?;
-        let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload).await?;
-        Ok::<_, FrameError>(payload)
-    };
-    let payload = tokio::time::timeout(limits.read_timeout, rest)
-        .await
-        .map_err(|_| ConnError::Slow)??;
-    Ok(Some(frame::decode_request(&payload)?))
+/// What a connection's first read asks for: a token request and a hello
+/// sent together fit many times over; a larger frame grows the buffer for
+/// as long as it is read.
+const READ_CHUNK: usize = 1024;
+
+/// One connection's socket, read a frame at a time. A connection waiting
+/// for its next request may idle for `idle_timeout`; once a frame has
+/// started it must arrive whole within `read_timeout`, and a reply must be
+/// taken within `read_timeout`. Bytes are read as they come, so that a
+/// frame that arrives whole (or with the next) costs one read.
+struct Conn<'a> {
+    stream: UnixStream,
+    limits: &'a Limits,
+    buf: Vec<u8>,
+    /// Bytes of `buf` read and not yet taken.
+    filled: usize,
+    /// The socket's receive timeout now.
+    timeout: Duration,
 }
 
-async fn write_frame<T: Serialize>(
-    stream: &mut Stream,
-    message: &T,
-    limits: &Limits,
-) -> Result<(), ConnError> {
-    let bytes = frame::encode(message, MAX_RESPONSE_FRAME)?;
-    tokio::time::timeout(limits.read_timeout, stream.write_all(&bytes))
-        .await
-        .map_err(|_| ConnError::Slow)?
-        .map_err(FrameError::Io)?;
-    Ok(())
+impl<'a> Conn<'a> {
+    fn new(stream: UnixStream, limits: &'a Limits) -> Result<Conn<'a>, ConnError> {
+        stream
+            .set_read_timeout(Some(limits.idle_timeout))
+            .and_then(|()| stream.set_write_timeout(Some(limits.read_timeout)))
+            .map_err(FrameError::Io)?;
+        Ok(Conn {
+            stream,
+            limits,
+            buf: vec![0; READ_CHUNK],
+            filled: 0,
+            timeout: limits.idle_timeout,
+        })
+    }
+
+    /// Reads one frame; `None` when the client closed the connection, or
+    /// the daemon is stopping, between requests.
+    fn read<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, ConnError> {
+        if self.filled == 0 {
+            self.set_timeout(self.limits.idle_timeout)?;
+            match self.fill() {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) if timed_out(&e) => return Err(ConnError::Idle),
+                Err(e) => return Err(FrameError::Io(e).into()),
+            }
+        }
+        let deadline = std::time::Instant::now() + self.limits.read_timeout;
+        self.fill_to(HEADER_LEN, deadline)?;
+        let header: [u8; HEADER_LEN] = self.buf[..HEADER_LEN].try_into().expect("header");
+        let whole = HEADER_LEN + frame::payload_len(header, MAX_REQUEST_FRAME)?;
+        self.fill_to(whole, deadline)?;
+        let message = frame::decode_request(&self.buf[HEADER_LEN..whole]);
+        self.buf.copy_within(whole..self.filled, 0);
+        self.filled -= whole;
+        if self.buf.len() > READ_CHUNK && self.filled <= READ_CHUNK {
+            self.buf.truncate(READ_CHUNK);
+            self.buf.shrink_to_fit();
+        }
+        Ok(Some(message?))
+    }
+
+    /// Reads until `len` bytes are in hand, by `deadline`.
+    fn fill_to(&mut self, len: usize, deadline: std::time::Instant) -> Result<(), ConnError> {
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        while self.filled < len {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(ConnError::Slow);
+            }
+            self.set_timeout(left)?;
+            match self.fill() {
+                Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()).into()),
+                Ok(_) => {}
+                Err(e) if timed_out(&e) => return Err(ConnError::Slow),
+                Err(e) => return Err(FrameError::Io(e).into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// One read into the free part of the buffer.
+    fn fill(&mut self) -> io::Result<usize> {
+        use std::io::Read;
+        loop {
+            match (&self.stream).read(&mut self.buf[self.filled..]) {
+                Ok(n) => {
+                    self.filled += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn set_timeout(&mut self, timeout: Duration) -> Result<(), ConnError> {
+        if timeout != self.timeout {
+            self.stream
+                .set_read_timeout(Some(timeout))
+                .map_err(FrameError::Io)?;
+            self.timeout = timeout;
+        }
+        Ok(())
+    }
+
+    fn write<T: Serialize>(&mut self, message: &T) -> Result<(), ConnError> {
+        use nix::sys::socket::{send, MsgFlags};
+        let bytes = frame::encode(message, MAX_RESPONSE_FRAME)?;
+        let mut sent = 0;
+        while sent < bytes.len() {
+            // MSG_NOSIGNAL: a caller that went away is an error here, not a
+            // SIGPIPE for the whole daemon.
+            match send(
+                self.stream.as_raw_fd(),
+                &bytes[sent..],
+                MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(n) => sent += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(errno) => {
+                    let error = io::Error::from(errno);
+                    return Err(match timed_out(&error) {
+                        true => ConnError::Slow,
+                        false => FrameError::Io(error).into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a socket timeout shows.
+fn timed_out(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 #[cfg(test)]

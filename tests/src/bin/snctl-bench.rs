@@ -195,17 +195,9 @@ fn echo_server(path: &Path, reply_len: usize) -> anyhow::Result<()> {
             std::thread::Builder::new()
                 .stack_size(64 * 1024)
                 .spawn(move || {
-                    let mut payload = vec![0u8; MAX_REQUEST_FRAME];
-                    loop {
-                        let mut header = [0u8; 4];
-                        if stream.read_exact(&mut header).is_err() {
-                            return;
-                        }
-                        let len = u32::from_le_bytes(header) as usize;
-                        if len > MAX_REQUEST_FRAME
-                            || stream.read_exact(&mut payload[..len]).is_err()
-                            || stream.write_all(&reply).is_err()
-                        {
+                    let mut buf = vec![0u8; frame::HEADER_LEN + MAX_REQUEST_FRAME];
+                    while read_frame(&mut stream, &mut buf).is_ok() {
+                        if stream.write_all(&reply).is_err() {
                             return;
                         }
                     }
@@ -240,17 +232,20 @@ fn async_echo_server(path: &Path, reply_len: usize) -> anyhow::Result<()> {
                 };
                 let reply = reply.clone();
                 tokio::spawn(async move {
-                    let mut payload = vec![0u8; MAX_REQUEST_FRAME];
+                    let mut buf = vec![0u8; frame::HEADER_LEN + MAX_REQUEST_FRAME];
                     loop {
-                        let mut header = [0u8; 4];
-                        if stream.read_exact(&mut header).await.is_err() {
-                            return;
+                        // As `read_frame`, on the runtime.
+                        let mut filled = 0;
+                        while filled < frame::HEADER_LEN || filled < frame_len(&buf) {
+                            match stream.read(&mut buf[filled..]).await {
+                                Ok(n) if n > 0 => filled += n,
+                                _ => return,
+                            }
+                            if filled >= frame::HEADER_LEN && frame_len(&buf) > buf.len() {
+                                return;
+                            }
                         }
-                        let len = u32::from_le_bytes(header) as usize;
-                        if len > MAX_REQUEST_FRAME
-                            || stream.read_exact(&mut payload[..len]).await.is_err()
-                            || stream.write_all(&reply).await.is_err()
-                        {
+                        if stream.write_all(&reply).await.is_err() {
                             return;
                         }
                     }
@@ -261,15 +256,36 @@ fn async_echo_server(path: &Path, reply_len: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The length of the frame that starts `buf` (its header's length and
+/// payload's), once 4 bytes are in.
+fn frame_len(buf: &[u8]) -> usize {
+    let header: [u8; frame::HEADER_LEN] = buf[..frame::HEADER_LEN].try_into().expect("header");
+    frame::HEADER_LEN + u32::from_le_bytes(header) as usize
+}
+
+/// Reads one frame into `buf` as the daemon and the client library read
+/// one: whatever has come, until the frame is whole (one read when it came
+/// whole). One request is in flight per connection, so nothing follows it.
+fn read_frame(stream: &mut UnixStream, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < frame::HEADER_LEN || filled < frame_len(buf) {
+        match stream.read(&mut buf[filled..])? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => filled += n,
+        }
+        if filled >= frame::HEADER_LEN && frame_len(buf) > buf.len() {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+    }
+    Ok(())
+}
+
 /// One round trip to the floor server: the request frame written as the
 /// client library writes it, the reply read as it reads one.
 fn echo_once(stream: &mut UnixStream, request: &[u8], buf: &mut Vec<u8>) {
     stream.write_all(request).expect("echo write");
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header).expect("echo read");
-    let len = u32::from_le_bytes(header) as usize;
-    buf.resize(len, 0);
-    stream.read_exact(buf).expect("echo read");
+    buf.resize(1024, 0);
+    read_frame(stream, buf).expect("echo read");
 }
 
 fn micros(d: Duration) -> String {

@@ -8,6 +8,7 @@
 mod callback;
 mod jwtkey;
 
+use std::ffi::OsString;
 use std::io::{BufRead, IsTerminal, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -405,13 +406,99 @@ fn other(message: impl Into<String>) -> Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let outcome = match TokenArgs::quick(std::env::args_os().skip(1)) {
+        Some(args) => print_token(&args.socket, &args.name, args.min_valid, args.json),
+        None => run(Cli::parse()),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("snctl: {}", failure.message);
             ExitCode::from(failure.code as u8)
         }
+    }
+}
+
+/// The arguments of `snctl token`, read without clap.
+#[derive(Debug, PartialEq)]
+struct TokenArgs {
+    socket: Option<PathBuf>,
+    name: String,
+    min_valid: u32,
+    json: bool,
+}
+
+impl TokenArgs {
+    /// `snctl token` is what scripts run, often once per API call, and
+    /// building clap's parser for every subcommand was a fifth of its
+    /// start-up (BENCHMARKS.md). The plain forms — `[--socket PATH] token
+    /// NAME [--min-valid SECS] [--json]`, options as `--opt VALUE` or
+    /// `--opt=VALUE` — are read here; anything else (help, an unknown,
+    /// repeated or empty option, a value that is not a number, a name
+    /// starting with `-`) gives None and goes to clap, which reads it the
+    /// same way or explains what is wrong. A test holds the two to the same
+    /// answers.
+    fn quick(args: impl IntoIterator<Item = OsString>) -> Option<TokenArgs> {
+        let mut args = args.into_iter();
+        let (mut socket, mut name, mut min_valid, mut json) = (None, None, None, false);
+        let mut in_token = false;
+        while let Some(arg) = args.next() {
+            let arg = arg.into_string().ok()?;
+            let Some(option) = arg.strip_prefix("--") else {
+                if arg.starts_with('-') || arg.is_empty() {
+                    return None;
+                }
+                match (in_token, &name) {
+                    (false, _) if arg == "token" => in_token = true,
+                    (true, None) => name = Some(arg),
+                    _ => return None,
+                }
+                continue;
+            };
+            let (key, inline) = match option.split_once('=') {
+                Some((key, value)) => (key, Some(value.to_string())),
+                None => (option, None),
+            };
+            let mut value = || {
+                let value = match &inline {
+                    Some(value) => value.clone(),
+                    None => args.next()?.into_string().ok()?,
+                };
+                (!value.is_empty() && !value.starts_with('-')).then_some(value)
+            };
+            match key {
+                "socket" if socket.is_none() => socket = Some(PathBuf::from(value()?)),
+                "min-valid" if in_token && min_valid.is_none() => {
+                    min_valid = Some(value()?.parse().ok()?)
+                }
+                "json" if in_token && !json && inline.is_none() => json = true,
+                _ => return None,
+            }
+        }
+        Some(TokenArgs {
+            socket,
+            name: name?,
+            min_valid: min_valid.unwrap_or(60),
+            json,
+        })
+    }
+}
+
+/// `snctl token`: only the token on stdout (or the JSON form).
+fn print_token(
+    socket: &Option<PathBuf>,
+    name: &str,
+    min_valid: u32,
+    json: bool,
+) -> Result<(), Failure> {
+    let token = connect(socket)?.token_with(name, Duration::from_secs(min_valid.into()))?;
+    if json {
+        print_json(&token)
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", token.access_token.expose())
+            .and_then(|_| out.flush())
+            .map_err(|e| other(format!("cannot write the token: {e}")))
     }
 }
 
@@ -592,18 +679,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             name,
             min_valid,
             json,
-        } => {
-            let token =
-                connect(&cli.socket)?.token_with(&name, Duration::from_secs(min_valid.into()))?;
-            if json {
-                print_json(&token)
-            } else {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{}", token.access_token.expose())
-                    .and_then(|_| out.flush())
-                    .map_err(|e| other(format!("cannot write the token: {e}")))
-            }
-        }
+        } => print_token(&cli.socket, &name, min_valid, json),
         Command::Refresh { name } => {
             let summary = connect(&cli.socket)?.refresh(&name)?;
             println!(
@@ -1127,6 +1203,95 @@ fn print_status(s: &DaemonStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What clap makes of `args`, as `snctl token`'s arguments.
+    fn clap_token(args: &[&str]) -> Option<TokenArgs> {
+        let cli = Cli::try_parse_from(std::iter::once("snctl").chain(args.iter().copied())).ok()?;
+        match cli.command {
+            Command::Token {
+                name,
+                min_valid,
+                json,
+            } => Some(TokenArgs {
+                socket: cli.socket,
+                name,
+                min_valid,
+                json,
+            }),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_quick_token_parser_agrees_with_clap() {
+        let words = [
+            "token",
+            "prod",
+            "x",
+            "--socket",
+            "/s",
+            "--socket=/t",
+            "--min-valid",
+            "30",
+            "--min-valid=5",
+            "--json",
+            "--json=1",
+            "--help",
+            "-h",
+            "--",
+            "-5",
+            "+7",
+            "list",
+            "",
+            "--min-valid=",
+            "--socket=",
+            "--min-valid=99999999999",
+        ];
+        let mut args = vec![];
+        let (mut quick, mut total) = (0, 0);
+        // Every sequence of up to four words.
+        fn each(
+            words: &[&'static str],
+            args: &mut Vec<&'static str>,
+            depth: usize,
+            f: &mut dyn FnMut(&[&str]),
+        ) {
+            f(args);
+            if depth == 0 {
+                return;
+            }
+            for word in words {
+                args.push(word);
+                each(words, args, depth - 1, f);
+                args.pop();
+            }
+        }
+        each(&words, &mut args, 4, &mut |args| {
+            total += 1;
+            let os: Vec<OsString> = args.iter().map(OsString::from).collect();
+            if let Some(parsed) = TokenArgs::quick(os) {
+                quick += 1;
+                assert_eq!(Some(parsed), clap_token(args), "{args:?}");
+            }
+        });
+        assert!(quick > 100, "{quick} of {total} read quickly");
+        for common in [
+            &["token", "prod"][..],
+            &[
+                "--socket",
+                "/s",
+                "token",
+                "prod",
+                "--min-valid",
+                "300",
+                "--json",
+            ],
+            &["token", "--json", "prod", "--socket=/t"],
+        ] {
+            let os: Vec<OsString> = common.iter().map(OsString::from).collect();
+            assert!(TokenArgs::quick(os).is_some(), "{common:?}");
+        }
+    }
 
     #[test]
     fn lifespans_read_as_on_the_record_or_with_a_unit() {
