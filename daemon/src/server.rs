@@ -794,6 +794,116 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
+    fn hello(version: &str) -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_version: version.into(),
+        }
+    }
+
+    fn limits(idle: Duration, read: Duration) -> Limits {
+        Limits {
+            idle_timeout: idle,
+            read_timeout: read,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn frames_are_read_whole_however_they_arrive() {
+        use std::io::Write;
+        let limits = limits(Duration::from_secs(30), Duration::from_secs(30));
+        let (mut client, daemon) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(daemon, &limits).unwrap();
+        // Two frames in one write (a hello sent with the first request).
+        let mut both = frame::encode(&hello("one"), MAX_REQUEST_FRAME).unwrap();
+        both.extend(frame::encode(&hello("two"), MAX_REQUEST_FRAME).unwrap());
+        client.write_all(&both).unwrap();
+        assert_eq!(conn.read::<Hello>().unwrap().unwrap().client_version, "one");
+        assert_eq!(conn.filled, both.len() / 2, "the second frame waits, read");
+        assert_eq!(conn.read::<Hello>().unwrap().unwrap().client_version, "two");
+        // A frame in pieces: header split, payload in two.
+        let one = frame::encode(&hello("three"), MAX_REQUEST_FRAME).unwrap();
+        let writer = std::thread::spawn(move || {
+            for piece in [&one[..2], &one[2..6], &one[6..]] {
+                client.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            client
+        });
+        assert_eq!(
+            conn.read::<Hello>().unwrap().unwrap().client_version,
+            "three"
+        );
+        // A frame larger than the first read grows the buffer for as long
+        // as it is read.
+        let mut client = writer.join().unwrap();
+        let big = hello(&"x".repeat(8 * READ_CHUNK));
+        client
+            .write_all(&frame::encode(&big, MAX_REQUEST_FRAME).unwrap())
+            .unwrap();
+        assert_eq!(conn.read::<Hello>().unwrap().unwrap(), big);
+        assert_eq!(conn.buf.len(), READ_CHUNK);
+        // The end of the stream between frames: no more requests.
+        drop(client);
+        assert!(conn.read::<Hello>().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_late_frame_and_an_idle_connection_end_with_their_reasons() {
+        use std::io::Write;
+        let limits = limits(Duration::from_millis(200), Duration::from_millis(200));
+        let (mut client, daemon) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(daemon, &limits).unwrap();
+        assert!(matches!(conn.read::<Hello>(), Err(ConnError::Idle)));
+        let one = frame::encode(&hello("late"), MAX_REQUEST_FRAME).unwrap();
+        client.write_all(&one[..3]).unwrap();
+        assert!(matches!(conn.read::<Hello>(), Err(ConnError::Slow)));
+        // Cut off mid-frame.
+        let (mut client, daemon) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(daemon, &limits).unwrap();
+        client.write_all(&one[..6]).unwrap();
+        drop(client);
+        assert!(matches!(
+            conn.read::<Hello>(),
+            Err(ConnError::Frame(FrameError::Io(_)))
+        ));
+        // A header claiming more than a request may hold.
+        let (mut client, daemon) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(daemon, &limits).unwrap();
+        client.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        assert!(matches!(
+            conn.read::<Hello>(),
+            Err(ConnError::Frame(FrameError::TooLarge { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_stop_ends_the_wait_for_a_next_request() {
+        let limits = limits(Duration::from_secs(600), Duration::from_secs(600));
+        let live = Arc::new(Live::default());
+        let (_client, daemon) = UnixStream::pair().unwrap();
+        let waiting = {
+            let live = live.clone();
+            std::thread::spawn(move || {
+                let _registered = live.register(&daemon).expect("not stopping yet");
+                let mut conn = Conn::new(daemon.try_clone().unwrap(), &limits).unwrap();
+                conn.read::<Hello>().map(|h| h.is_none())
+            })
+        };
+        // Stop once the connection is registered (it then waits in read).
+        while live.lock().sockets.is_empty() {
+            std::thread::yield_now();
+        }
+        live.stop();
+        assert!(matches!(waiting.join().unwrap(), Ok(true)));
+        let (_client, late) = UnixStream::pair().unwrap();
+        assert!(
+            live.register(&late).is_none(),
+            "no new connection once stopping"
+        );
+    }
+
     fn refusal(fd: BorrowedFd<'_>) -> String {
         check_passed(fd).unwrap_err().to_string()
     }
