@@ -1,9 +1,9 @@
 //! The socket: accepting connections, reading frames, answering them.
 //!
 //! One thread per connection (see [`serve`]), any number of requests per
-//! connection, one at a time. A connection waiting for its next request may idle for
-//! `idle_timeout`; once a frame has started it must arrive whole within
-//! `read_timeout`. Anything wrong with a frame (too large, malformed, late)
+//! connection, one at a time. A connection waiting for its next request
+//! may idle for `idle_timeout`; once a frame has started it must arrive
+//! whole within `read_timeout`. Anything wrong with a frame (too large, malformed, late)
 //! ends that connection and nothing else. Past `max_connections`, new
 //! connections are closed at once.
 
@@ -484,10 +484,11 @@ pub async fn serve(
         );
         tracker.spawn_blocking(move || {
             let _open = Open::new(&daemon.connections);
+            // Registered after `stream`, so deregistered before it closes.
             let Some(_registered) = live.register(&stream) else {
                 return; // stopping
             };
-            if let Err(error) = connection(stream, peer, &daemon, &limits, &runtime) {
+            if let Err(error) = connection(&stream, peer, &daemon, &limits, &runtime) {
                 tracing::debug!(%error, "connection ended");
             }
             drop(admitted);
@@ -588,7 +589,7 @@ enum ConnError {
 }
 
 fn connection(
-    stream: UnixStream,
+    stream: &UnixStream,
     peer: Peer,
     daemon: &Daemon,
     limits: &Limits,
@@ -657,7 +658,7 @@ const READ_CHUNK: usize = 1024;
 /// taken within `read_timeout`. Bytes are read as they come, so that a
 /// frame that arrives whole (or with the next) costs one read.
 struct Conn<'a> {
-    stream: UnixStream,
+    stream: &'a UnixStream,
     limits: &'a Limits,
     buf: Vec<u8>,
     /// Bytes of `buf` read and not yet taken.
@@ -667,7 +668,7 @@ struct Conn<'a> {
 }
 
 impl<'a> Conn<'a> {
-    fn new(stream: UnixStream, limits: &'a Limits) -> Result<Conn<'a>, ConnError> {
+    fn new(stream: &'a UnixStream, limits: &'a Limits) -> Result<Conn<'a>, ConnError> {
         stream
             .set_read_timeout(Some(limits.idle_timeout))
             .and_then(|()| stream.set_write_timeout(Some(limits.read_timeout)))
@@ -733,7 +734,7 @@ impl<'a> Conn<'a> {
     fn fill(&mut self) -> io::Result<usize> {
         use std::io::Read;
         loop {
-            match (&self.stream).read(&mut self.buf[self.filled..]) {
+            match self.stream.read(&mut self.buf[self.filled..]) {
                 Ok(n) => {
                     self.filled += n;
                     return Ok(n);
@@ -814,7 +815,7 @@ mod tests {
         use std::io::Write;
         let limits = limits(Duration::from_secs(30), Duration::from_secs(30));
         let (mut client, daemon) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(daemon, &limits).unwrap();
+        let mut conn = Conn::new(&daemon, &limits).unwrap();
         // Two frames in one write (a hello sent with the first request).
         let mut both = frame::encode(&hello("one"), MAX_REQUEST_FRAME).unwrap();
         both.extend(frame::encode(&hello("two"), MAX_REQUEST_FRAME).unwrap());
@@ -854,14 +855,14 @@ mod tests {
         use std::io::Write;
         let limits = limits(Duration::from_millis(200), Duration::from_millis(200));
         let (mut client, daemon) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(daemon, &limits).unwrap();
+        let mut conn = Conn::new(&daemon, &limits).unwrap();
         assert!(matches!(conn.read::<Hello>(), Err(ConnError::Idle)));
         let one = frame::encode(&hello("late"), MAX_REQUEST_FRAME).unwrap();
         client.write_all(&one[..3]).unwrap();
         assert!(matches!(conn.read::<Hello>(), Err(ConnError::Slow)));
         // Cut off mid-frame.
         let (mut client, daemon) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(daemon, &limits).unwrap();
+        let mut conn = Conn::new(&daemon, &limits).unwrap();
         client.write_all(&one[..6]).unwrap();
         drop(client);
         assert!(matches!(
@@ -870,7 +871,7 @@ mod tests {
         ));
         // A header claiming more than a request may hold.
         let (mut client, daemon) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(daemon, &limits).unwrap();
+        let mut conn = Conn::new(&daemon, &limits).unwrap();
         client.write_all(&u32::MAX.to_le_bytes()).unwrap();
         assert!(matches!(
             conn.read::<Hello>(),
@@ -887,7 +888,7 @@ mod tests {
             let live = live.clone();
             std::thread::spawn(move || {
                 let _registered = live.register(&daemon).expect("not stopping yet");
-                let mut conn = Conn::new(daemon.try_clone().unwrap(), &limits).unwrap();
+                let mut conn = Conn::new(&daemon, &limits).unwrap();
                 conn.read::<Hello>().map(|h| h.is_none())
             })
         };
