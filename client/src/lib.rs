@@ -15,14 +15,14 @@
 //! # }
 //! ```
 
-use std::io::{self, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::{GenericFilePath, Stream};
 
-use snctl_shared::frame::{self, FrameError, MAX_REQUEST_FRAME};
+use snctl_shared::frame::{self, FrameBuf, FrameError, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 use snctl_shared::protocol::{
     AddRequest, AuthSummary, BackupRequest, DaemonStatus, Diagnosis, Hello, HelloReply,
     LoginChallenge, LoginRequest, NameRequest, RemoveReply, RemoveRequest, Reply, Request,
@@ -37,9 +37,6 @@ pub use snctl_shared::{Error, ErrorKind, Secret, PROTOCOL_VERSION};
 /// How long to wait for an answer. Admin requests talk to the instance,
 /// which may take a while; a token from memory takes microseconds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Room for the answers read at once: a token's, with the hello's.
-const READ_BUFFER: usize = 1024;
 
 /// Why a request did not get an answer.
 #[derive(Debug)]
@@ -123,9 +120,10 @@ pub struct Backup {
 /// A connection to `snctld`. One connection serves any number of requests,
 /// one at a time.
 pub struct Client {
-    /// Answers are read through a small buffer: one read takes a frame
-    /// whole (and the hello's answer with the first request's).
-    stream: BufReader<Stream>,
+    stream: Stream,
+    /// Answers as they arrive: one read takes a frame that came whole (and
+    /// the hello's answer with the first request's).
+    frames: FrameBuf,
     path: PathBuf,
     daemon_version: String,
     /// The hello, encoded and not yet sent: it goes out with the first
@@ -185,7 +183,8 @@ impl Client {
         };
         let unsent_hello = frame::encode(&hello, MAX_REQUEST_FRAME).map_err(lost)?;
         Ok(Client {
-            stream: BufReader::with_capacity(READ_BUFFER, stream),
+            stream,
+            frames: FrameBuf::new(MAX_RESPONSE_FRAME),
             path: path.to_path_buf(),
             daemon_version: String::new(),
             unsent_hello,
@@ -195,7 +194,7 @@ impl Client {
 
     /// Sends `frame`, after the hello if that is still to go.
     fn send(&mut self, frame: &[u8]) -> Result<(), FrameError> {
-        let stream = self.stream.get_mut();
+        let stream = &mut self.stream;
         if self.unsent_hello.is_empty() {
             stream.write_all(frame)?;
         } else {
@@ -217,7 +216,10 @@ impl Client {
         if !self.unsent_hello.is_empty() {
             self.send(&[]).map_err(|e| self.lost(e))?;
         }
-        let reply: HelloReply = frame::read_response(&mut self.stream).map_err(|e| self.lost(e))?;
+        let reply: HelloReply = self
+            .frames
+            .read_frame(&mut self.stream, frame::decode_response)
+            .map_err(|e| self.lost(e))?;
         if reply.protocol_version != PROTOCOL_VERSION {
             return Err(ClientError::Daemon(Error::ProtocolMismatch {
                 daemon: reply.protocol_version,
@@ -253,7 +255,7 @@ impl Client {
             path: self.path.clone(),
             source,
         };
-        let stream = self.stream.get_ref();
+        let stream = &self.stream;
         stream.set_recv_timeout(Some(timeout)).map_err(err)?;
         stream.set_send_timeout(Some(timeout)).map_err(err)
     }
@@ -264,8 +266,10 @@ impl Client {
         // A refused handshake explains a failed write better than the write.
         self.finish_hello()?;
         written.map_err(|e| self.lost(e))?;
-        let response: Response =
-            frame::read_response(&mut self.stream).map_err(|e| self.lost(e))?;
+        let response: Response = self
+            .frames
+            .read_frame(&mut self.stream, frame::decode_response)
+            .map_err(|e| self.lost(e))?;
         response.map_err(ClientError::Daemon)
     }
 

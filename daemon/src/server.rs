@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use snctl_shared::frame::{self, FrameError, HEADER_LEN, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
+use snctl_shared::frame::{self, FrameBuf, FrameError, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 use snctl_shared::protocol::{Hello, HelloReply, Reply, Request, Response};
 use snctl_shared::Error;
 use snctl_shared::PROTOCOL_VERSION;
@@ -647,23 +647,16 @@ fn connection(
     Ok(())
 }
 
-/// What a connection's first read asks for: a token request and a hello
-/// sent together fit many times over; a larger frame grows the buffer for
-/// as long as it is read.
-const READ_CHUNK: usize = 1024;
-
-/// One connection's socket, read a frame at a time. A connection waiting
-/// for its next request may idle for `idle_timeout`; once a frame has
-/// started it must arrive whole within `read_timeout`, and a reply must be
-/// taken within `read_timeout`. Bytes are read as they come, so that a
-/// frame that arrives whole (or with the next) costs one read.
+/// One connection's socket, read a frame at a time ([`FrameBuf`]). A
+/// connection waiting for its next request may idle for `idle_timeout`;
+/// once a frame has started it must arrive whole within `read_timeout`, and
+/// a reply must be taken within `read_timeout`.
 struct Conn<'a> {
     stream: &'a UnixStream,
     limits: &'a Limits,
-    buf: Vec<u8>,
-    /// Bytes of `buf` read and not yet taken.
-    filled: usize,
-    /// The socket's receive timeout now.
+    frames: FrameBuf,
+    /// The socket's receive timeout now: set only when it changes, so a
+    /// frame that arrives whole costs one read and no other call.
     timeout: Duration,
 }
 
@@ -676,8 +669,7 @@ impl<'a> Conn<'a> {
         Ok(Conn {
             stream,
             limits,
-            buf: vec![0; READ_CHUNK],
-            filled: 0,
+            frames: FrameBuf::new(MAX_REQUEST_FRAME),
             timeout: limits.idle_timeout,
         })
     }
@@ -685,63 +677,34 @@ impl<'a> Conn<'a> {
     /// Reads one frame; `None` when the client closed the connection, or
     /// the daemon is stopping, between requests.
     fn read<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, ConnError> {
-        if self.filled == 0 {
+        if self.frames.is_empty() {
             self.set_timeout(self.limits.idle_timeout)?;
-            match self.fill() {
-                Ok(0) => return Ok(None),
-                Ok(_) => {}
-                Err(e) if timed_out(&e) => return Err(ConnError::Idle),
-                Err(e) => return Err(FrameError::Io(e).into()),
+            if self.fill(ConnError::Idle)? == 0 {
+                return Ok(None);
             }
         }
         let deadline = std::time::Instant::now() + self.limits.read_timeout;
-        self.fill_to(HEADER_LEN, deadline)?;
-        let header: [u8; HEADER_LEN] = self.buf[..HEADER_LEN].try_into().expect("header");
-        let whole = HEADER_LEN + frame::payload_len(header, MAX_REQUEST_FRAME)?;
-        self.fill_to(whole, deadline)?;
-        let message = frame::decode_request(&self.buf[HEADER_LEN..whole]);
-        self.buf.copy_within(whole..self.filled, 0);
-        self.filled -= whole;
-        if self.buf.len() > READ_CHUNK && self.filled <= READ_CHUNK {
-            self.buf.truncate(READ_CHUNK);
-            self.buf.shrink_to_fit();
-        }
-        Ok(Some(message?))
-    }
-
-    /// Reads until `len` bytes are in hand, by `deadline`.
-    fn fill_to(&mut self, len: usize, deadline: std::time::Instant) -> Result<(), ConnError> {
-        if self.buf.len() < len {
-            self.buf.resize(len, 0);
-        }
-        while self.filled < len {
+        loop {
+            if let Some(message) = self.frames.take(frame::decode_request)? {
+                return Ok(Some(message));
+            }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(ConnError::Slow);
             }
             self.set_timeout(left)?;
-            match self.fill() {
-                Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()).into()),
-                Ok(_) => {}
-                Err(e) if timed_out(&e) => return Err(ConnError::Slow),
-                Err(e) => return Err(FrameError::Io(e).into()),
+            if self.fill(ConnError::Slow)? == 0 {
+                return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()).into());
             }
         }
-        Ok(())
     }
 
-    /// One read into the free part of the buffer.
-    fn fill(&mut self) -> io::Result<usize> {
-        use std::io::Read;
-        loop {
-            match self.stream.read(&mut self.buf[self.filled..]) {
-                Ok(n) => {
-                    self.filled += n;
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
+    /// One read; a timeout is `late`.
+    fn fill(&mut self, late: ConnError) -> Result<usize, ConnError> {
+        let mut stream = self.stream;
+        match self.frames.read_from(&mut stream) {
+            Err(FrameError::Io(e)) if timed_out(&e) => Err(late),
+            read => Ok(read?),
         }
     }
 
@@ -821,7 +784,11 @@ mod tests {
         both.extend(frame::encode(&hello("two"), MAX_REQUEST_FRAME).unwrap());
         client.write_all(&both).unwrap();
         assert_eq!(conn.read::<Hello>().unwrap().unwrap().client_version, "one");
-        assert_eq!(conn.filled, both.len() / 2, "the second frame waits, read");
+        assert_eq!(
+            conn.frames.buffered(),
+            both.len() / 2,
+            "the second waits, read"
+        );
         assert_eq!(conn.read::<Hello>().unwrap().unwrap().client_version, "two");
         // A frame in pieces: header split, payload in two.
         let one = frame::encode(&hello("three"), MAX_REQUEST_FRAME).unwrap();
@@ -839,12 +806,12 @@ mod tests {
         // A frame larger than the first read grows the buffer for as long
         // as it is read.
         let mut client = writer.join().unwrap();
-        let big = hello(&"x".repeat(8 * READ_CHUNK));
+        let big = hello(&"x".repeat(8 * frame::READ_CHUNK));
         client
             .write_all(&frame::encode(&big, MAX_REQUEST_FRAME).unwrap())
             .unwrap();
         assert_eq!(conn.read::<Hello>().unwrap().unwrap(), big);
-        assert_eq!(conn.buf.len(), READ_CHUNK);
+        assert_eq!(conn.frames.capacity(), frame::READ_CHUNK);
         // The end of the stream between frames: no more requests.
         drop(client);
         assert!(conn.read::<Hello>().unwrap().is_none());

@@ -5,30 +5,11 @@ use std::io::{self, Read};
 
 use serde::{de::DeserializeOwned, Serialize};
 use snctl_shared::frame::{
-    decode_request, decode_response, encode, payload_len, read_response, HEADER_LEN,
-    MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
+    decode_request, decode_response, encode, payload_len, FrameBuf, HEADER_LEN, MAX_REQUEST_FRAME,
+    MAX_RESPONSE_FRAME,
 };
 use snctl_shared::protocol::{Hello, HelloReply, Request, Response};
 use snctl_shared::FrameError;
-
-/// The daemon's request read (`read_frame` in `daemon/src/server.rs`, which
-/// is private and async) on a blocking reader, call for call: one read for
-/// the header (0 bytes: the client closed), the rest of it, the length
-/// checked against [`MAX_REQUEST_FRAME`], the payload, `decode_request`.
-pub fn read_request_frame<T: DeserializeOwned, R: Read>(
-    reader: &mut R,
-) -> Result<Option<T>, FrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    let got = reader.read(&mut header)?;
-    if got == 0 {
-        return Ok(None);
-    }
-    reader.read_exact(&mut header[got..])?;
-    let len = payload_len(header, MAX_REQUEST_FRAME)?;
-    let mut payload = vec![0u8; len];
-    reader.read_exact(&mut payload)?;
-    Ok(Some(decode_request(&payload)?))
-}
 
 /// A reader that hands out at most `chunk` bytes per call, as a socket may.
 pub struct Chunked<'a> {
@@ -55,40 +36,42 @@ impl Read for Chunked<'_> {
     }
 }
 
-/// The daemon's side of a connection: a `Hello`, then requests until the
-/// end of the stream or the first error. Every request read is checked
-/// with [`check_request`].
+/// The daemon's side of a connection, read with the daemon's
+/// [`FrameBuf`]: a `Hello`, then requests until the end of the stream or
+/// the first error. Every request read is checked with [`check_request`].
 pub fn daemon_reads(bytes: &[u8], chunk: usize) -> usize {
     let mut stream = Chunked::new(bytes, chunk);
-    match read_request_frame::<Hello, _>(&mut stream) {
-        Ok(Some(hello)) => check_round_trip(&hello, MAX_REQUEST_FRAME, decode_request),
-        Ok(None) => return 0,
+    let mut frames = FrameBuf::new(MAX_REQUEST_FRAME);
+    match frames.read_frame(&mut stream, decode_request::<Hello>) {
+        Ok(hello) => check_round_trip(&hello, MAX_REQUEST_FRAME, decode_request),
+        Err(FrameError::Closed) => return 0,
         Err(e) => return check_refusal(e, MAX_REQUEST_FRAME),
     }
     let mut count = 0;
     loop {
-        match read_request_frame::<Request, _>(&mut stream) {
-            Ok(Some(request)) => {
+        match frames.read_frame(&mut stream, decode_request::<Request>) {
+            Ok(request) => {
                 check_request(&request);
                 count += 1;
             }
-            Ok(None) => return count,
+            Err(FrameError::Closed) => return count,
             Err(e) => return check_refusal(e, MAX_REQUEST_FRAME) + count,
         }
     }
 }
 
-/// The client's side: a `HelloReply`, then responses until the end of the
-/// stream or the first error.
+/// The client's side, read as the client library reads: a `HelloReply`,
+/// then responses until the end of the stream or the first error.
 pub fn client_reads(bytes: &[u8], chunk: usize) -> usize {
     let mut stream = Chunked::new(bytes, chunk);
-    match read_response::<_, HelloReply>(&mut stream) {
+    let mut frames = FrameBuf::new(MAX_RESPONSE_FRAME);
+    match frames.read_frame(&mut stream, decode_response::<HelloReply>) {
         Ok(reply) => check_round_trip(&reply, MAX_RESPONSE_FRAME, decode_response),
         Err(e) => return check_refusal(e, MAX_RESPONSE_FRAME),
     }
     let mut count = 0;
     loop {
-        match read_response::<_, Response>(&mut stream) {
+        match frames.read_frame(&mut stream, decode_response::<Response>) {
             Ok(response) => {
                 check_round_trip(&response, MAX_RESPONSE_FRAME, decode_response);
                 count += 1;

@@ -21,7 +21,7 @@
 //! allocate more. A payload must be consumed exactly; trailing bytes are an
 //! error.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 use bincode::config::{Configuration, Limit};
 use serde::{de::DeserializeOwned, Serialize};
@@ -114,36 +114,137 @@ fn decode_with<T: DeserializeOwned, const N: usize>(
     Ok(message)
 }
 
-/// Writes one frame to a blocking writer.
-pub fn write_frame<W: Write, T: Serialize>(
-    writer: &mut W,
-    message: &T,
+/// Bytes read at a time while no longer frame is in progress: a hello with
+/// a token request, or their answers, fit many times over.
+pub const READ_CHUNK: usize = 1024;
+
+/// Frames as they arrive on a stream, for both ends: whatever has come is
+/// read into a buffer and whole frames are taken from its front, so that a
+/// frame that came whole (or with the next) costs one read. A frame longer
+/// than the buffer grows it only once its header has passed the limit, and
+/// the buffer shrinks back once that frame is taken.
+///
+/// The daemon drives it with its timeouts ([`FrameBuf::read_from`],
+/// [`FrameBuf::take`]); the client library reads a frame at a time
+/// ([`FrameBuf::read_frame`]).
+#[derive(Debug)]
+pub struct FrameBuf {
+    buf: Vec<u8>,
+    /// Bytes of `buf` read and not yet taken.
+    filled: usize,
+    /// The largest payload accepted.
     max: usize,
-) -> Result<(), FrameError> {
-    writer.write_all(&encode(message, max)?)?;
-    writer.flush()?;
-    Ok(())
 }
 
-/// Reads one response-direction frame from a blocking reader.
-///
-/// End of stream before the first header byte is [`FrameError::Closed`].
-pub fn read_response<R: Read, T: DeserializeOwned>(reader: &mut R) -> Result<T, FrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut filled = 0;
-    while filled < HEADER_LEN {
-        match reader.read(&mut header[filled..]) {
-            Ok(0) if filled == 0 => return Err(FrameError::Closed),
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
+impl FrameBuf {
+    /// A buffer for frames whose payload is at most `max` bytes
+    /// ([`MAX_REQUEST_FRAME`] or [`MAX_RESPONSE_FRAME`]).
+    pub fn new(max: usize) -> FrameBuf {
+        FrameBuf {
+            buf: vec![0; READ_CHUNK],
+            filled: 0,
+            max,
         }
     }
-    let len = payload_len(header, MAX_RESPONSE_FRAME)?;
-    let mut payload = vec![0u8; len];
-    reader.read_exact(&mut payload)?;
-    decode_response(&payload)
+
+    /// Whether nothing of a next frame has arrived: the stream is between
+    /// frames.
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// Bytes read and not yet taken.
+    pub fn buffered(&self) -> usize {
+        self.filled
+    }
+
+    /// Room the buffer holds now.
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Length of the frame at the front, header included, once its header
+    /// is in; an error when the header claims more than the limit.
+    fn front_len(&self) -> Result<Option<usize>, FrameError> {
+        match self.buf[..self.filled].first_chunk::<HEADER_LEN>() {
+            Some(header) => Ok(Some(HEADER_LEN + payload_len(*header, self.max)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One read from `reader`, of as much as has arrived and there is room
+    /// for: the count, 0 at the end of the stream. Refuses a frame whose
+    /// header claims more than the limit before reading (or allocating)
+    /// any of it.
+    pub fn read_from<R: Read + ?Sized>(&mut self, reader: &mut R) -> Result<usize, FrameError> {
+        let mut room = self.front_len()?.unwrap_or(0).max(READ_CHUNK);
+        if self.filled == room {
+            // Whole frames not yet taken fill the buffer.
+            room += READ_CHUNK;
+        }
+        if self.buf.len() < room {
+            // A new zeroed buffer rather than `resize`: a large one comes
+            // from the allocator already zeroed (fresh pages), instead of
+            // being written over before the frame arrives.
+            let mut grown = vec![0; room];
+            grown[..self.filled].copy_from_slice(&self.buf[..self.filled]);
+            self.buf = grown;
+        }
+        loop {
+            match reader.read(&mut self.buf[self.filled..]) {
+                Ok(n) => {
+                    self.filled += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Takes the frame at the front once it is whole, its payload decoded
+    /// by `decode` ([`decode_request`] or [`decode_response`]); `None`
+    /// while it is not. A payload that does not decode is taken too.
+    pub fn take<T>(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> Result<T, FrameError>,
+    ) -> Result<Option<T>, FrameError> {
+        let Some(len) = self.front_len()? else {
+            return Ok(None);
+        };
+        if self.filled < len {
+            return Ok(None);
+        }
+        let message = decode(&self.buf[HEADER_LEN..len]);
+        self.buf.copy_within(len..self.filled, 0);
+        self.filled -= len;
+        if self.buf.len() > READ_CHUNK && self.filled <= READ_CHUNK {
+            self.buf.truncate(READ_CHUNK);
+            self.buf.shrink_to_fit();
+        }
+        message.map(Some)
+    }
+
+    /// Reads from a blocking `reader` until a frame is whole, and takes
+    /// it. The end of the stream before the frame's first byte is
+    /// [`FrameError::Closed`]; within it, an `UnexpectedEof` error.
+    pub fn read_frame<R: Read + ?Sized, T>(
+        &mut self,
+        reader: &mut R,
+        decode: impl Fn(&[u8]) -> Result<T, FrameError>,
+    ) -> Result<T, FrameError> {
+        loop {
+            if let Some(message) = self.take(&decode)? {
+                return Ok(message);
+            }
+            if self.read_from(reader)? == 0 {
+                return Err(match self.is_empty() {
+                    true => FrameError::Closed,
+                    false => io::Error::from(io::ErrorKind::UnexpectedEof).into(),
+                });
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +255,64 @@ mod tests {
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn frames_are_taken_whole_however_they_arrive() {
+        let hello = |v: &str| Hello {
+            protocol_version: 3,
+            client_version: v.into(),
+        };
+        let mut stream = encode(&hello("one"), MAX_REQUEST_FRAME).unwrap();
+        let first = stream.len();
+        stream.extend(encode(&hello("two"), MAX_REQUEST_FRAME).unwrap());
+        let big = hello(&"x".repeat(8 * READ_CHUNK));
+        stream.extend(encode(&big, MAX_REQUEST_FRAME).unwrap());
+        let mut reader = io::Cursor::new(&stream);
+        let mut frames = FrameBuf::new(MAX_REQUEST_FRAME);
+        let decode = decode_request::<Hello>;
+        // Two small frames come in one read; the second waits, read.
+        assert_eq!(
+            frames.read_frame(&mut reader, decode).unwrap(),
+            hello("one")
+        );
+        assert!(frames.buffered() > first);
+        assert_eq!(
+            frames.read_frame(&mut reader, decode).unwrap(),
+            hello("two")
+        );
+        // A long frame grows the buffer while it is read, not after.
+        assert_eq!(frames.read_frame(&mut reader, decode).unwrap(), big);
+        assert_eq!(frames.capacity(), READ_CHUNK);
+        assert!(matches!(
+            frames.read_frame(&mut reader, decode),
+            Err(FrameError::Closed)
+        ));
+        // Cut off within a frame.
+        let mut frames = FrameBuf::new(MAX_REQUEST_FRAME);
+        let err = frames
+            .read_frame(&mut io::Cursor::new(&stream[..first + 2]), decode)
+            .map(|_| ())
+            .and_then(|_| frames.read_frame(&mut io::Cursor::new(&[][..]), decode));
+        assert!(matches!(err, Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof));
+    }
+
+    #[test]
+    fn an_oversized_header_is_refused_before_its_frame_is_read() {
+        let mut frames = FrameBuf::new(MAX_REQUEST_FRAME);
+        let header = ((MAX_REQUEST_FRAME + 1) as u32).to_le_bytes();
+        let mut reader = io::Cursor::new(&header);
+        assert!(frames.take(decode_request::<Hello>).unwrap().is_none());
+        assert_eq!(frames.read_from(&mut reader).unwrap(), HEADER_LEN);
+        assert!(matches!(
+            frames.read_from(&mut reader),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            frames.take(decode_request::<Hello>),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(frames.capacity(), READ_CHUNK);
     }
 
     // Golden frames: these bytes are the protocol. A change here is a
@@ -292,7 +451,9 @@ mod tests {
             key: "/var/lib/snctld/snctld.key".into(),
         }));
         let frame = encode(&response, MAX_RESPONSE_FRAME).unwrap();
-        let back: Response = read_response(&mut io::Cursor::new(frame)).unwrap();
+        let back: Response = FrameBuf::new(MAX_RESPONSE_FRAME)
+            .read_frame(&mut io::Cursor::new(frame), decode_response)
+            .unwrap();
         assert_eq!(back, response);
     }
 
@@ -303,12 +464,14 @@ mod tests {
             payload_len(header, MAX_REQUEST_FRAME),
             Err(FrameError::TooLarge { .. })
         ));
-        // A reader that would hand out 4 GiB is never asked for the payload.
+        // A reader that would hand out 4 GiB is asked for one chunk.
         let mut reader = io::Cursor::new(header.to_vec()).chain(io::repeat(0));
+        let mut frames = FrameBuf::new(MAX_RESPONSE_FRAME);
         assert!(matches!(
-            read_response::<_, Response>(&mut reader),
+            frames.read_frame(&mut reader, decode_response::<Response>),
             Err(FrameError::TooLarge { .. })
         ));
+        assert_eq!(frames.capacity(), READ_CHUNK);
     }
 
     #[test]
@@ -331,7 +494,7 @@ mod tests {
     fn closed_between_frames_is_not_an_error_of_the_peer() {
         let mut empty = io::empty();
         assert!(matches!(
-            read_response::<_, Response>(&mut empty),
+            FrameBuf::new(MAX_RESPONSE_FRAME).read_frame(&mut empty, decode_response::<Response>),
             Err(FrameError::Closed)
         ));
     }

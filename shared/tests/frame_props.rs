@@ -2,10 +2,10 @@
 //! broken peer can send cannot panic either side, cannot make a reader
 //! allocate past its limit, and a valid message always comes back as itself.
 //!
-//! The daemon reads requests with its own async loop (`daemon/src/server.rs`,
-//! `read_frame`); [`read_request_frame`] below is the same sequence of calls
-//! on a blocking reader, so that the request direction is tested through the
-//! functions the daemon uses (`payload_len`, `decode_request`).
+//! Both ends read frames with [`FrameBuf`]: the daemon drives it with its
+//! timeouts (`daemon/src/server.rs`, `Conn`), the client library with
+//! `FrameBuf::read_frame`. The readers below drive the same `FrameBuf` from
+//! a blocking reader that hands out the stream in small pieces.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -17,8 +17,8 @@ use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 
 use snctl_shared::frame::{
-    decode_request, decode_response, encode, payload_len, read_response, HEADER_LEN,
-    MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
+    decode_request, decode_response, encode, payload_len, FrameBuf, HEADER_LEN, MAX_REQUEST_FRAME,
+    MAX_RESPONSE_FRAME,
 };
 use snctl_shared::protocol::*;
 use snctl_shared::{FrameError, Secret};
@@ -76,37 +76,38 @@ const SERDE_PREALLOCATION_CAP: usize = 1024 * 1024;
 // ---------------------------------------------------------------------------
 // Readers.
 
-/// The daemon's request read (`server::read_frame`) on a blocking reader:
-/// `None` at end of stream before a header, else one decoded request.
+/// One request-direction frame from `reader`, as the daemon reads one:
+/// `None` at end of stream before a header.
 fn read_request_frame<T: DeserializeOwned, R: Read>(
     reader: &mut R,
 ) -> Result<Option<T>, FrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    let got = reader.read(&mut header)?;
-    if got == 0 {
-        return Ok(None);
+    match FrameBuf::new(MAX_REQUEST_FRAME).read_frame(reader, decode_request) {
+        Ok(message) => Ok(Some(message)),
+        Err(FrameError::Closed) => Ok(None),
+        Err(e) => Err(e),
     }
-    reader.read_exact(&mut header[got..])?;
-    let len = payload_len(header, MAX_REQUEST_FRAME)?;
-    let mut payload = vec![0u8; len];
-    reader.read_exact(&mut payload)?;
-    Ok(Some(decode_request(&payload)?))
+}
+
+/// One response-direction frame from `reader`, as the client reads one.
+fn read_response<R: Read, T: DeserializeOwned>(reader: &mut R) -> Result<T, FrameError> {
+    FrameBuf::new(MAX_RESPONSE_FRAME).read_frame(reader, decode_response)
 }
 
 /// Everything the daemon reads from one connection: a `Hello`, then
 /// requests until the end of stream or the first error.
-fn daemon_reads(bytes: &[u8]) -> (Vec<Request>, Option<FrameError>) {
-    let mut stream = Chunked::new(bytes, 3);
+fn daemon_reads(bytes: &[u8], chunk: usize) -> (Vec<Request>, Option<FrameError>) {
+    let mut stream = Chunked::new(bytes, chunk);
+    let mut frames = FrameBuf::new(MAX_REQUEST_FRAME);
     let mut requests = Vec::new();
-    match read_request_frame::<Hello, _>(&mut stream) {
-        Ok(Some(_)) => {}
-        Ok(None) => return (requests, None),
+    match frames.read_frame(&mut stream, decode_request::<Hello>) {
+        Ok(_) => {}
+        Err(FrameError::Closed) => return (requests, None),
         Err(e) => return (requests, Some(e)),
     }
     loop {
-        match read_request_frame::<Request, _>(&mut stream) {
-            Ok(Some(request)) => requests.push(request),
-            Ok(None) => return (requests, None),
+        match frames.read_frame(&mut stream, decode_request::<Request>) {
+            Ok(request) => requests.push(request),
+            Err(FrameError::Closed) => return (requests, None),
             Err(e) => return (requests, Some(e)),
         }
     }
@@ -114,14 +115,15 @@ fn daemon_reads(bytes: &[u8]) -> (Vec<Request>, Option<FrameError>) {
 
 /// Everything a client reads from one connection: a `HelloReply`, then
 /// responses until the end of stream or the first error.
-fn client_reads(bytes: &[u8]) -> (Vec<Response>, FrameError) {
-    let mut stream = Chunked::new(bytes, 5);
+fn client_reads(bytes: &[u8], chunk: usize) -> (Vec<Response>, FrameError) {
+    let mut stream = Chunked::new(bytes, chunk);
+    let mut frames = FrameBuf::new(MAX_RESPONSE_FRAME);
     let mut responses = Vec::new();
-    if let Err(e) = read_response::<_, HelloReply>(&mut stream) {
+    if let Err(e) = frames.read_frame(&mut stream, decode_response::<HelloReply>) {
         return (responses, e);
     }
     loop {
-        match read_response::<_, Response>(&mut stream) {
+        match frames.read_frame(&mut stream, decode_response::<Response>) {
             Ok(response) => responses.push(response),
             Err(e) => return (responses, e),
         }
@@ -652,16 +654,16 @@ proptest! {
     }
 
     /// Arbitrary byte streams through the daemon's read loop (a `Hello`,
-    /// then requests) and the client's (`read_response`): they stop at the
+    /// then requests) and the client's: they stop at the
     /// first error without panicking, and a header is never more than the
     /// direction's limit.
     #[test]
     fn arbitrary_streams_never_panic_either_reader(bytes in vec(any::<u8>(), 0..512)) {
-        let (_, error) = daemon_reads(&bytes);
+        let (_, error) = daemon_reads(&bytes, 3);
         if let Some(FrameError::TooLarge { len, max }) = error {
             prop_assert!(len > max && max == MAX_REQUEST_FRAME);
         }
-        let (_, error) = client_reads(&bytes);
+        let (_, error) = client_reads(&bytes, 5);
         if let FrameError::TooLarge { len, max } = error {
             prop_assert!(len > max && max == MAX_RESPONSE_FRAME);
         }
@@ -731,14 +733,16 @@ proptest! {
     }
 
     /// A whole conversation in one stream, each side reading what the other
-    /// wrote: the handshake, then requests (daemon side) and responses
-    /// (client side) in order, then a clean end of stream.
+    /// wrote, in pieces of any size (one byte to several frames at once):
+    /// the handshake, then requests (daemon side) and responses (client
+    /// side) in order, then a clean end of stream.
     #[test]
     fn conversations_round_trip_in_order(
         hello in hello(),
         hello_reply in hello_reply(),
         requests in vec(request(), 0..4),
         responses in vec(response(), 0..4),
+        chunk in 1..2048usize,
     ) {
         let mut upstream = encode(&hello, MAX_REQUEST_FRAME).unwrap();
         for r in &requests {
@@ -746,7 +750,7 @@ proptest! {
         }
         let mut stream = Chunked::new(&upstream, 7);
         prop_assert_eq!(read_request_frame::<Hello, _>(&mut stream).unwrap(), Some(hello));
-        let (read, error) = daemon_reads(&upstream);
+        let (read, error) = daemon_reads(&upstream, chunk);
         prop_assert!(error.is_none(), "{:?}", error);
         prop_assert_eq!(read, requests);
 
@@ -756,7 +760,7 @@ proptest! {
         }
         let reply: HelloReply = read_response(&mut Cursor::new(&downstream)).unwrap();
         prop_assert_eq!(reply, hello_reply);
-        let (read, end) = client_reads(&downstream);
+        let (read, end) = client_reads(&downstream, chunk);
         prop_assert!(matches!(end, FrameError::Closed), "{}", end);
         prop_assert_eq!(read, responses);
     }
