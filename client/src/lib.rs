@@ -255,9 +255,8 @@ impl Client {
             path: self.path.clone(),
             source,
         };
-        let stream = &self.stream;
-        stream.set_recv_timeout(Some(timeout)).map_err(err)?;
-        stream.set_send_timeout(Some(timeout)).map_err(err)
+        self.stream.set_recv_timeout(Some(timeout)).map_err(err)?;
+        self.stream.set_send_timeout(Some(timeout)).map_err(err)
     }
 
     /// Sends one request and waits for its answer.
