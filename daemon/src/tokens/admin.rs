@@ -90,6 +90,12 @@ const NOTHING_SAVED: &str = "nothing was saved";
 const SETTINGS_KEPT: &str = "the previous settings stay in use";
 const LOGIN_KEPT: &str = "the previous login stays";
 
+/// Browser logins that may wait for their browsers at once. Each holds
+/// an authentication's settings (its client secret among them) until it is
+/// finished or times out; only admins start them, and this bounds what a
+/// script gone wrong can pile up.
+const MAX_PENDING_LOGINS: usize = 64;
+
 fn no_pending(name: &str) -> Error {
     Error::invalid(format!(
         "no browser login for {name} is waiting (it timed out, or a newer one replaced it): \
@@ -476,7 +482,17 @@ impl Tokens {
             expires_at: expires_at_ms / 1000,
         };
         // A newer login for the same name replaces the older one.
-        self.pending().insert(
+        let mut pending = self.pending();
+        if pending.len() >= MAX_PENDING_LOGINS && !pending.contains_key(&request.name) {
+            return Err(Error::Unavailable {
+                message: format!(
+                    "{MAX_PENDING_LOGINS} browser logins are already waiting for their browsers: \
+                     finish one, or try again once one has timed out (within {} s)",
+                    self.login_policy().timeout.as_secs()
+                ),
+            });
+        }
+        pending.insert(
             request.name.clone(),
             Pending {
                 auth,

@@ -441,3 +441,31 @@ fn updates_of_a_login_are_proven_first_and_a_rotated_secret_comes_with_a_login()
     let out = snctl(people.socket(), &["login", "desk", "--no-browser"], None);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+#[test]
+fn browser_logins_waiting_at_once_are_bounded() {
+    let people = People::start();
+    let mut client = people.daemon.client();
+    let start = |name: &str| {
+        let mut add = snctl_tests::harness::add_request(name, &people.fake.url());
+        add.grant = snctl::protocol::Grant::AuthorizationCode;
+        add.redirect_port = Some(free_port());
+        StartLoginRequest {
+            name: name.into(),
+            add: Some(add),
+            client_secret: None,
+        }
+    };
+    for i in 0..64 {
+        client.start_login(start(&format!("web{i}"))).unwrap();
+    }
+    let err = client.start_login(start("one-too-many")).unwrap_err();
+    assert_eq!(err.kind().exit_code(), 3, "{err}");
+    assert!(
+        err.to_string()
+            .contains("64 browser logins are already waiting"),
+        "{err}"
+    );
+    // Starting one of those again replaces it, as before the bound.
+    client.start_login(start("web7")).unwrap();
+}
