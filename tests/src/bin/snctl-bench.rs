@@ -8,10 +8,12 @@
 //!
 //! 1. The floor: a Unix-socket server, a blocking thread per connection,
 //!    that reads a frame the size of a token request and answers with one
-//!    the size of a token reply; the client side is the same blocking code
-//!    the client library runs. The two are measured in alternating slices. Then the daemon's token round trip through the client
-//!    library on a warm token. p50, p99 and throughput at 1, 16, 64 and 256
-//!    concurrent clients, each with its own connection.
+//!    the size of a token reply, both sides reading a frame as the daemon
+//!    and the client library do; the same server as tasks on a tokio
+//!    runtime (the async floor); and the daemon's token round trip through
+//!    the client library on a warm token, the three in alternating slices.
+//!    p50, p99 and throughput at 1, 16, 64 and 256 concurrent clients, each
+//!    with its own connection.
 //! 2. Upstream requests: 1,000 clients asking at once for an expired token,
 //!    and a steady run with short token lifetimes.
 //! 3. 10,000 authentications stored: time from starting `snctld` to the
@@ -208,9 +210,10 @@ fn echo_server(path: &Path, reply_len: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The same server on a tokio runtime built as the daemon builds its own
-/// (a task per connection, one worker per core): what the socket costs
-/// once an async runtime schedules the server's side.
+/// The same server as tasks on a tokio runtime (a task per connection, one
+/// worker per core: how the daemon served connections before it gave each
+/// a thread): what the socket costs once an async runtime schedules the
+/// server's side.
 fn async_echo_server(path: &Path, reply_len: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = std::os::unix::net::UnixListener::bind(path)?;
@@ -361,7 +364,7 @@ fn round_trips(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result
         reply_len + frame::HEADER_LEN
     );
     println!(
-        "floor: a blocking thread per connection; async floor: the same on a tokio runtime like the daemon's"
+        "floor: a blocking thread per connection (as the daemon serves them); async floor: the same as tasks on a tokio runtime"
     );
     println!(
         "{:>7} | {:>9} {:>9} {:>7} | {:>9} {:>9} {:>7} | {:>9} {:>9} {:>7} | {:>5} {:>5} {:>4} | {:>5} {:>5} {:>4}",
