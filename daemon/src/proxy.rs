@@ -115,18 +115,7 @@ pub(crate) async fn serve(
 ) {
     let gate = Gate::new(&limits);
     let tracker = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, name = %proxy.name, "proxy: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = listener.next(&stop).await {
         // The main socket's limits, per proxy socket.
         let Some(admitted) = gate.admit(&peer, proxy.daemon.is_admin(&peer)) else {
             continue;

@@ -99,12 +99,30 @@ impl Listener {
     }
 
     /// The next connection and who is on its other end.
-    pub(crate) async fn accept(&self) -> io::Result<(Stream, Peer)> {
+    async fn accept(&self) -> io::Result<(Stream, Peer)> {
         let stream = self.inner.accept().await?;
         let peer = match &stream {
             Stream::UdSocket(socket) => Peer::of(socket.inner())?,
         };
         Ok((stream, peer))
+    }
+
+    /// The next connection, or `None` once `stop` is cancelled. A failed
+    /// accept (EMFILE and friends) is logged and tried again after a short
+    /// pause instead of spinning.
+    pub(crate) async fn next(&self, stop: &CancellationToken) -> Option<(Stream, Peer)> {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                accepted = self.accept() => match accepted {
+                    Ok(accepted) => return Some(accepted),
+                    Err(error) => {
+                        tracing::warn!(%error, socket = %self.path.display(), "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
     }
 
     /// Serves `fd`, a socket the service manager passed, once
@@ -451,21 +469,9 @@ pub async fn serve(
     if let Some(started) = started {
         let _ = started.send(());
     }
-    loop {
-        // Who is calling, before any frame is read; a caller we cannot name
-        // gets nothing.
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    // Who is calling, before any frame is read; a caller we cannot name
+    // gets nothing.
+    while let Some((stream, peer)) = listener.next(&stop).await {
         let Some(admitted) = gate.admit(&peer, daemon.is_admin(&peer)) else {
             continue;
         };
