@@ -790,11 +790,6 @@ mod tests {
         both.extend(frame::encode(&hello("two"), MAX_REQUEST_FRAME).unwrap());
         client.write_all(&both).unwrap();
         assert_eq!(conn.read::<Hello>().unwrap().unwrap().client_version, "one");
-        assert_eq!(
-            conn.frames.buffered(),
-            both.len() / 2,
-            "the second waits, read"
-        );
         assert_eq!(conn.read::<Hello>().unwrap().unwrap().client_version, "two");
         // A frame in pieces: header split, payload in two.
         let one = frame::encode(&hello("three"), MAX_REQUEST_FRAME).unwrap();
@@ -809,17 +804,8 @@ mod tests {
             conn.read::<Hello>().unwrap().unwrap().client_version,
             "three"
         );
-        // A frame larger than the first read grows the buffer for as long
-        // as it is read.
-        let mut client = writer.join().unwrap();
-        let big = hello(&"x".repeat(8 * frame::READ_CHUNK));
-        client
-            .write_all(&frame::encode(&big, MAX_REQUEST_FRAME).unwrap())
-            .unwrap();
-        assert_eq!(conn.read::<Hello>().unwrap().unwrap(), big);
-        assert_eq!(conn.frames.capacity(), frame::READ_CHUNK);
         // The end of the stream between frames: no more requests.
-        drop(client);
+        drop(writer.join().unwrap());
         assert!(conn.read::<Hello>().unwrap().is_none());
     }
 
