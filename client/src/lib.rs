@@ -31,6 +31,7 @@ use snctl_shared::protocol::{
 
 /// The protocol types, for callers that build admin requests.
 pub use snctl_shared::protocol;
+pub use snctl_shared::protocol::MinValid;
 pub use snctl_shared::protocol::TokenReply as Token;
 pub use snctl_shared::{Error, ErrorKind, Secret, PROTOCOL_VERSION};
 
@@ -276,17 +277,30 @@ impl Client {
         self.lost(FrameError::Decode(format!("unexpected answer {reply:?}")))
     }
 
-    /// An access token for authentication `name`, valid for at least 60 s.
+    /// An access token for authentication `name`, valid for at least 60 s,
+    /// or a quarter of its lifetime when its tokens live less than 4 minutes
+    /// (a short Access Token Lifespan on the instance never makes this
+    /// fail).
     pub fn token(&mut self, name: &str) -> Result<Token, ClientError> {
-        self.token_with(name, Duration::from_secs(60))
+        self.token_valid(name, MinValid::Default(60))
     }
 
     /// An access token valid for at least `min_valid`; the daemon refreshes
-    /// first when the token in hand has less left.
+    /// first when the token in hand has less left. When the
+    /// authentication's tokens do not live that long, the daemon refuses
+    /// ([`ErrorKind::Usage`]).
     pub fn token_with(&mut self, name: &str, min_valid: Duration) -> Result<Token, ClientError> {
+        let secs = min_valid.as_secs().min(u32::MAX as u64) as u32;
+        self.token_valid(name, MinValid::Required(secs))
+    }
+
+    /// An access token valid as `min_valid` says: [`MinValid::Required`] is
+    /// [`Client::token_with`], [`MinValid::Default`] bends to a short
+    /// lifetime as [`Client::token`] does.
+    pub fn token_valid(&mut self, name: &str, min_valid: MinValid) -> Result<Token, ClientError> {
         let request = Request::Token(TokenRequest {
             name: name.to_string(),
-            min_valid_secs: min_valid.as_secs().min(u32::MAX as u64) as u32,
+            min_valid,
         });
         match self.request(&request)? {
             Reply::Token(token) => Ok(token),

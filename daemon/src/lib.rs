@@ -316,9 +316,8 @@ impl Daemon {
         let access = &*self.access();
         match request {
             Request::Token(r) => {
-                let min_valid = Duration::from_secs(r.min_valid_secs.into());
                 let reader = |readers: &_| access.require_reader(peer, &r.name, readers);
-                let token = self.tokens.token(&r.name, min_valid, reader).await?;
+                let token = self.tokens.token(&r.name, r.min_valid, reader).await?;
                 Ok(Reply::Token(token))
             }
             Request::List => Ok(Reply::List(

@@ -44,7 +44,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use snctl_shared::protocol::TokenReply;
+use snctl_shared::protocol::{MinValid, TokenReply};
 use snctl_shared::Error;
 
 use crate::access::{Peer, ReaderIds};
@@ -59,8 +59,9 @@ type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// after a refresh; larger ones stream and are not retried.
 pub const REPLAY_MAX: u64 = 1024 * 1024;
 
-/// How long the token put on a request must still be valid.
-const MIN_VALID: Duration = Duration::from_secs(60);
+/// How long the token put on a request must still be valid: a default, so
+/// an authentication whose tokens live less than a minute is served too.
+const MIN_VALID: MinValid = MinValid::Default(60);
 
 /// The header every request on the TCP listener must carry, as `1`.
 const PROXY_HEADER: &str = "x-snctl-proxy";

@@ -330,11 +330,11 @@ mod tests {
     fn golden_token_request_and_reply() {
         let request = Request::Token(TokenRequest {
             name: "prod".into(),
-            min_valid_secs: 300,
+            min_valid: MinValid::Required(300),
         });
         let frame = encode(&request, MAX_REQUEST_FRAME).unwrap();
-        // variant 0, "prod", 300 as varint (251 marker + u16 LE)
-        assert_eq!(hex(&frame), "09000000000470726f64fb2c01");
+        // variant 0, "prod", Required (variant 0), 300 as varint (251 marker + u16 LE)
+        assert_eq!(hex(&frame), "0a000000000470726f6400fb2c01");
         let response: Response = Ok(Reply::Token(TokenReply {
             access_token: Secret::new("tok".into()),
             expires_at: 1_700_000_000,
@@ -360,7 +360,7 @@ mod tests {
         let requests = [
             Request::Token(TokenRequest {
                 name: "a".into(),
-                min_valid_secs: 0,
+                min_valid: MinValid::Default(0),
             }),
             Request::List,
             Request::Show(NameRequest { name: "a".into() }),

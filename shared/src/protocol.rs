@@ -24,7 +24,7 @@ use crate::Secret;
 
 /// The protocol version spoken by this build. Bumped on any change to the
 /// shape of a [`Request`] or [`Response`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// First frame of every connection, client to daemon. Frozen forever.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,9 +125,25 @@ pub enum Reply {
 pub struct TokenRequest {
     /// The authentication's name.
     pub name: String,
-    /// The token must stay valid at least this many seconds; the daemon
-    /// refreshes first when less is left.
-    pub min_valid_secs: u32,
+    /// How long the token must stay valid; the daemon refreshes first when
+    /// less is left.
+    pub min_valid: MinValid,
+}
+
+/// How long a requested token must stay valid, in seconds.
+///
+/// An authentication's tokens may live any time the instance's registry
+/// record says, a few seconds included, so a default minimum must bend to
+/// the lifetime and only a caller's own demand may be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MinValid {
+    /// The caller's own minimum (`snctl token --min-valid`): when the
+    /// tokens do not live this long, the request is refused as invalid.
+    Required(u32),
+    /// A default: the daemon asks for at most a quarter of the tokens'
+    /// lifetime (what is left when it refreshes ahead on its own), so a
+    /// short lifetime never makes the request fail.
+    Default(u32),
 }
 
 /// Names one authentication.

@@ -296,10 +296,16 @@ fn login_proof() -> impl Strategy<Value = LoginProof> {
 
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (text(), any::<u32>()).prop_map(|(name, min_valid_secs)| Request::Token(TokenRequest {
-            name,
-            min_valid_secs
-        })),
+        (text(), any::<u32>(), any::<bool>()).prop_map(|(name, secs, required)| {
+            Request::Token(TokenRequest {
+                name,
+                min_valid: if required {
+                    MinValid::Required(secs)
+                } else {
+                    MinValid::Default(secs)
+                },
+            })
+        }),
         Just(Request::List),
         text().prop_map(|name| Request::Show(NameRequest { name })),
         add_request().prop_map(Request::Add),
@@ -929,18 +935,18 @@ proptest! {
 /// is decoded still re-encodes to the one canonical form.
 #[test]
 fn non_minimal_varints_decode_to_the_canonical_message() {
-    let long = [0u8, 1, b'a', 251, 5, 0];
+    let long = [0u8, 1, b'a', 0, 251, 5, 0];
     let request: Request = decode_request(&long).unwrap();
     assert_eq!(
         request,
         Request::Token(TokenRequest {
             name: "a".into(),
-            min_valid_secs: 5
+            min_valid: MinValid::Required(5)
         })
     );
     assert_eq!(
         &encode(&request, MAX_REQUEST_FRAME).unwrap()[HEADER_LEN..],
-        &[0, 1, b'a', 5]
+        &[0, 1, b'a', 0, 5]
     );
 }
 

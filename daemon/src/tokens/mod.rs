@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use snctl_shared::protocol::{
-    AuthState, AuthSummary, Grant, LoginSummary, TokenReply, UpstreamError, UpstreamKind,
+    AuthState, AuthSummary, Grant, LoginSummary, MinValid, TokenReply, UpstreamError, UpstreamKind,
 };
 use snctl_shared::{Error, Secret};
 
@@ -360,12 +360,28 @@ fn vanished() -> Error {
     }
 }
 
-fn too_long(name: &str, lifetime_ms: i64, min_valid: Duration) -> Error {
+fn too_long(name: &str, lifetime_ms: i64, min_valid_ms: i64) -> Error {
     Error::invalid(format!(
         "{name}'s tokens live {} s, so a token valid for {} s more cannot be had: ask for less",
         lifetime_ms / 1000,
-        min_valid.as_secs()
+        min_valid_ms / 1000
     ))
+}
+
+/// How long, in milliseconds, a token handed out for `min_valid` must still
+/// be valid, given the lifetime of the authentication's tokens if known.
+///
+/// A default bends to a short lifetime: a quarter of it is about what is
+/// left when the scheduler refreshes ahead on its own, so default callers
+/// neither fail nor refresh earlier than the schedule would.
+fn wanted_ms(min_valid: MinValid, lifetime_ms: Option<i64>) -> i64 {
+    match min_valid {
+        MinValid::Required(secs) => i64::from(secs) * 1000,
+        MinValid::Default(secs) => {
+            let wanted = i64::from(secs) * 1000;
+            lifetime_ms.map_or(wanted, |lifetime| wanted.min(lifetime / 4))
+        }
+    }
 }
 
 fn upstream_error(failure: &Failure, instance: &str, retry_at_ms: Option<i64>) -> UpstreamError {
@@ -737,13 +753,13 @@ impl Tokens {
     pub async fn token(
         &self,
         name: &str,
-        min_valid: Duration,
+        min_valid: MinValid,
         allowed: impl FnOnce(&ReaderIds) -> Result<(), Error>,
     ) -> Result<TokenReply, Error> {
         let entry = self.entry(name)?;
         let auth = entry.lock().auth.clone();
         allowed(&auth.readers)?;
-        let min_valid_ms = min_valid.as_millis() as i64;
+        let min_valid_ms = wanted_ms(min_valid, entry.lifetime_ms());
         if let Some(reply) = entry.fresh(min_valid_ms) {
             return Ok(reply);
         }
@@ -754,7 +770,7 @@ impl Tokens {
             .lifetime_ms()
             .filter(|l| min_valid_ms >= *l && entry.fresh(0).is_some())
         {
-            return Err(too_long(name, lifetime, min_valid));
+            return Err(too_long(name, lifetime, min_valid_ms));
         }
         let _flight = self.lock_flight(&entry).await?;
         if let Some(reply) = entry.fresh(min_valid_ms) {
@@ -769,11 +785,16 @@ impl Tokens {
             None => self.fetch(&entry).await,
         };
         match outcome {
-            Ok(()) => match (entry.fresh(min_valid_ms), entry.lifetime_ms()) {
-                (Some(reply), _) => Ok(reply),
-                (None, Some(lifetime)) => Err(too_long(name, lifetime, min_valid)),
-                (None, None) => Err(vanished()),
-            },
+            // The new token tells the lifetime a default bends to.
+            Ok(()) => {
+                let lifetime = entry.lifetime_ms();
+                let min_valid_ms = wanted_ms(min_valid, lifetime);
+                match (entry.fresh(min_valid_ms), lifetime) {
+                    (Some(reply), _) => Ok(reply),
+                    (None, Some(lifetime)) => Err(too_long(name, lifetime, min_valid_ms)),
+                    (None, None) => Err(vanished()),
+                }
+            }
             Err(error) => entry.fresh(0).ok_or(error),
         }
     }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use snctl::protocol::{Hello, Reply, Request, Response, TokenReply, TokenRequest};
+use snctl::protocol::{Hello, MinValid, Reply, Request, Response, TokenReply, TokenRequest};
 use snctl_shared::frame::{self, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 use snctl_tests::fake::{FakeInstance, Fault};
 use snctl_tests::harness::{self, seed_authentications, DaemonProcess, CLIENT_ID, CLIENT_SECRET};
@@ -340,7 +340,7 @@ fn round_trips(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result
     let request = frame::encode(
         &Request::Token(TokenRequest {
             name: "prod".into(),
-            min_valid_secs: 60,
+            min_valid: MinValid::Default(60),
         }),
         MAX_REQUEST_FRAME,
     )?;

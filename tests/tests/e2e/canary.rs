@@ -17,8 +17,9 @@ use std::process::{Command, Stdio};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use snctl::protocol::{
-    AddRequest, ClientAuth, Grant, LoginProof, LoginRequest, NameRequest, Readers, RemoveRequest,
-    Reply, Request, Response, StartLoginRequest, TokenRequest, UpdateRequest, UserLogin,
+    AddRequest, ClientAuth, Grant, LoginProof, LoginRequest, MinValid, NameRequest, Readers,
+    RemoveRequest, Reply, Request, Response, StartLoginRequest, TokenRequest, UpdateRequest,
+    UserLogin,
 };
 use snctl::{Client, ClientError, Secret};
 use snctl_shared::frame::{encode, MAX_RESPONSE_FRAME};
@@ -402,7 +403,7 @@ fn name(name: &str) -> NameRequest {
 fn token(name: &str, min_valid_secs: u32) -> Request {
     Request::Token(TokenRequest {
         name: name.to_string(),
-        min_valid_secs,
+        min_valid: MinValid::Required(min_valid_secs),
     })
 }
 

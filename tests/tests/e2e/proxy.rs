@@ -622,3 +622,17 @@ fn assert_audit_line(log: &str, parts: &[&str]) {
         assert!(line.contains(part), "{part} missing: {line}");
     }
 }
+
+#[test]
+fn proxy_serves_an_authentication_whose_tokens_live_seconds() {
+    let prod = Prod::with(
+        |f| f.set_access_lifetime(3),
+        |config| config.proxy.names = vec!["prod".into()],
+    );
+    let mut http = connect(&proxy_socket(prod.dir.path()));
+    for _ in 0..3 {
+        let answer = http.request("GET", TABLE, &[], b"");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::Barrier;
 use std::time::Duration;
 
 use snctl_tests::fake::Fault;
-use snctl_tests::harness::{fake, wait_until, TestDaemon};
+use snctl_tests::harness::{fake, snctl, wait_until, TestDaemon};
 
 use crate::{add_request, Prod};
 
@@ -121,4 +121,51 @@ fn asking_for_nearly_the_whole_lifetime_does_not_refresh_on_every_call() {
     let upstream = prod.fake.token_requests() - before;
     assert!((1..=2).contains(&upstream), "{upstream} upstream requests");
     assert!(calls > upstream, "{calls} calls");
+}
+
+#[test]
+fn tokens_that_live_seconds_are_served_unless_the_caller_demands_more() {
+    // The registry record allows any Access Token Lifespan, a few seconds
+    // included: the defaults of `snctl token`, `snctl exec` and the
+    // library must bend to it, and only an explicit minimum is refused.
+    let Prod {
+        dir: _dir,
+        fake,
+        daemon,
+    } = Prod::with(|f| f.set_access_lifetime(3), |_| {});
+    for _ in 0..3 {
+        let out = snctl(daemon.socket(), &["token", "prod"], None);
+        assert!(out.status.success(), "{out:?}");
+        let token = String::from_utf8(out.stdout).unwrap();
+        assert!(fake.is_access_token_valid(token.trim()), "{token}");
+        let token = daemon.client().token("prod").unwrap();
+        assert!(fake.is_access_token_valid(token.access_token.expose()));
+        let exec = snctl(
+            daemon.socket(),
+            &[
+                "exec",
+                "prod",
+                "--",
+                "sh",
+                "-c",
+                "test -n \"$SN_ACCESS_TOKEN\"",
+            ],
+            None,
+        );
+        assert!(exec.status.success(), "{exec:?}");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let out = snctl(
+        daemon.socket(),
+        &["token", "prod", "--min-valid", "60"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tokens live 3 s"), "{stderr}");
+    let err = daemon
+        .client()
+        .token_with("prod", Duration::from_secs(60))
+        .unwrap_err();
+    assert_eq!(err.kind().exit_code(), 2, "{err}");
 }

@@ -21,7 +21,7 @@ use snctl::protocol::{
     AddRequest, AuthState, AuthSummary, CheckOutcome, ClientAuth, DaemonStatus, Diagnosis, Grant,
     JwtSettings, LoginProof, LoginRequest, Readers, StartLoginRequest, UpdateRequest, UserLogin,
 };
-use snctl::{Client, ClientError, ErrorKind, Secret};
+use snctl::{Client, ClientError, ErrorKind, MinValid, Secret};
 
 /// Get ServiceNow access tokens from snctld, and manage the saved logins.
 #[derive(Parser, Debug)]
@@ -107,9 +107,11 @@ enum Command {
     /// Print an access token (only the token, newline-terminated).
     Token {
         name: String,
-        /// Refresh first unless the token stays valid this many seconds.
-        #[arg(long, value_name = "SECS", default_value_t = 60)]
-        min_valid: u32,
+        /// Refresh first unless the token stays valid this many seconds;
+        /// refused when the tokens do not live that long. Without it: 60 s,
+        /// or a quarter of the tokens' lifetime if that is shorter.
+        #[arg(long, value_name = "SECS")]
+        min_valid: Option<u32>,
         /// Print token, expiry and instance as JSON.
         #[arg(long)]
         json: bool,
@@ -157,8 +159,11 @@ enum Command {
     /// Run a command with SN_INSTANCE_URL and SN_ACCESS_TOKEN set.
     Exec {
         name: String,
-        #[arg(long, value_name = "SECS", default_value_t = 300)]
-        min_valid: u32,
+        /// The token must stay valid this many seconds; refused when the
+        /// tokens do not live that long. Without it: 300 s, or a quarter
+        /// of the tokens' lifetime if that is shorter.
+        #[arg(long, value_name = "SECS")]
+        min_valid: Option<u32>,
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
@@ -424,7 +429,7 @@ fn main() -> ExitCode {
 struct TokenArgs {
     socket: Option<PathBuf>,
     name: String,
-    min_valid: u32,
+    min_valid: Option<u32>,
     json: bool,
 }
 
@@ -478,20 +483,26 @@ impl TokenArgs {
         Some(TokenArgs {
             socket,
             name: name?,
-            min_valid: min_valid.unwrap_or(60),
+            min_valid,
             json,
         })
     }
+}
+
+/// The caller's `--min-valid`, which the daemon may refuse, or a default,
+/// which bends to a short token lifetime.
+fn min_valid_or(asked: Option<u32>, default_secs: u32) -> MinValid {
+    asked.map_or(MinValid::Default(default_secs), MinValid::Required)
 }
 
 /// `snctl token`: only the token on stdout (or the JSON form).
 fn print_token(
     socket: &Option<PathBuf>,
     name: &str,
-    min_valid: u32,
+    min_valid: Option<u32>,
     json: bool,
 ) -> Result<(), Failure> {
-    let token = connect(socket)?.token_with(name, Duration::from_secs(min_valid.into()))?;
+    let token = connect(socket)?.token_valid(name, min_valid_or(min_valid, 60))?;
     if json {
         print_json(&token)
     } else {
@@ -769,8 +780,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             min_valid,
             command,
         } => {
-            let token =
-                connect(&cli.socket)?.token_with(&name, Duration::from_secs(min_valid.into()))?;
+            let token = connect(&cli.socket)?.token_valid(&name, min_valid_or(min_valid, 300))?;
             let (program, args) = command
                 .split_first()
                 .ok_or_else(|| usage("give a command after --"))?;
