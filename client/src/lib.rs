@@ -56,6 +56,14 @@ pub enum ClientError {
         /// Why.
         source: FrameError,
     },
+    /// The socket is served by a user who is not trusted to be snctld:
+    /// nothing was sent.
+    Untrusted {
+        /// The socket.
+        path: PathBuf,
+        /// Who serves it and why that user is not trusted.
+        problem: String,
+    },
     /// The daemon answered with an error.
     Daemon(Error),
 }
@@ -84,6 +92,11 @@ impl std::fmt::Display for ClientError {
                 ),
                 other => write!(f, "lost the connection to snctld at {}: {other}", path.display()),
             },
+            ClientError::Untrusted { path, problem } => write!(
+                f,
+                "refusing to talk to {}: {problem}; nothing was sent. Check --socket and SNCTL_SOCKET, and ask an admin who put that socket there",
+                path.display()
+            ),
             ClientError::Daemon(error) => error.fmt(f),
         }
     }
@@ -94,6 +107,7 @@ impl std::error::Error for ClientError {
         match self {
             ClientError::Connect { source, .. } => Some(source),
             ClientError::Connection { source, .. } => Some(source),
+            ClientError::Untrusted { .. } => None,
             ClientError::Daemon(error) => Some(error),
         }
     }
@@ -103,10 +117,66 @@ impl ClientError {
     /// The coarse kind, which fixes `snctl`'s exit code.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ClientError::Connect { .. } | ClientError::Connection { .. } => ErrorKind::Unreachable,
+            ClientError::Connect { .. }
+            | ClientError::Connection { .. }
+            | ClientError::Untrusted { .. } => ErrorKind::Unreachable,
             ClientError::Daemon(error) => error.kind(),
         }
     }
+}
+
+/// Checks who serves the socket at `path` before anything is sent to it:
+/// an admin's requests carry client secrets, and a path through a
+/// directory or link another user controls could lead to that user's
+/// socket.
+///
+/// Trusted at once: root (the service manager binds the system socket)
+/// and the caller's own uid (a user daemon). Another uid is trusted only
+/// as the owner of the socket file, in a directory it or root owns, and
+/// on a path that nobody but root and the caller could redirect
+/// ([`snctl_shared::paths::check_traversal`]) — the system daemon running
+/// as its own user without socket activation.
+fn check_server(stream: &Stream, path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let untrusted = |problem: String| ClientError::Untrusted {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let server = stream
+        .peer_creds()
+        .ok()
+        .and_then(|creds| creds.euid())
+        .ok_or_else(|| untrusted("the server's uid cannot be read".into()))?;
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if server == 0 || server == me {
+        return Ok(());
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir = snctl_shared::paths::check_traversal(dir, |uid| uid == 0 || uid == me)
+        .map_err(|e| untrusted(format!("it is served by uid {server}, and {e}")))?;
+    let file = path.file_name().map(|f| dir.join(f)).unwrap_or(dir.clone());
+    let socket = std::fs::symlink_metadata(&file)
+        .map_err(|e| untrusted(format!("cannot check {}: {e}", file.display())))?;
+    if !socket.file_type().is_socket() || socket.uid() != server {
+        return Err(untrusted(format!(
+            "it is served by uid {server}, who is neither root, you (uid {me}) nor the owner of the socket file"
+        )));
+    }
+    let meta = std::fs::metadata(&dir)
+        .map_err(|e| untrusted(format!("cannot check {}: {e}", dir.display())))?;
+    if (meta.uid() != server && meta.uid() != 0) || meta.mode() & 0o022 != 0 {
+        return Err(untrusted(format!(
+            "it is served by uid {server}, and its directory {} could be changed by others (owner uid {}, mode {:o})",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// What [`Client::backup`] returns.
@@ -168,6 +238,7 @@ impl Client {
         };
         let name = path.to_fs_name::<GenericFilePath>().map_err(connect_err)?;
         let stream = Stream::connect(name).map_err(connect_err)?;
+        check_server(&stream, path)?;
         stream
             .set_recv_timeout(Some(DEFAULT_TIMEOUT))
             .map_err(connect_err)?;

@@ -76,15 +76,25 @@ pub fn open_state(config: &Config) -> anyhow::Result<State> {
     use anyhow::Context;
     use std::os::unix::fs::DirBuilderExt;
     let dir = &config.state_dir;
-    if dir.exists() {
-        check_state_dir(dir)?;
-    } else {
+    if !dir.exists() {
+        // Nothing is made through a path another user could redirect.
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let me = unsafe { libc::geteuid() };
+        snctl_shared::paths::check_before_creating(dir, |uid| uid == me || uid == 0).map_err(
+            |e| {
+                anyhow::anyhow!(
+                    "cannot create the state directory {}: its path is not safe: {e}; use a path that only root and snctld's user can change",
+                    dir.display()
+                )
+            },
+        )?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
     }
+    check_state_dir(dir)?;
     let lock = match lock_state_dir(dir, false) {
         Ok(lock) => Some(lock),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => anyhow::bail!(
@@ -163,16 +173,23 @@ fn private_files(db: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Refuses a state directory that group or others may write (it holds the
-/// key and the database); warns when they may read or enter it.
+/// key and the database), or whose path goes through a directory or link
+/// another user could change; warns when they may read or enter it.
 pub(crate) fn check_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    snctl_shared::paths::check_traversal(dir, |uid| uid == me || uid == 0).map_err(|e| {
+        anyhow::anyhow!(
+            "the path of the state directory {} is not safe: {e}; use a path that only root and snctld's user can change",
+            dir.display()
+        )
+    })?;
     let meta = std::fs::metadata(dir)
         .map_err(|e| anyhow::anyhow!("cannot read the state directory {}: {e}", dir.display()))?;
     if !meta.is_dir() {
         anyhow::bail!("the state directory {} is not a directory", dir.display());
     }
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let me = unsafe { libc::geteuid() };
     if meta.uid() != me && meta.uid() != 0 {
         anyhow::bail!(
             "the state directory {} belongs to uid {}, not to snctld's uid {me} or root: another user could swap its files; run `chown {me} {}`",

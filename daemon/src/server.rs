@@ -69,6 +69,8 @@ pub enum BindError {
     Listen { path: PathBuf, source: io::Error },
     #[error("the socket directory {path} {problem}: anyone who can write there could replace the socket; use a directory only snctld's user can write (e.g. /run/snctld)")]
     UnsafeDir { path: PathBuf, problem: String },
+    #[error("the path of the socket directory {path} is not safe: {problem}; anyone who can change it could point clients at another socket: use a path that only root and snctld's user can change (e.g. /run/snctld)")]
+    UnsafePath { path: PathBuf, problem: String },
     #[error("the socket passed by the service manager (fd {fd}) {problem}: give the socket unit a single ListenStream= with a filesystem path")]
     Passed { fd: i32, problem: String },
     #[error("cannot give the socket {path} to group {group}: {source}")]
@@ -204,6 +206,14 @@ pub fn bind(
         _ => Path::new("."),
     };
     if !dir.exists() {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let me = unsafe { libc::geteuid() };
+        snctl_shared::paths::check_before_creating(dir, |uid| uid == me || uid == 0).map_err(
+            |e| BindError::UnsafePath {
+                path: dir.to_path_buf(),
+                problem: e.to_string(),
+            },
+        )?;
         let dir_err = |source| BindError::Dir {
             path: dir.to_path_buf(),
             source,
@@ -259,15 +269,23 @@ pub fn bind(
 
 /// The socket's directory must be ours (or root's) and writable by nobody
 /// else, as git's credential cache also demands: whoever can write there
-/// can put their own socket in our place.
+/// can put their own socket in our place. So must every directory and link
+/// on the way to it: whoever can swap a link on the path can point clients
+/// at another directory.
 fn check_dir(dir: &Path) -> Result<(), BindError> {
     use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if let Err(e) = snctl_shared::paths::check_traversal(dir, |uid| uid == me || uid == 0) {
+        return Err(BindError::UnsafePath {
+            path: dir.to_path_buf(),
+            problem: e.to_string(),
+        });
+    }
     let meta = std::fs::metadata(dir).map_err(|source| BindError::Dir {
         path: dir.to_path_buf(),
         source,
     })?;
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let me = unsafe { libc::geteuid() };
     let problem = if meta.uid() != me && meta.uid() != 0 {
         Some(format!(
             "belongs to uid {}, not to snctld's uid {me}",

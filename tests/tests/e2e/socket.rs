@@ -3,12 +3,13 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::RngCore;
 use snctl_shared::frame::{self, MAX_REQUEST_FRAME};
 use snctl_shared::protocol::Hello;
-use snctl_tests::harness::{fake, test_config, TestDaemon};
+use snctl_tests::harness::{self, fake, test_config, TestDaemon};
 
 use crate::{add_request, Prod};
 
@@ -308,4 +309,162 @@ fn a_crowd_of_misbehaving_clients_never_stops_a_token() {
     assert_ne!(after.access_token, before.access_token);
     assert!(fake.is_access_token_valid(after.access_token.expose()));
     stop.store(true, Ordering::Relaxed);
+}
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `dir/sticky` (mode 1777, like /tmp) holding `name`, a symbolic link to
+/// `target` owned by nobody: what another user may put in a shared
+/// directory and later point elsewhere.
+fn nobodys_link(dir: &Path, name: &str, target: &Path) -> PathBuf {
+    let sticky = dir.join("sticky");
+    if !sticky.exists() {
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    let link = sticky.join(name);
+    std::os::unix::fs::symlink(target, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(NOBODY), Some(NOBODY)).unwrap();
+    link
+}
+
+#[test]
+fn socket_and_state_paths_through_another_users_link_are_refused() {
+    if !is_root() {
+        eprintln!("skipped: needs root to give a link to another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = nobodys_link(dir.path(), "run", &real);
+    let mut config = test_config(&dir.path().join("state"));
+    config.socket = link.join("snctld.sock");
+    let err = TestDaemon::start(config)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("symbolic link owned by uid 65534"), "{err}");
+    assert!(!real.join("snctld.sock").exists());
+
+    let link = nobodys_link(dir.path(), "state", &real);
+    let mut config = test_config(&link);
+    config.socket = dir.path().join("sock").join("snctld.sock");
+    let err = TestDaemon::start(config)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("symbolic link owned by uid 65534"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&real)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A socket server running as nobody at `socket` that counts the bytes a
+/// client sends it and prints the count once the client is gone.
+fn listen_as_nobody(socket: &Path) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let script = "import socket, sys\n\
+        s = socket.socket(socket.AF_UNIX)\n\
+        s.bind(sys.argv[1]); s.listen(1)\n\
+        print('ready', flush=True)\n\
+        c, _ = s.accept(); c.settimeout(5); n = 0\n\
+        try:\n\
+        \x20   while True:\n\
+        \x20       b = c.recv(65536)\n\
+        \x20       if not b: break\n\
+        \x20       n += len(b)\n\
+        except OSError: pass\n\
+        print(n, flush=True)\n";
+    let mut command = std::process::Command::new("/usr/bin/python3");
+    command
+        .args(["-c", script])
+        .arg(socket)
+        .stdout(std::process::Stdio::piped());
+    // SAFETY: between fork and exec only system calls, on no memory.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(NOBODY) != 0
+                || libc::setuid(NOBODY) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    assert_eq!(&ready, b"ready\n");
+    child
+}
+
+/// What the server of [`listen_as_nobody`] received, once the client is gone.
+fn bytes_received(child: std::process::Child) -> usize {
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn clients_send_nothing_to_a_socket_another_user_could_have_swapped_in() {
+    if !is_root() {
+        eprintln!("skipped: needs root to serve a socket as another user");
+        return;
+    }
+    if !Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipped: needs /usr/bin/python3 to serve a socket as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobodys = dir.path().join("nobodys");
+    std::fs::create_dir(&nobodys).unwrap();
+    std::os::unix::fs::chown(&nobodys, Some(NOBODY), Some(NOBODY)).unwrap();
+    let add = [
+        "add",
+        "prod",
+        "--instance",
+        "https://acme.service-now.com",
+        "--client-id",
+        "id",
+        "--client-secret-stdin",
+    ];
+
+    // Through a link another user owns: the admin's client secret must not
+    // reach the socket at its end.
+    let link = nobodys_link(dir.path(), "snctld", &nobodys);
+    let server = listen_as_nobody(&nobodys.join("snctld.sock"));
+    let out = harness::snctl(&link.join("snctld.sock"), &add, Some("s3cret-value\n"));
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refusing to talk to"), "{stderr}");
+    assert!(stderr.contains("uid 65534"), "{stderr}");
+    assert_eq!(bytes_received(server), 0);
+
+    // The same server on a path only root controls, in its own directory:
+    // that user is trusted as the socket's owner (a system daemon running
+    // as its own user binds its socket so).
+    std::fs::remove_file(nobodys.join("snctld.sock")).unwrap();
+    let server = listen_as_nobody(&nobodys.join("snctld.sock"));
+    let out = harness::snctl(&nobodys.join("snctld.sock"), &["status"], None);
+    assert!(!out.status.success());
+    assert!(bytes_received(server) > 0);
 }
