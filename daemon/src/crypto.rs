@@ -16,6 +16,15 @@
 //! key (HMAC-SHA256 of a fixed label), so it identifies the key without
 //! revealing anything about it.
 //!
+//! The settings of an authentication (instance URL, client ID, grant,
+//! readers, ...) are stored in clear, as they must be read to be shown,
+//! but they decide where the sealed secrets are sent and who gets the
+//! tokens: each row carries an HMAC-SHA256 of them ([`MasterKey::sign_settings`]),
+//! under a key derived from the master key with HKDF-SHA256 for that use
+//! alone, so it never serves as the sealing key or the key id. Someone who
+//! can write the database (or a backup of it) without the key can change a
+//! setting, but not make its MAC match.
+//!
 //! The key comes from, in this order (see [`load_master_key`]):
 //! `$CREDENTIALS_DIRECTORY/snctld.key` when systemd passes one
 //! (`LoadCredential=` / `LoadCredentialEncrypted=`), else the file named by
@@ -34,8 +43,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use ring::{hkdf, hmac};
 use zeroize::Zeroizing;
 
 use snctl_shared::Secret;
@@ -49,6 +58,10 @@ const BLOB_VERSION: u8 = 1;
 const KEY_ID_LEN: usize = 8;
 const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
 const KEY_ID_LABEL: &[u8] = b"snctld master key id v1";
+// HKDF salt and info of the settings MAC key: a key of its own, so that a
+// MAC can never be mistaken for (or help forge) a sealed blob or a key id.
+const SUBKEY_SALT: &[u8] = b"snctld subkeys v1";
+const SETTINGS_MAC_INFO: &[u8] = b"snctld settings mac v1";
 
 /// Why the master key could not be loaded or a blob not opened.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +154,8 @@ impl KeySources {
 pub struct MasterKey {
     key: LessSafeKey,
     id: [u8; KEY_ID_LEN],
+    /// Derived from the key (HKDF-SHA256): authenticates settings.
+    settings: hmac::Key,
     rng: SystemRandom,
 }
 
@@ -156,11 +171,29 @@ impl MasterKey {
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&tag.as_ref()[..KEY_ID_LEN]);
         let key = UnboundKey::new(&AES_256_GCM, bytes).expect("32 bytes is an AES-256 key");
+        let settings = hkdf::Salt::new(hkdf::HKDF_SHA256, SUBKEY_SALT)
+            .extract(bytes)
+            .expand(&[SETTINGS_MAC_INFO], hmac::HMAC_SHA256)
+            .expect("an HMAC-SHA256 key is short enough for HKDF")
+            .into();
         MasterKey {
             key: LessSafeKey::new(key),
             id,
+            settings,
             rng: SystemRandom::new(),
         }
+    }
+
+    /// The MAC of an authentication's settings, given in the unambiguous
+    /// encoding the store builds (see `store::Settings`).
+    pub fn sign_settings(&self, encoded: &[u8]) -> Vec<u8> {
+        hmac::sign(&self.settings, encoded).as_ref().to_vec()
+    }
+
+    /// Whether `mac` is the MAC of `encoded` under this key (compared in
+    /// constant time).
+    pub fn verify_settings(&self, encoded: &[u8], mac: &[u8]) -> bool {
+        hmac::verify(&self.settings, encoded, mac).is_ok()
     }
 
     /// A new random key (used on first start and by tests).
@@ -528,6 +561,19 @@ mod tests {
         let (other, _) = MasterKey::generate().unwrap();
         assert!(other.open("prod", "client_secret", &blob).is_err());
         assert!(!blob.windows(6).any(|w| w == b"s3cret"));
+    }
+
+    #[test]
+    fn settings_macs_depend_on_the_key_and_every_byte() {
+        let (key, _) = MasterKey::generate().unwrap();
+        let mac = key.sign_settings(b"settings");
+        assert!(key.verify_settings(b"settings", &mac));
+        assert!(!key.verify_settings(b"settingz", &mac));
+        assert!(!key.verify_settings(b"settings", &mac[..31]));
+        let (other, _) = MasterKey::generate().unwrap();
+        assert!(!other.verify_settings(b"settings", &mac));
+        // Not the key id's HMAC: another key, not just another label.
+        assert_ne!(&key.sign_settings(KEY_ID_LABEL)[..KEY_ID_LEN], &key.id[..]);
     }
 
     #[test]

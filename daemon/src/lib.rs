@@ -69,9 +69,11 @@ impl State {
 /// the master key ([`crypto::load_master_key`], from the sources the
 /// configuration names), then migrates the database, checks it (`PRAGMA
 /// quick_check`; anything but "ok" stops the start) and loads it. A wrong or
-/// exposed key fails here, before anything is written. An authentication
-/// whose sealed secrets do not open is logged and left out; the others
-/// load.
+/// exposed key fails here, before anything is written, and so does a
+/// database holding a trigger ([`store::UncheckedDb::prepare`]). An
+/// authentication whose sealed secrets do not open, whose settings fail
+/// their MAC or whose instance URL is refused is logged and left out; the
+/// others load.
 pub fn open_state(config: &Config) -> anyhow::Result<State> {
     use anyhow::Context;
     use std::os::unix::fs::DirBuilderExt;
@@ -138,8 +140,12 @@ pub fn open_state(config: &Config) -> anyhow::Result<State> {
     }
     let (records, unreadable) = db.load_readable()?;
     for error in &unreadable {
-        if let crypto::CryptoError::Open { name, field } = error {
-            tracing::error!(authentication = %name, field = *field, "{error}: left out, the other authentications are served");
+        match error {
+            store::RowError::Sealed(crypto::CryptoError::Open { name, field }) => {
+                tracing::error!(authentication = %name, field = *field, "{error}: left out, the other authentications are served");
+            }
+            // Its message says it is left out and what to do.
+            _ => tracing::error!(authentication = error.name().unwrap_or_default(), "{error}"),
         }
     }
     let (store, thread) = Store::spawn(db).context("cannot start the store thread")?;

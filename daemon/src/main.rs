@@ -75,10 +75,22 @@ enum Command {
         new_key_file: Option<PathBuf>,
     },
     /// Replace the database with a backup made by `snctl backup`. Stop
-    /// snctld first. The backup is checked (integrity, schema, and that the
-    /// master key opens it) before anything is replaced; the previous
-    /// database is kept as snctld.db.before-restore.
+    /// snctld first. The backup is checked (integrity, schema, no object
+    /// snctld did not create, that the master key opens it, and that every
+    /// authentication's settings match their MAC under it) before anything
+    /// is replaced; the previous database is kept as
+    /// snctld.db.before-restore.
     Restore {
+        /// Restore FILE although it belongs to another user or group or
+        /// others may write it (whoever could write it could have edited
+        /// it; check it first).
+        #[arg(long)]
+        force: bool,
+        /// Restore a backup from an snctld that did not sign settings
+        /// (schema 4 or older): its instance URLs and readers cannot be
+        /// checked against the key and are trusted as they are.
+        #[arg(long)]
+        trust_old_backup: bool,
         /// The backup file.
         #[arg(value_name = "FILE")]
         file: PathBuf,
@@ -245,7 +257,7 @@ fn absolute_paths(args: &mut Args) -> anyhow::Result<()> {
         Command::Rekey {
             new_key_file: Some(path),
         }
-        | Command::Restore { file: path },
+        | Command::Restore { file: path, .. },
     ) = &mut args.command
     {
         *path = std::path::absolute(&*path)?;
@@ -278,8 +290,17 @@ fn start(args: Args, passed: Option<PassedSocket>, service: &Service) -> anyhow:
         println!("{}", done.summary());
         return Ok(());
     }
-    if let Some(Command::Restore { file }) = args.command {
-        let done = snctld::restore::restore(&config, &file)?;
+    if let Some(Command::Restore {
+        file,
+        force,
+        trust_old_backup,
+    }) = args.command
+    {
+        let options = snctld::restore::Options {
+            force,
+            trust_old_backup,
+        };
+        let done = snctld::restore::restore(&config, &file, options)?;
         println!("{}", done.summary(&file));
         return Ok(());
     }

@@ -5,12 +5,20 @@
 //! state directory's lock exclusively and refuses when the configured socket
 //! answers. The steps:
 //!
-//! 1. Copy FILE (its bytes only: never a `-wal` beside it) to
-//!    `snctld.db.restore` in the state directory, mode 0600, synced.
+//! 1. Open FILE and look at who could have written it: a file that belongs
+//!    to another user than the one running restore (or root), or that group
+//!    or others may write, is refused unless `--force`. Then copy its bytes
+//!    (never a `-wal` beside it) to `snctld.db.restore` in the state
+//!    directory, mode 0600, synced.
 //! 2. Check that copy: a database of a schema this build knows, `PRAGMA
-//!    integrity_check` "ok", and a key check that the master key (from the
-//!    daemon's own sources, [`KeySources::of`]) opens. Anything else removes
-//!    the copy and changes nothing.
+//!    integrity_check` "ok", no table, index, trigger or view that this
+//!    snctld's schema does not create, a key check that the master key
+//!    (from the daemon's own sources, [`KeySources::of`]) opens, and every
+//!    authentication's settings matching their MAC under that key with an
+//!    instance URL `add` would accept. A backup of a schema older than
+//!    [`SIGNED_SCHEMA`] has no MACs to check: it is refused unless
+//!    `--trust-old-backup`, and its rows are then signed as they are.
+//!    Anything else removes the copy and changes nothing.
 //! 3. Checkpoint the current `snctld.db` when it opens, rename it (and a
 //!    `-wal` left over) to `snctld.db.before-restore`, rename the copy into
 //!    place and sync the directory.
@@ -31,12 +39,22 @@ use anyhow::{bail, Context};
 
 use crate::config::Config;
 use crate::crypto::{self, KeySources};
-use crate::store::{UncheckedDb, DB_FILE};
+use crate::store::{ObjectList, RowError, UncheckedDb, DB_FILE, SIGNED_SCHEMA};
 
 /// The backup's copy while it is checked.
 pub const RESTORE_FILE: &str = "snctld.db.restore";
 /// The database a restore replaced, kept for the administrator.
 pub const PREVIOUS_FILE: &str = "snctld.db.before-restore";
+
+/// What the administrator vouches for on the command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Restore a file that another user owns or others may write.
+    pub force: bool,
+    /// Restore a backup made before settings were signed, trusting its
+    /// settings as they are.
+    pub trust_old_backup: bool,
+}
 
 /// What a restore did.
 #[derive(Debug)]
@@ -79,7 +97,7 @@ impl Restored {
 }
 
 /// Runs `snctld restore FILE` (see the module documentation).
-pub fn restore(config: &Config, file: &Path) -> anyhow::Result<Restored> {
+pub fn restore(config: &Config, file: &Path, options: Options) -> anyhow::Result<Restored> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = &config.state_dir;
     if !dir.exists() {
@@ -101,7 +119,8 @@ pub fn restore(config: &Config, file: &Path) -> anyhow::Result<Restored> {
     }
 
     remove_db_files(&staged).context("cannot remove the copy an earlier restore left")?;
-    let checked = copy_private(file, &staged).and_then(|()| check(config, &staged));
+    let checked = copy_private(file, &staged, options.force)
+        .and_then(|()| check(config, &staged, options.trust_old_backup));
     if let Err(error) = checked {
         let _ = remove_db_files(&staged);
         return Err(error.context(format!(
@@ -160,10 +179,19 @@ pub fn restore(config: &Config, file: &Path) -> anyhow::Result<Restored> {
     }
 }
 
-/// Copies the bytes of `from` to `to` (created new, 0600, synced).
-fn copy_private(from: &Path, to: &Path) -> anyhow::Result<()> {
+/// Copies the bytes of `from` to `to` (created new, 0600, synced), once
+/// `from` passes [`trusted_file`] (or `force`).
+fn copy_private(from: &Path, to: &Path, force: bool) -> anyhow::Result<()> {
     let mut source = fs::File::open(from)
         .with_context(|| format!("cannot read the backup {}", from.display()))?;
+    // The open file is what is looked at and copied: renaming another file
+    // into its place afterwards changes neither.
+    let meta = source
+        .metadata()
+        .with_context(|| format!("cannot read the backup {}", from.display()))?;
+    if !force {
+        trusted_file(from, &meta)?;
+    }
     let mut write = || -> io::Result<()> {
         let mut target = OpenOptions::new()
             .write(true)
@@ -176,17 +204,76 @@ fn copy_private(from: &Path, to: &Path) -> anyhow::Result<()> {
     write().with_context(|| format!("cannot copy the backup to {}", to.display()))
 }
 
-/// The checks before anything is replaced: schema, integrity, key.
-fn check(config: &Config, staged: &Path) -> anyhow::Result<()> {
+/// Refuses a backup file that someone else could have written: one that
+/// belongs to another user than the one running restore (or root), or that
+/// group or others may write. Its settings are checked against the key
+/// anyway, but a file others could replace should not be restored without
+/// a look.
+fn trusted_file(path: &Path, meta: &fs::Metadata) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let shown = path.display();
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        bail!(
+            "the backup {shown} belongs to uid {}, not to uid {me} running restore or root: that user could have edited or replaced it; check where it came from, then `chown {me} {shown}` (or give --force)",
+            meta.uid()
+        );
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        bail!(
+            "the backup {shown} is writable by group or others (mode {mode:o}): any of them could have edited or replaced it; check where it came from, then `chmod 600 {shown}` (or give --force)"
+        );
+    }
+    Ok(())
+}
+
+/// The checks before anything is replaced: schema, integrity, objects,
+/// key, settings.
+fn check(config: &Config, staged: &Path, trust_old_backup: bool) -> anyhow::Result<()> {
     let db = UncheckedDb::open(staged)?;
     let integrity = db.integrity_check()?;
     if integrity != "ok" {
         bail!("the backup is damaged (SQLite integrity_check: {integrity})");
     }
+    let foreign = db.foreign_objects()?;
+    if !foreign.is_empty() {
+        bail!(
+            "the backup holds {}, which snctld did not create: someone edited it (a trigger would rewrite what snctld stores); restore another backup",
+            ObjectList(foreign)
+        );
+    }
     let Some(check) = db.key_check()? else {
         bail!("the backup is not a snctld database (it has no key check)");
     };
-    crypto::load_master_key(&KeySources::of(config), Some(&check))?;
+    let (key, _) = crypto::load_master_key(&KeySources::of(config), Some(&check))?;
+    let version = db.version()?;
+    if version < SIGNED_SCHEMA {
+        if !trust_old_backup {
+            bail!(
+                "the backup has schema {version}, from an snctld that did not sign settings: its instance URLs, client IDs and readers cannot be checked against the key; look at them (sqlite3 FILE 'SELECT name, instance_url, client_id, allow_users, allow_groups, allow_units FROM authentications') and, if they are right, restore with --trust-old-backup"
+            );
+        }
+        return Ok(());
+    }
+    let mut changed = Vec::new();
+    for problem in db.altered(&key)? {
+        match problem {
+            RowError::Altered { name } => changed.push(name),
+            // Signed, so written by an snctld: but not sent anywhere now.
+            RowError::InstanceUrl { name, reason } => {
+                bail!("the instance URL of {name} is refused: {reason}")
+            }
+            RowError::Sealed(error) => return Err(error.into()),
+        }
+    }
+    if !changed.is_empty() {
+        bail!(
+            "the settings of {} were changed outside snctld (they do not match their MAC under the master key): whoever edited the backup could send the secrets elsewhere; restore another backup",
+            changed.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -9,7 +9,17 @@
 //!
 //! Secrets are sealed with [`MasterKey`] before they reach SQL; this module
 //! never writes one in clear.
+//!
+//! Every setting of an authentication (the columns that decide where its
+//! secrets are sent and who gets its tokens, see [`Settings`]) is
+//! authenticated by a MAC under the master key, in `settings_mac`. Every
+//! write of settings signs them; every load checks the MAC (and the
+//! instance URL, with the rule `add` applies) before a row is used. A row
+//! that fails is left out as one whose secrets do not open: someone wrote
+//! the database without the key. Triggers are refused when the database is
+//! opened ([`UncheckedDb::prepare`]): one would run on snctld's own writes.
 
+use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -26,7 +36,10 @@ use crate::access::ReaderIds;
 use crate::crypto::{self, CryptoError, MasterKey};
 
 /// The schema this build writes. See [`migrate`] for the history.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
+/// The first schema whose settings carry a MAC: rows of an older database
+/// cannot be checked, and are signed as they are when it is migrated.
+pub const SIGNED_SCHEMA: i64 = 5;
 /// Database file name inside the state directory.
 pub const DB_FILE: &str = "snctld.db";
 
@@ -64,6 +77,255 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Row(#[from] RowError),
+    #[error("the database holds {0}, which snctld did not create: a trigger runs on snctld's own writes and could rewrite an instance URL or the readers behind its back; drop it (sqlite3 snctld.db 'DROP TRIGGER name') or restore a good backup; nothing was changed")]
+    Trigger(ObjectList),
+}
+
+/// Why one stored authentication cannot be used. It is left out (see
+/// [`Db::load_readable`]); the others are served.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    /// A sealed secret does not open.
+    #[error(transparent)]
+    Sealed(#[from] CryptoError),
+    /// The settings do not match their MAC.
+    #[error("authentication {name} is left out: its settings (instance URL, client, grant, scope, readers, ...) were changed outside snctld and do not match their MAC under the master key, so nothing is sent for it; `snctl remove {name}` deletes it, or restore a backup made before the change")]
+    Altered { name: String },
+    /// The settings are signed but the instance URL is one `add` refuses.
+    #[error("authentication {name} is left out: {reason}; `snctl remove {name}` deletes it, then add it again")]
+    InstanceUrl { name: String, reason: String },
+}
+
+impl RowError {
+    /// The authentication the error is about.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            RowError::Sealed(CryptoError::Open { name, .. })
+            | RowError::Altered { name }
+            | RowError::InstanceUrl { name, .. } => Some(name),
+            RowError::Sealed(_) => None,
+        }
+    }
+}
+
+/// One entry of `sqlite_master`: a table, index, trigger or view.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SchemaObject {
+    /// `table`, `index`, `trigger` or `view`.
+    pub kind: String,
+    pub name: String,
+}
+
+/// Schema objects, for messages: `trigger t, table x`.
+#[derive(Debug)]
+pub struct ObjectList(pub Vec<SchemaObject>);
+
+impl std::fmt::Display for ObjectList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, o) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{} {}", o.kind, o.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// SQLite's own tables (`ANALYZE` statistics, `AUTOINCREMENT` counters):
+/// they may appear in any database and hold nothing snctld reads.
+const SQLITE_TABLES: [&str; 5] = [
+    "sqlite_sequence",
+    "sqlite_stat1",
+    "sqlite_stat2",
+    "sqlite_stat3",
+    "sqlite_stat4",
+];
+
+/// Every schema object of `conn` (type, name).
+fn objects_of(conn: &Connection) -> Result<BTreeSet<SchemaObject>, StoreError> {
+    let mut stmt = conn.prepare("SELECT type, name FROM sqlite_master")?;
+    let objects = stmt
+        .query_map([], |r| {
+            Ok(SchemaObject {
+                kind: r.get(0)?,
+                name: r.get(1)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(objects)
+}
+
+/// The schema objects in `conn` that this snctld's schema does not create,
+/// found by comparing with a new database migrated to [`SCHEMA_VERSION`]
+/// (by kind and name: the values read from the tables are checked by the
+/// MAC whatever their declaration says). An older schema creates a subset.
+fn foreign_objects(conn: &Connection) -> Result<Vec<SchemaObject>, StoreError> {
+    let mut reference = Connection::open_in_memory()?;
+    // No row is signed in an empty database: any key does.
+    migrate(&mut reference, &MasterKey::generate()?.0)?;
+    let created = objects_of(&reference)?;
+    Ok(objects_of(conn)?
+        .into_iter()
+        .filter(|o| !created.contains(o))
+        .filter(|o| !(o.kind == "table" && SQLITE_TABLES.contains(&o.name.as_str())))
+        .collect())
+}
+
+/// The columns [`Settings`] covers, in its order; `jwt_key IS NOT NULL`
+/// stands for the sealed key (bound to its row by its own seal).
+const SETTINGS_COLUMNS: &str = "name, instance_url, grant_type, client_id, client_auth, scope, \
+     created_ms, username, redirect_port, refresh_lifespan_secs, allow_users, allow_groups, \
+     allow_units, jwt_key IS NOT NULL, jwt_subject, jwt_kid";
+
+/// Every setting of one authentication as stored: what its MAC covers.
+///
+/// That is every column that decides where its secrets go or who reads its
+/// tokens, and the rest of what `add`, `update` and `login` write: name,
+/// instance URL, grant, client ID and authentication, scope, creation
+/// time, user name, redirect port, refresh-token lifespan, readers, and
+/// the JWT subject, key id and whether a JWT key is there. Not covered:
+/// the sealed blobs, which their AEAD binds to their row and column, and
+/// the volatile columns (tokens' times, state, last error, `updated_ms`),
+/// written on every refresh; they send nothing anywhere.
+#[derive(Debug, Clone, PartialEq)]
+struct Settings {
+    name: String,
+    instance_url: String,
+    grant: String,
+    client_id: String,
+    client_auth: String,
+    scope: Option<String>,
+    created_ms: i64,
+    username: Option<String>,
+    redirect_port: Option<i64>,
+    refresh_lifespan_secs: i64,
+    allow_users: String,
+    allow_groups: String,
+    allow_units: String,
+    has_jwt_key: bool,
+    jwt_subject: Option<String>,
+    jwt_kid: Option<String>,
+}
+
+/// Label at the start of the encoding; a new encoding gets a new label.
+const SETTINGS_LABEL: &[u8] = b"snctld settings v1\0";
+
+impl Settings {
+    /// The settings `auth` is stored with (see [`Db::write_settings`]).
+    fn of(auth: &Authentication) -> Self {
+        Settings {
+            name: auth.name.clone(),
+            instance_url: auth.instance_url.clone(),
+            grant: auth.grant.as_str().to_string(),
+            client_id: auth.client_id.clone(),
+            client_auth: auth.client_auth.as_str().to_string(),
+            scope: auth.scope.clone(),
+            created_ms: auth.created_at_ms,
+            username: auth.username.clone(),
+            redirect_port: auth.redirect_port.map(i64::from),
+            refresh_lifespan_secs: auth.refresh_lifespan_secs as i64,
+            allow_users: join(&auth.readers.users),
+            allow_groups: join(&auth.readers.groups),
+            allow_units: join(&auth.readers.units),
+            has_jwt_key: auth.jwt.is_some(),
+            jwt_subject: auth.jwt.as_ref().map(|j| j.subject.clone()),
+            jwt_kid: auth.jwt.as_ref().and_then(|j| j.kid.clone()),
+        }
+    }
+
+    /// Reads [`SETTINGS_COLUMNS`], selected from column `at` on.
+    fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Self> {
+        Ok(Settings {
+            name: r.get(at)?,
+            instance_url: r.get(at + 1)?,
+            grant: r.get(at + 2)?,
+            client_id: r.get(at + 3)?,
+            client_auth: r.get(at + 4)?,
+            scope: r.get(at + 5)?,
+            created_ms: r.get(at + 6)?,
+            username: r.get(at + 7)?,
+            redirect_port: r.get(at + 8)?,
+            refresh_lifespan_secs: r.get(at + 9)?,
+            allow_users: r.get(at + 10)?,
+            allow_groups: r.get(at + 11)?,
+            allow_units: r.get(at + 12)?,
+            has_jwt_key: r.get(at + 13)?,
+            jwt_subject: r.get(at + 14)?,
+            jwt_kid: r.get(at + 15)?,
+        })
+    }
+
+    /// The bytes the MAC is computed over: the label, then every field in
+    /// a fixed order, each a tag (0 absent, 1 text, 2 integer) followed by
+    /// a text's length (u64 LE) and bytes or an integer (i64 LE). Lengths
+    /// and tags make it unambiguous: no two settings encode alike.
+    fn encode(&self) -> Vec<u8> {
+        fn text(out: &mut Vec<u8>, value: Option<&str>) {
+            match value {
+                None => out.push(0),
+                Some(v) => {
+                    out.push(1);
+                    out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+        fn int(out: &mut Vec<u8>, value: Option<i64>) {
+            match value {
+                None => out.push(0),
+                Some(v) => {
+                    out.push(2);
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        let mut out = SETTINGS_LABEL.to_vec();
+        text(&mut out, Some(&self.name));
+        text(&mut out, Some(&self.instance_url));
+        text(&mut out, Some(&self.grant));
+        text(&mut out, Some(&self.client_id));
+        text(&mut out, Some(&self.client_auth));
+        text(&mut out, self.scope.as_deref());
+        int(&mut out, Some(self.created_ms));
+        text(&mut out, self.username.as_deref());
+        int(&mut out, self.redirect_port);
+        int(&mut out, Some(self.refresh_lifespan_secs));
+        text(&mut out, Some(&self.allow_users));
+        text(&mut out, Some(&self.allow_groups));
+        text(&mut out, Some(&self.allow_units));
+        int(&mut out, Some(i64::from(self.has_jwt_key)));
+        text(&mut out, self.jwt_subject.as_deref());
+        text(&mut out, self.jwt_kid.as_deref());
+        out
+    }
+
+    fn sign(&self, key: &MasterKey) -> Vec<u8> {
+        key.sign_settings(&self.encode())
+    }
+
+    /// Whether `mac` (the stored `settings_mac`) is theirs under `key`.
+    fn verify(&self, key: &MasterKey, mac: Option<&[u8]>) -> Result<(), RowError> {
+        match mac {
+            Some(mac) if key.verify_settings(&self.encode(), mac) => Ok(()),
+            _ => Err(RowError::Altered {
+                name: self.name.clone(),
+            }),
+        }
+    }
+
+    /// [`Settings::verify`], then the instance URL with the rule `add`
+    /// applies (https, or http for loopback only): what a row must pass
+    /// before it is used.
+    fn check(&self, key: &MasterKey, mac: Option<&[u8]>) -> Result<(), RowError> {
+        self.verify(key, mac)?;
+        crate::servicenow::normalize_instance_url(&self.instance_url)
+            .map(drop)
+            .map_err(|reason| RowError::InstanceUrl {
+                name: self.name.clone(),
+                reason,
+            })
+    }
 }
 
 /// One authentication's settings: what is needed to ask for a token.
@@ -165,8 +427,19 @@ impl UncheckedDb {
     }
 
     /// Sets up WAL, migrates and records the key check: the first writes.
-    /// Call only once the key has been proven right.
+    /// Call only once the key has been proven right. A database holding a
+    /// trigger is refused before anything is written: snctld never creates
+    /// one, and one would run on its own writes (the migration's
+    /// included).
     pub fn prepare(self, key: Arc<MasterKey>) -> Result<Db, StoreError> {
+        let triggers: Vec<_> = self
+            .foreign_objects()?
+            .into_iter()
+            .filter(|o| o.kind == "trigger")
+            .collect();
+        if !triggers.is_empty() {
+            return Err(StoreError::Trigger(ObjectList(triggers)));
+        }
         let conn = self.conn;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if mode != "wal" {
@@ -174,7 +447,7 @@ impl UncheckedDb {
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
         let mut db = Db { conn, key };
-        migrate(&mut db.conn)?;
+        migrate(&mut db.conn, &db.key)?;
         if UncheckedDb::key_check_of(&db.conn)?.is_none() {
             let check = crypto::key_check(&db.key)?;
             let tx = db
@@ -187,6 +460,27 @@ impl UncheckedDb {
             tx.commit()?;
         }
         Ok(db)
+    }
+
+    /// The schema version (`user_version`).
+    pub fn version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// The tables, indexes, triggers and views this snctld's schema does
+    /// not create. Writes nothing.
+    pub fn foreign_objects(&self) -> Result<Vec<SchemaObject>, StoreError> {
+        foreign_objects(&self.conn)
+    }
+
+    /// The authentications whose settings fail their MAC under `key` or
+    /// whose instance URL is refused ([`RowError::Altered`],
+    /// [`RowError::InstanceUrl`]). Sealed secrets are not opened. Only for
+    /// a database of schema [`SIGNED_SCHEMA`] or later; writes nothing.
+    pub fn altered(&self, key: &MasterKey) -> Result<Vec<RowError>, StoreError> {
+        problems(&self.conn, key, false)
     }
 
     /// SQLite's full integrity check, first line ("ok" when sound). Writes
@@ -215,7 +509,11 @@ impl UncheckedDb {
 ///   `allow_units`, each a comma-separated list.
 /// - 4: the JWT-bearer grant: `jwt_key` (sealed PKCS#8), `jwt_subject` and
 ///   `jwt_kid`.
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// - 5: `settings_mac`, the MAC of each row's [`Settings`] under `key`.
+///   The rows are signed as they are at that moment: the migration trusts
+///   them (there was nothing to check them against), which is why
+///   `snctld restore` wants an old backup vouched for.
+fn migrate(conn: &mut Connection, key: &MasterKey) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < 1 {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -277,7 +575,68 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )?;
         tx.commit()?;
     }
+    if version < 5 {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch("ALTER TABLE authentications ADD COLUMN settings_mac BLOB;")?;
+        let rows: Vec<Settings> = tx
+            .prepare(&format!("SELECT {SETTINGS_COLUMNS} FROM authentications"))?
+            .query_map([], |r| Settings::from_row(r, 0))?
+            .collect::<Result<_, _>>()?;
+        for settings in rows {
+            tx.execute(
+                "UPDATE authentications SET settings_mac = ?2 WHERE name = ?1",
+                params![settings.name, settings.sign(key)],
+            )?;
+        }
+        tx.execute_batch("PRAGMA user_version = 5;")?;
+        tx.commit()?;
+    }
     Ok(())
+}
+
+/// What keeps each stored authentication from being used, in name order,
+/// one per authentication: its settings ([`Settings::check`]) and, with
+/// `blobs`, then the sealed secrets [`Db::load_all`] opens.
+fn problems(conn: &Connection, key: &MasterKey, blobs: bool) -> Result<Vec<RowError>, StoreError> {
+    type Row = (Option<Vec<u8>>, [Option<Vec<u8>>; 4], Option<i64>, Settings);
+    let rows: Vec<Row> = conn
+        .prepare(&format!(
+            "SELECT settings_mac, client_secret, access_token, refresh_token, jwt_key,
+                 access_expires_ms, {SETTINGS_COLUMNS}
+             FROM authentications ORDER BY name"
+        ))?
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?],
+                r.get(5)?,
+                Settings::from_row(r, 6)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut problems = Vec::new();
+    for (mac, [secret, access, refresh, jwt_key], expires, settings) in rows {
+        if let Err(error) = settings.check(key, mac.as_deref()) {
+            problems.push(error);
+            continue;
+        }
+        if !blobs {
+            continue;
+        }
+        let name = &settings.name;
+        let mut fields = vec![(F_CLIENT_SECRET, secret), (F_JWT_KEY, jwt_key)];
+        // load_all opens the tokens only with an expiry.
+        if expires.is_some() && access.is_some() {
+            fields.push((F_ACCESS_TOKEN, access));
+            fields.push((F_REFRESH_TOKEN, refresh));
+        }
+        for (field, blob) in fields {
+            if let Some(Err(error)) = blob.map(|b| key.open_secret(name, field, &b)) {
+                problems.push(error.into());
+            }
+        }
+    }
+    Ok(problems)
 }
 
 /// ServiceNow's default refresh-token lifespan: 100 days.
@@ -371,15 +730,18 @@ fn readers_from(users: &str, groups: &str, units: &str) -> Result<ReaderIds, Sto
 }
 
 impl Db {
-    /// Every stored authentication, secrets opened.
+    /// Every stored authentication, settings checked (their MAC and
+    /// instance URL, see [`Settings::check`]) before its secrets are
+    /// opened. The first row that fails fails the whole load.
     pub fn load_all(&mut self) -> Result<Vec<Record>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare(&format!(
             "SELECT name, instance_url, grant_type, client_id, client_auth, scope, client_secret,
                     access_token, access_expires_ms, obtained_ms, refresh_token, state, last_error,
                     created_ms, username, redirect_port, refresh_lifespan_secs, refresh_issued_ms,
-                    allow_users, allow_groups, allow_units, jwt_key, jwt_subject, jwt_kid
+                    allow_users, allow_groups, allow_units, jwt_key, jwt_subject, jwt_kid,
+                    settings_mac, {SETTINGS_COLUMNS}
              FROM authentications ORDER BY name",
-        )?;
+        ))?;
         type Row = (
             String,
             String,
@@ -401,6 +763,7 @@ impl Db {
             Option<i64>,
             [String; 3],
             (Option<Vec<u8>>, Option<String>, Option<String>),
+            (Option<Vec<u8>>, Settings),
         );
         let rows: Vec<Row> = stmt
             .query_map([], |r| {
@@ -425,6 +788,7 @@ impl Db {
                     r.get(17)?,
                     [r.get(18)?, r.get(19)?, r.get(20)?],
                     (r.get(21)?, r.get(22)?, r.get(23)?),
+                    (r.get(24)?, Settings::from_row(r, 25)?),
                 ))
             })?
             .collect::<Result<_, _>>()?;
@@ -450,8 +814,10 @@ impl Db {
             refresh_issued,
             [allow_users, allow_groups, allow_units],
             (jwt_key, jwt_subject, jwt_kid),
+            (mac, settings),
         ) in rows
         {
+            settings.check(&self.key, mac.as_deref())?;
             let client_secret = self.key.open_secret(&name, F_CLIENT_SECRET, &secret)?;
             let jwt = match jwt_key {
                 Some(blob) => Some(JwtSettings {
@@ -572,8 +938,11 @@ impl Db {
         Ok(found)
     }
 
-    /// Writes every setting of `auth` (its grant and creation time stay);
-    /// returns whether the row exists.
+    /// Writes every setting of `auth` and their MAC; returns whether the
+    /// row exists. The grant and creation time are written too (they do
+    /// not change: `auth` comes from the stored row) so that the row holds
+    /// exactly what was signed. The MAC is computed from `auth`, not read
+    /// back: it says what snctld meant to store.
     fn write_settings(
         tx: &rusqlite::Transaction<'_>,
         key: &MasterKey,
@@ -585,7 +954,7 @@ impl Db {
                  scope = ?5, client_secret = ?6, updated_ms = ?7, username = ?8,
                  redirect_port = ?9, refresh_lifespan_secs = ?10, allow_users = ?11,
                  allow_groups = ?12, allow_units = ?13, jwt_key = ?14, jwt_subject = ?15,
-                 jwt_kid = ?16
+                 jwt_kid = ?16, grant_type = ?17, created_ms = ?18, settings_mac = ?19
              WHERE name = ?1",
             params![
                 auth.name,
@@ -604,6 +973,9 @@ impl Db {
                 seal_jwt_key(key, auth)?,
                 auth.jwt.as_ref().map(|j| &j.subject),
                 auth.jwt.as_ref().and_then(|j| j.kid.as_ref()),
+                auth.grant.as_str(),
+                auth.created_at_ms,
+                Settings::of(auth).sign(key),
             ],
         )?;
         Ok(changed > 0)
@@ -744,74 +1116,35 @@ impl Db {
 
 /// Loading around secrets that do not open, and moving to a new key.
 impl Db {
-    /// The sealed secrets that do not open with the master key (a blob
-    /// copied from another row or column, a damaged blob, another key), one
-    /// [`CryptoError::Open`] each, naming the authentication and the field.
-    /// Looks at the blobs [`Db::load_all`] opens.
-    pub fn unreadable(&mut self) -> Result<Vec<CryptoError>, StoreError> {
-        type Blobs = (
-            String,
-            Vec<u8>,
-            Option<Vec<u8>>,
-            Option<i64>,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-        );
-        let rows: Vec<Blobs> = self
-            .conn
-            .prepare(
-                "SELECT name, client_secret, access_token, access_expires_ms, refresh_token,
-                     jwt_key
-                 FROM authentications ORDER BY name",
-            )?
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
-        let mut unreadable = Vec::new();
-        for (name, secret, access, expires, refresh, jwt_key) in rows {
-            let mut fields = vec![(F_CLIENT_SECRET, Some(secret)), (F_JWT_KEY, jwt_key)];
-            // load_all opens the tokens only with an expiry.
-            if expires.is_some() && access.is_some() {
-                fields.push((F_ACCESS_TOKEN, access));
-                fields.push((F_REFRESH_TOKEN, refresh));
-            }
-            for (field, blob) in fields {
-                if let Some(Err(error)) = blob.map(|b| self.key.open_secret(&name, field, &b)) {
-                    unreadable.push(error);
-                }
-            }
-        }
-        Ok(unreadable)
+    /// What keeps stored authentications from being used, in name order:
+    /// settings changed outside snctld ([`RowError::Altered`]), an instance
+    /// URL `add` refuses ([`RowError::InstanceUrl`]), or sealed secrets
+    /// that do not open with the master key (a blob copied from another row
+    /// or column, a damaged blob, another key: [`CryptoError::Open`],
+    /// naming the authentication and the field). Looks at what
+    /// [`Db::load_all`] checks and opens.
+    pub fn unreadable(&mut self) -> Result<Vec<RowError>, StoreError> {
+        problems(&self.conn, &self.key, true)
     }
 
-    /// Every stored authentication whose secrets open, and what does not
-    /// open (see [`Db::unreadable`]): one damaged row no longer stops the
-    /// others from loading. Any other error fails the whole load, as with
+    /// Every stored authentication that can be used, and what keeps the
+    /// others from it (see [`Db::unreadable`]): one damaged or altered row
+    /// does not stop the others from loading. Any other error fails the whole load, as with
     /// [`Db::load_all`].
     ///
     /// [`Db::load_all`] stays the one reader of a row: with unreadable rows
     /// it runs inside a transaction that deletes them first and is then
     /// rolled back, so nothing is written.
-    pub fn load_readable(&mut self) -> Result<(Vec<Record>, Vec<CryptoError>), StoreError> {
+    pub fn load_readable(&mut self) -> Result<(Vec<Record>, Vec<RowError>), StoreError> {
         let unreadable = self.unreadable()?;
         if unreadable.is_empty() {
             return Ok((self.load_all()?, unreadable));
         }
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let loaded = (|| {
-            for error in &unreadable {
-                if let CryptoError::Open { name, .. } = error {
-                    self.conn
-                        .execute("DELETE FROM authentications WHERE name = ?1", [name])?;
-                }
+            for name in unreadable.iter().filter_map(RowError::name) {
+                self.conn
+                    .execute("DELETE FROM authentications WHERE name = ?1", [name])?;
             }
             self.load_all()
         })();
@@ -824,9 +1157,11 @@ impl Db {
     /// Re-seals every sealed blob (client secrets, access and refresh
     /// tokens, JWT signing keys, the key check) under `new_key`, each with a fresh nonce, in
     /// one `BEGIN IMMEDIATE` transaction, then uses `new_key` and drops the
-    /// old one. Returns how many blobs were re-sealed. A blob that does not
-    /// open with the current key fails the whole re-seal, and nothing
-    /// changes.
+    /// old one; every row's settings MAC is checked under the old key and
+    /// made anew under the new one. Returns how many blobs were re-sealed
+    /// (MACs are not counted). A blob that does not open, or settings that
+    /// fail their MAC, with the current key fail the whole re-seal, and
+    /// nothing changes.
     pub fn reseal(&mut self, new_key: Arc<MasterKey>) -> Result<usize, StoreError> {
         let tx = self
             .conn
@@ -837,14 +1172,23 @@ impl Db {
             Option<Vec<u8>>,
             Option<Vec<u8>>,
             Option<Vec<u8>>,
+            (Option<Vec<u8>>, Settings),
         );
         let rows: Vec<Blobs> = tx
-            .prepare(
-                "SELECT name, client_secret, access_token, refresh_token, jwt_key
-                 FROM authentications ORDER BY name",
-            )?
+            .prepare(&format!(
+                "SELECT name, client_secret, access_token, refresh_token, jwt_key,
+                     settings_mac, {SETTINGS_COLUMNS}
+                 FROM authentications ORDER BY name"
+            ))?
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    (r.get(5)?, Settings::from_row(r, 6)?),
+                ))
             })?
             .collect::<Result<_, _>>()?;
         let old = &self.key;
@@ -853,7 +1197,9 @@ impl Db {
             Ok(new_key.seal(name, field, &plain)?)
         };
         let mut count = 0;
-        for (name, secret, access, refresh, jwt_key) in rows {
+        for (name, secret, access, refresh, jwt_key, (mac, settings)) in rows {
+            settings.verify(old, mac.as_deref())?;
+            let mac = settings.sign(&new_key);
             let secret = reseal(&name, F_CLIENT_SECRET, &secret)?;
             let access = access
                 .map(|b| reseal(&name, F_ACCESS_TOKEN, &b))
@@ -868,9 +1214,9 @@ impl Db {
                 + usize::from(jwt_key.is_some());
             tx.execute(
                 "UPDATE authentications SET client_secret = ?2, access_token = ?3,
-                     refresh_token = ?4, jwt_key = ?5
+                     refresh_token = ?4, jwt_key = ?5, settings_mac = ?6
                  WHERE name = ?1",
-                params![name, secret, access, refresh, jwt_key],
+                params![name, secret, access, refresh, jwt_key, mac],
             )?;
         }
         // The old check was proven when the key was loaded; a new one says
@@ -1171,12 +1517,127 @@ mod tests {
         assert!(
             matches!(
                 &unreadable[..],
-                [CryptoError::Open {
+                [RowError::Sealed(CryptoError::Open {
                     field: F_JWT_KEY,
                     ..
-                }]
+                })]
             ),
             "{unreadable:?}"
+        );
+    }
+
+    #[test]
+    fn every_setting_is_covered_by_the_mac() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(MasterKey::generate().unwrap().0);
+        let mut db = open(dir.path(), &key);
+        let (mut auth, tokens) = sample("prod");
+        auth.username = Some("abel.tuter".into());
+        auth.scope = Some("useraccount".into());
+        db.insert(&auth, &tokens).unwrap();
+        assert!(db.unreadable().unwrap().is_empty());
+        let edits = [
+            "instance_url = 'https://evil.example.com'",
+            "grant_type = 'password'",
+            "client_id = 'other'",
+            "client_auth = 'basic'",
+            "scope = NULL",
+            "scope = 'useraccount admin'",
+            "created_ms = 2",
+            "username = 'admin'",
+            "redirect_port = 8751",
+            "refresh_lifespan_secs = 1",
+            "allow_users = ''",
+            "allow_groups = '3000,0'",
+            "allow_units = ''",
+            "jwt_key = client_secret",
+            "jwt_subject = 'admin'",
+            "jwt_kid = 'k1'",
+            "settings_mac = NULL",
+            "settings_mac = x'00'",
+        ];
+        for edit in edits {
+            db.conn.execute_batch("SAVEPOINT edit").unwrap();
+            db.conn
+                .execute_batch(&format!("UPDATE authentications SET {edit}"))
+                .unwrap();
+            let problems = db.unreadable().unwrap();
+            assert!(
+                matches!(&problems[..], [RowError::Altered { name }] if name == "prod"),
+                "{edit}: {problems:?}"
+            );
+            let err = db.load_all().unwrap_err().to_string();
+            assert!(err.contains("changed outside snctld"), "{edit}: {err}");
+            db.conn
+                .execute_batch("ROLLBACK TO edit; RELEASE edit")
+                .unwrap();
+        }
+        // The volatile columns are not settings.
+        db.set_health("prod", AuthState::Rejected, Some("denied"))
+            .unwrap();
+        assert!(db.save_tokens("prod", &tokens).unwrap());
+        assert_eq!(db.load_all().unwrap().len(), 1);
+        // A signed row whose instance URL add would refuse is left out too.
+        auth.instance_url = "http://acme.service-now.com".into();
+        assert!(db.replace(&auth, None, false).unwrap());
+        let problems = db.unreadable().unwrap();
+        assert!(
+            matches!(&problems[..], [RowError::InstanceUrl { .. }]),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn the_settings_encoding_is_unambiguous() {
+        let (auth, _) = sample("prod");
+        let base = Settings::of(&auth);
+        let variants = [
+            Settings {
+                scope: Some(String::new()),
+                ..base.clone()
+            },
+            Settings {
+                allow_users: String::new(),
+                allow_groups: "1001,1002,3000".into(),
+                ..base.clone()
+            },
+            Settings {
+                client_id: "ci".into(),
+                client_auth: "dform".into(),
+                ..base.clone()
+            },
+            Settings {
+                redirect_port: Some(0),
+                ..base.clone()
+            },
+        ];
+        for variant in variants {
+            assert_ne!(variant.encode(), base.encode(), "{variant:?}");
+        }
+    }
+
+    #[test]
+    fn a_trigger_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(MasterKey::generate().unwrap().0);
+        let (auth, tokens) = sample("prod");
+        open(dir.path(), &key).insert(&auth, &tokens).unwrap();
+        let path = dir.path().join(DB_FILE);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER undo AFTER UPDATE ON authentications
+                 BEGIN UPDATE authentications SET allow_users = ''; END;
+                 CREATE TABLE extra (x)",
+            )
+            .unwrap();
+        let unchecked = UncheckedDb::open(&path).unwrap();
+        let foreign = unchecked.foreign_objects().unwrap();
+        assert_eq!(ObjectList(foreign).to_string(), "table extra, trigger undo");
+        let err = unchecked.prepare(key).err().expect("refused").to_string();
+        assert!(
+            err.contains("trigger undo") && err.contains("nothing was changed"),
+            "{err}"
         );
     }
 

@@ -19,7 +19,7 @@ use snctld::crypto::{
     NEW_KEY_FILE,
 };
 use snctld::rekey::{rekey, rekey_until_commit};
-use snctld::store::{Authentication, Db, TokenSet, UncheckedDb, DB_FILE};
+use snctld::store::{Authentication, Db, RowError, TokenSet, UncheckedDb, DB_FILE};
 
 /// Everything under `dir`; the state directory is `dir/state`.
 fn config(dir: &Path) -> Config {
@@ -221,7 +221,7 @@ fn swapped_blobs_fail_alone_and_name_their_authentication() {
     let reported: Vec<_> = unreadable
         .iter()
         .map(|e| match e {
-            CryptoError::Open { name, field } => (name.as_str(), *field),
+            RowError::Sealed(CryptoError::Open { name, field }) => (name.as_str(), *field),
             other => panic!("unexpected {other}"),
         })
         .collect();
@@ -745,4 +745,61 @@ fn the_rekey_command_prints_one_line_without_key_material() {
         format!("re-sealed 6 blobs (the key check included): key id {old_id} -> {new_id}")
     );
     assert!(!stdout.contains(old_key.trim()) && !stdout.contains(new_key.trim()));
+}
+
+/// The schema-4 database and key in `tests/data/schema-4` (written by the
+/// snctld of that schema) copied into the state directory of `config`,
+/// with `key` (the fixture's when `None`) as its key.
+fn schema_4_state(config: &Config, key: Option<&Path>) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/schema-4");
+    mkdir_private(&config.state_dir);
+    let db = config.state_dir.join(DB_FILE);
+    fs::copy(data.join(DB_FILE), &db).unwrap();
+    let key_path = config.state_dir.join(KEY_FILE);
+    fs::copy(key.unwrap_or(&data.join(KEY_FILE)), &key_path).unwrap();
+    for file in [&db, &key_path] {
+        fs::set_permissions(file, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+fn user_version(config: &Config) -> i64 {
+    sql(config)
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_schema_4_database_is_signed_only_once_its_key_is_proven() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let other = dir.path().join("other.key");
+    new_key_file(&other);
+    schema_4_state(&config, Some(&other));
+    let before = snapshot(&config.state_dir);
+    let err = format!("{:#}", snctld::open_state(&config).err().expect("refused"));
+    assert!(err.contains("is not the key"), "{err}");
+    assert_eq!(snapshot(&config.state_dir), before, "nothing migrated");
+    assert_eq!(user_version(&config), 4);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = self::config(dir.path());
+    schema_4_state(&config, None);
+    drop(snctld::open_state(&config).unwrap());
+    assert_eq!(user_version(&config), snctld::store::SCHEMA_VERSION);
+    let mut db = open_db(&config);
+    let loaded = secrets(&mut db);
+    assert_eq!(
+        loaded["prod"],
+        (
+            "fixture-client-secret".to_string(),
+            "fixture-access-token-prod".to_string(),
+            None
+        )
+    );
+    let prod = db.load_all().unwrap().remove(1);
+    assert_eq!(prod.auth.readers.users, [0, 4242]);
+    drop(db);
+    // Signed under the key: a rekey checks and re-signs every row.
+    rekey(&config, None, &mut |_| {}).unwrap();
+    assert_eq!(open_db(&config).load_all().unwrap().len(), 2);
 }

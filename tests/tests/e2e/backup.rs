@@ -2,7 +2,10 @@
 //! tokens are fetched and refreshes commit holds no secret in clear, and
 //! restored with the master key into a new state directory every
 //! authentication works; a wrong key or a running daemon is refused and
-//! changes nothing; only admins may back up.
+//! changes nothing; only admins may back up. A backup edited without the
+//! key (settings, triggers, an old schema to hide behind) or a restore file
+//! others could have written is refused, and a database edited in place is
+//! never used to send a secret anywhere.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -14,7 +17,8 @@ use std::time::Duration;
 
 use snctl_tests::fake::FakeInstance;
 use snctl_tests::harness::{
-    self, bin, contains, fake, snctl, test_config, wait_until, TestDaemon, CLIENT_SECRET,
+    self, bin, contains, fake, snctl, test_config, wait_until, DaemonProcess, TestDaemon,
+    CLIENT_SECRET,
 };
 use snctld::Config;
 
@@ -36,14 +40,21 @@ fn snctld(args: &[&std::ffi::OsStr]) -> Output {
 
 /// `snctld restore FILE` on the state directory and socket of `config`.
 fn restore(config: &Config, file: &Path) -> Output {
-    snctld(&[
+    restore_with(config, file, &[])
+}
+
+/// `snctld restore FILE` with `flags` (`--force`, ...).
+fn restore_with(config: &Config, file: &Path, flags: &[&str]) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "restore".as_ref(),
         "--state-dir".as_ref(),
         config.state_dir.as_os_str(),
         "--socket".as_ref(),
         config.socket.as_os_str(),
-        file.as_os_str(),
-    ])
+    ];
+    args.extend(flags.iter().map(std::ffi::OsStr::new));
+    args.push(file.as_os_str());
+    snctld(&args)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -213,8 +224,10 @@ fn restore_is_refused_with_a_wrong_key_or_while_the_daemon_runs_and_changes_noth
         .client()
         .add(add_request("prod", &fake.url()))
         .unwrap();
-    // More than one chunk (4 MiB) to send: a table of the test's own,
-    // written beside the running daemon.
+    // More than one chunk (4 MiB) to send: a `meta` row of the test's own
+    // (the daemon reads only its key check there; a table it did not
+    // create would make restore refuse the backup), written beside the
+    // running daemon.
     let filler: Vec<u8> = (0..6 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -222,10 +235,11 @@ fn restore_is_refused_with_a_wrong_key_or_while_the_daemon_runs_and_changes_noth
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        conn.execute_batch("CREATE TABLE filler (data BLOB NOT NULL)")
-            .unwrap();
-        conn.execute("INSERT INTO filler (data) VALUES (?1)", [&filler])
-            .unwrap();
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('filler', ?1)",
+            [&filler],
+        )
+        .unwrap();
     }
     let file = dir.path().join("snctld.backup");
     backup(&daemon, &file);
@@ -287,7 +301,9 @@ fn restore_is_refused_with_a_wrong_key_or_while_the_daemon_runs_and_changes_noth
     assert!(text(&out.stderr).contains("move it away first"), "{out:?}");
     let restored: Vec<u8> = rusqlite::Connection::open(&db)
         .unwrap()
-        .query_row("SELECT data FROM filler", [], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = 'filler'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert!(restored == filler, "the chunks were put together in order");
     let daemon = TestDaemon::start(config).unwrap();
@@ -345,4 +361,261 @@ fn only_admins_may_back_up() {
         "{out:?}"
     );
     assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+}
+
+/// Everyone may read the token of an authentication with no readers: the
+/// attack clears them. This test's `prod` allows root only (an admin
+/// anyway), so that clearing them is a change.
+fn add_prod_for_root(daemon: &TestDaemon, fake: &FakeInstance) {
+    let mut request = add_request("prod", &fake.url());
+    request.readers.users = vec!["root".into()];
+    daemon.client().add(request).unwrap();
+}
+
+/// What someone who can write a backup file (but has no key) does: send
+/// `prod`'s client secret to their own instance, readable by anyone.
+fn redirect_to(db: &Path, attacker: &FakeInstance) {
+    let changed = rusqlite::Connection::open(db)
+        .unwrap()
+        .execute(
+            "UPDATE authentications SET instance_url = ?1, allow_users = '', allow_groups = '',
+                 allow_units = '' WHERE name = 'prod'",
+            [attacker.url()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+}
+
+#[test]
+fn a_backup_edited_to_send_the_secret_elsewhere_is_refused_and_an_edited_database_sends_nothing() {
+    let fake = fake();
+    let attacker = fake_attacker();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start_with_log_filter(dir.path(), &[], "warn").unwrap();
+    let client = || snctl::Client::connect(&daemon.socket).unwrap();
+    let mut request = add_request("prod", &fake.url());
+    request.readers.users = vec!["root".into()];
+    client().add(request).unwrap();
+    client().add(add_request("dev", &fake.url())).unwrap();
+    let file = dir.path().join("snctld.backup");
+    let out = snctl(&daemon.socket, &["backup", file.to_str().unwrap()], None);
+    assert!(out.status.success(), "{out:?}");
+    redirect_to(&file, &attacker);
+
+    // Restored into a new state directory with the right key: refused,
+    // naming the authentication, and nothing is written.
+    let new = tempfile::tempdir().unwrap();
+    let config = new_state_dir(new.path(), &daemon.state_dir.join("snctld.key"));
+    let before = snapshot(&config.state_dir);
+    let out = restore(&config, &file);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("prod")
+            && stderr.contains("changed outside snctld")
+            && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert_eq!(snapshot(&config.state_dir), before);
+
+    // The same edit made to the database itself, the daemon stopped: prod
+    // is left out with a line saying what to do, dev is served, and the
+    // attacker's instance hears nothing.
+    let mut daemon = daemon;
+    assert!(daemon.stop());
+    redirect_to(&daemon.state_dir.join("snctld.db"), &attacker);
+    let daemon = DaemonProcess::start_with_log_filter(dir.path(), &[], "warn").unwrap();
+    let mut client = snctl::Client::connect(&daemon.socket).unwrap();
+    let names: Vec<String> = client.list().unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["dev"]);
+    let out = snctl(&daemon.socket, &["token", "prod"], None);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let out = snctl(&daemon.socket, &["refresh", "prod"], None);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    client.token("dev").unwrap();
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("prod") && l.contains("changed outside snctld"))
+        .unwrap_or_else(|| panic!("no line about prod: {log}"));
+    assert!(line.contains("snctl remove prod"), "{line}");
+    assert_eq!(
+        attacker.token_requests(),
+        0,
+        "a token request reached the attacker"
+    );
+    assert_eq!(attacker.revoke_requests(), 0);
+
+    // remove deletes it without a word to either instance.
+    let out = snctl(&daemon.socket, &["remove", "prod"], None);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(attacker.token_requests() + attacker.revoke_requests(), 0);
+}
+
+/// A second fake instance: the attacker's server.
+fn fake_attacker() -> FakeInstance {
+    fake()
+}
+
+#[test]
+fn a_backup_holding_a_trigger_or_a_table_snctld_did_not_create_is_refused() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(test_config(dir.path())).unwrap();
+    add_prod_for_root(&daemon, &fake);
+    let file = dir.path().join("snctld.backup");
+    backup(&daemon, &file);
+    daemon.stop().unwrap();
+    let key = dir.path().join("state").join("snctld.key");
+    let cases = [
+        (
+            "trigger keep_instance",
+            "CREATE TRIGGER keep_instance AFTER UPDATE OF instance_url ON authentications
+             BEGIN UPDATE authentications SET instance_url = 'http://127.0.0.1:1'
+                 WHERE name = NEW.name; END",
+        ),
+        ("table loot", "CREATE TABLE loot (x)"),
+        (
+            "view readers",
+            "CREATE VIEW readers AS SELECT name, allow_users FROM authentications",
+        ),
+        (
+            "index by_url",
+            "CREATE INDEX by_url ON authentications (instance_url)",
+        ),
+    ];
+    for (what, sql) in cases {
+        let edited = dir.path().join("edited.backup");
+        std::fs::copy(&file, &edited).unwrap();
+        rusqlite::Connection::open(&edited)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        let new = tempfile::tempdir().unwrap();
+        let config = new_state_dir(new.path(), &key);
+        let before = snapshot(&config.state_dir);
+        let out = restore(&config, &edited);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {out:?}");
+        assert!(
+            stderr.contains(what)
+                && stderr.contains("snctld did not create")
+                && stderr.contains("nothing was changed"),
+            "{what}: {stderr}"
+        );
+        assert_eq!(snapshot(&config.state_dir), before, "{what}");
+    }
+
+    // A trigger in the live database stops the start, naming it.
+    let db = dir.path().join("state").join("snctld.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(cases[0].1)
+        .unwrap();
+    let err = format!(
+        "{:#}",
+        TestDaemon::start(test_config(dir.path()))
+            .err()
+            .expect("refused")
+    );
+    assert!(
+        err.contains("trigger keep_instance") && err.contains("snctld did not create"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_restore_file_others_could_have_written_is_refused_without_force() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(test_config(dir.path())).unwrap();
+    add_prod_for_root(&daemon, &fake);
+    let file = dir.path().join("snctld.backup");
+    backup(&daemon, &file);
+    daemon.stop().unwrap();
+    let key = dir.path().join("state").join("snctld.key");
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let new = tempfile::tempdir().unwrap();
+    let config = new_state_dir(new.path(), &key);
+    let before = snapshot(&config.state_dir);
+    let out = restore(&config, &file);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("writable by group or others")
+            && stderr.contains("chmod 600")
+            && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(snapshot(&config.state_dir), before);
+
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } == 0 {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&file, Some(4001), Some(4001)).unwrap();
+        let out = restore(&config, &file);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            stderr.contains("belongs to uid 4001")
+                && stderr.contains("chown")
+                && stderr.contains("--force"),
+            "{stderr}"
+        );
+        assert_eq!(snapshot(&config.state_dir), before);
+    } else {
+        eprintln!("skipped the other owner's file: chown needs root");
+    }
+
+    // The administrator looked and vouches for it.
+    let out = restore_with(&config, &file, &["--force"]);
+    assert!(out.status.success(), "{out:?}");
+    let daemon = TestDaemon::start(config).unwrap();
+    every_authentication_works(&daemon, &fake, &["prod"]);
+}
+
+/// The schema-4 database kept in `tests/data/schema-4` (made by the
+/// snctld of that schema), copied into `dir` as a backup file, and its key.
+fn schema_4_backup(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/schema-4");
+    let (file, key) = (dir.join("old.backup"), dir.join("old.key"));
+    std::fs::copy(data.join("snctld.db"), &file).unwrap();
+    std::fs::copy(data.join("snctld.key"), &key).unwrap();
+    for f in [&file, &key] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    (file, key)
+}
+
+#[test]
+fn a_backup_of_the_schema_before_authenticated_settings_is_restored_only_when_vouched_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, key) = schema_4_backup(dir.path());
+    let new = tempfile::tempdir().unwrap();
+    let config = new_state_dir(new.path(), &key);
+    let before = snapshot(&config.state_dir);
+    let out = restore(&config, &file);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("schema 4")
+            && stderr.contains("cannot be checked")
+            && stderr.contains("--trust-old-backup")
+            && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(snapshot(&config.state_dir), before);
+
+    let out = restore_with(&config, &file, &["--trust-old-backup"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("restored 2 authentications"),
+        "{out:?}"
+    );
+    let daemon = TestDaemon::start(config).unwrap();
+    assert_eq!(daemon.names(), ["desk", "prod"]);
+    let token = daemon.client().token("prod").unwrap();
+    assert_eq!(token.access_token.expose(), "fixture-access-token-prod");
 }

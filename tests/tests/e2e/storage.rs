@@ -196,3 +196,75 @@ fn a_database_open_to_others_is_made_private_again() {
     assert_eq!(mode, 0o600);
     daemon.client().token("prod").unwrap();
 }
+
+#[test]
+fn a_schema_4_database_is_migrated_at_start_and_serves_then_an_edit_is_caught() {
+    use snctl_tests::harness::CLIENT_ID;
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // The database and key an snctld of schema 4 left (tests/data/schema-4).
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/schema-4");
+    for file in ["snctld.db", "snctld.key"] {
+        std::fs::copy(data.join(file), state.join(file)).unwrap();
+        std::fs::set_permissions(state.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let db = state.join(snctld::store::DB_FILE);
+
+    let daemon = TestDaemon::in_dir(dir.path());
+    assert_eq!(daemon.names(), ["desk", "prod"]);
+    let token = daemon.client().token("prod").unwrap();
+    assert_eq!(token.access_token.expose(), "fixture-access-token-prod");
+    let shown = daemon.client().show("prod").unwrap();
+    assert_eq!(shown.client_id, "fixture-client-id");
+    let desk = daemon.client().token("desk").unwrap();
+    assert_eq!(desk.access_token.expose(), "fixture-access-token-desk");
+    // Every row now carries its settings' MAC.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, snctld::store::SCHEMA_VERSION);
+        let unsigned: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM authentications WHERE settings_mac IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(unsigned, 0);
+    }
+
+    // An update after the migration is signed anew and works.
+    let stdin = format!("{CLIENT_SECRET}\n");
+    let out = snctl(
+        daemon.socket(),
+        &[
+            "update",
+            "prod",
+            "--instance",
+            &fake.url(),
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-stdin",
+        ],
+        Some(&stdin),
+    );
+    assert!(out.status.success(), "{out:?}");
+    daemon.stop().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let token = daemon.client().token("prod").unwrap();
+    assert!(fake.is_access_token_valid(token.access_token.expose()));
+    daemon.stop().unwrap();
+
+    // A migrated row edited afterwards is caught like any other.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("UPDATE authentications SET allow_users = '' WHERE name = 'prod'")
+        .unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    assert_eq!(daemon.names(), ["desk"]);
+}
