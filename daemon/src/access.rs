@@ -10,7 +10,9 @@
 //! every authentication) are for root, the daemon's own user and members of
 //! the admin group. A token is for the authentication's readers (users,
 //! groups, units) and admins; with no readers set, for anyone who can open
-//! the socket. Every refusal says which rule refused.
+//! the socket. Every refusal says which rule refused and what to do; a
+//! refused reader is not told who the readers are (admins see them with
+//! `snctl show`).
 
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
@@ -272,21 +274,6 @@ impl ReaderIds {
             || peer.groups.iter().any(|g| self.groups.contains(g))
             || peer.unit.as_ref().is_some_and(|u| self.units.contains(u))
     }
-
-    fn describe(&self) -> String {
-        let names = self.names();
-        let mut parts = Vec::new();
-        if !names.users.is_empty() {
-            parts.push(format!("users {}", names.users.join(", ")));
-        }
-        if !names.groups.is_empty() {
-            parts.push(format!("groups {}", names.groups.join(", ")));
-        }
-        if !names.units.is_empty() {
-            parts.push(format!("units {}", names.units.join(", ")));
-        }
-        parts.join("; ")
-    }
 }
 
 /// The daemon's access rules.
@@ -341,23 +328,28 @@ impl Access {
                 .is_some_and(|(_, gid)| peer.groups.contains(gid))
     }
 
-    /// Refuses a non-admin, saying who the admins are.
+    /// Refuses a non-admin, saying who the admins are and how to become one.
     pub fn require_admin(&self, peer: &Peer, what: &str) -> Result<(), Error> {
         if self.is_admin(peer) {
             return Ok(());
         }
-        let group = self
-            .admin_group
-            .as_ref()
-            .map(|(name, _)| format!(" and members of group {name}"))
-            .unwrap_or_default();
+        let (group, join) = match &self.admin_group {
+            Some((name, _)) => (
+                format!(" and members of group {name}"),
+                format!(", or to add you to group {name}"),
+            ),
+            None => Default::default(),
+        };
         let daemon = match (self.daemon_uid, user_name(self.daemon_uid)) {
             (0, _) => String::new(),
             (uid, Some(name)) => format!(", {name} (uid {uid})"),
             (uid, None) => format!(", uid {uid}"),
         };
         Err(Error::Forbidden {
-            reason: format!("{what} is for admins: root{daemon}{group}; {peer} is none of them"),
+            reason: format!(
+                "{what} is for admins: root{daemon}{group}; {peer} is none of them: ask an admin \
+                 to do it{join}"
+            ),
         })
     }
 
@@ -366,7 +358,10 @@ impl Access {
         readers.admits(peer) || self.is_admin(peer)
     }
 
-    /// Refuses a peer that may not read `name`'s tokens, saying who may.
+    /// Refuses a peer that may not read `name`'s tokens. Who may is not
+    /// said: the readers' names tell a stranger whose account to go after.
+    /// Only admins are never refused, and they see the readers with
+    /// `snctl show`.
     pub fn require_reader(
         &self,
         peer: &Peer,
@@ -378,9 +373,9 @@ impl Access {
         }
         Err(Error::Forbidden {
             reason: format!(
-                "{name}'s tokens are for {} and admins; {peer} is none of them: ask an admin to \
-                 add you to its readers (`snctl update {name} --allow-…`)",
-                readers.describe()
+                "{peer} is not one of {name}'s readers: ask an admin to add you (they see the \
+                 readers with `snctl show {name}` and set them with `snctl update {name} \
+                 --allow-…`)"
             ),
         })
     }
@@ -451,6 +446,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind().exit_code(), 6);
         assert!(err.to_string().contains("group snctl-admin"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("ask an admin to do it, or to add you to group snctl-admin"),
+            "{err}"
+        );
         let readers = ReaderIds {
             users: vec![1001],
             ..ReaderIds::default()
@@ -458,10 +458,12 @@ mod tests {
         let err = access
             .require_reader(&peer(1002, &[1002], None), "prod", &readers)
             .unwrap_err();
+        let message = err.to_string();
         assert!(
-            err.to_string().contains("prod's tokens are for users"),
-            "{err}"
+            message.contains("uid 1002, pid 1 is not one of prod's readers"),
+            "{message}"
         );
+        assert!(!message.contains("1001"), "no reader named: {message}");
         assert!(access.may_read(&peer(990, &[990], None), &readers));
     }
 

@@ -581,7 +581,7 @@ pub async fn run_with(
     let mut by_name = std::collections::HashMap::new();
     for (name, listener) in proxy_listeners {
         tracing::info!(%name, socket = %listener.path().display(), "proxy serving");
-        let one = proxy::Proxy::new(name.clone(), daemon.clone(), http.clone(), &config.proxy);
+        let one = proxy::Proxy::new(name.clone(), daemon.clone(), http.clone(), &config);
         by_name.insert(name, one.clone());
         proxies.push(tokio::spawn(proxy::serve(
             listener,

@@ -9,10 +9,20 @@
 //!   small enough to replay (at most [`REPLAY_MAX`] by its Content-Length)
 //!   is held in memory.
 //! - Hop-by-hop headers (and those named in `Connection`) are dropped both
-//!   ways, as are the caller's `Authorization` and `Host`.
-//! - A 401 from the instance: one refresh (single flight, and none when
-//!   another request already replaced the token) and one retry, for
-//!   replayable requests; otherwise the 401 goes back.
+//!   ways, as are the caller's `Authorization` and `Host`, and the
+//!   instance's `Set-Cookie` (a session on the instance, of the daemon's
+//!   credentials).
+//! - Only request targets that are paths (`/…`) are forwarded; `*` and
+//!   absolute URLs get 400.
+//! - A caller cannot hold a connection by going quiet: the head must arrive
+//!   within `[server] read_timeout_secs`, and so must each piece of a
+//!   request body after the last, the whole body within `[http]
+//!   request_timeout_secs` (else 408 and the connection closes); a
+//!   response the caller stops taking for `read_timeout_secs` ends the
+//!   connection.
+//! - A 401 from the instance: one refresh and one retry, for replayable
+//!   requests, unless the token is too new or such a refresh was made
+//!   recently ([`Tokens::replace_refused`]); otherwise the 401 goes back.
 //! - A 429 with `Retry-After` or `X-RateLimit-Reset`: until then, every
 //!   request for that authentication is answered 429 at once, or, with
 //!   `[proxy] on_rate_limit = "hold"`, waits for the end (at most
@@ -27,10 +37,15 @@
 //!   browser page cannot use it.
 //!
 //! [`Access::require_reader`]: crate::access::Access::require_reader
+//! [`Tokens::replace_refused`]: crate::tokens::Tokens::replace_refused
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -38,9 +53,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -48,7 +65,7 @@ use snctl_shared::protocol::{MinValid, TokenReply};
 use snctl_shared::Error;
 
 use crate::access::{Peer, ReaderIds};
-use crate::config::{OnRateLimit, ProxyConfig};
+use crate::config::{Config, OnRateLimit};
 use crate::server::{Gate, Limits, Listener};
 use crate::Daemon;
 
@@ -77,6 +94,10 @@ pub(crate) struct Proxy {
     http: reqwest::Client,
     on_rate_limit: OnRateLimit,
     hold_max: Duration,
+    /// The longest gap between two pieces of a request body.
+    read_timeout: Duration,
+    /// The longest a whole request body may take.
+    request_timeout: Duration,
     /// Until when the instance asked to be left alone (429).
     held_until: Mutex<Option<SystemTime>>,
 }
@@ -93,14 +114,16 @@ impl Proxy {
         name: String,
         daemon: Arc<Daemon>,
         http: reqwest::Client,
-        config: &ProxyConfig,
+        config: &Config,
     ) -> Arc<Proxy> {
         Arc::new(Proxy {
             name,
             daemon,
             http,
-            on_rate_limit: config.on_rate_limit,
-            hold_max: config.hold_max,
+            on_rate_limit: config.proxy.on_rate_limit,
+            hold_max: config.proxy.hold_max,
+            read_timeout: config.limits.read_timeout,
+            request_timeout: config.http.request_timeout,
             held_until: Mutex::new(None),
         })
     }
@@ -187,7 +210,9 @@ pub(crate) async fn serve_tcp(
 }
 
 /// One HTTP/1.1 connection, each request answered by `handle`, closed
-/// gracefully on `stop`; `admitted` is held until it ends.
+/// gracefully on `stop`; `admitted` is held until it ends. The head of a
+/// request must arrive within `read_timeout`, and a write that makes no
+/// progress for as long ends the connection.
 async fn connection<S, A, F, Fut>(
     stream: S,
     read_timeout: Duration,
@@ -195,9 +220,9 @@ async fn connection<S, A, F, Fut>(
     admitted: A,
     handle: F,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
     F: Fn(Request<Incoming>) -> Fut,
-    Fut: std::future::Future<Output = Response<Body>>,
+    Fut: Future<Output = Response<Body>>,
 {
     let _admitted = admitted;
     let service = hyper::service::service_fn(move |request| {
@@ -207,7 +232,10 @@ async fn connection<S, A, F, Fut>(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(
+            TokioIo::new(WriteBounded::new(stream, read_timeout)),
+            service,
+        );
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -247,6 +275,9 @@ async fn over_tcp(
         audit("-", &path, status);
         response
     };
+    if !is_path(request.uri()) {
+        return refuse(StatusCode::BAD_REQUEST, "bad_request", NOT_A_PATH);
+    }
     if request.headers().contains_key(header::ORIGIN) {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -310,7 +341,11 @@ impl Proxy {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
-        let response = self.forward(Caller::Unix(peer), request).await;
+        let response = if is_path(request.uri()) {
+            self.forward(Caller::Unix(peer), request).await
+        } else {
+            json(StatusCode::BAD_REQUEST, "bad_request", NOT_A_PATH)
+        };
         tracing::info!(
             name = %self.name,
             method = %method,
@@ -354,6 +389,14 @@ impl Proxy {
             };
         }
         let (parts, body) = request.into_parts();
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let body = CallerBody {
+            inner: body,
+            gap: self.read_timeout,
+            whole: self.request_timeout,
+            timers: None,
+            timed_out: timed_out.clone(),
+        };
         let target = format!(
             "{}{}",
             token.instance_url,
@@ -368,6 +411,7 @@ impl Proxy {
         let replay = if body.is_end_stream() || small {
             match Limited::new(body, REPLAY_MAX as usize).collect().await {
                 Ok(collected) => Some(collected.to_bytes()),
+                Err(_) if timed_out.load(Ordering::Relaxed) => return self.body_timed_out(),
                 Err(error) => {
                     return json(
                         StatusCode::BAD_REQUEST,
@@ -383,6 +427,9 @@ impl Proxy {
             let sent = self
                 .send(&parts.method, &target, &headers, stream, &token)
                 .await;
+            if timed_out.load(Ordering::Relaxed) {
+                return self.body_timed_out();
+            }
             return self.relay(sent);
         };
         let replay = replay.unwrap_or_default();
@@ -391,8 +438,10 @@ impl Proxy {
             .await;
         match sent {
             Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
-                let token = match self.renewed(&token).await {
-                    Ok(token) => token,
+                let renewed = tokens.replace_refused(&self.name, &token.access_token);
+                let token = match renewed.await {
+                    Ok(Some(token)) => token,
+                    Ok(None) => return self.relay(Ok(response)),
                     // The instance's 401 says more than why no new token came.
                     Err(error) => {
                         tracing::warn!(name = %self.name, %error, "proxy: no new token after a 401");
@@ -425,19 +474,6 @@ impl Proxy {
             .await
     }
 
-    /// A token other than `used`: the current one when another request
-    /// already replaced it, else a refreshed one.
-    async fn renewed(&self, used: &TokenReply) -> Result<TokenReply, Error> {
-        let tokens = &self.daemon.tokens;
-        let current = tokens.token(&self.name, MIN_VALID, |_| Ok(())).await?;
-        if current.access_token.expose() != used.access_token.expose() {
-            return Ok(current);
-        }
-        tracing::info!(name = %self.name, "proxy: the instance refused the token (401); refreshing");
-        tokens.refresh(&self.name).await?;
-        tokens.token(&self.name, MIN_VALID, |_| Ok(())).await
-    }
-
     /// The instance's answer for the caller; a 429 with a time to wait
     /// holds later requests.
     fn relay(&self, sent: reqwest::Result<reqwest::Response>) -> Response<Body> {
@@ -467,12 +503,34 @@ impl Proxy {
         let status = upstream.status();
         let mut headers = upstream.headers().clone();
         strip_hop_by_hop(&mut headers);
+        // The instance's session is the daemon's, not the caller's.
+        headers.remove(header::SET_COOKIE);
         let upstream: http::Response<reqwest::Body> = upstream.into();
         let mut response =
             Response::new(upstream.into_body().map_err(BoxError::from).boxed_unsync());
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         *response.version_mut() = Version::HTTP_11;
+        response
+    }
+
+    /// The answer to a request whose body stopped coming; the connection
+    /// closes after it.
+    fn body_timed_out(&self) -> Response<Body> {
+        tracing::info!(name = %self.name, "proxy: the request body did not arrive in time");
+        let mut response = json(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            &format!(
+                "the request body did not arrive in time: at most {} s between its pieces and {} s \
+                 in all",
+                self.read_timeout.as_secs(),
+                self.request_timeout.as_secs()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         response
     }
 
@@ -500,6 +558,166 @@ impl Proxy {
                 None
             }
         }
+    }
+}
+
+const NOT_A_PATH: &str =
+    "the proxy forwards only request targets that are paths (GET /api/…), not * or absolute URLs";
+
+/// Whether the request target is a path (origin form), the only form
+/// forwarded.
+fn is_path(uri: &http::Uri) -> bool {
+    uri.scheme().is_none() && uri.authority().is_none() && uri.path().starts_with('/')
+}
+
+/// A caller's request body, read with a bound on the gap between its
+/// pieces (`gap`) and on the whole (`whole`), both counted from the first
+/// read: a caller that announces a body and then sends it slowly, or not
+/// at all, cannot hold its connection. Then it fails, and says so in
+/// `timed_out`.
+struct CallerBody {
+    inner: Incoming,
+    gap: Duration,
+    whole: Duration,
+    /// The gap's and the whole's, from the first read on.
+    timers: Option<[Pin<Box<Sleep>>; 2]>,
+    timed_out: Arc<AtomicBool>,
+}
+
+/// A request body that stopped coming.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+struct BodyTimedOut;
+
+impl hyper::body::Body for CallerBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        // Most requests have no body: no timers for them.
+        if this.inner.is_end_stream() {
+            return Poll::Ready(None);
+        }
+        let (gap, whole) = (this.gap, this.whole);
+        let [gap_timer, whole_timer] = this.timers.get_or_insert_with(|| {
+            [
+                Box::pin(tokio::time::sleep(gap)),
+                Box::pin(tokio::time::sleep(whole)),
+            ]
+        });
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            gap_timer.as_mut().reset(tokio::time::Instant::now() + gap);
+            return Poll::Ready(frame.map(|f| f.map_err(BoxError::from)));
+        }
+        if gap_timer.as_mut().poll(cx).is_ready() || whole_timer.as_mut().poll(cx).is_ready() {
+            this.timed_out.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(BodyTimedOut.into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A caller's connection on which a write that makes no progress for
+/// `stall` fails: a caller that stops taking its response does not hold
+/// the connection (nor the instance's) for as long as it likes.
+struct WriteBounded<S> {
+    inner: S,
+    stall: Duration,
+    /// Running while a write waits.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> WriteBounded<S> {
+    fn new(inner: S, stall: Duration) -> WriteBounded<S> {
+        WriteBounded {
+            inner,
+            stall,
+            timer: None,
+        }
+    }
+
+    /// `polled` as is, unless it has waited for `stall`.
+    fn bounded<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.timer = None;
+            return polled;
+        }
+        let stall = self.stall;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.timer = None;
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the caller stopped taking the response",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteBounded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteBounded<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.bounded(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.bounded(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.bounded(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.bounded(cx, polled)
     }
 }
 

@@ -38,6 +38,9 @@
 //! - `POST /api/now/attachment/file` needs a valid bearer token and answers the size of
 //!   the body it got (`{"result":{"size_bytes":"N"}}`); bodies up to 64 MiB, for
 //!   streaming tests.
+//! - `GET /api/now/attachment/<sys_id>/file` needs a valid bearer token and answers
+//!   [`DOWNLOAD_BYTES`] bytes, a download larger than any socket buffer.
+//! - Table responses carry ServiceNow's session cookies (`Set-Cookie: JSESSIONID=…`).
 //! - A test can have the next table request answered `429` with `Retry-After`
 //!   ([`FakeInstance::rate_limit_next_table`]) and can revoke every access token
 //!   ([`FakeInstance::revoke_access_tokens`]).
@@ -70,6 +73,8 @@ use tokio::task::{JoinHandle, JoinSet};
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
 const MAX_ATTACHMENT: usize = 64 * 1024 * 1024;
+/// The size of every attachment download.
+pub const DOWNLOAD_BYTES: usize = 16 * 1024 * 1024;
 const ATTACHMENT_PATH: &str = "/api/now/attachment/file";
 const TOKEN_PATH: &str = "/oauth_token.do";
 const MAX_HEADERS: usize = 64;
@@ -387,6 +392,11 @@ impl FakeInstance {
         self.lock().table_requests
     }
 
+    /// Requests read, of any method and path.
+    pub fn requests(&self) -> u64 {
+        self.lock().requests
+    }
+
     /// The `Authorization` header of the last table request, as received.
     pub fn last_table_authorization(&self) -> Option<String> {
         self.lock().last_table_authorization.clone()
@@ -549,6 +559,7 @@ struct State {
     tokens_issued: u64,
     revoke_requests: u64,
     table_requests: u64,
+    requests: u64,
     last_table_authorization: Option<String>,
     table_rate_limits: VecDeque<String>,
     attachment_requests: u64,
@@ -898,7 +909,24 @@ impl State {
             "number": "INC0010001",
             "short_description": "fake incident",
         }]});
-        Response::new(200, JSON, body.to_string())
+        let mut response = Response::new(200, JSON, body.to_string());
+        let session = format!("{:032x}", rand::random::<u128>());
+        response.headers.push((
+            "Set-Cookie",
+            format!("JSESSIONID={session}; Path=/; HttpOnly; Secure"),
+        ));
+        response
+            .headers
+            .push(("Set-Cookie", "glide_user_route=glide.1; Path=/".to_owned()));
+        response
+    }
+
+    fn download(&mut self, req: &Request) -> Response {
+        let token = req.header("authorization").and_then(bearer_token);
+        if !token.is_some_and(|t| self.access_token_valid(t)) {
+            return Response::new(401, JSON, NOT_AUTHENTICATED);
+        }
+        Response::new(200, "application/octet-stream", vec![b'd'; DOWNLOAD_BYTES])
     }
 
     fn attachment(&mut self, req: &Request) -> Response {
@@ -1282,12 +1310,18 @@ async fn handle(state: &Shared, req: &Request) -> Reply {
     let table = path
         .strip_prefix("/api/now/table/")
         .is_some_and(|t| !t.is_empty());
+    let download = path
+        .strip_prefix("/api/now/attachment/")
+        .and_then(|p| p.strip_suffix("/file"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+    lock(state).requests += 1;
     match (req.method.as_str(), path) {
         ("GET", "/oauth_auth.do") => Reply::Full(lock(state).authorize(req)),
         ("POST", TOKEN_PATH) => token_endpoint(state, req).await,
         ("POST", "/oauth_revoke_token.do") => Reply::Full(lock(state).revoke(req)),
         ("GET", _) if table => Reply::Full(lock(state).table(req)),
         ("POST", ATTACHMENT_PATH) => Reply::Full(lock(state).attachment(req)),
+        ("GET", _) if download => Reply::Full(lock(state).download(req)),
         _ => Reply::Full(Response::new(404, JSON, NOT_FOUND)),
     }
 }

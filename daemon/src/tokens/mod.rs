@@ -66,6 +66,11 @@ pub struct RefreshPolicy {
     pub retry_after_max: Duration,
     /// Upstream token requests in flight at once, all authentications together.
     pub max_concurrent_upstream: usize,
+    /// A token refused (401) on a request the proxy forwarded is refreshed
+    /// only once it is at least this old ([`Tokens::replace_refused`]).
+    pub refused_floor: Duration,
+    /// At most one refresh for such a 401 per authentication in this long.
+    pub refused_every: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -77,6 +82,8 @@ impl Default for RefreshPolicy {
             backoff_max: Duration::from_secs(300),
             retry_after_max: Duration::from_secs(3600),
             max_concurrent_upstream: 16,
+            refused_floor: Duration::from_secs(10),
+            refused_every: Duration::from_secs(60),
         }
     }
 }
@@ -98,6 +105,8 @@ struct Shared {
     retry_at_ms: Option<i64>,
     next_refresh_ms: Option<i64>,
     last_refresh_ms: Option<i64>,
+    /// When a 401 on a proxied request last caused a refresh.
+    refused_refresh_ms: Option<i64>,
     /// How many of [`WARN_BEFORE_DAYS`] have been logged for this refresh token.
     warned: usize,
 }
@@ -494,6 +503,7 @@ impl Tokens {
             retry_at_ms: None,
             next_refresh_ms: None,
             last_refresh_ms: None,
+            refused_refresh_ms: None,
             warned: 0,
         };
         if let Some(tokens) = tokens {
@@ -797,6 +807,51 @@ impl Tokens {
             }
             Err(error) => entry.fresh(0).ok_or(error),
         }
+    }
+
+    /// A token to use instead of `refused`, which the instance refused
+    /// (401) on a request the proxy forwarded: the current one when another
+    /// request already replaced it, else a refreshed one.
+    ///
+    /// Any caller can have the instance answer 401 (a path that wants other
+    /// credentials, `/oauth_token.do` itself), and a new token cures none
+    /// of those. So there is no refresh (`Ok(None)`: the 401 stands) when
+    /// `refused` is younger than `refused_floor`, when such a refresh was
+    /// made for this authentication less than `refused_every` ago, or
+    /// during a backoff.
+    pub async fn replace_refused(
+        &self,
+        name: &str,
+        refused: &Secret,
+    ) -> Result<Option<TokenReply>, Error> {
+        let entry = self.entry(name)?;
+        let _flight = self.lock_flight(&entry).await?;
+        let policy = self.policy();
+        let now = now_ms();
+        {
+            let mut shared = entry.lock();
+            let Some(token) = shared.token.as_ref() else {
+                return Ok(None);
+            };
+            if token.access.expose() != refused.expose() {
+                let valid = token.expires_at_ms > now;
+                return Ok(valid.then(|| Entry::reply(&shared, token)));
+            }
+            let young = now - token.obtained_at_ms < policy.refused_floor.as_millis() as i64;
+            let recent = shared
+                .refused_refresh_ms
+                .is_some_and(|at| now - at < policy.refused_every.as_millis() as i64);
+            if young || recent {
+                return Ok(None);
+            }
+            shared.refused_refresh_ms = Some(now);
+        }
+        if let Some(error) = entry.holdoff(name) {
+            return Err(error);
+        }
+        tracing::info!(name = %name, "the instance refused the token (401) on a proxied request; refreshing");
+        self.fetch(&entry).await?;
+        Ok(entry.fresh(0))
     }
 
     /// Refreshes now, whatever the plan or the backoff (`snctl refresh`).

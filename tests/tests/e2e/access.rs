@@ -407,6 +407,7 @@ fn another_uid_needs_the_socket_mode_and_then_is_refused_admin_requests() {
         let ran = world.snctl(&stranger, args, stdin);
         ran.refused(&format!("forbidden: {what} is for admins: root"));
         ran.refused(&format!("; uid 4001, pid {} is none of them", ran.pid));
+        ran.refused(": ask an admin to do it");
     }
 
     // Nothing changed, and the instance was not asked anything.
@@ -440,13 +441,20 @@ fn readers_by_uid_get_tokens_and_others_neither_get_nor_see_them() {
 
     let ran = world.snctl(&other, &["token", "prod"], None);
     ran.refused(&format!(
-        "forbidden: prod's tokens are for users 4001 and admins; uid 4002, pid {} is none of them",
+        "forbidden: uid 4002, pid {} is not one of prod's readers: ask an admin to add you",
         ran.pid
     ));
+    // Who the readers are is for admins to know, not for whoever is refused.
+    assert!(!ran.stderr.contains("users 4001"), "{ran:#?}");
     assert!(ran.stdout.is_empty(), "{ran:#?}");
-    world
-        .snctl(&other, &["show", "prod"], None)
-        .refused("prod's tokens are for users 4001");
+    let shown = world.snctl(&other, &["show", "prod"], None);
+    shown.refused("is not one of prod's readers");
+    assert!(!shown.stderr.contains("users 4001"), "{shown:#?}");
+    let admin = world.snctl(&Caller::user(0), &["show", "prod"], None);
+    assert!(
+        admin.ok().contains("readers:       users 4001; and admins"),
+        "{admin:#?}"
+    );
     assert_eq!(
         world.snctl(&other, &["list", "--json"], None).names(),
         ["open"]
@@ -479,7 +487,7 @@ fn readers_by_group_count_supplementary_and_primary_groups() {
     let outsider = Caller::user(4003).with_groups(&[5002]);
     let ran = world.snctl(&outsider, &["token", "prod"], None);
     ran.refused(&format!(
-        "forbidden: prod's tokens are for groups 5001 and admins; uid 4003, pid {} is none of them",
+        "forbidden: uid 4003, pid {} is not one of prod's readers",
         ran.pid
     ));
 }
@@ -521,13 +529,14 @@ fn the_admin_group_may_add_and_list_everything_and_no_one_else() {
         " and members of group 5100; uid 4004, pid {} is none of them",
         ran.pid
     ));
+    ran.refused(": ask an admin to do it, or to add you to group 5100");
     assert_eq!(
         world.snctl(&plain, &["list", "--json"], None).names(),
         ["second"]
     );
     world
         .snctl(&plain, &["token", "prod"], None)
-        .refused("prod's tokens are for users 4001 and admins");
+        .refused("is not one of prod's readers");
 
     let names = world.daemon.names();
     assert_eq!(names, ["prod", "second"]);
@@ -651,12 +660,12 @@ fn readers_by_unit_are_told_by_the_callers_cgroup() {
     let in_other = Caller::user(4005).in_cgroup(&elsewhere);
     let ran = world.snctl(&in_other, &["token", "prod"], None);
     ran.refused(&format!(
-        "forbidden: prod's tokens are for units {unit} and admins; uid 4005, pid {}, unit {other_unit} is none of them",
+        "forbidden: uid 4005, pid {}, unit {other_unit} is not one of prod's readers",
         ran.pid
     ));
     world
         .snctl(&Caller::user(4005), &["token", "prod"], None)
-        .refused(&format!("prod's tokens are for units {unit} and admins"));
+        .refused("is not one of prod's readers");
 }
 
 #[test]
@@ -699,7 +708,7 @@ fn every_token_handed_out_is_logged_without_the_token() {
         &["token", "prod"],
         None,
     );
-    refused.refused("prod's tokens are for users 4006 and admins");
+    refused.refused("is not one of prod's readers");
 
     let audited = |log: &str| {
         log.lines()
@@ -788,7 +797,7 @@ fn a_unit_named_inside_a_users_delegated_cgroup_is_not_that_unit() {
     let impostor = Caller::user(4009).in_cgroup(&home).then_moving_to(&own);
     world
         .snctl(&impostor, &["token", "prod"], None)
-        .refused(&format!("prod's tokens are for units {unit} and admins"));
+        .refused("is not one of prod's readers");
 }
 
 /// `main` sets the umask to 077 before binding, and the kernel masks the

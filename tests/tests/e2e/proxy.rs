@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use snctl::protocol::Readers;
+use snctl_tests::fake::DOWNLOAD_BYTES;
 use snctl_tests::harness::{self, fake, test_config, DaemonProcess, TestDaemon};
 
 use crate::{add_by_secret, add_request, Prod};
@@ -206,7 +207,14 @@ fn proxy_streams_a_large_body_both_ways() {
 
 #[test]
 fn proxy_refreshes_once_on_a_401_and_retries() {
-    let prod = proxied();
+    // The token need not have been in use for a while first.
+    let prod = Prod::with(
+        |_| {},
+        |config| {
+            config.proxy.names = vec!["prod".into()];
+            config.refresh.refused_floor = Duration::ZERO;
+        },
+    );
     let mut http = connect(&proxy_socket(prod.dir.path()));
     assert_eq!(http.request("GET", TABLE, &[], b"").status, 200);
     let issued = prod.fake.tokens_issued();
@@ -288,6 +296,10 @@ fn proxy_refuses_a_caller_outside_the_readers_with_403() {
     assert!(refused.ends_with("\n403"), "{refused}");
     assert!(refused.contains(r#""error":"forbidden""#), "{refused}");
     assert!(refused.contains("uid 4001"), "{refused}");
+    assert!(
+        !refused.contains("users 4002"),
+        "a refused caller is not told who the readers are: {refused}"
+    );
     assert_eq!(fake.table_requests(), 0);
     let read = curl_as(4002);
     assert!(read.ends_with("\n200"), "{read}");
@@ -609,6 +621,11 @@ fn proxy_over_tcp_listens_on_127_0_0_1_only_and_audits_peer_tcp() {
             "peer=tcp",
         ],
     );
+    let line = log.lines().find(|l| l.contains("proxied")).unwrap();
+    assert!(
+        !line.contains("path=/prod"),
+        "the path as forwarded: {line}"
+    );
     assert!(!log.contains("SECRETVALUE42"), "{log}");
 }
 
@@ -635,4 +652,297 @@ fn proxy_serves_an_authentication_whose_tokens_live_seconds() {
         assert_eq!(answer.status, 200, "{answer:?}");
         std::thread::sleep(Duration::from_millis(700));
     }
+}
+
+/// Reads what the daemon still sends until it ends the connection.
+/// Panics when the connection is still open at the stream's read timeout.
+fn read_until_closed(stream: &mut impl Read) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!(
+                "the daemon kept the connection open ({e}) after sending {} bytes: {:?}",
+                got.len(),
+                String::from_utf8_lossy(&got[..got.len().min(200)])
+            ),
+        }
+    }
+}
+
+/// What a connection whose request the daemon gave up on got: a 408, or
+/// nothing when the head itself did not come.
+fn assert_timed_out(got: &[u8], head_came: bool) {
+    let text = String::from_utf8_lossy(got);
+    match head_came {
+        true => assert!(got.starts_with(b"HTTP/1.1 408 "), "{text}"),
+        false => assert!(
+            got.is_empty() || got.starts_with(b"HTTP/1.1 408 "),
+            "{text}"
+        ),
+    }
+}
+
+/// `prod` proxied on its Unix socket and on TCP `port`, with short timeouts
+/// between a body's bytes (1 s) and few TCP connections (4).
+fn proxied_with_short_timeouts(port: u16, request_timeout: Duration) -> Prod {
+    Prod::with(
+        |_| {},
+        |config| {
+            config.proxy.names = vec!["prod".into()];
+            config.proxy.tcp_port = Some(port);
+            config.limits.read_timeout = Duration::from_secs(1);
+            config.limits.max_connections = 4;
+            config.http.request_timeout = request_timeout;
+        },
+    )
+}
+
+fn raw_tcp(port: u16) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+}
+
+fn raw_unix(socket: &Path) -> UnixStream {
+    let stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+}
+
+const UPLOAD: &str = "api/now/attachment/file?table_name=incident&file_name=x.bin";
+
+#[test]
+fn proxy_closes_connections_whose_body_never_comes() {
+    let port = free_port();
+    let prod = proxied_with_short_timeouts(port, Duration::from_secs(30));
+    // Every TCP slot, each with a body announced and never sent (one of
+    // them sends a little of it first, one announces a body too large to
+    // keep, so that it streams to the instance).
+    let head = |length: usize| {
+        format!(
+            "POST /prod/{UPLOAD} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Snctl-Proxy: 1\r\n\
+             Content-Length: {length}\r\n\r\n"
+        )
+    };
+    let mut held: Vec<_> = [1000, 1000, 1000, 8 * 1024 * 1024]
+        .into_iter()
+        .map(|length| {
+            let mut stream = raw_tcp(port);
+            stream.write_all(head(length).as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    held[1].write_all(&[b'x'; 10]).unwrap();
+    let mut unix = raw_unix(&proxy_socket(prod.dir.path()));
+    let unix_head = format!("POST /{UPLOAD} HTTP/1.1\r\nHost: sn\r\nContent-Length: 1000\r\n\r\n");
+    unix.write_all(unix_head.as_bytes()).unwrap();
+
+    for stream in &mut held {
+        assert_timed_out(&read_until_closed(stream), true);
+    }
+    assert_timed_out(&read_until_closed(&mut unix), true);
+    assert_eq!(prod.fake.attachment_requests(), 0);
+    // The slots are free again.
+    let answer = connect_tcp(port).request(
+        "GET",
+        TCP_TABLE,
+        &tcp_headers("127.0.0.1", &[("X-Snctl-Proxy", "1")]),
+        b"",
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+#[test]
+fn proxy_bounds_the_whole_upload_of_a_trickled_body() {
+    let port = free_port();
+    let prod = proxied_with_short_timeouts(port, Duration::from_secs(3));
+    let mut unix = raw_unix(&proxy_socket(prod.dir.path()));
+    let head = format!("POST /{UPLOAD} HTTP/1.1\r\nHost: sn\r\nContent-Length: 1000\r\n\r\n");
+    unix.write_all(head.as_bytes()).unwrap();
+    // A byte at a time, each well within the gap allowed between bytes.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writer = unix.try_clone().unwrap();
+    let trickle = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            while sent < 1000 && !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if writer.write_all(b"x").is_err() {
+                    break;
+                }
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            sent
+        })
+    };
+    let got = read_until_closed(&mut unix);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = trickle.join().unwrap();
+    assert_timed_out(&got, true);
+    assert!(sent < 1000, "the whole body was read");
+    assert_eq!(prod.fake.attachment_requests(), 0);
+}
+
+#[test]
+fn proxy_bounds_the_time_to_send_a_request_head() {
+    let port = free_port();
+    let prod = proxied_with_short_timeouts(port, Duration::from_secs(30));
+    let mut tcp = raw_tcp(port);
+    tcp.write_all(b"GET /prod/api/now/table/incident HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let mut unix = raw_unix(&proxy_socket(prod.dir.path()));
+    unix.write_all(b"GET /api/now/table/incident HTTP/1.1\r\n")
+        .unwrap();
+    assert_timed_out(&read_until_closed(&mut tcp), false);
+    assert_timed_out(&read_until_closed(&mut unix), false);
+    assert_eq!(prod.fake.table_requests(), 0);
+}
+
+/// Sends a download request on `stream`, reads its head, stops reading for
+/// a while, then reads what is left: how many bytes of the body came.
+fn stall_download(stream: &mut (impl Read + Write), head: &str) -> usize {
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // A caller that stops reading, well past the 1 s allowed for a write.
+    std::thread::sleep(Duration::from_secs(4));
+    got.extend(read_until_closed(stream));
+    let head_len = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    got.len() - head_len
+}
+
+#[test]
+fn proxy_drops_a_caller_that_stops_reading_its_response() {
+    let port = free_port();
+    // The exchange may last long; the caller's stall is what must end it.
+    let prod = proxied_with_short_timeouts(port, Duration::from_secs(120));
+    let download = "/api/now/attachment/0123abcd/file";
+    let body = stall_download(
+        &mut raw_unix(&proxy_socket(prod.dir.path())),
+        &format!("GET {download} HTTP/1.1\r\nHost: sn\r\n\r\n"),
+    );
+    assert!(body < DOWNLOAD_BYTES, "the caller got it all: {body}");
+    let body = stall_download(
+        &mut raw_tcp(port),
+        &format!("GET /prod{download} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Snctl-Proxy: 1\r\n\r\n"),
+    );
+    assert!(body < DOWNLOAD_BYTES, "the caller got it all: {body}");
+    // A caller that reads gets it whole.
+    let answer = connect(&proxy_socket(prod.dir.path())).request("GET", download, &[], b"");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), DOWNLOAD_BYTES);
+}
+
+const FORM: &[u8] = b"grant_type=client_credentials";
+
+/// 30 requests, on TCP and on the Unix socket, that the instance answers
+/// 401 whatever the token: how many refreshes they caused.
+fn refreshes_for_401s(prod: &Prod, port: u16) -> u64 {
+    let issued = prod.fake.tokens_issued();
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let mut tcp = connect_tcp(port);
+    let mut unix = connect(&proxy_socket(prod.dir.path()));
+    for _ in 0..15 {
+        let answer = tcp.request(
+            "POST",
+            "/prod/oauth_token.do",
+            &tcp_headers("127.0.0.1", &[("X-Snctl-Proxy", "1"), form]),
+            FORM,
+        );
+        assert_eq!(answer.status, 401, "{answer:?}");
+        let answer = unix.request("POST", "/oauth_token.do", &[form], FORM);
+        assert_eq!(answer.status, 401, "{answer:?}");
+    }
+    // The proxy still serves.
+    let answer = tcp.request(
+        "GET",
+        TCP_TABLE,
+        &tcp_headers("127.0.0.1", &[("X-Snctl-Proxy", "1")]),
+        b"",
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    prod.fake.tokens_issued() - issued
+}
+
+#[test]
+fn proxy_401s_a_refresh_cannot_cure_cause_at_most_one_refresh() {
+    // A token just obtained is not refreshed for a 401.
+    let port = free_port();
+    let prod = proxied_over_tcp(port);
+    assert_eq!(refreshes_for_401s(&prod, port), 0);
+    // Nor is one refreshed more than once a minute for them.
+    let port = free_port();
+    let prod = Prod::with(
+        |_| {},
+        |config| {
+            config.proxy.names = vec!["prod".into()];
+            config.proxy.tcp_port = Some(port);
+            config.refresh.refused_floor = Duration::ZERO;
+        },
+    );
+    assert_eq!(refreshes_for_401s(&prod, port), 1);
+}
+
+#[test]
+fn proxy_passes_no_session_cookie_from_the_instance() {
+    let port = free_port();
+    let prod = proxied_over_tcp(port);
+    let answer = connect(&proxy_socket(prod.dir.path())).request("GET", TABLE, &[], b"");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("set-cookie"), None, "{answer:?}");
+    let answer = connect_tcp(port).request(
+        "GET",
+        TCP_TABLE,
+        &tcp_headers("127.0.0.1", &[("X-Snctl-Proxy", "1")]),
+        b"",
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("set-cookie"), None, "{answer:?}");
+    assert_eq!(prod.fake.table_requests(), 2);
+}
+
+#[test]
+fn proxy_refuses_request_targets_that_are_not_paths() {
+    let port = free_port();
+    let prod = proxied_over_tcp(port);
+    let before = prod.fake.requests();
+    let mut unix = connect(&proxy_socket(prod.dir.path()));
+    for (method, target) in [
+        ("OPTIONS", "*"),
+        ("GET", "http://evil.example/api/now/table/incident"),
+    ] {
+        let answer = unix.request(method, target, &[], b"");
+        assert_eq!(answer.status, 400, "{method} {target}: {answer:?}");
+        assert_eq!(answer.json()["error"], "bad_request");
+    }
+    let absolute = format!("http://127.0.0.1:{port}{TCP_TABLE}");
+    for (method, target) in [("OPTIONS", "*"), ("GET", absolute.as_str())] {
+        let answer = connect_tcp(port).request(
+            method,
+            target,
+            &tcp_headers("127.0.0.1", &[("X-Snctl-Proxy", "1")]),
+            b"",
+        );
+        assert_eq!(answer.status, 400, "{method} {target}: {answer:?}");
+    }
+    assert_eq!(prod.fake.requests(), before, "nothing reached the instance");
 }
