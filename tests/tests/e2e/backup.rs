@@ -372,6 +372,34 @@ fn add_prod_for_root(daemon: &TestDaemon, fake: &FakeInstance) {
     daemon.client().add(request).unwrap();
 }
 
+/// A stopped daemon's state with `prod` (readable by root) and a backup
+/// of it.
+struct BackedUp {
+    fake: FakeInstance,
+    dir: tempfile::TempDir,
+    /// The backup file.
+    file: PathBuf,
+    /// The daemon's master key.
+    key: PathBuf,
+}
+
+fn backed_up_prod() -> BackedUp {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(test_config(dir.path())).unwrap();
+    add_prod_for_root(&daemon, &fake);
+    let file = dir.path().join("snctld.backup");
+    backup(&daemon, &file);
+    daemon.stop().unwrap();
+    let key = dir.path().join("state").join("snctld.key");
+    BackedUp {
+        fake,
+        dir,
+        file,
+        key,
+    }
+}
+
 /// What someone who can write a backup file (but has no key) does: send
 /// `prod`'s client secret to their own instance, readable by anyone.
 fn redirect_to(db: &Path, attacker: &FakeInstance) {
@@ -460,14 +488,7 @@ fn fake_attacker() -> FakeInstance {
 
 #[test]
 fn a_backup_holding_a_trigger_or_a_table_snctld_did_not_create_is_refused() {
-    let fake = fake();
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = TestDaemon::start(test_config(dir.path())).unwrap();
-    add_prod_for_root(&daemon, &fake);
-    let file = dir.path().join("snctld.backup");
-    backup(&daemon, &file);
-    daemon.stop().unwrap();
-    let key = dir.path().join("state").join("snctld.key");
+    let BackedUp { dir, file, key, .. } = backed_up_prod();
     let cases = [
         (
             "trigger keep_instance",
@@ -527,14 +548,12 @@ fn a_backup_holding_a_trigger_or_a_table_snctld_did_not_create_is_refused() {
 
 #[test]
 fn a_restore_file_others_could_have_written_is_refused_without_force() {
-    let fake = fake();
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = TestDaemon::start(test_config(dir.path())).unwrap();
-    add_prod_for_root(&daemon, &fake);
-    let file = dir.path().join("snctld.backup");
-    backup(&daemon, &file);
-    daemon.stop().unwrap();
-    let key = dir.path().join("state").join("snctld.key");
+    let BackedUp {
+        fake,
+        dir: _dir,
+        file,
+        key,
+    } = backed_up_prod();
 
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
     let new = tempfile::tempdir().unwrap();
