@@ -249,6 +249,47 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// [`Failure::explain`] for the exchange of an authorization code
+    /// issued for `redirect_uri`: a refusal that names the Redirect URL
+    /// says which one to register.
+    pub fn explain_code(&self, instance: &str, redirect_uri: &str, client_id: &str) -> String {
+        if self.kind != UpstreamKind::AccessDenied {
+            return self.explain(instance);
+        }
+        let status = self.status.unwrap_or(401);
+        if self.detail.to_ascii_lowercase().contains("redirect") {
+            format!(
+                "{instance} refused the authorization code for its Redirect URL (HTTP {status} {}): \
+                 set the Redirect URL of the Application Registry record of client ID {client_id} \
+                 to exactly {redirect_uri}, or use the port of the one registered (--redirect-port N)",
+                self.detail
+            )
+        } else {
+            format!(
+                "{instance} refused the authorization code (HTTP {status} {}): check the client \
+                 secret and that the Redirect URL of the Application Registry record is exactly \
+                 {redirect_uri}, then log in again (codes expire within minutes)",
+                self.detail
+            )
+        }
+    }
+}
+
+/// An exchange of an authorization code answered 400 or 403 was refused as
+/// surely as with ServiceNow's usual 401: the code, its Redirect URL or the
+/// client did not do (RFC 6749 §5.2 `invalid_grant`, `invalid_request`).
+fn refused_code(failure: Failure) -> Failure {
+    let refusal = matches!(failure.status, Some(400 | 403));
+    if failure.step == Step::Code && failure.kind == UpstreamKind::HttpStatus && refusal {
+        return Failure {
+            kind: UpstreamKind::AccessDenied,
+            ..failure
+        };
+    }
+    failure
+}
+
 /// Checks and normalises an instance URL: `https://host[:port]`, or
 /// `http://` for loopback hosts only (tests and demos).
 pub fn normalize_instance_url(input: &str) -> Result<String, String> {
@@ -387,7 +428,7 @@ impl ServiceNow {
         let response = self
             .exchange(auth, proof)
             .await
-            .map_err(|e| self.classify(e).during(step))?;
+            .map_err(|e| refused_code(self.classify(e).during(step)))?;
         let lifetime = response.expires_in().unwrap_or(DEFAULT_LIFETIME);
         if !matches!(response.token_type(), BasicTokenType::Bearer) {
             return Err(Failure::new(

@@ -240,6 +240,24 @@ impl Tokens {
         })
     }
 
+    /// [`Tokens::verify`] of an authorization code issued for
+    /// `redirect_uri`: a refusal says which Redirect URL to register.
+    async fn verify_code(
+        &self,
+        auth: &Authentication,
+        proof: Proof<'_>,
+        redirect_uri: &str,
+        kept: &str,
+    ) -> Result<TokenSet, Error> {
+        self.ask(auth, proof).await?.map_err(|failure| {
+            let explained = failure.explain_code(&auth.instance_url, redirect_uri, &auth.client_id);
+            Error::Upstream(UpstreamError {
+                message: format!("{explained}; {kept}"),
+                ..upstream_error(&failure, &auth.instance_url, None)
+            })
+        })
+    }
+
     /// Changes settings. New credentials must produce a token before they
     /// replace the old ones: client credentials ask for one, a login by a
     /// person refreshes with its refresh token. When that fails nothing
@@ -533,6 +551,7 @@ impl Tokens {
                         username: &username,
                         password: &user.password,
                     },
+                    None,
                 )
                 .await
             }
@@ -554,7 +573,12 @@ impl Tokens {
                 };
                 if pending.new {
                     let tokens = self
-                        .verify(&pending.auth, proof(&pending.auth), NOTHING_SAVED)
+                        .verify_code(
+                            &pending.auth,
+                            proof(&pending.auth),
+                            &pending.redirect_uri,
+                            NOTHING_SAVED,
+                        )
                         .await?;
                     return self.insert_new(pending.auth.clone(), tokens).await;
                 }
@@ -568,7 +592,7 @@ impl Tokens {
                     }
                     auth.client_secret = started.client_secret.clone();
                     Ok(())
-                }, proof)
+                }, proof, Some(&pending.redirect_uri))
                 .await
             }
         }
@@ -577,18 +601,25 @@ impl Tokens {
     /// Replaces an existing authentication's tokens with those of a new
     /// login. `adjust` applies the login's changes to the settings as they
     /// are once the flight lock is held, so a concurrent update is not
-    /// undone.
+    /// undone. `redirect_uri` is that of an authorization code's login.
     async fn relogin<'p>(
         &self,
         entry: &Entry,
         adjust: impl FnOnce(&mut Authentication) -> Result<(), Error>,
         proof: impl FnOnce(&Authentication) -> Proof<'p>,
+        redirect_uri: Option<&str>,
     ) -> Result<AuthSummary, Error> {
         let _flight = self.lock_flight(entry).await?;
         let mut auth = (*entry.lock().auth).clone();
         adjust(&mut auth)?;
         // A new login: its refresh token (or none) replaces the old one.
-        let tokens = self.verify(&auth, proof(&auth), LOGIN_KEPT).await?;
+        let tokens = match redirect_uri {
+            Some(uri) => {
+                self.verify_code(&auth, proof(&auth), uri, LOGIN_KEPT)
+                    .await?
+            }
+            None => self.verify(&auth, proof(&auth), LOGIN_KEPT).await?,
+        };
         let (to_store, stored_tokens) = (auth.clone(), tokens.clone());
         let found = self
             .inner

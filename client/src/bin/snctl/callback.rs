@@ -72,6 +72,44 @@ pub struct Authorize<'a> {
     pub timeout: Duration,
     /// Whether to open a browser (false for `--no-browser`).
     pub open_browser: bool,
+    /// Whether the login adds the authentication (`snctl add`), which
+    /// changes what the user must run to try again.
+    pub adding: bool,
+}
+
+/// The login an error is about, for its message: what to register and
+/// what to run again.
+#[derive(Debug, Clone)]
+pub struct Login {
+    name: String,
+    redirect_uri: String,
+    client_id: String,
+    adding: bool,
+}
+
+impl Login {
+    fn of(request: &Authorize) -> Login {
+        let query = request.authorize_url.split_once('?').map_or("", |(_, q)| q);
+        let client_id = form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == "client_id")
+            .map(|(_, id)| id.into_owned())
+            .unwrap_or_default();
+        Login {
+            name: request.name.to_owned(),
+            redirect_uri: request.redirect_uri.to_owned(),
+            client_id,
+            adding: request.adding,
+        }
+    }
+
+    /// What to run to try once more.
+    fn again(&self) -> String {
+        if self.adding {
+            "run the same `snctl add` again".to_owned()
+        } else {
+            format!("run `snctl login {}` again", self.name)
+        }
+    }
 }
 
 /// Why no authorization code came back.
@@ -89,22 +127,24 @@ pub enum CallbackError {
     },
     /// The instance redirected with an error instead of a code.
     Denied {
-        name: String,
+        login: Box<Login>,
         error: String,
         description: Option<String>,
     },
     /// The redirect carries this login's state but no code.
     MissingCode { name: String },
     /// Nothing came back in time.
-    Timeout { name: String, waited: Duration },
+    Timeout { login: Box<Login>, waited: Duration },
 }
 
 impl CallbackError {
     /// The exit status: 2 when the administrator must change the redirect
-    /// port, 1 otherwise.
+    /// port, 7 when the instance refused the login (the person's Deny
+    /// included: it is the instance's answer), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             CallbackError::BadRedirect { .. } | CallbackError::PortInUse { .. } => 2,
+            CallbackError::Denied { .. } => 7,
             _ => 1,
         }
     }
@@ -132,31 +172,100 @@ impl fmt::Display for CallbackError {
                  run `snctl login {name}` again"
             ),
             CallbackError::Denied {
-                name,
+                login,
                 error,
                 description,
-            } => {
-                write!(f, "the instance did not grant access ({}", one_line(error))?;
-                if let Some(description) = description {
-                    write!(f, ": {}", one_line(description))?;
-                }
-                write!(f, "): run `snctl login {name}` again")?;
-                if error == "access_denied" {
-                    f.write_str(" and choose Allow")?;
-                }
-                Ok(())
-            }
+            } => refusal(f, login, error, description.as_deref()),
             CallbackError::MissingCode { name } => write!(
                 f,
                 "the redirect carries no authorization code: run `snctl login {name}` again"
             ),
-            CallbackError::Timeout { name, waited } => write!(
+            CallbackError::Timeout { login, waited } => write!(
                 f,
-                "no login came back within {}: run `snctl login {name}` again \
+                "no login came back within {}: if the browser shows an error page of the \
+                 instance (such as Invalid redirect_uri), check that the Application Registry \
+                 record's Redirect URL is exactly {} and its Client ID {}; otherwise {} \
                  (use --no-browser on a host without a browser)",
-                human(*waited)
+                human(*waited),
+                login.redirect_uri,
+                one_line(&login.client_id),
+                login.again()
             ),
         }
+    }
+}
+
+/// What went wrong, for an error the instance redirected back instead of a
+/// code, and what fixes it. RFC 6749 §4.1.2.1 names the errors; ServiceNow
+/// says `invalid_request` for a Redirect URL or client it does not know,
+/// and names which in the description.
+fn refusal(
+    f: &mut fmt::Formatter<'_>,
+    login: &Login,
+    error: &str,
+    description: Option<&str>,
+) -> fmt::Result {
+    let said = match description {
+        Some(description) => format!("{}: {}", one_line(error), one_line(description)),
+        None => one_line(error),
+    };
+    let lower = said.to_ascii_lowercase();
+    let (name, uri, id) = (&login.name, &login.redirect_uri, one_line(&login.client_id));
+    let again = login.again();
+    if error == "access_denied" {
+        write!(
+            f,
+            "access was refused on the instance's consent page (the person logging in clicked Deny; {said}): \
+             {again} and click Allow"
+        )
+    } else if lower.contains("redirect") {
+        write!(
+            f,
+            "the instance refused the Redirect URL {uri} ({said}): set the Redirect URL of the \
+             Application Registry record to exactly {uri}, "
+        )?;
+        if login.adding {
+            f.write_str(
+                "or run the same `snctl add` with --redirect-port N, the port of the one registered",
+            )
+        } else {
+            write!(
+                f,
+                "or use the port of the one registered (`snctl update {name} --redirect-port N`), \
+                 then run `snctl login {name}`"
+            )
+        }
+    } else if error == "invalid_client" || lower.contains("client_id") {
+        write!(
+            f,
+            "the instance does not know the client ID {id} ({said}): copy the Client ID of the \
+             Application Registry record, "
+        )?;
+        if login.adding {
+            f.write_str("then run `snctl add` again with it (--client-id)")
+        } else {
+            write!(
+                f,
+                "run `snctl update {name} --client-id ID`, then `snctl login {name}`"
+            )
+        }
+    } else if error == "invalid_scope" {
+        write!(
+            f,
+            "the instance refused the scope asked for ({said}): give a scope of the Application \
+             Registry record (--scope), then {again}"
+        )
+    } else if error == "server_error" || error == "temporarily_unavailable" {
+        write!(
+            f,
+            "the instance could not complete the login ({said}): {again} later"
+        )
+    } else {
+        write!(
+            f,
+            "the instance refused the login ({said}): check the Application Registry record of \
+             client ID {id}, then {again}"
+        )
     }
 }
 
@@ -196,7 +305,7 @@ fn wait_with_paste<R: BufRead + Send + 'static>(
         request,
         port,
         expected: Arc::new(Expected {
-            name: request.name.to_owned(),
+            login: Login::of(request),
             path: path.to_owned(),
             state: request.state.to_owned(),
         }),
@@ -315,7 +424,7 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(CallbackError::Timeout {
-                    name: self.request.name.to_owned(),
+                    login: Box::new(Login::of(self.request)),
                     waited: self.request.timeout,
                 });
             }
@@ -504,8 +613,8 @@ fn pasted_params(text: &str, path: &str) -> Result<Params, &'static str> {
 
 /// What a redirect must carry to settle the login.
 struct Expected {
-    /// The authentication's name, for the errors.
-    name: String,
+    /// The login, for the errors.
+    login: Login,
     /// The redirect path, e.g. `/callback`.
     path: String,
     /// This login's `state`.
@@ -533,10 +642,10 @@ impl Expected {
         if !ours {
             return Verdict::Foreign;
         }
-        let name = self.name.clone();
+        let name = self.login.name.clone();
         Verdict::Settles(match params.error {
             Some(error) => Err(CallbackError::Denied {
-                name,
+                login: Box::new(self.login.clone()),
                 error,
                 description: params.error_description,
             }),
@@ -821,11 +930,12 @@ mod tests {
             let redirect_uri = format!("http://127.0.0.1:{port}/callback");
             let request = Authorize {
                 name: "dev",
-                authorize_url: "https://example.invalid/oauth_auth.do?state=x",
+                authorize_url: "https://example.invalid/oauth_auth.do?client_id=c1d&state=x",
                 redirect_uri: &redirect_uri,
                 state: STATE,
                 timeout,
                 open_browser: false,
+                adding: false,
             };
             wait_with_paste(&request, paste)
         })
@@ -914,7 +1024,12 @@ mod tests {
     #[test]
     fn state_is_checked_before_the_code_or_error_counts() {
         let expected = Expected {
-            name: "dev".to_owned(),
+            login: Login {
+                name: "dev".to_owned(),
+                redirect_uri: "http://127.0.0.1:8751/callback".to_owned(),
+                client_id: "c1d".to_owned(),
+                adding: false,
+            },
             path: "/callback".to_owned(),
             state: STATE.to_owned(),
         };
@@ -1012,10 +1127,54 @@ mod tests {
         assert!(answer.contains("Access was not granted"));
         let error = wait(waiting).unwrap_err();
         assert!(matches!(error, CallbackError::Denied { .. }));
+        assert_eq!(error.exit_code(), 7);
         assert_eq!(
             error.to_string(),
-            "the instance did not grant access (access_denied: User said no): \
-             run `snctl login dev` again and choose Allow"
+            "access was refused on the instance's consent page (the person logging in clicked Deny; \
+             access_denied: User said no): run `snctl login dev` again and click Allow"
+        );
+    }
+
+    #[test]
+    fn each_refusal_says_what_to_fix() {
+        let login = |adding| Login {
+            name: "dev".to_owned(),
+            redirect_uri: "http://127.0.0.1:8751/callback".to_owned(),
+            client_id: "c1d".to_owned(),
+            adding,
+        };
+        let refused = |adding, error: &str, description: Option<&str>| {
+            let error = CallbackError::Denied {
+                login: Box::new(login(adding)),
+                error: error.to_owned(),
+                description: description.map(str::to_owned),
+            };
+            assert_eq!(error.exit_code(), 7);
+            error.to_string()
+        };
+        assert_eq!(
+            refused(false, "invalid_request", Some("Invalid redirect_uri")),
+            "the instance refused the Redirect URL http://127.0.0.1:8751/callback \
+             (invalid_request: Invalid redirect_uri): set the Redirect URL of the Application \
+             Registry record to exactly http://127.0.0.1:8751/callback, or use the port of the \
+             one registered (`snctl update dev --redirect-port N`), then run `snctl login dev`"
+        );
+        assert!(refused(true, "invalid_request", Some("Invalid redirect_uri"))
+            .ends_with("or run the same `snctl add` with --redirect-port N, the port of the one registered"));
+        assert_eq!(
+            refused(false, "invalid_client", None),
+            "the instance does not know the client ID c1d (invalid_client): copy the Client ID \
+             of the Application Registry record, run `snctl update dev --client-id ID`, then \
+             `snctl login dev`"
+        );
+        assert!(refused(true, "invalid_request", Some("Invalid client_id"))
+            .starts_with("the instance does not know the client ID c1d"));
+        assert!(refused(false, "invalid_scope", None).contains("--scope"));
+        assert!(refused(false, "temporarily_unavailable", None).ends_with("again later"));
+        assert_eq!(
+            refused(true, "unauthorized_client", None),
+            "the instance refused the login (unauthorized_client): check the Application \
+             Registry record of client ID c1d, then run the same `snctl add` again"
         );
     }
 
@@ -1103,8 +1262,11 @@ mod tests {
         assert_eq!(error.exit_code(), 1);
         assert_eq!(
             error.to_string(),
-            "no login came back within 1s: run `snctl login dev` again \
-             (use --no-browser on a host without a browser)"
+            "no login came back within 1s: if the browser shows an error page of the instance \
+             (such as Invalid redirect_uri), check that the Application Registry record's \
+             Redirect URL is exactly http://127.0.0.1:PORT/callback and its Client ID c1d; \
+             otherwise run `snctl login dev` again (use --no-browser on a host without a browser)"
+                .replace("PORT", &port.to_string())
         );
     }
 
@@ -1129,6 +1291,7 @@ mod tests {
             state: STATE,
             timeout: Duration::from_secs(1),
             open_browser: false,
+            adding: false,
         };
         let error = wait_with_paste(&request, Cursor::new(Vec::new())).unwrap_err();
         assert!(matches!(error, CallbackError::BadRedirect { .. }));

@@ -962,6 +962,7 @@ fn browser_login(
     login: &LoginArgs,
 ) -> Result<AuthSummary, Failure> {
     let name = start.name.clone();
+    let adding = start.add.is_some();
     let challenge = connect(socket)?.start_login(start)?;
     let left = u64::try_from(challenge.expires_at - now_secs()).unwrap_or(0);
     let code = callback::wait_for_code(&callback::Authorize {
@@ -971,6 +972,7 @@ fn browser_login(
         state: &challenge.state,
         timeout: Duration::from_secs(login.timeout.unwrap_or(300).min(left)),
         open_browser: !login.no_browser,
+        adding,
     })
     .map_err(|e| Failure {
         code: e.exit_code(),
