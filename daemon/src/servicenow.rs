@@ -120,6 +120,14 @@ pub struct Seen {
     pub detail: String,
 }
 
+/// ServiceNow's UI API path that says who the bearer token acts for
+/// (`{"result":{"user_name":..,"user_sys_id":..}}`). Every session's UI
+/// uses it, so it needs no role beyond logging in.
+const CURRENT_USER_PATH: &str = "/api/now/ui/user/current_user";
+/// How long the question of who logged in may take: the login stands
+/// whatever the answer, so it is not worth the whole request timeout.
+const CURRENT_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The REST API path `snctl doctor` probes.
 const PROBE_API_PATH: &str = "/api/now/table/sys_user?sysparm_limit=1&sysparm_fields=sys_id";
 
@@ -593,6 +601,50 @@ impl ServiceNow {
             request = request.bearer_auth(token.expose());
         }
         self.look(request).await
+    }
+
+    /// The user name of the ServiceNow user `access` acts for, or why it
+    /// cannot be told.
+    pub async fn current_user(&self, instance: &str, access: &Secret) -> Result<String, String> {
+        let response = self
+            .http
+            .get(format!("{instance}{CURRENT_USER_PATH}"))
+            .header(http::header::ACCEPT, "application/json")
+            // Once per login: no connection is kept for it.
+            .header(http::header::CONNECTION, "close")
+            .bearer_auth(access.expose())
+            .timeout(CURRENT_USER_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| classify_transport(&e, CURRENT_USER_TIMEOUT).detail)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY as u64)
+        {
+            return Err(format!(
+                "{CURRENT_USER_PATH} answered more than {MAX_BODY} bytes"
+            ));
+        }
+        let body = response.bytes().await.map_err(|e| error_chain(&e))?;
+        if status != 200 {
+            return Err(format!(
+                "{CURRENT_USER_PATH} answered HTTP {status} ({})",
+                describe_body(&headers, &body)
+            ));
+        }
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("{CURRENT_USER_PATH} answered no JSON ({e})"))?;
+        value
+            .pointer("/result/user_name")
+            .and_then(|name| name.as_str())
+            .map(str::trim)
+            .filter(|name| {
+                !name.is_empty() && name.len() <= 256 && !name.contains(char::is_control)
+            })
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{CURRENT_USER_PATH} names no user"))
     }
 
     /// POSTs a refresh grant with a token no instance issued and without

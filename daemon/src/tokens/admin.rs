@@ -9,7 +9,10 @@
 //! makes the PKCE verifier and `state`, keeps them here (never on the
 //! socket) and answers with the authorize URL; `snctl` sends the person to
 //! it, catches the redirect on its loopback listener and hands the code to
-//! [`Tokens::login`], which checks `state` and exchanges the code.
+//! [`Tokens::login`], which checks `state` and exchanges the code. The
+//! instance then says which of its users logged in (whoever held the
+//! browser, not necessarily who ran snctl): that user name is kept with the
+//! authentication, as the password grant's is, and shown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,6 +259,27 @@ impl Tokens {
                 ..upstream_error(&failure, &auth.instance_url, None)
             })
         })
+    }
+
+    /// The user name of the ServiceNow user a browser login's tokens act
+    /// for, as the instance says; None (and a warning in the log) when it
+    /// cannot be told: the login stands all the same.
+    async fn who_logged_in(&self, auth: &Authentication, tokens: &TokenSet) -> Option<String> {
+        let asked = self
+            .inner
+            .upstream
+            .current_user(&auth.instance_url, &tokens.access_token)
+            .await;
+        match asked {
+            Ok(user) => {
+                tracing::info!(name = %auth.name, %user, "browser login by this ServiceNow user");
+                Some(user)
+            }
+            Err(why) => {
+                tracing::warn!(name = %auth.name, "cannot tell which ServiceNow user logged in: {why}");
+                None
+            }
+        }
     }
 
     /// Changes settings. New credentials must produce a token before they
@@ -580,7 +604,9 @@ impl Tokens {
                             NOTHING_SAVED,
                         )
                         .await?;
-                    return self.insert_new(pending.auth.clone(), tokens).await;
+                    let mut auth = pending.auth.clone();
+                    auth.username = self.who_logged_in(&auth, &tokens).await;
+                    return self.insert_new(auth, tokens).await;
                 }
                 let entry = self.entry(&name)?;
                 let started = &pending.auth;
@@ -615,8 +641,11 @@ impl Tokens {
         // A new login: its refresh token (or none) replaces the old one.
         let tokens = match redirect_uri {
             Some(uri) => {
-                self.verify_code(&auth, proof(&auth), uri, LOGIN_KEPT)
-                    .await?
+                let tokens = self
+                    .verify_code(&auth, proof(&auth), uri, LOGIN_KEPT)
+                    .await?;
+                auth.username = self.who_logged_in(&auth, &tokens).await;
+                tokens
             }
             None => self.verify(&auth, proof(&auth), LOGIN_KEPT).await?,
         };

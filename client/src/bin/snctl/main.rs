@@ -584,6 +584,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 summary.grant.as_str(),
                 time_or_dash(summary.access_expires_at)
             );
+            print_login_user(&summary);
             print_login_deadline(&summary);
             Ok(())
         }
@@ -628,6 +629,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 summary.name,
                 time_or_dash(summary.access_expires_at)
             );
+            print_login_user(&summary);
             print_login_deadline(&summary);
             Ok(())
         }
@@ -1029,6 +1031,21 @@ fn describe_time(at: i64) -> String {
 
 fn time_or_dash(at: Option<i64>) -> String {
     at.map(describe_time).unwrap_or_else(|| "-".into())
+}
+
+/// For a login by a person: who logged in. In a browser that is whoever
+/// held it, so it is worth a look.
+fn print_login_user(summary: &AuthSummary) {
+    let Some(login) = &summary.login else {
+        return;
+    };
+    match &login.username {
+        Some(user) => println!("logged in as {user}"),
+        None => println!(
+            "could not determine which ServiceNow user logged in (snctld's log says why); \
+             the login is saved all the same"
+        ),
+    }
 }
 
 /// For a login by a person: until when it lasts.
