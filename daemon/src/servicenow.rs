@@ -1038,6 +1038,46 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_code_names_the_redirect_url_to_register() {
+        let at = |status, detail: &str| Failure {
+            step: Step::Code,
+            ..Failure::new(UpstreamKind::HttpStatus, Some(status), detail)
+        };
+        let uri = "http://127.0.0.1:8751/callback";
+        let refused = refused_code(at(400, "invalid_request: Invalid redirect_uri"));
+        assert_eq!(refused.kind, UpstreamKind::AccessDenied);
+        assert_eq!(
+            refused.explain_code("https://acme", uri, "c1d"),
+            "https://acme refused the authorization code for its Redirect URL (HTTP 400 \
+             invalid_request: Invalid redirect_uri): set the Redirect URL of the Application \
+             Registry record of client ID c1d to exactly http://127.0.0.1:8751/callback, or use \
+             the port of the one registered (--redirect-port N)"
+        );
+        let generic = Failure {
+            step: Step::Code,
+            ..Failure::new(
+                UpstreamKind::AccessDenied,
+                Some(401),
+                "server_error: access_denied",
+            )
+        };
+        assert!(generic
+            .explain_code("https://acme", uri, "c1d")
+            .contains("is exactly http://127.0.0.1:8751/callback, then log in again"));
+        // Only the exchange of a code is read this way, and only 400 and 403.
+        let refresh = Failure {
+            step: Step::Refresh,
+            ..at(400, "x")
+        };
+        assert_eq!(refused_code(refresh).kind, UpstreamKind::HttpStatus);
+        assert_eq!(refused_code(at(404, "x")).kind, UpstreamKind::HttpStatus);
+        assert_eq!(
+            refused_code(at(502, "x")).explain_code("https://acme", uri, "c1d"),
+            at(502, "x").explain("https://acme")
+        );
+    }
+
+    #[test]
     fn a_tls_error_is_found_inside_nested_io_errors() {
         use std::io::{Error as IoError, ErrorKind};
         let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);

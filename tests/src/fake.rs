@@ -2535,4 +2535,57 @@ mod tests {
         assert_denied(exchange_jwt(&fake, &other, SECRET).await).await;
         assert_eq!(fake.jwt_grants(), 1);
     }
+
+    #[tokio::test]
+    async fn untrusted_authorize_requests_can_be_redirected_or_refused_at_the_exchange() {
+        let fake = code_fake().await;
+        let other = "http://127.0.0.1:8401/callback";
+        let elsewhere = authorize_params_with("redirect_uri", Some(other));
+        let unknown = authorize_params_with("client_id", Some("unknown"));
+
+        fake.set_authorize_errors(AuthorizeErrors::Redirect);
+        let params = redirect_params(&authorize(&fake, &elsewhere).await, &format!("{other}?"));
+        assert_eq!(params["error"], "invalid_request");
+        assert_eq!(params["error_description"], "Invalid redirect_uri");
+        assert_eq!(params["state"], "xyz");
+        let params = redirect_params(&authorize(&fake, &unknown).await, &format!("{REDIRECT}?"));
+        assert_eq!(params["error_description"], "Invalid client_id");
+
+        fake.set_authorize_errors(AuthorizeErrors::AtExchange);
+        let params = redirect_params(&authorize(&fake, &elsewhere).await, &format!("{other}?"));
+        let refused = exchange(&fake, &params["code"], other, Some(VERIFIER)).await;
+        assert_eq!(refused.status(), 400);
+        let body = json(refused).await;
+        assert_eq!(text(&body, "error"), "invalid_request");
+        assert_eq!(text(&body, "error_description"), "Invalid redirect_uri");
+        assert_error_page(authorize(&fake, &unknown).await, "Invalid client_id").await;
+        // The registered Redirect URL still works.
+        let code = authorized_code(&fake).await;
+        let granted = exchange(&fake, &code, REDIRECT, Some(VERIFIER)).await;
+        assert_eq!(granted.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn current_user_names_the_user_a_token_acts_for() {
+        let fake = code_fake().await;
+        let code = authorized_code(&fake).await;
+        let body = json(exchange(&fake, &code, REDIRECT, Some(VERIFIER)).await).await;
+        let token = text(&body, "access_token");
+        let ask = |token: String| {
+            let url = format!("{}{CURRENT_USER_PATH}", fake.url());
+            async move {
+                http()
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .expect("send")
+            }
+        };
+        let body = json(ask(token.clone()).await).await;
+        assert_eq!(body["result"]["user_name"], DEFAULT_USER);
+        assert_eq!(ask("made-up".into()).await.status(), 401);
+        fake.set_current_user_available(false);
+        assert_eq!(ask(token).await.status(), 403);
+    }
 }
