@@ -120,6 +120,14 @@ pub struct Seen {
     pub detail: String,
 }
 
+/// ServiceNow's UI API path that says who the bearer token acts for
+/// (`{"result":{"user_name":..,"user_sys_id":..}}`). Every session's UI
+/// uses it, so it needs no role beyond logging in.
+const CURRENT_USER_PATH: &str = "/api/now/ui/user/current_user";
+/// How long the question of who logged in may take: the login stands
+/// whatever the answer, so it is not worth the whole request timeout.
+const CURRENT_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The REST API path `snctl doctor` probes.
 const PROBE_API_PATH: &str = "/api/now/table/sys_user?sysparm_limit=1&sysparm_fields=sys_id";
 
@@ -247,6 +255,47 @@ impl Failure {
             ),
         }
     }
+}
+
+impl Failure {
+    /// [`Failure::explain`] for the exchange of an authorization code
+    /// issued for `redirect_uri`: a refusal that names the Redirect URL
+    /// says which one to register.
+    pub fn explain_code(&self, instance: &str, redirect_uri: &str, client_id: &str) -> String {
+        if self.kind != UpstreamKind::AccessDenied {
+            return self.explain(instance);
+        }
+        let status = self.status.unwrap_or(401);
+        if self.detail.to_ascii_lowercase().contains("redirect") {
+            format!(
+                "{instance} refused the authorization code for its Redirect URL (HTTP {status} {}): \
+                 set the Redirect URL of the Application Registry record of client ID {client_id} \
+                 to exactly {redirect_uri}, or use the port of the one registered (--redirect-port N)",
+                self.detail
+            )
+        } else {
+            format!(
+                "{instance} refused the authorization code (HTTP {status} {}): check the client \
+                 secret and that the Redirect URL of the Application Registry record is exactly \
+                 {redirect_uri}, then log in again (codes expire within minutes)",
+                self.detail
+            )
+        }
+    }
+}
+
+/// An exchange of an authorization code answered 400 or 403 was refused as
+/// surely as with ServiceNow's usual 401: the code, its Redirect URL or the
+/// client did not do (RFC 6749 §5.2 `invalid_grant`, `invalid_request`).
+fn refused_code(failure: Failure) -> Failure {
+    let refusal = matches!(failure.status, Some(400 | 403));
+    if failure.step == Step::Code && failure.kind == UpstreamKind::HttpStatus && refusal {
+        return Failure {
+            kind: UpstreamKind::AccessDenied,
+            ..failure
+        };
+    }
+    failure
 }
 
 /// Checks and normalises an instance URL: `https://host[:port]`, or
@@ -387,7 +436,7 @@ impl ServiceNow {
         let response = self
             .exchange(auth, proof)
             .await
-            .map_err(|e| self.classify(e).during(step))?;
+            .map_err(|e| refused_code(self.classify(e).during(step)))?;
         let lifetime = response.expires_in().unwrap_or(DEFAULT_LIFETIME);
         if !matches!(response.token_type(), BasicTokenType::Bearer) {
             return Err(Failure::new(
@@ -552,6 +601,50 @@ impl ServiceNow {
             request = request.bearer_auth(token.expose());
         }
         self.look(request).await
+    }
+
+    /// The user name of the ServiceNow user `access` acts for, or why it
+    /// cannot be told.
+    pub async fn current_user(&self, instance: &str, access: &Secret) -> Result<String, String> {
+        let response = self
+            .http
+            .get(format!("{instance}{CURRENT_USER_PATH}"))
+            .header(http::header::ACCEPT, "application/json")
+            // Once per login: no connection is kept for it.
+            .header(http::header::CONNECTION, "close")
+            .bearer_auth(access.expose())
+            .timeout(CURRENT_USER_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| classify_transport(&e, CURRENT_USER_TIMEOUT).detail)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY as u64)
+        {
+            return Err(format!(
+                "{CURRENT_USER_PATH} answered more than {MAX_BODY} bytes"
+            ));
+        }
+        let body = response.bytes().await.map_err(|e| error_chain(&e))?;
+        if status != 200 {
+            return Err(format!(
+                "{CURRENT_USER_PATH} answered HTTP {status} ({})",
+                describe_body(&headers, &body)
+            ));
+        }
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("{CURRENT_USER_PATH} answered no JSON ({e})"))?;
+        value
+            .pointer("/result/user_name")
+            .and_then(|name| name.as_str())
+            .map(str::trim)
+            .filter(|name| {
+                !name.is_empty() && name.len() <= 256 && !name.contains(char::is_control)
+            })
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{CURRENT_USER_PATH} names no user"))
     }
 
     /// POSTs a refresh grant with a token no instance issued and without
@@ -942,6 +1035,46 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert(http::header::RETRY_AFTER, "7".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_refused_code_names_the_redirect_url_to_register() {
+        let at = |status, detail: &str| Failure {
+            step: Step::Code,
+            ..Failure::new(UpstreamKind::HttpStatus, Some(status), detail)
+        };
+        let uri = "http://127.0.0.1:8751/callback";
+        let refused = refused_code(at(400, "invalid_request: Invalid redirect_uri"));
+        assert_eq!(refused.kind, UpstreamKind::AccessDenied);
+        assert_eq!(
+            refused.explain_code("https://acme", uri, "c1d"),
+            "https://acme refused the authorization code for its Redirect URL (HTTP 400 \
+             invalid_request: Invalid redirect_uri): set the Redirect URL of the Application \
+             Registry record of client ID c1d to exactly http://127.0.0.1:8751/callback, or use \
+             the port of the one registered (--redirect-port N)"
+        );
+        let generic = Failure {
+            step: Step::Code,
+            ..Failure::new(
+                UpstreamKind::AccessDenied,
+                Some(401),
+                "server_error: access_denied",
+            )
+        };
+        assert!(generic
+            .explain_code("https://acme", uri, "c1d")
+            .contains("is exactly http://127.0.0.1:8751/callback, then log in again"));
+        // Only the exchange of a code is read this way, and only 400 and 403.
+        let refresh = Failure {
+            step: Step::Refresh,
+            ..at(400, "x")
+        };
+        assert_eq!(refused_code(refresh).kind, UpstreamKind::HttpStatus);
+        assert_eq!(refused_code(at(404, "x")).kind, UpstreamKind::HttpStatus);
+        assert_eq!(
+            refused_code(at(502, "x")).explain_code("https://acme", uri, "c1d"),
+            at(502, "x").explain("https://acme")
+        );
     }
 
     #[test]

@@ -452,7 +452,9 @@ pub struct AuthSummary {
 /// The person's login behind an authentication, and how long it lasts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginSummary {
-    /// The user who logged in, when known (`password` grant).
+    /// The user who logged in, when known: the one given (`password`
+    /// grant), or the one the instance named after the login
+    /// (`authorization-code`).
     pub username: Option<String>,
     /// When the current refresh token was issued (Unix seconds).
     pub refresh_issued_at: Option<i64>,

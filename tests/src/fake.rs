@@ -12,7 +12,13 @@
 //!   `response_type` other than `code` or a missing `state` get an HTML error page and no
 //!   redirect. PKCE is optional, but `S256` is the only method accepted. The fake
 //!   answers the consent page as a user would (see [`Consent`]) and redirects with a
-//!   single-use code valid for two minutes, or with `error=access_denied`.
+//!   single-use code valid for two minutes, or with `error=access_denied`. A test can
+//!   have it answer an unknown client or another `redirect_uri` the other ways instances
+//!   do (see [`AuthorizeErrors`]): redirected to the `redirect_uri` asked for with
+//!   `error=invalid_request`, or a code whose exchange is then refused.
+//! - `GET /api/now/ui/user/current_user` needs a valid bearer token and answers the user
+//!   the token acts for (`{"result":{"user_name":..,"user_sys_id":..}}`), unless a test
+//!   makes it unavailable ([`FakeInstance::set_current_user_available`]).
 //! - `POST /oauth_token.do` takes client authentication as form fields or HTTP Basic and
 //!   grants `client_credentials` (only while the system property
 //!   `glide.oauth.inbound.client.credential.grant_type.enabled` is on, and without a
@@ -92,6 +98,11 @@ const DEFAULT_ACCESS_LIFETIME: u64 = 1800;
 const DEFAULT_REFRESH_LIFESPAN: u64 = 100 * 24 * 60 * 60;
 const AUTH_CODE_LIFETIME: u64 = 120;
 /// A demo user present on every ServiceNow instance.
+/// ServiceNow's UI API path that says who the caller is.
+const CURRENT_USER_PATH: &str = "/api/now/ui/user/current_user";
+/// What the authorize endpoint says of an unknown client and of another `redirect_uri`.
+const CLIENT_PROBLEM: &str = "Invalid client_id";
+const REDIRECT_PROBLEM: &str = "Invalid redirect_uri";
 const DEFAULT_USER: &str = "abel.tuter";
 
 /// A misbehaviour applied to one (queued) or every (standing) `POST /oauth_token.do`.
@@ -158,6 +169,22 @@ pub enum Consent {
     Approve { user: String },
     /// The user denies access.
     Deny,
+}
+
+/// How the authorize endpoint answers a request it cannot trust: an unknown client, or a
+/// `redirect_uri` other than the registered one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthorizeErrors {
+    /// An HTML error page for the user; nothing reaches the client.
+    #[default]
+    Page,
+    /// A redirect to the `redirect_uri` asked for, with `error=invalid_request` and
+    /// `error_description=Invalid redirect_uri` (or `Invalid client_id`) and the `state`.
+    Redirect,
+    /// Another `redirect_uri` still gets a code, redirected to it; the exchange of that
+    /// code is refused with `400 {"error":"invalid_request","error_description":"Invalid
+    /// redirect_uri"}`. An unknown client gets the page.
+    AtExchange,
 }
 
 impl Default for Consent {
@@ -300,6 +327,18 @@ impl FakeInstance {
     /// How the user answers the consent page from now on (default: `abel.tuter` allows).
     pub fn set_consent(&self, consent: Consent) {
         self.lock().consent = consent;
+    }
+
+    /// How the authorize endpoint answers an unknown client or another `redirect_uri`
+    /// from now on (default: [`AuthorizeErrors::Page`]).
+    pub fn set_authorize_errors(&self, errors: AuthorizeErrors) {
+        self.lock().authorize_errors = errors;
+    }
+
+    /// Whether `GET /api/now/ui/user/current_user` answers (default); when not, it is a
+    /// 403 as for a user without the rights to it.
+    pub fn set_current_user_available(&self, available: bool) {
+        self.lock().current_user_unavailable = !available;
     }
 
     /// A `state` the authorize endpoint sends back instead of the one it was given, as
@@ -495,6 +534,9 @@ struct AuthCode {
     scope: String,
     user: String,
     expires_at: Instant,
+    /// Issued for a `redirect_uri` that is not the registered one
+    /// ([`AuthorizeErrors::AtExchange`]): its exchange is refused.
+    unregistered: bool,
 }
 
 /// A public key of a JWT Verifier Map, as ring verifies with it.
@@ -532,6 +574,12 @@ struct State {
     redirect_uris: HashMap<String, String>,
     users: HashMap<String, String>,
     consent: Consent,
+    authorize_errors: AuthorizeErrors,
+    current_user_unavailable: bool,
+    /// The user each access token acts for, when it acts for one.
+    access_users: HashMap<String, String>,
+    /// The refusal of the last token request, when it is not the generic 401.
+    refusal: Option<Response>,
     state_override: Option<String>,
     client_credentials_enabled: bool,
     rotate_refresh_tokens: bool,
@@ -624,9 +672,18 @@ impl State {
     fn authorize(&mut self, req: &Request) -> Response {
         self.authorize_requests += 1;
         let query = parse_form(req.query().as_bytes());
-        let (client_id, redirect_uri, state) = match self.trusted_redirect(&query) {
-            Ok(trusted) => trusted,
-            Err(page) => return page,
+        let (client_id, redirect_uri, state, unregistered) = match self.trusted_redirect(&query) {
+            Ok((client_id, redirect_uri, state)) => (client_id, redirect_uri, state, false),
+            Err((page, untrusted)) => match (self.authorize_errors, untrusted) {
+                (AuthorizeErrors::Redirect, Some((problem, redirect_uri, state))) => {
+                    return error_redirect(redirect_uri, "invalid_request", problem, state);
+                }
+                (AuthorizeErrors::AtExchange, Some((REDIRECT_PROBLEM, redirect_uri, state))) => {
+                    let client_id = param(&query, "client_id").unwrap_or_default();
+                    (client_id, redirect_uri, state, true)
+                }
+                _ => return page,
+            },
         };
         let state = self
             .state_override
@@ -659,6 +716,7 @@ impl State {
             scope: param(&query, "scope").unwrap_or(DEFAULT_SCOPE).to_owned(),
             user,
             expires_at: deadline(AUTH_CODE_LIFETIME),
+            unregistered,
         };
         self.auth_codes.insert(code.clone(), issued);
         self.issued_codes.push(code.clone());
@@ -669,21 +727,37 @@ impl State {
     /// answered with a redirect. Otherwise, ServiceNow shows the user an error page:
     /// redirecting elsewhere than the registered URL could hand a code to an attacker,
     /// and `state` is mandatory on current instances.
+    ///
+    /// The error page comes with the problem, the `redirect_uri` asked for and the
+    /// `state`, when the request is otherwise well formed: what an instance that does
+    /// redirect such errors redirects with.
+    #[allow(clippy::type_complexity)]
     fn trusted_redirect<'q>(
         &self,
         query: &'q Form,
-    ) -> Result<(&'q str, &'q str, &'q str), Response> {
+    ) -> Result<(&'q str, &'q str, &'q str), (Response, Option<(&'static str, &'q str, &'q str)>)>
+    {
+        let untrusted = |problem: &'static str| {
+            let asked = param(query, "redirect_uri").zip(param(query, "state"));
+            let well_formed = param(query, "response_type") == Some("code");
+            let redirectable = asked.filter(|_| well_formed);
+            (
+                error_page(problem),
+                redirectable.map(|(uri, state)| (problem, uri, state)),
+            )
+        };
         let client_id = param(query, "client_id")
             .filter(|id| self.clients.contains_key(*id))
-            .ok_or_else(|| error_page("Invalid client_id"))?;
+            .ok_or_else(|| untrusted(CLIENT_PROBLEM))?;
         let registered = self.redirect_uris.get(client_id);
         let redirect_uri = param(query, "redirect_uri")
             .filter(|uri| registered.is_some_and(|r| r == uri))
-            .ok_or_else(|| error_page("Invalid redirect_uri"))?;
+            .ok_or_else(|| untrusted(REDIRECT_PROBLEM))?;
         if param(query, "response_type") != Some("code") {
-            return Err(error_page("Unsupported response_type"));
+            return Err((error_page("Unsupported response_type"), None));
         }
-        let state = param(query, "state").ok_or_else(|| error_page("Missing state parameter"))?;
+        let state =
+            param(query, "state").ok_or_else(|| (error_page("Missing state parameter"), None))?;
         Ok((client_id, redirect_uri, state))
     }
 
@@ -705,6 +779,13 @@ impl State {
             _ => return Err(Denied),
         };
         let access_token = random_token();
+        let user = refresh_token
+            .as_ref()
+            .and_then(|t| self.refresh_grants.get(t))
+            .map(|grant| grant.user.clone());
+        if let Some(user) = user {
+            self.access_users.insert(access_token.clone(), user);
+        }
         self.access_expiry
             .insert(access_token.clone(), deadline(self.access_lifetime));
         self.issued_access.push(access_token.clone());
@@ -746,6 +827,11 @@ impl State {
             (None, None) => true,
             _ => false,
         };
+        if code.unregistered {
+            let body = r#"{"error":"invalid_request","error_description":"Invalid redirect_uri"}"#;
+            self.refusal = Some(Response::new(400, JSON, body));
+            return Err(Denied);
+        }
         if !verified
             || code.client_id != client_id
             || field("redirect_uri") != Some(code.redirect_uri.as_str())
@@ -927,6 +1013,22 @@ impl State {
             return Response::new(401, JSON, NOT_AUTHENTICATED);
         }
         Response::new(200, "application/octet-stream", vec![b'd'; DOWNLOAD_BYTES])
+    }
+
+    /// ServiceNow's UI API: who the bearer token acts for.
+    fn current_user(&mut self, req: &Request) -> Response {
+        let token = req.header("authorization").and_then(bearer_token);
+        let Some(token) = token.filter(|t| self.access_token_valid(t)) else {
+            return Response::new(401, JSON, NOT_AUTHENTICATED);
+        };
+        if self.current_user_unavailable {
+            let body = r#"{"error":{"message":"User Not Authorized","detail":"Insufficient rights"},"status":"failure"}"#;
+            return Response::new(403, JSON, body);
+        }
+        let user = self.access_users.get(token).cloned().unwrap_or_default();
+        let sys_id = format!("{:032x}", rand::random::<u128>());
+        let body = serde_json::json!({"result": {"user_name": user, "user_sys_id": sys_id}});
+        Response::new(200, JSON, body.to_string())
     }
 
     fn attachment(&mut self, req: &Request) -> Response {
@@ -1320,6 +1422,7 @@ async fn handle(state: &Shared, req: &Request) -> Reply {
         ("POST", TOKEN_PATH) => token_endpoint(state, req).await,
         ("POST", "/oauth_revoke_token.do") => Reply::Full(lock(state).revoke(req)),
         ("GET", _) if table => Reply::Full(lock(state).table(req)),
+        ("GET", CURRENT_USER_PATH) => Reply::Full(lock(state).current_user(req)),
         ("POST", ATTACHMENT_PATH) => Reply::Full(lock(state).attachment(req)),
         ("GET", _) if download => Reply::Full(lock(state).download(req)),
         _ => Reply::Full(Response::new(404, JSON, NOT_FOUND)),
@@ -1373,9 +1476,10 @@ async fn token_endpoint(state: &Shared, req: &Request) -> Reply {
 }
 
 fn issue(state: &Shared, req: &Request) -> Response {
-    match lock(state).grant(req) {
+    let mut s = lock(state);
+    match s.grant(req) {
         Ok(body) => Response::new(200, JSON, body),
-        Err(Denied) => denied(),
+        Err(Denied) => s.refusal.take().unwrap_or_else(denied),
     }
 }
 
@@ -2464,5 +2568,58 @@ mod tests {
         let other = snctld::jwt::assertion(&jwt, "another-client", now_secs()).unwrap();
         assert_denied(exchange_jwt(&fake, &other, SECRET).await).await;
         assert_eq!(fake.jwt_grants(), 1);
+    }
+
+    #[tokio::test]
+    async fn untrusted_authorize_requests_can_be_redirected_or_refused_at_the_exchange() {
+        let fake = code_fake().await;
+        let other = "http://127.0.0.1:8401/callback";
+        let elsewhere = authorize_params_with("redirect_uri", Some(other));
+        let unknown = authorize_params_with("client_id", Some("unknown"));
+
+        fake.set_authorize_errors(AuthorizeErrors::Redirect);
+        let params = redirect_params(&authorize(&fake, &elsewhere).await, &format!("{other}?"));
+        assert_eq!(params["error"], "invalid_request");
+        assert_eq!(params["error_description"], "Invalid redirect_uri");
+        assert_eq!(params["state"], "xyz");
+        let params = redirect_params(&authorize(&fake, &unknown).await, &format!("{REDIRECT}?"));
+        assert_eq!(params["error_description"], "Invalid client_id");
+
+        fake.set_authorize_errors(AuthorizeErrors::AtExchange);
+        let params = redirect_params(&authorize(&fake, &elsewhere).await, &format!("{other}?"));
+        let refused = exchange(&fake, &params["code"], other, Some(VERIFIER)).await;
+        assert_eq!(refused.status(), 400);
+        let body = json(refused).await;
+        assert_eq!(text(&body, "error"), "invalid_request");
+        assert_eq!(text(&body, "error_description"), "Invalid redirect_uri");
+        assert_error_page(authorize(&fake, &unknown).await, "Invalid client_id").await;
+        // The registered Redirect URL still works.
+        let code = authorized_code(&fake).await;
+        let granted = exchange(&fake, &code, REDIRECT, Some(VERIFIER)).await;
+        assert_eq!(granted.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn current_user_names_the_user_a_token_acts_for() {
+        let fake = code_fake().await;
+        let code = authorized_code(&fake).await;
+        let body = json(exchange(&fake, &code, REDIRECT, Some(VERIFIER)).await).await;
+        let token = text(&body, "access_token");
+        let ask = |token: String| {
+            let url = format!("{}{CURRENT_USER_PATH}", fake.url());
+            async move {
+                http()
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .expect("send")
+            }
+        };
+        let body = json(ask(token.clone()).await).await;
+        assert_eq!(body["result"]["user_name"], DEFAULT_USER);
+        assert_eq!(ask("made-up".into()).await.status(), 401);
+        fake.set_current_user_available(false);
+        assert_eq!(ask(token).await.status(), 403);
     }
 }

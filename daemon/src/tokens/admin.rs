@@ -9,7 +9,10 @@
 //! makes the PKCE verifier and `state`, keeps them here (never on the
 //! socket) and answers with the authorize URL; `snctl` sends the person to
 //! it, catches the redirect on its loopback listener and hands the code to
-//! [`Tokens::login`], which checks `state` and exchanges the code.
+//! [`Tokens::login`], which checks `state` and exchanges the code. The
+//! instance then says which of its users logged in (whoever held the
+//! browser, not necessarily who ran snctl): that user name is kept with the
+//! authentication, as the password grant's is, and shown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -238,6 +241,45 @@ impl Tokens {
                 ..upstream_error(&failure, &auth.instance_url, None)
             })
         })
+    }
+
+    /// [`Tokens::verify`] of an authorization code issued for
+    /// `redirect_uri`: a refusal says which Redirect URL to register.
+    async fn verify_code(
+        &self,
+        auth: &Authentication,
+        proof: Proof<'_>,
+        redirect_uri: &str,
+        kept: &str,
+    ) -> Result<TokenSet, Error> {
+        self.ask(auth, proof).await?.map_err(|failure| {
+            let explained = failure.explain_code(&auth.instance_url, redirect_uri, &auth.client_id);
+            Error::Upstream(UpstreamError {
+                message: format!("{explained}; {kept}"),
+                ..upstream_error(&failure, &auth.instance_url, None)
+            })
+        })
+    }
+
+    /// The user name of the ServiceNow user a browser login's tokens act
+    /// for, as the instance says; None (and a warning in the log) when it
+    /// cannot be told: the login stands all the same.
+    async fn who_logged_in(&self, auth: &Authentication, tokens: &TokenSet) -> Option<String> {
+        let asked = self
+            .inner
+            .upstream
+            .current_user(&auth.instance_url, &tokens.access_token)
+            .await;
+        match asked {
+            Ok(user) => {
+                tracing::info!(name = %auth.name, %user, "browser login by this ServiceNow user");
+                Some(user)
+            }
+            Err(why) => {
+                tracing::warn!(name = %auth.name, "cannot tell which ServiceNow user logged in: {why}");
+                None
+            }
+        }
     }
 
     /// Changes settings. New credentials must produce a token before they
@@ -533,6 +575,7 @@ impl Tokens {
                         username: &username,
                         password: &user.password,
                     },
+                    None,
                 )
                 .await
             }
@@ -554,9 +597,16 @@ impl Tokens {
                 };
                 if pending.new {
                     let tokens = self
-                        .verify(&pending.auth, proof(&pending.auth), NOTHING_SAVED)
+                        .verify_code(
+                            &pending.auth,
+                            proof(&pending.auth),
+                            &pending.redirect_uri,
+                            NOTHING_SAVED,
+                        )
                         .await?;
-                    return self.insert_new(pending.auth.clone(), tokens).await;
+                    let mut auth = pending.auth.clone();
+                    auth.username = self.who_logged_in(&auth, &tokens).await;
+                    return self.insert_new(auth, tokens).await;
                 }
                 let entry = self.entry(&name)?;
                 let started = &pending.auth;
@@ -568,7 +618,7 @@ impl Tokens {
                     }
                     auth.client_secret = started.client_secret.clone();
                     Ok(())
-                }, proof)
+                }, proof, Some(&pending.redirect_uri))
                 .await
             }
         }
@@ -577,18 +627,28 @@ impl Tokens {
     /// Replaces an existing authentication's tokens with those of a new
     /// login. `adjust` applies the login's changes to the settings as they
     /// are once the flight lock is held, so a concurrent update is not
-    /// undone.
+    /// undone. `redirect_uri` is that of an authorization code's login.
     async fn relogin<'p>(
         &self,
         entry: &Entry,
         adjust: impl FnOnce(&mut Authentication) -> Result<(), Error>,
         proof: impl FnOnce(&Authentication) -> Proof<'p>,
+        redirect_uri: Option<&str>,
     ) -> Result<AuthSummary, Error> {
         let _flight = self.lock_flight(entry).await?;
         let mut auth = (*entry.lock().auth).clone();
         adjust(&mut auth)?;
         // A new login: its refresh token (or none) replaces the old one.
-        let tokens = self.verify(&auth, proof(&auth), LOGIN_KEPT).await?;
+        let tokens = match redirect_uri {
+            Some(uri) => {
+                let tokens = self
+                    .verify_code(&auth, proof(&auth), uri, LOGIN_KEPT)
+                    .await?;
+                auth.username = self.who_logged_in(&auth, &tokens).await;
+                tokens
+            }
+            None => self.verify(&auth, proof(&auth), LOGIN_KEPT).await?,
+        };
         let (to_store, stored_tokens) = (auth.clone(), tokens.clone());
         let found = self
             .inner

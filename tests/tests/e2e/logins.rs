@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use snctl::protocol::{AuthState, LoginProof, LoginRequest, StartLoginRequest};
-use snctl_tests::fake::{Consent, FakeInstance};
+use snctl_tests::fake::{AuthorizeErrors, Consent, FakeInstance};
 
 use crate::add_by_password;
 use snctl_tests::harness::{
@@ -55,6 +55,12 @@ impl People {
     fn add_code(&self, name: &str, port: u16) -> std::process::Output {
         self.fake
             .set_redirect_uri(CLIENT_ID, &format!("http://127.0.0.1:{port}/callback"));
+        self.add_code_as(name, port, CLIENT_ID)
+    }
+
+    /// Adds `NAME` with the authorization-code grant for `client_id`,
+    /// listening on `port`, whatever the instance has registered.
+    fn add_code_as(&self, name: &str, port: u16, client_id: &str) -> std::process::Output {
         let (url, port) = (self.fake.url(), port.to_string());
         let args = [
             "add",
@@ -64,7 +70,7 @@ impl People {
             "--instance",
             &url,
             "--client-id",
-            CLIENT_ID,
+            client_id,
             "--client-secret-stdin",
             "--redirect-port",
             &port,
@@ -75,8 +81,47 @@ impl People {
 
 /// snctl with `BROWSER` set to the stand-in browser.
 fn with_browser(socket: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    with_browser_env(socket, args, stdin, &[])
+}
+
+/// [`with_browser`] with more of the stand-in browser's environment.
+fn with_browser_env(
+    socket: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let browser = bin("fake-browser");
-    snctl_env(socket, args, stdin, &[("BROWSER", browser.as_os_str())])
+    let mut all = vec![("BROWSER", browser.as_os_str())];
+    all.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
+    snctl_env(socket, args, stdin, &all)
+}
+
+/// [`with_browser_env`], and what the stand-in browser saw: `ok`, or why
+/// its visit failed.
+fn with_browser_report(
+    socket: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Output, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let report_path = report.to_str().unwrap();
+    let mut all = vec![("FAKE_BROWSER_REPORT", report_path)];
+    all.extend_from_slice(env);
+    let out = with_browser_env(socket, args, None, &all);
+    let seen = std::fs::read_to_string(&report).unwrap_or_else(|_| "no report".into());
+    (out, seen)
+}
+
+/// The one line snctl printed on stderr for its error, without the prefix.
+fn error_line(out: &std::process::Output) -> String {
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .rfind(|l| l.starts_with("snctl: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    line["snctl: ".len()..].to_owned()
 }
 
 #[test]
@@ -269,16 +314,184 @@ fn authorization_code_through_the_browser_and_the_loopback_listener() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(people.fake.auth_code_exchanges(), 2);
 
-    // The person says no.
+    // The person says no: the instance refused, and they are told how to
+    // say yes.
     people.fake.set_consent(Consent::Deny);
     let out = with_browser(people.socket(), &["login", "web"], None);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let line = error_line(&out);
+    assert!(line.contains("access_denied"), "{line}");
+    assert!(line.contains("clicked Deny"), "{line}");
     assert!(
-        text(&out.stderr).contains("access_denied"),
-        "{}",
-        text(&out.stderr)
+        line.ends_with("run `snctl login web` again and click Allow"),
+        "{line}"
     );
     assert_eq!(client.show("web").unwrap().state, AuthState::Ok);
+}
+
+#[test]
+fn an_unregistered_redirect_url_says_which_one_to_register() {
+    let people = People::start();
+    let (port, registered) = (free_port(), free_port());
+    let expected = format!("http://127.0.0.1:{port}/callback");
+    people.fake.set_redirect_uri(
+        CLIENT_ID,
+        &format!("http://127.0.0.1:{registered}/callback"),
+    );
+
+    // The instance redirects its refusal back to snctl.
+    people.fake.set_authorize_errors(AuthorizeErrors::Redirect);
+    let out = people.add_code_as("web", port, CLIENT_ID);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let line = error_line(&out);
+    assert!(line.contains("Invalid redirect_uri"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "set the Redirect URL of the Application Registry record to exactly {expected}"
+        )),
+        "{line}"
+    );
+    assert!(line.contains("--redirect-port"), "{line}");
+    assert!(!line.contains("again: run"), "{line}");
+    assert!(people.daemon.client().list().unwrap().is_empty());
+
+    // The instance hands out a code and refuses it at the exchange.
+    people
+        .fake
+        .set_authorize_errors(AuthorizeErrors::AtExchange);
+    let out = people.add_code_as("web", port, CLIENT_ID);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let line = error_line(&out);
+    assert!(line.contains("Invalid redirect_uri"), "{line}");
+    assert!(line.contains(&format!("to exactly {expected}")), "{line}");
+    assert!(people.daemon.client().list().unwrap().is_empty());
+
+    // A login of an authentication whose record changed since.
+    people.fake.set_redirect_uri(CLIENT_ID, &expected);
+    let out = people.add_code_as("web", port, CLIENT_ID);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    people.fake.set_redirect_uri(
+        CLIENT_ID,
+        &format!("http://127.0.0.1:{registered}/callback"),
+    );
+    people.fake.set_authorize_errors(AuthorizeErrors::Redirect);
+    let out = with_browser(people.socket(), &["login", "web"], None);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let line = error_line(&out);
+    assert!(line.contains(&format!("to exactly {expected}")), "{line}");
+    assert!(
+        line.contains("`snctl update web --redirect-port N`"),
+        "{line}"
+    );
+
+    // The instance shows the person an error page and tells snctl nothing:
+    // when the wait ends, what to check is said.
+    people.fake.set_authorize_errors(AuthorizeErrors::Page);
+    let out = with_browser(people.socket(), &["login", "web", "--timeout", "2"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let line = error_line(&out);
+    assert!(line.contains("no login came back"), "{line}");
+    assert!(
+        line.contains(&format!("Redirect URL is exactly {expected}")),
+        "{line}"
+    );
+}
+
+#[test]
+fn an_unknown_client_id_says_so() {
+    let people = People::start();
+    let port = free_port();
+    people.fake.set_authorize_errors(AuthorizeErrors::Redirect);
+    let out = people.add_code_as("web", port, "no-such-client");
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let line = error_line(&out);
+    assert!(line.contains("Invalid client_id"), "{line}");
+    assert!(
+        line.contains("does not know the client ID no-such-client"),
+        "{line}"
+    );
+    assert!(line.contains("--client-id"), "{line}");
+    assert!(people.daemon.client().list().unwrap().is_empty());
+}
+
+#[test]
+fn a_callback_from_another_users_process_is_refused() {
+    let people = People::start();
+    let port = free_port();
+    let out = people.add_code("web", port);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Another local user reads the authorize URL (and its state) from the
+    // browser's command line and delivers a code of their own first.
+    let (out, seen) = with_browser_report(
+        people.socket(),
+        &["login", "web"],
+        &[("FAKE_BROWSER_INTRUDER_UID", "65534")],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(seen, "ok", "the intruder is refused, the browser is not");
+    let warnings: Vec<_> = stderr.lines().filter(|l| l.contains("uid 65534")).collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning names the other user: {stderr}"
+    );
+    assert_eq!(people.fake.issued_auth_codes().len(), 3);
+    assert_eq!(
+        people.fake.auth_code_exchanges(),
+        2,
+        "only the real login's code was exchanged"
+    );
+}
+
+#[test]
+fn a_login_says_which_servicenow_user_logged_in() {
+    let people = People::start();
+    let port = free_port();
+    let out = people.add_code("web", port);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("logged in as {USER}")),
+        "{}",
+        text(&out.stdout)
+    );
+    let show = snctl(people.socket(), &["show", "web"], None);
+    assert!(text(&show.stdout).contains(USER), "{}", text(&show.stdout));
+
+    let out = with_browser(people.socket(), &["login", "web"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("logged in as {USER}")));
+
+    // The instance does not say who: the login still counts.
+    people.fake.set_current_user_available(false);
+    let out = with_browser(people.socket(), &["login", "web"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("could not determine which ServiceNow user logged in"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        people.daemon.client().show("web").unwrap().state,
+        AuthState::Ok
+    );
+}
+
+#[test]
+fn idle_connections_to_the_callback_port_do_not_hold_up_the_login() {
+    let people = People::start();
+    let port = free_port();
+    let out = people.add_code("web", port);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (out, seen) = with_browser_report(
+        people.socket(),
+        &["login", "web", "--timeout", "60"],
+        &[("FAKE_BROWSER_IDLE_CONNECTIONS", "100")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(seen, "ok", "the browser got its answer");
+    assert_eq!(people.fake.auth_code_exchanges(), 2);
 }
 
 #[test]

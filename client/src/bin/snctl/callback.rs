@@ -16,17 +16,29 @@
 //! `state` (compared in constant time); then it ends the login with the code,
 //! with the instance's `error`, or with a missing code. A redirect without
 //! that state is answered 400, noted in one line on stderr and otherwise
-//! ignored: the wait goes on. The listener also bounds what a connection can
-//! hold: at most [`MAX_HANDLERS`] connections are answered at once (more wait
-//! in the kernel's accept queue until one is done), and each has
-//! [`HEAD_DEADLINE`] from being accepted to send its whole request head.
+//! ignored: the wait goes on.
+//!
+//! The `state` is no secret from other local users, though: the authorize
+//! URL carrying it is on the browser's command line. So on Linux a
+//! connection counts only when the process that opened it belongs to
+//! snctl's own user, to root, or under sudo to the user who ran sudo
+//! ([`Senders`]); the kernel says whose it is (the other end's socket in
+//! `/proc/net/tcp`). Another user's redirect, or one whose user cannot be
+//! told, is answered 403, noted in one line on stderr, and ignored.
+//!
+//! The listener also bounds what a connection can hold: each has
+//! [`HEAD_DEADLINE`] from being accepted to send its whole request head,
+//! and at most [`MAX_HANDLERS`] wait for theirs at once: one more pushes
+//! out the one that has waited longest, so a flood of idle connections
+//! never keeps the browser's redirect waiting.
 
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,24 +51,122 @@ use zeroize::Zeroizing;
 const POLL: Duration = Duration::from_millis(50);
 /// The most of a request head the listener reads.
 const MAX_HEAD: usize = 8 * 1024;
-/// The most connections answered at once. A browser opens one or two (a
-/// preconnect, the redirect); more wait in the accept queue until one of
-/// these is done, which [`HEAD_DEADLINE`] bounds.
-const MAX_HANDLERS: usize = 8;
+/// The most connections waiting for their request heads at once. A
+/// browser opens one or two (a preconnect, the redirect) and sends its head
+/// at once; one more connection pushes out the one that has waited
+/// longest.
+const MAX_HANDLERS: usize = 64;
 /// How long a connection has, from being accepted, to send its whole
 /// request head: in all, not per read, so that trickling bytes does not
-/// hold a handler. Shorter in the unit tests, which wait it out.
-const HEAD_DEADLINE: Duration = if cfg!(test) {
-    Duration::from_secs(1)
-} else {
-    Duration::from_secs(5)
-};
+/// hold a handler. A browser sends it at once.
+const HEAD_DEADLINE: Duration = Duration::from_secs(2);
 /// How long each write of the answer may take. The answer fits in the
 /// socket's buffer, so this bounds only a connection that cannot take it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The line on stderr for a redirect that does not carry this login's state.
 const IGNORED: &str =
     "ignored a redirect that does not carry this login's state (not from this login, or stale)";
+
+/// The users whose processes may deliver the redirect: snctl's own user,
+/// root (who could read the code from snctl's memory anyway) and, under
+/// sudo, the user who ran sudo (whose browser it is).
+#[derive(Debug, Clone)]
+struct Senders(Vec<u32>);
+
+impl Senders {
+    fn of_this_process() -> Senders {
+        let mut uids = vec![0];
+        uids.extend(own_uid());
+        uids.extend(
+            std::env::var("SUDO_UID")
+                .ok()
+                .and_then(|uid| uid.trim().parse::<u32>().ok()),
+        );
+        Senders(uids)
+    }
+
+    /// Who opened `stream`, when that is not one of these users: why the
+    /// connection does not count.
+    fn refuse(&self, stream: &TcpStream) -> Option<String> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        match peer_uid(stream) {
+            Ok(uid) if self.0.contains(&uid) => None,
+            Ok(uid) => Some(format!("a process of another user (uid {uid})")),
+            Err(why) => Some(format!("a process whose user cannot be told ({why})")),
+        }
+    }
+}
+
+/// The effective uid of this process: the owner of its `/proc/self`.
+fn own_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// The uid owning the other end of a loopback connection: its socket is
+/// the one in `/proc/net/tcp` (or `tcp6`) whose local address is our
+/// peer's and whose remote address is ours.
+fn peer_uid(stream: &TcpStream) -> Result<u32, String> {
+    let ours = stream.local_addr().map_err(|e| e.to_string())?;
+    let theirs = stream.peer_addr().map_err(|e| e.to_string())?;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = match std::fs::read_to_string(table) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {table}: {e}")),
+        };
+        if let Some(uid) = socket_owner(&text, canonical(theirs), canonical(ours)) {
+            return Ok(uid);
+        }
+    }
+    Err("its socket is not in /proc/net/tcp".to_owned())
+}
+
+/// The uid of the socket from `local` to `remote` in a `/proc/net/tcp`
+/// table.
+fn socket_owner(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let ends = (proc_address(fields.get(1)?)?, proc_address(fields.get(2)?)?);
+        (ends == (local, remote))
+            .then(|| fields.get(7)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// An address as `/proc/net/tcp` writes it: the IP as 32-bit words in hex,
+/// each as the host stores it, then `:` and the port in hex.
+fn proc_address(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    if ip.len() % 8 != 0 {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(16);
+    for word in 0..ip.len() / 8 {
+        let word = u32::from_str_radix(ip.get(word * 8..word * 8 + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => IpAddr::from(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => return None,
+    };
+    Some(canonical(SocketAddr::new(ip, port)))
+}
+
+/// An IPv4 address mapped into IPv6 as plain IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
 
 /// One authorization-code login to complete.
 pub struct Authorize<'a> {
@@ -72,6 +182,44 @@ pub struct Authorize<'a> {
     pub timeout: Duration,
     /// Whether to open a browser (false for `--no-browser`).
     pub open_browser: bool,
+    /// Whether the login adds the authentication (`snctl add`), which
+    /// changes what the user must run to try again.
+    pub adding: bool,
+}
+
+/// The login an error is about, for its message: what to register and
+/// what to run again.
+#[derive(Debug, Clone)]
+pub struct Login {
+    name: String,
+    redirect_uri: String,
+    client_id: String,
+    adding: bool,
+}
+
+impl Login {
+    fn of(request: &Authorize) -> Login {
+        let query = request.authorize_url.split_once('?').map_or("", |(_, q)| q);
+        let client_id = form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == "client_id")
+            .map(|(_, id)| id.into_owned())
+            .unwrap_or_default();
+        Login {
+            name: request.name.to_owned(),
+            redirect_uri: request.redirect_uri.to_owned(),
+            client_id,
+            adding: request.adding,
+        }
+    }
+
+    /// What to run to try once more.
+    fn again(&self) -> String {
+        if self.adding {
+            "run the same `snctl add` again".to_owned()
+        } else {
+            format!("run `snctl login {}` again", self.name)
+        }
+    }
 }
 
 /// Why no authorization code came back.
@@ -89,22 +237,24 @@ pub enum CallbackError {
     },
     /// The instance redirected with an error instead of a code.
     Denied {
-        name: String,
+        login: Box<Login>,
         error: String,
         description: Option<String>,
     },
     /// The redirect carries this login's state but no code.
     MissingCode { name: String },
     /// Nothing came back in time.
-    Timeout { name: String, waited: Duration },
+    Timeout { login: Box<Login>, waited: Duration },
 }
 
 impl CallbackError {
     /// The exit status: 2 when the administrator must change the redirect
-    /// port, 1 otherwise.
+    /// port, 7 when the instance refused the login (the person's Deny
+    /// included: it is the instance's answer), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             CallbackError::BadRedirect { .. } | CallbackError::PortInUse { .. } => 2,
+            CallbackError::Denied { .. } => 7,
             _ => 1,
         }
     }
@@ -132,31 +282,100 @@ impl fmt::Display for CallbackError {
                  run `snctl login {name}` again"
             ),
             CallbackError::Denied {
-                name,
+                login,
                 error,
                 description,
-            } => {
-                write!(f, "the instance did not grant access ({}", one_line(error))?;
-                if let Some(description) = description {
-                    write!(f, ": {}", one_line(description))?;
-                }
-                write!(f, "): run `snctl login {name}` again")?;
-                if error == "access_denied" {
-                    f.write_str(" and choose Allow")?;
-                }
-                Ok(())
-            }
+            } => refusal(f, login, error, description.as_deref()),
             CallbackError::MissingCode { name } => write!(
                 f,
                 "the redirect carries no authorization code: run `snctl login {name}` again"
             ),
-            CallbackError::Timeout { name, waited } => write!(
+            CallbackError::Timeout { login, waited } => write!(
                 f,
-                "no login came back within {}: run `snctl login {name}` again \
+                "no login came back within {}: if the browser shows an error page of the \
+                 instance (such as Invalid redirect_uri), check that the Application Registry \
+                 record's Redirect URL is exactly {} and its Client ID {}; otherwise {} \
                  (use --no-browser on a host without a browser)",
-                human(*waited)
+                human(*waited),
+                login.redirect_uri,
+                one_line(&login.client_id),
+                login.again()
             ),
         }
+    }
+}
+
+/// What went wrong, for an error the instance redirected back instead of a
+/// code, and what fixes it. RFC 6749 §4.1.2.1 names the errors; ServiceNow
+/// says `invalid_request` for a Redirect URL or client it does not know,
+/// and names which in the description.
+fn refusal(
+    f: &mut fmt::Formatter<'_>,
+    login: &Login,
+    error: &str,
+    description: Option<&str>,
+) -> fmt::Result {
+    let said = match description {
+        Some(description) => format!("{}: {}", one_line(error), one_line(description)),
+        None => one_line(error),
+    };
+    let lower = said.to_ascii_lowercase();
+    let (name, uri, id) = (&login.name, &login.redirect_uri, one_line(&login.client_id));
+    let again = login.again();
+    if error == "access_denied" {
+        write!(
+            f,
+            "access was refused on the instance's consent page (the person logging in clicked Deny; {said}): \
+             {again} and click Allow"
+        )
+    } else if lower.contains("redirect") {
+        write!(
+            f,
+            "the instance refused the Redirect URL {uri} ({said}): set the Redirect URL of the \
+             Application Registry record to exactly {uri}, "
+        )?;
+        if login.adding {
+            f.write_str(
+                "or run the same `snctl add` with --redirect-port N, the port of the one registered",
+            )
+        } else {
+            write!(
+                f,
+                "or use the port of the one registered (`snctl update {name} --redirect-port N`), \
+                 then run `snctl login {name}`"
+            )
+        }
+    } else if error == "invalid_client" || lower.contains("client_id") {
+        write!(
+            f,
+            "the instance does not know the client ID {id} ({said}): copy the Client ID of the \
+             Application Registry record, "
+        )?;
+        if login.adding {
+            f.write_str("then run `snctl add` again with it (--client-id)")
+        } else {
+            write!(
+                f,
+                "run `snctl update {name} --client-id ID`, then `snctl login {name}`"
+            )
+        }
+    } else if error == "invalid_scope" {
+        write!(
+            f,
+            "the instance refused the scope asked for ({said}): give a scope of the Application \
+             Registry record (--scope), then {again}"
+        )
+    } else if error == "server_error" || error == "temporarily_unavailable" {
+        write!(
+            f,
+            "the instance could not complete the login ({said}): {again} later"
+        )
+    } else {
+        write!(
+            f,
+            "the instance refused the login ({said}): check the Application Registry record of \
+             client ID {id}, then {again}"
+        )
     }
 }
 
@@ -196,12 +415,14 @@ fn wait_with_paste<R: BufRead + Send + 'static>(
         request,
         port,
         expected: Arc::new(Expected {
-            name: request.name.to_owned(),
+            login: Login::of(request),
             path: path.to_owned(),
             state: request.state.to_owned(),
         }),
         listener,
         handlers: Handlers::default(),
+        senders: Arc::new(Senders::of_this_process()),
+        refused: HashSet::new(),
         events,
         inbox,
         paste: Some(paste),
@@ -296,8 +517,12 @@ struct Wait<'r, 'a, R> {
     port: u16,
     expected: Arc<Expected>,
     listener: TcpListener,
-    /// The connection handlers running.
+    /// The connections waiting for their request heads.
     handlers: Handlers,
+    /// Whose connections count.
+    senders: Arc<Senders>,
+    /// The senders already noted as refused, noted once each.
+    refused: HashSet<String>,
     events: Sender<Event>,
     inbox: Receiver<Event>,
     /// The paste source, until it is read.
@@ -315,7 +540,7 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(CallbackError::Timeout {
-                    name: self.request.name.to_owned(),
+                    login: Box::new(Login::of(self.request)),
                     waited: self.request.timeout,
                 });
             }
@@ -330,18 +555,23 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
     }
 
     /// Hands each pending connection to a thread of its own, so that an
-    /// idle connection (a browser's preconnect) holds nothing up; while
-    /// [`MAX_HANDLERS`] run, leaves the rest in the accept queue.
+    /// idle connection (a browser's preconnect) holds nothing up; past
+    /// [`MAX_HANDLERS`] waiting for their heads, the longest waiting is
+    /// dropped.
     fn accept_pending(&self) -> Result<(), CallbackError> {
-        while let Some(slot) = self.handlers.try_start() {
+        loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     let deadline = Instant::now() + HEAD_DEADLINE;
+                    let Some(slot) = self.handlers.start(&stream) else {
+                        continue;
+                    };
                     let expected = Arc::clone(&self.expected);
+                    let senders = Arc::clone(&self.senders);
                     let events = self.events.clone();
                     thread::spawn(move || {
-                        let _slot = slot;
-                        if let Some(verdict) = serve(stream, deadline, &expected) {
+                        let refused = senders.refuse(&stream);
+                        if let Some(verdict) = serve(stream, deadline, &expected, refused, slot) {
                             let _ = events.send(Event::Redirect(verdict));
                         }
                     });
@@ -357,7 +587,6 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
                 }
             }
         }
-        Ok(())
     }
 
     /// The outcome an event settles, if it settles one.
@@ -380,7 +609,7 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
     }
 
     /// The outcome a pasted line settles; says why when it is not usable.
-    fn pasted(&self, text: &str) -> Option<Result<Secret, CallbackError>> {
+    fn pasted(&mut self, text: &str) -> Option<Result<Secret, CallbackError>> {
         let text = text.trim();
         if text.is_empty() {
             return None;
@@ -397,12 +626,23 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
         }
     }
 
-    /// The outcome a redirect settles; notes one that is not this login's.
-    fn settled(&self, verdict: Verdict) -> Option<Result<Secret, CallbackError>> {
+    /// The outcome a redirect settles; notes one that is not this login's,
+    /// and once each sender that may not deliver it.
+    fn settled(&mut self, verdict: Verdict) -> Option<Result<Secret, CallbackError>> {
         match verdict {
             Verdict::Settles(outcome) => Some(outcome),
             Verdict::Foreign => {
                 self.spinner.say(IGNORED);
+                None
+            }
+            Verdict::Refused(sender) => {
+                if self.refused.insert(sender.clone()) {
+                    self.spinner.say(&format!(
+                        "warning: ignored a redirect sent by {}: only processes of snctl's own \
+                         user (or root, or the user who ran sudo) may deliver it; still waiting",
+                        one_line(&sender)
+                    ));
+                }
                 None
             }
         }
@@ -416,29 +656,51 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
     }
 }
 
-/// Counts the connection handlers running, to keep them to
-/// [`MAX_HANDLERS`].
+/// The connections waiting for their request heads, oldest first, to keep
+/// them to [`MAX_HANDLERS`].
 #[derive(Default)]
-struct Handlers(Arc<AtomicUsize>);
+struct Handlers {
+    waiting: Arc<Mutex<VecDeque<(u64, TcpStream)>>>,
+    next: AtomicU64,
+}
 
 impl Handlers {
-    /// A place for one more handler, unless [`MAX_HANDLERS`] run already.
-    fn try_start(&self) -> Option<HandlerSlot> {
-        self.0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
-                (running < MAX_HANDLERS).then_some(running + 1)
-            })
-            .ok()?;
-        Some(HandlerSlot(Arc::clone(&self.0)))
+    /// Registers a connection that waits for its head; past
+    /// [`MAX_HANDLERS`], shuts the longest waiting one down, which ends its
+    /// read. None when the connection cannot be registered (it is dropped).
+    fn start(&self, stream: &TcpStream) -> Option<HandlerSlot> {
+        let handle = stream.try_clone().ok()?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        while waiting.len() >= MAX_HANDLERS {
+            if let Some((_, oldest)) = waiting.pop_front() {
+                let _ = oldest.shutdown(Shutdown::Both);
+            }
+        }
+        waiting.push_back((id, handle));
+        Some(HandlerSlot {
+            waiting: Arc::clone(&self.waiting),
+            id,
+        })
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
-/// A running handler's place; freed when dropped, even by a panic.
-struct HandlerSlot(Arc<AtomicUsize>);
+/// A connection's place among those waiting for their heads; given up
+/// once its head is read, or when dropped (even by a panic).
+struct HandlerSlot {
+    waiting: Arc<Mutex<VecDeque<(u64, TcpStream)>>>,
+    id: u64,
+}
 
 impl Drop for HandlerSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -504,8 +766,8 @@ fn pasted_params(text: &str, path: &str) -> Result<Params, &'static str> {
 
 /// What a redirect must carry to settle the login.
 struct Expected {
-    /// The authentication's name, for the errors.
-    name: String,
+    /// The login, for the errors.
+    login: Login,
     /// The redirect path, e.g. `/callback`.
     path: String,
     /// This login's `state`.
@@ -519,6 +781,9 @@ enum Verdict {
     /// It does not carry this login's state (another login's, a stale one,
     /// or forged): the wait goes on.
     Foreign,
+    /// It was sent by a process that may not deliver it (who, for the
+    /// note): the wait goes on.
+    Refused(String),
 }
 
 impl Expected {
@@ -533,10 +798,10 @@ impl Expected {
         if !ours {
             return Verdict::Foreign;
         }
-        let name = self.name.clone();
+        let name = self.login.name.clone();
         Verdict::Settles(match params.error {
             Some(error) => Err(CallbackError::Denied {
-                name,
+                login: Box::new(self.login.clone()),
                 error,
                 description: params.error_description,
             }),
@@ -597,6 +862,12 @@ const NOT_GRANTED: Page = Page {
     text: "Access was not granted — snctl did not get the authorization; \
            see the terminal where it runs.",
 };
+const OTHER_USER: Page = Page {
+    status: "403 Forbidden",
+    text: "snctl takes the redirect only from processes of the user running it, and this \
+           connection does not come from one (or its user cannot be told): it is ignored; \
+           snctl goes on waiting.",
+};
 const NOT_THIS_LOGIN: Page = Page {
     status: "400 Bad Request",
     text: "This is not the login snctl is waiting for (the redirect does not carry its \
@@ -630,13 +901,22 @@ enum HeadError {
     Io,
 }
 
-/// Answers one connection, which must send its request head by `deadline`;
-/// the verdict when it was a GET of the redirect path.
-fn serve(mut stream: TcpStream, deadline: Instant, expected: &Expected) -> Option<Verdict> {
+/// Answers one connection, which must send its request head by `deadline`
+/// (unless `slot` is shut down first); the verdict when it was a GET of the
+/// redirect path. `refused` says why its sender may not deliver it.
+fn serve(
+    mut stream: TcpStream,
+    deadline: Instant,
+    expected: &Expected,
+    refused: Option<String>,
+    slot: HandlerSlot,
+) -> Option<Verdict> {
     stream.set_nonblocking(false).ok()?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT)).ok()?;
-    let (page, verdict) = match read_request_line(&mut stream, deadline) {
-        Ok(line) => answer(&line, expected),
+    let head = read_request_line(&mut stream, deadline);
+    drop(slot);
+    let (page, verdict) = match head {
+        Ok(line) => answer(&line, expected, refused),
         Err(HeadError::TooLarge) => (&TOO_LARGE, None),
         Err(HeadError::Malformed) => (&BAD_REQUEST, None),
         Err(HeadError::Io) => return None,
@@ -646,17 +926,26 @@ fn serve(mut stream: TcpStream, deadline: Instant, expected: &Expected) -> Optio
 }
 
 /// The page answering a request line; the verdict when it is a GET of the
-/// redirect path.
-fn answer(line: &str, expected: &Expected) -> (&'static Page, Option<Verdict>) {
+/// redirect path. A sender that may not deliver the redirect gets nothing
+/// checked.
+fn answer(
+    line: &str,
+    expected: &Expected,
+    refused: Option<String>,
+) -> (&'static Page, Option<Verdict>) {
     let Some((method, path, query)) = parse_request_line(line) else {
         return (&BAD_REQUEST, None);
     };
     if method != "GET" || path != expected.path {
         return (&NOT_FOUND, None);
     }
+    if let Some(sender) = refused {
+        return (&OTHER_USER, Some(Verdict::Refused(sender)));
+    }
     let verdict = expected.check(Params::parse(query));
     let page = match &verdict {
         Verdict::Foreign => &NOT_THIS_LOGIN,
+        Verdict::Refused(_) => &OTHER_USER,
         Verdict::Settles(Ok(_)) => &LOGGED_IN,
         Verdict::Settles(Err(CallbackError::Denied { .. })) => &NOT_GRANTED,
         Verdict::Settles(Err(_)) => &NO_CODE,
@@ -821,11 +1110,12 @@ mod tests {
             let redirect_uri = format!("http://127.0.0.1:{port}/callback");
             let request = Authorize {
                 name: "dev",
-                authorize_url: "https://example.invalid/oauth_auth.do?state=x",
+                authorize_url: "https://example.invalid/oauth_auth.do?client_id=c1d&state=x",
                 redirect_uri: &redirect_uri,
                 state: STATE,
                 timeout,
                 open_browser: false,
+                adding: false,
             };
             wait_with_paste(&request, paste)
         })
@@ -914,7 +1204,12 @@ mod tests {
     #[test]
     fn state_is_checked_before_the_code_or_error_counts() {
         let expected = Expected {
-            name: "dev".to_owned(),
+            login: Login {
+                name: "dev".to_owned(),
+                redirect_uri: "http://127.0.0.1:8751/callback".to_owned(),
+                client_id: "c1d".to_owned(),
+                adding: false,
+            },
             path: "/callback".to_owned(),
             state: STATE.to_owned(),
         };
@@ -1012,10 +1307,54 @@ mod tests {
         assert!(answer.contains("Access was not granted"));
         let error = wait(waiting).unwrap_err();
         assert!(matches!(error, CallbackError::Denied { .. }));
+        assert_eq!(error.exit_code(), 7);
         assert_eq!(
             error.to_string(),
-            "the instance did not grant access (access_denied: User said no): \
-             run `snctl login dev` again and choose Allow"
+            "access was refused on the instance's consent page (the person logging in clicked Deny; \
+             access_denied: User said no): run `snctl login dev` again and click Allow"
+        );
+    }
+
+    #[test]
+    fn each_refusal_says_what_to_fix() {
+        let login = |adding| Login {
+            name: "dev".to_owned(),
+            redirect_uri: "http://127.0.0.1:8751/callback".to_owned(),
+            client_id: "c1d".to_owned(),
+            adding,
+        };
+        let refused = |adding, error: &str, description: Option<&str>| {
+            let error = CallbackError::Denied {
+                login: Box::new(login(adding)),
+                error: error.to_owned(),
+                description: description.map(str::to_owned),
+            };
+            assert_eq!(error.exit_code(), 7);
+            error.to_string()
+        };
+        assert_eq!(
+            refused(false, "invalid_request", Some("Invalid redirect_uri")),
+            "the instance refused the Redirect URL http://127.0.0.1:8751/callback \
+             (invalid_request: Invalid redirect_uri): set the Redirect URL of the Application \
+             Registry record to exactly http://127.0.0.1:8751/callback, or use the port of the \
+             one registered (`snctl update dev --redirect-port N`), then run `snctl login dev`"
+        );
+        assert!(refused(true, "invalid_request", Some("Invalid redirect_uri"))
+            .ends_with("or run the same `snctl add` with --redirect-port N, the port of the one registered"));
+        assert_eq!(
+            refused(false, "invalid_client", None),
+            "the instance does not know the client ID c1d (invalid_client): copy the Client ID \
+             of the Application Registry record, run `snctl update dev --client-id ID`, then \
+             `snctl login dev`"
+        );
+        assert!(refused(true, "invalid_request", Some("Invalid client_id"))
+            .starts_with("the instance does not know the client ID c1d"));
+        assert!(refused(false, "invalid_scope", None).contains("--scope"));
+        assert!(refused(false, "temporarily_unavailable", None).ends_with("again later"));
+        assert_eq!(
+            refused(true, "unauthorized_client", None),
+            "the instance refused the login (unauthorized_client): check the Application \
+             Registry record of client ID c1d, then run the same `snctl add` again"
         );
     }
 
@@ -1084,14 +1423,62 @@ mod tests {
     }
 
     #[test]
-    fn handlers_are_capped() {
+    fn past_the_cap_the_longest_waiting_connection_is_dropped() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
         let handlers = Handlers::default();
-        let mut slots: Vec<_> = (0..MAX_HANDLERS)
-            .map(|_| handlers.try_start().expect("a free place"))
-            .collect();
-        assert!(handlers.try_start().is_none());
+        let mut clients = Vec::new();
+        let mut slots = Vec::new();
+        for _ in 0..=MAX_HANDLERS {
+            clients.push(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap());
+            let (accepted, _) = listener.accept().unwrap();
+            slots.push((handlers.start(&accepted).unwrap(), accepted));
+        }
+        assert_eq!(handlers.len(), MAX_HANDLERS);
+        // The first one was shut down: its client sees the end.
+        let mut byte = [0; 1];
+        assert_eq!(clients[0].read(&mut byte).unwrap(), 0);
+        // A slot given up (its head was read) makes room.
         slots.pop();
-        assert!(handlers.try_start().is_some());
+        assert_eq!(handlers.len(), MAX_HANDLERS - 1);
+    }
+
+    #[test]
+    fn proc_net_tcp_addresses_are_read() {
+        let v4 = proc_address("0100007F:1F4F").unwrap();
+        assert_eq!(v4, "127.0.0.1:8015".parse().unwrap());
+        let mapped = proc_address("0000000000000000FFFF00000100007F:0050").unwrap();
+        assert_eq!(mapped, "127.0.0.1:80".parse().unwrap());
+        let v6 = proc_address("00000000000000000000000001000000:0050").unwrap();
+        assert_eq!(v6, "[::1]:80".parse().unwrap());
+        assert_eq!(proc_address("0100007:1F4F"), None);
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
+             0: 0100007F:1F4F 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1 1\n   \
+             1: 0100007F:D431 0100007F:1F4F 01 00000000:00000000 00:00000000 00000000 65534        0 2 1\n";
+        let (theirs, ours) = (
+            "127.0.0.1:54321".parse().unwrap(),
+            "127.0.0.1:8015".parse().unwrap(),
+        );
+        assert_eq!(socket_owner(table, theirs, ours), Some(65534));
+        assert_eq!(socket_owner(table, ours, theirs), Some(0));
+        assert_eq!(socket_owner(table, theirs, theirs), None);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_owner_of_a_loopback_peer_is_found() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(peer_uid(&accepted), Ok(own_uid().unwrap()));
+        assert_eq!(Senders::of_this_process().refuse(&accepted), None);
+        assert_eq!(
+            Senders(vec![u32::MAX]).refuse(&accepted),
+            Some(format!(
+                "a process of another user (uid {})",
+                own_uid().unwrap()
+            ))
+        );
     }
 
     #[test]
@@ -1103,8 +1490,11 @@ mod tests {
         assert_eq!(error.exit_code(), 1);
         assert_eq!(
             error.to_string(),
-            "no login came back within 1s: run `snctl login dev` again \
-             (use --no-browser on a host without a browser)"
+            "no login came back within 1s: if the browser shows an error page of the instance \
+             (such as Invalid redirect_uri), check that the Application Registry record's \
+             Redirect URL is exactly http://127.0.0.1:PORT/callback and its Client ID c1d; \
+             otherwise run `snctl login dev` again (use --no-browser on a host without a browser)"
+                .replace("PORT", &port.to_string())
         );
     }
 
@@ -1129,6 +1519,7 @@ mod tests {
             state: STATE,
             timeout: Duration::from_secs(1),
             open_browser: false,
+            adding: false,
         };
         let error = wait_with_paste(&request, Cursor::new(Vec::new())).unwrap_err();
         assert!(matches!(error, CallbackError::BadRedirect { .. }));

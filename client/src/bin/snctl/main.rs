@@ -595,6 +595,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 summary.grant.as_str(),
                 time_or_dash(summary.access_expires_at)
             );
+            print_login_user(&summary);
             print_login_deadline(&summary);
             Ok(())
         }
@@ -639,6 +640,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 summary.name,
                 time_or_dash(summary.access_expires_at)
             );
+            print_login_user(&summary);
             print_login_deadline(&summary);
             Ok(())
         }
@@ -972,6 +974,7 @@ fn browser_login(
     login: &LoginArgs,
 ) -> Result<AuthSummary, Failure> {
     let name = start.name.clone();
+    let adding = start.add.is_some();
     let challenge = connect(socket)?.start_login(start)?;
     let left = u64::try_from(challenge.expires_at - now_secs()).unwrap_or(0);
     let code = callback::wait_for_code(&callback::Authorize {
@@ -981,6 +984,7 @@ fn browser_login(
         state: &challenge.state,
         timeout: Duration::from_secs(login.timeout.unwrap_or(300).min(left)),
         open_browser: !login.no_browser,
+        adding,
     })
     .map_err(|e| Failure {
         code: e.exit_code(),
@@ -1037,6 +1041,21 @@ fn describe_time(at: i64) -> String {
 
 fn time_or_dash(at: Option<i64>) -> String {
     at.map(describe_time).unwrap_or_else(|| "-".into())
+}
+
+/// For a login by a person: who logged in. In a browser that is whoever
+/// held it, so it is worth a look.
+fn print_login_user(summary: &AuthSummary) {
+    let Some(login) = &summary.login else {
+        return;
+    };
+    match &login.username {
+        Some(user) => println!("logged in as {user}"),
+        None => println!(
+            "could not determine which ServiceNow user logged in (snctld's log says why); \
+             the login is saved all the same"
+        ),
+    }
 }
 
 /// For a login by a person: until when it lasts.
