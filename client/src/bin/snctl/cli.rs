@@ -26,150 +26,200 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Register an OAuth client; it is saved only once it has produced a token.
-    Add {
-        name: String,
-        /// Instance URL, e.g. https://acme.service-now.com.
-        #[arg(long)]
-        instance: String,
-        /// Client ID from System OAuth > Application Registry.
-        #[arg(long)]
-        client_id: String,
-        /// How tokens are had: client-credentials (services), jwt-bearer (services,
-        /// signed assertions), authorization-code (a person, in a browser) or password
-        /// (deprecated).
-        #[arg(long, value_enum, default_value = "client-credentials")]
-        grant: GrantArg,
-        /// OAuth scope to request.
-        #[arg(long)]
-        scope: Option<String>,
-        /// How the client authenticates at the token endpoint.
-        #[arg(long, value_enum, default_value = "form")]
-        client_auth: ClientAuthArg,
-        /// Read the client secret from standard input (its first line) instead of prompting.
-        #[arg(long)]
-        client_secret_stdin: bool,
-        #[command(flatten)]
-        login: LoginArgs,
-        #[command(flatten)]
-        jwt: JwtArgs,
-        /// Port of the Redirect URL http://127.0.0.1:PORT/callback (authorization-code)
-        /// [default: snctld's login.redirect_port, 8751].
-        #[arg(long, value_name = "PORT")]
-        redirect_port: Option<u16>,
-        /// Refresh Token Lifespan of the Application Registry record: seconds as
-        /// shown there, or with a unit (100d, 36h) [default: 100d].
-        #[arg(long, value_name = "DURATION", value_parser = parse_lifespan)]
-        refresh_token_lifespan: Option<u64>,
-        #[command(flatten)]
-        readers: ReaderArgs,
-    },
+    Add(Add),
     /// Log in again (password or authorization-code grants).
-    Login {
-        name: String,
-        #[command(flatten)]
-        login: LoginArgs,
-        /// Log in with a new client secret read from standard input (first line);
-        /// it is saved once the login works.
-        #[arg(long)]
-        client_secret_stdin: bool,
-        /// Log in with a new client secret, prompted for.
-        #[arg(long, conflicts_with = "client_secret_stdin")]
-        client_secret_prompt: bool,
-    },
+    Login(Login),
     /// Tell why an authentication fails, and what to do about it.
-    Doctor {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Doctor(Doctor),
     /// List authentications.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List(List),
     /// Show one authentication (never its secrets).
-    Show {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Show(Show),
     /// Print an access token (only the token, newline-terminated).
-    Token {
-        name: String,
-        /// Refresh first unless the token stays valid this many seconds;
-        /// refused when the tokens do not live that long. Without it: 60 s,
-        /// or a quarter of the tokens' lifetime if that is shorter.
-        #[arg(long, value_name = "SECS")]
-        min_valid: Option<u32>,
-        /// Print token, expiry and instance as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Token(Token),
     /// Get a new access token now.
-    Refresh { name: String },
+    Refresh(Refresh),
     /// Change the OAuth client or instance; the new settings must work first.
-    Update {
-        name: String,
-        #[arg(long)]
-        instance: Option<String>,
-        #[arg(long)]
-        client_id: Option<String>,
-        /// Read a new client secret from standard input.
-        #[arg(long)]
-        client_secret_stdin: bool,
-        /// Prompt for a new client secret.
-        #[arg(long, conflicts_with = "client_secret_stdin")]
-        client_secret_prompt: bool,
-        #[arg(long, value_enum)]
-        client_auth: Option<ClientAuthArg>,
-        /// New scope ("" removes it).
-        #[arg(long)]
-        scope: Option<String>,
-        /// New port of the Redirect URL (authorization-code); register the new URL too.
-        #[arg(long, value_name = "PORT")]
-        redirect_port: Option<u16>,
-        /// Refresh Token Lifespan of the Application Registry record (seconds, or 100d, 36h).
-        #[arg(long, value_name = "DURATION", value_parser = parse_lifespan)]
-        refresh_token_lifespan: Option<u64>,
-        /// New readers, replacing the old list.
-        #[command(flatten)]
-        readers: ReaderArgs,
-        /// Let anyone who can open the socket read its tokens (clears the readers).
-        #[arg(long, conflicts_with_all = ["allow_user", "allow_group", "allow_unit"])]
-        allow_anyone: bool,
-    },
+    Update(Update),
     /// Revoke the tokens at the instance (best effort), then delete.
-    Remove {
-        name: String,
-        /// Do not revoke at the instance.
-        #[arg(long)]
-        keep_upstream: bool,
-    },
+    Remove(Remove),
     /// Run a command with SN_INSTANCE_URL and SN_ACCESS_TOKEN set.
-    Exec {
-        name: String,
-        /// The token must stay valid this many seconds; refused when the
-        /// tokens do not live that long. Without it: 300 s, or a quarter
-        /// of the tokens' lifetime if that is shorter.
-        #[arg(long, value_name = "SECS")]
-        min_valid: Option<u32>,
-        #[arg(last = true, required = true, value_name = "CMD")]
-        command: Vec<String>,
-    },
+    Exec(Exec),
     /// Show the daemon's state.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status(Status),
     /// Write a consistent copy of the daemon's database to FILE (mode 0600):
     /// sealed secrets only; the master key is not in it.
-    Backup {
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-        /// Replace FILE if it exists.
-        #[arg(long)]
-        force: bool,
-    },
+    Backup(Backup),
+}
+
+/// The arguments of `snctl add`.
+#[derive(clap::Args, Debug)]
+pub struct Add {
+    pub name: String,
+    /// Instance URL, e.g. https://acme.service-now.com.
+    #[arg(long)]
+    pub instance: String,
+    /// Client ID from System OAuth > Application Registry.
+    #[arg(long)]
+    pub client_id: String,
+    /// How tokens are had: client-credentials (services), jwt-bearer (services,
+    /// signed assertions), authorization-code (a person, in a browser) or password
+    /// (deprecated).
+    #[arg(long, value_enum, default_value = "client-credentials")]
+    pub grant: GrantArg,
+    /// OAuth scope to request.
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// How the client authenticates at the token endpoint.
+    #[arg(long, value_enum, default_value = "form")]
+    pub client_auth: ClientAuthArg,
+    /// Read the client secret from standard input (its first line) instead of prompting.
+    #[arg(long)]
+    pub client_secret_stdin: bool,
+    #[command(flatten)]
+    pub login: LoginArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    /// Port of the Redirect URL http://127.0.0.1:PORT/callback (authorization-code)
+    /// [default: snctld's login.redirect_port, 8751].
+    #[arg(long, value_name = "PORT")]
+    pub redirect_port: Option<u16>,
+    /// Refresh Token Lifespan of the Application Registry record: seconds as
+    /// shown there, or with a unit (100d, 36h) [default: 100d].
+    #[arg(long, value_name = "DURATION", value_parser = parse_lifespan)]
+    pub refresh_token_lifespan: Option<u64>,
+    #[command(flatten)]
+    pub readers: ReaderArgs,
+}
+
+/// The arguments of `snctl login`.
+#[derive(clap::Args, Debug)]
+pub struct Login {
+    pub name: String,
+    #[command(flatten)]
+    pub login: LoginArgs,
+    /// Log in with a new client secret read from standard input (first line);
+    /// it is saved once the login works.
+    #[arg(long)]
+    pub client_secret_stdin: bool,
+    /// Log in with a new client secret, prompted for.
+    #[arg(long, conflicts_with = "client_secret_stdin")]
+    pub client_secret_prompt: bool,
+}
+
+/// The arguments of `snctl doctor`.
+#[derive(clap::Args, Debug)]
+pub struct Doctor {
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The arguments of `snctl list`.
+#[derive(clap::Args, Debug)]
+pub struct List {
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The arguments of `snctl show`.
+#[derive(clap::Args, Debug)]
+pub struct Show {
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The arguments of `snctl token`.
+#[derive(clap::Args, Debug)]
+pub struct Token {
+    pub name: String,
+    /// Refresh first unless the token stays valid this many seconds;
+    /// refused when the tokens do not live that long. Without it: 60 s,
+    /// or a quarter of the tokens' lifetime if that is shorter.
+    #[arg(long, value_name = "SECS")]
+    pub min_valid: Option<u32>,
+    /// Print token, expiry and instance as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The arguments of `snctl refresh`.
+#[derive(clap::Args, Debug)]
+pub struct Refresh {
+    pub name: String,
+}
+
+/// The arguments of `snctl update`.
+#[derive(clap::Args, Debug)]
+pub struct Update {
+    pub name: String,
+    #[arg(long)]
+    pub instance: Option<String>,
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// Read a new client secret from standard input.
+    #[arg(long)]
+    pub client_secret_stdin: bool,
+    /// Prompt for a new client secret.
+    #[arg(long, conflicts_with = "client_secret_stdin")]
+    pub client_secret_prompt: bool,
+    #[arg(long, value_enum)]
+    pub client_auth: Option<ClientAuthArg>,
+    /// New scope ("" removes it).
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// New port of the Redirect URL (authorization-code); register the new URL too.
+    #[arg(long, value_name = "PORT")]
+    pub redirect_port: Option<u16>,
+    /// Refresh Token Lifespan of the Application Registry record (seconds, or 100d, 36h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_lifespan)]
+    pub refresh_token_lifespan: Option<u64>,
+    /// New readers, replacing the old list.
+    #[command(flatten)]
+    pub readers: ReaderArgs,
+    /// Let anyone who can open the socket read its tokens (clears the readers).
+    #[arg(long, conflicts_with_all = ["allow_user", "allow_group", "allow_unit"])]
+    pub allow_anyone: bool,
+}
+
+/// The arguments of `snctl remove`.
+#[derive(clap::Args, Debug)]
+pub struct Remove {
+    pub name: String,
+    /// Do not revoke at the instance.
+    #[arg(long)]
+    pub keep_upstream: bool,
+}
+
+/// The arguments of `snctl exec`.
+#[derive(clap::Args, Debug)]
+pub struct Exec {
+    pub name: String,
+    /// The token must stay valid this many seconds; refused when the
+    /// tokens do not live that long. Without it: 300 s, or a quarter
+    /// of the tokens' lifetime if that is shorter.
+    #[arg(long, value_name = "SECS")]
+    pub min_valid: Option<u32>,
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// The arguments of `snctl status`.
+#[derive(clap::Args, Debug)]
+pub struct Status {
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The arguments of `snctl backup`.
+#[derive(clap::Args, Debug)]
+pub struct Backup {
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Who may get an authentication's tokens, besides admins. None given:
@@ -421,11 +471,11 @@ mod tests {
     fn clap_token(args: &[&str]) -> Option<TokenArgs> {
         let cli = Cli::try_parse_from(std::iter::once("snctl").chain(args.iter().copied())).ok()?;
         match cli.command {
-            Command::Token {
+            Command::Token(Token {
                 name,
                 min_valid,
                 json,
-            } => Some(TokenArgs {
+            }) => Some(TokenArgs {
                 socket: cli.socket,
                 name,
                 min_valid,

@@ -1,15 +1,20 @@
-//! `snctl`: the command line for snctld (DESIGN §7).
+//! `snctl`: the command line for snctld (README, "Commands").
 //!
 //! Every failure prints one line on stderr, `snctl: what happened: what to
 //! do`, and exits with the documented code: 0 ok, 1 other, 2 usage,
 //! 3 daemon unreachable, 4 not found, 5 needs login, 6 forbidden,
 //! 7 upstream error.
+//!
+//! The rooms: [`cli`] defines the commands and options, [`commands`] does
+//! each, [`output`] prints what comes back, [`prompt`] reads secrets and
+//! writes files, [`failure`] is the one error and its exit code, [`login`]
+//! is the browser login's loopback end, [`jwtkey`] the jwt-bearer key.
 
-mod callback;
 mod cli;
 mod commands;
 mod failure;
 mod jwtkey;
+mod login;
 mod output;
 mod prompt;
 
@@ -17,12 +22,19 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use cli::{Cli, TokenArgs};
+use cli::{Cli, Command, TokenArgs};
+use failure::Failure;
 
 fn main() -> ExitCode {
+    // `snctl token` is read without clap: it is the path scripts run.
     let outcome = match TokenArgs::quick(std::env::args_os().skip(1)) {
-        Some(args) => commands::print_token(&args.socket, &args.name, args.min_valid, args.json),
-        None => commands::run(Cli::parse()),
+        Some(args) => commands::token(
+            args.socket.as_deref(),
+            &args.name,
+            args.min_valid,
+            args.json,
+        ),
+        None => run(Cli::parse()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -30,5 +42,24 @@ fn main() -> ExitCode {
             eprintln!("snctl: {}", failure.message);
             ExitCode::from(failure.code as u8)
         }
+    }
+}
+
+/// Hands the parsed command to the function that does it.
+fn run(cli: Cli) -> Result<(), Failure> {
+    let socket = cli.socket.as_deref();
+    match cli.command {
+        Command::Add(args) => commands::add(socket, args),
+        Command::Login(args) => commands::login(socket, args),
+        Command::Doctor(args) => commands::doctor(socket, args),
+        Command::List(args) => commands::list(socket, args),
+        Command::Show(args) => commands::show(socket, args),
+        Command::Token(args) => commands::token(socket, &args.name, args.min_valid, args.json),
+        Command::Refresh(args) => commands::refresh(socket, args),
+        Command::Update(args) => commands::update(socket, args),
+        Command::Remove(args) => commands::remove(socket, args),
+        Command::Exec(args) => commands::exec(socket, args),
+        Command::Status(args) => commands::status(socket, args),
+        Command::Backup(args) => commands::backup(socket, args),
     }
 }
