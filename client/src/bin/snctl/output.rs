@@ -1,7 +1,7 @@
 //! How the CLI shows what the daemon answers: JSON, the `list` table, the
 //! `show`, `status` and `doctor` reports, and times as "in 24m".
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use snctl::protocol::{AuthSummary, CheckOutcome, DaemonStatus, Diagnosis, Readers};
 
@@ -246,4 +246,26 @@ pub fn print_status(s: &DaemonStatus) {
         None => println!("next login due:  -"),
     }
     println!("connections:     {}", s.connections);
+}
+
+/// A duration as `4m 32s`, `5m` or `9s`, rounded up to the second.
+pub fn human(duration: Duration) -> String {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    match (secs / 60, secs % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m {s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_4m_32s() {
+        assert_eq!(human(Duration::from_secs(272)), "4m 32s");
+        assert_eq!(human(Duration::from_secs(300)), "5m");
+        assert_eq!(human(Duration::from_millis(8_100)), "9s");
+    }
 }

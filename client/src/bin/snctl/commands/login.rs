@@ -1,6 +1,7 @@
 //! `snctl login`, and the browser login that it and `snctl add` of an
 //! authorization-code authentication share.
 
+use std::io::BufReader;
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use snctl::protocol::{AuthSummary, Grant, LoginProof, LoginRequest, StartLoginRe
 use super::connect;
 use crate::cli::{self, LoginArgs};
 use crate::failure::{usage, Failure};
-use crate::login as callback;
+use crate::login::{wait_for_code, Authorize};
 use crate::output::{now_secs, print_login_deadline, print_login_user, time_or_dash};
 use crate::prompt::{new_client_secret, read_user, StdinLines};
 
@@ -73,7 +74,7 @@ pub(super) fn browser_login(
     let adding = start.add.is_some();
     let challenge = connect(socket)?.start_login(start)?;
     let left = u64::try_from(challenge.expires_at - now_secs()).unwrap_or(0);
-    let code = callback::wait_for_code(&callback::Authorize {
+    let request = Authorize {
         name: &name,
         authorize_url: &challenge.authorize_url,
         redirect_uri: &challenge.redirect_uri,
@@ -81,8 +82,10 @@ pub(super) fn browser_login(
         timeout: Duration::from_secs(login.timeout.unwrap_or(300).min(left)),
         open_browser: !login.no_browser,
         adding,
-    })
-    .map_err(|e| Failure {
+    };
+    // A browser on another machine: the person pastes the redirect address.
+    let pasted = BufReader::new(std::io::stdin());
+    let code = wait_for_code(&request, pasted).map_err(|e| Failure {
         code: e.exit_code(),
         message: e.to_string(),
     })?;
