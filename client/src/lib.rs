@@ -40,9 +40,10 @@ pub use snctl_shared::{Error, ErrorKind, Secret, PROTOCOL_VERSION};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why a request did not get an answer.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket could not be opened: no daemon, or no permission.
+    #[error("{}", connect_failed(.path, .source))]
     Connect {
         /// The socket tried.
         path: PathBuf,
@@ -50,6 +51,7 @@ pub enum ClientError {
         source: io::Error,
     },
     /// The connection failed or the daemon sent something unreadable.
+    #[error("{}", connection_lost(.path, .source))]
     Connection {
         /// The socket.
         path: PathBuf,
@@ -58,6 +60,10 @@ pub enum ClientError {
     },
     /// The socket is served by a user who is not trusted to be snctld:
     /// nothing was sent.
+    #[error(
+        "refusing to talk to {}: {problem}; nothing was sent. Check --socket and SNCTL_SOCKET, and ask an admin who put that socket there",
+        .path.display()
+    )]
     Untrusted {
         /// The socket.
         path: PathBuf,
@@ -65,51 +71,33 @@ pub enum ClientError {
         problem: String,
     },
     /// The daemon answered with an error.
-    Daemon(Error),
+    #[error("{0}")]
+    Daemon(#[source] Error),
 }
 
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientError::Connect { path, source } => match source.kind() {
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => write!(
-                    f,
-                    "snctld is not running at {}: start it (systemctl start snctld), or point SNCTL_SOCKET or --socket at its socket",
-                    path.display()
-                ),
-                io::ErrorKind::PermissionDenied => write!(
-                    f,
-                    "no permission to open {}: ask an admin to add you to the socket's group (usually snctl)",
-                    path.display()
-                ),
-                _ => write!(f, "cannot connect to snctld at {}: {source}", path.display()),
-            },
-            ClientError::Connection { path, source } => match source {
-                FrameError::Closed => write!(
-                    f,
-                    "snctld at {} closed the connection (it may be stopping or at its connection limit; see its log)",
-                    path.display()
-                ),
-                other => write!(f, "lost the connection to snctld at {}: {other}", path.display()),
-            },
-            ClientError::Untrusted { path, problem } => write!(
-                f,
-                "refusing to talk to {}: {problem}; nothing was sent. Check --socket and SNCTL_SOCKET, and ask an admin who put that socket there",
-                path.display()
-            ),
-            ClientError::Daemon(error) => error.fmt(f),
-        }
+/// What a failed connect means, and what to do about it.
+fn connect_failed(path: &Path, source: &io::Error) -> String {
+    match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => format!(
+            "snctld is not running at {}: start it (systemctl start snctld), or point SNCTL_SOCKET or --socket at its socket",
+            path.display()
+        ),
+        io::ErrorKind::PermissionDenied => format!(
+            "no permission to open {}: ask an admin to add you to the socket's group (usually snctl)",
+            path.display()
+        ),
+        _ => format!("cannot connect to snctld at {}: {source}", path.display()),
     }
 }
 
-impl std::error::Error for ClientError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ClientError::Connect { source, .. } => Some(source),
-            ClientError::Connection { source, .. } => Some(source),
-            ClientError::Untrusted { .. } => None,
-            ClientError::Daemon(error) => Some(error),
-        }
+/// What a lost connection means.
+fn connection_lost(path: &Path, source: &FrameError) -> String {
+    match source {
+        FrameError::Closed => format!(
+            "snctld at {} closed the connection (it may be stopping or at its connection limit; see its log)",
+            path.display()
+        ),
+        other => format!("lost the connection to snctld at {}: {other}", path.display()),
     }
 }
 

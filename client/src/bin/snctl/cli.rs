@@ -284,7 +284,7 @@ impl JwtArgs {
                 "the jwt-bearer grant needs --jwt-key FILE and --jwt-subject USER",
             ));
         };
-        let key = jwtkey::read(&path).map_err(usage)?;
+        let key = jwtkey::read(&path).map_err(|e| usage(e.to_string()))?;
         let settings = JwtSettings {
             key: key.pkcs8.clone(),
             subject,
@@ -361,8 +361,22 @@ impl From<GrantArg> for Grant {
     }
 }
 
+/// Why a `--refresh-token-lifespan` cannot be read.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum LifespanError {
+    /// No number first.
+    #[error("{0:?} is not a duration: give seconds, or e.g. 100d or 36h")]
+    NotANumber(String),
+    /// A unit other than s, m, h or d.
+    #[error("unknown unit {0:?}: use s, m, h or d")]
+    UnknownUnit(String),
+    /// More seconds than fit.
+    #[error("{0:?} is too long")]
+    TooLong(String),
+}
+
 /// Seconds, or a number with a unit: s, m, h, d.
-pub fn parse_lifespan(text: &str) -> Result<u64, String> {
+pub fn parse_lifespan(text: &str) -> Result<u64, LifespanError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -370,17 +384,17 @@ pub fn parse_lifespan(text: &str) -> Result<u64, String> {
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration: give seconds, or e.g. 100d or 36h"))?;
+        .map_err(|_| LifespanError::NotANumber(text.to_owned()))?;
     let scale = match unit.trim() {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        other => return Err(format!("unknown unit {other:?}: use s, m, h or d")),
+        other => return Err(LifespanError::UnknownUnit(other.to_owned())),
     };
     number
         .checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too long"))
+        .ok_or_else(|| LifespanError::TooLong(text.to_owned()))
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

@@ -2,7 +2,6 @@
 //! knows what to fix: the redirect port, the Application Registry record,
 //! or just to try again.
 
-use std::fmt;
 use std::io;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use crate::output::human;
 /// The login an error is about, for its message: what to register and
 /// what to run again.
 #[derive(Debug, Clone)]
-pub struct Login {
+pub(crate) struct Login {
     pub(super) name: String,
     pub(super) redirect_uri: String,
     pub(super) client_id: String,
@@ -45,27 +44,54 @@ impl Login {
 }
 
 /// Why no authorization code came back.
-#[derive(Debug)]
-pub enum CallbackError {
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallbackError {
     /// The redirect URL is not `http://127.0.0.1:PORT/PATH`.
+    #[error(
+        "the redirect URL {} is not http://127.0.0.1:PORT/PATH: set the port with \
+         `snctl update {name} --redirect-port N`",
+        one_line(.uri)
+    )]
     BadRedirect { name: String, uri: String },
     /// Something else listens on the redirect port.
+    #[error(
+        "port {port} on 127.0.0.1 is in use, so the redirect cannot come back to snctl: \
+         stop what uses it, or pick another port with `snctl update {name} \
+         --redirect-port N` and register http://127.0.0.1:N/callback on the \
+         Application Registry record"
+    )]
     PortInUse { name: String, port: u16 },
     /// The listener could not be set up, or failed.
+    #[error(
+        "cannot listen for the redirect on 127.0.0.1:{port} ({source}): \
+         run `snctl login {name}` again"
+    )]
     Listen {
         name: String,
         port: u16,
         source: io::Error,
     },
     /// The instance redirected with an error instead of a code.
+    #[error("{}", refusal(.login, .error, .description.as_deref()))]
     Denied {
         login: Box<Login>,
         error: String,
         description: Option<String>,
     },
     /// The redirect carries this login's state but no code.
+    #[error("the redirect carries no authorization code: run `snctl login {name}` again")]
     MissingCode { name: String },
     /// Nothing came back in time.
+    #[error(
+        "no login came back within {}: if the browser shows an error page of the \
+         instance (such as Invalid redirect_uri), check that the Application Registry \
+         record's Redirect URL is exactly {} and its Client ID {}; otherwise {} \
+         (use --no-browser on a host without a browser)",
+        human(*.waited),
+        .login.redirect_uri,
+        one_line(&.login.client_id),
+        .login.again()
+    )]
     Timeout { login: Box<Login>, waited: Duration },
 }
 
@@ -73,7 +99,7 @@ impl CallbackError {
     /// The exit status: 2 when the administrator must change the redirect
     /// port, 7 when the instance refused the login (the person's Deny
     /// included: it is the instance's answer), 1 otherwise.
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             CallbackError::BadRedirect { .. } | CallbackError::PortInUse { .. } => 2,
             CallbackError::Denied { .. } => 7,
@@ -82,61 +108,11 @@ impl CallbackError {
     }
 }
 
-impl fmt::Display for CallbackError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CallbackError::BadRedirect { name, uri } => write!(
-                f,
-                "the redirect URL {} is not http://127.0.0.1:PORT/PATH: set the port with \
-                 `snctl update {name} --redirect-port N`",
-                one_line(uri)
-            ),
-            CallbackError::PortInUse { name, port } => write!(
-                f,
-                "port {port} on 127.0.0.1 is in use, so the redirect cannot come back to snctl: \
-                 stop what uses it, or pick another port with `snctl update {name} \
-                 --redirect-port N` and register http://127.0.0.1:N/callback on the \
-                 Application Registry record"
-            ),
-            CallbackError::Listen { name, port, source } => write!(
-                f,
-                "cannot listen for the redirect on 127.0.0.1:{port} ({source}): \
-                 run `snctl login {name}` again"
-            ),
-            CallbackError::Denied {
-                login,
-                error,
-                description,
-            } => refusal(f, login, error, description.as_deref()),
-            CallbackError::MissingCode { name } => write!(
-                f,
-                "the redirect carries no authorization code: run `snctl login {name}` again"
-            ),
-            CallbackError::Timeout { login, waited } => write!(
-                f,
-                "no login came back within {}: if the browser shows an error page of the \
-                 instance (such as Invalid redirect_uri), check that the Application Registry \
-                 record's Redirect URL is exactly {} and its Client ID {}; otherwise {} \
-                 (use --no-browser on a host without a browser)",
-                human(*waited),
-                login.redirect_uri,
-                one_line(&login.client_id),
-                login.again()
-            ),
-        }
-    }
-}
-
 /// What went wrong, for an error the instance redirected back instead of a
 /// code, and what fixes it. RFC 6749 §4.1.2.1 names the errors; ServiceNow
 /// says `invalid_request` for a Redirect URL or client it does not know,
 /// and names which in the description.
-pub(super) fn refusal(
-    f: &mut fmt::Formatter<'_>,
-    login: &Login,
-    error: &str,
-    description: Option<&str>,
-) -> fmt::Result {
+fn refusal(login: &Login, error: &str, description: Option<&str>) -> String {
     let said = match description {
         Some(description) => format!("{}: {}", one_line(error), one_line(description)),
         None => one_line(error),
@@ -145,68 +121,46 @@ pub(super) fn refusal(
     let (name, uri, id) = (&login.name, &login.redirect_uri, one_line(&login.client_id));
     let again = login.again();
     if error == "access_denied" {
-        write!(
-            f,
+        format!(
             "access was refused on the instance's consent page (the person logging in clicked Deny; {said}): \
              {again} and click Allow"
         )
     } else if lower.contains("redirect") {
-        write!(
-            f,
-            "the instance refused the Redirect URL {uri} ({said}): set the Redirect URL of the \
-             Application Registry record to exactly {uri}, "
-        )?;
-        if login.adding {
-            f.write_str(
-                "or run the same `snctl add` with --redirect-port N, the port of the one registered",
-            )
+        let fix = if login.adding {
+            "or run the same `snctl add` with --redirect-port N, the port of the one registered"
+                .to_owned()
         } else {
-            write!(
-                f,
+            format!(
                 "or use the port of the one registered (`snctl update {name} --redirect-port N`), \
                  then run `snctl login {name}`"
             )
-        }
+        };
+        format!(
+            "the instance refused the Redirect URL {uri} ({said}): set the Redirect URL of the \
+             Application Registry record to exactly {uri}, {fix}"
+        )
     } else if error == "invalid_client" || lower.contains("client_id") {
-        write!(
-            f,
-            "the instance does not know the client ID {id} ({said}): copy the Client ID of the \
-             Application Registry record, "
-        )?;
-        if login.adding {
-            f.write_str("then run `snctl add` again with it (--client-id)")
+        let fix = if login.adding {
+            "then run `snctl add` again with it (--client-id)".to_owned()
         } else {
-            write!(
-                f,
-                "run `snctl update {name} --client-id ID`, then `snctl login {name}`"
-            )
-        }
+            format!("run `snctl update {name} --client-id ID`, then `snctl login {name}`")
+        };
+        format!(
+            "the instance does not know the client ID {id} ({said}): copy the Client ID of the \
+             Application Registry record, {fix}"
+        )
     } else if error == "invalid_scope" {
-        write!(
-            f,
+        format!(
             "the instance refused the scope asked for ({said}): give a scope of the Application \
              Registry record (--scope), then {again}"
         )
     } else if error == "server_error" || error == "temporarily_unavailable" {
-        write!(
-            f,
-            "the instance could not complete the login ({said}): {again} later"
-        )
+        format!("the instance could not complete the login ({said}): {again} later")
     } else {
-        write!(
-            f,
+        format!(
             "the instance refused the login ({said}): check the Application Registry record of \
              client ID {id}, then {again}"
         )
-    }
-}
-
-impl std::error::Error for CallbackError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            CallbackError::Listen { source, .. } => Some(source),
-            _ => None,
-        }
     }
 }
 

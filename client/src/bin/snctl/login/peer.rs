@@ -45,23 +45,40 @@ pub(super) fn own_uid() -> Option<u32> {
     std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
+/// Why the owner of a connection's other end cannot be told.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PeerError {
+    /// The connection's own addresses cannot be read.
+    #[error("{0}")]
+    Addresses(io::Error),
+    /// A socket table cannot be read.
+    #[error("cannot read {table}: {source}")]
+    Table {
+        table: &'static str,
+        source: io::Error,
+    },
+    /// No socket in the tables matches.
+    #[error("its socket is not in /proc/net/tcp")]
+    NotFound,
+}
+
 /// The uid owning the other end of a loopback connection: its socket is
 /// the one in `/proc/net/tcp` (or `tcp6`) whose local address is our
 /// peer's and whose remote address is ours.
-pub(super) fn peer_uid(stream: &TcpStream) -> Result<u32, String> {
-    let ours = stream.local_addr().map_err(|e| e.to_string())?;
-    let theirs = stream.peer_addr().map_err(|e| e.to_string())?;
+pub(super) fn peer_uid(stream: &TcpStream) -> Result<u32, PeerError> {
+    let ours = stream.local_addr().map_err(PeerError::Addresses)?;
+    let theirs = stream.peer_addr().map_err(PeerError::Addresses)?;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = match std::fs::read_to_string(table) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("cannot read {table}: {e}")),
+            Err(source) => return Err(PeerError::Table { table, source }),
         };
         if let Some(uid) = socket_owner(&text, canonical(theirs), canonical(ours)) {
             return Ok(uid);
         }
     }
-    Err("its socket is not in /proc/net/tcp".to_owned())
+    Err(PeerError::NotFound)
 }
 
 /// The uid of the socket from `local` to `remote` in a `/proc/net/tcp`
@@ -140,7 +157,7 @@ mod tests {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();
-        assert_eq!(peer_uid(&accepted), Ok(own_uid().unwrap()));
+        assert_eq!(peer_uid(&accepted).unwrap(), own_uid().unwrap());
         assert_eq!(Senders::of_this_process().refuse(&accepted), None);
         assert_eq!(
             Senders(vec![u32::MAX]).refuse(&accepted),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use snctl::Secret;
 use zeroize::Zeroizing;
 
-use super::browser::spawn_browser;
+use super::browser::{spawn_browser, BrowserError};
 use super::error::{one_line, CallbackError, Login};
 use super::listener::Listener;
 use super::peer::Senders;
@@ -67,7 +67,10 @@ pub fn wait_for_code<R: BufRead + Send + 'static>(
     };
     if request.open_browser {
         announce_browser(request);
-        spawn_browser(request.authorize_url.to_owned(), wait.events.clone());
+        let events = wait.events.clone();
+        spawn_browser(request.authorize_url.to_owned(), move |why| {
+            let _ = events.send(Event::BrowserFailed(why));
+        });
         wait.spinner = Spinner::start();
     } else {
         announce_no_browser(request, port);
@@ -83,7 +86,7 @@ pub(super) enum Event {
     /// A line read from the paste source.
     Pasted(Zeroizing<String>),
     /// The browser could not be opened: why.
-    BrowserFailed(String),
+    BrowserFailed(BrowserError),
 }
 
 /// A login being waited for.
@@ -138,7 +141,7 @@ impl<R: BufRead + Send + 'static> Wait<'_, '_, R> {
                 eprintln!(
                     "Could not open a browser ({}): open the address above in a browser on \
                      any machine, log in and allow access.",
-                    one_line(&why)
+                    one_line(&why.to_string())
                 );
                 paste_instructions(self.request, self.port);
                 self.read_pastes();
