@@ -15,6 +15,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -207,6 +209,16 @@ impl Client {
 
     /// Connects to the daemon at `path` and checks that it speaks this
     /// protocol version.
+    ///
+    /// ```no_run
+    /// use std::path::Path;
+    ///
+    /// let mut client = snctl::Client::connect(Path::new("/run/snctld/snctld.sock"))?;
+    /// println!("snctld {}", client.daemon_version());
+    /// let token = client.token("prod")?;
+    /// # let _ = token;
+    /// # Ok::<(), snctl::ClientError>(())
+    /// ```
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let mut client = Client::connect_pipelined(path)?;
         client.finish_hello()?;
@@ -340,6 +352,15 @@ impl Client {
     /// or a quarter of its lifetime when its tokens live less than 4 minutes
     /// (a short Access Token Lifespan on the instance never makes this
     /// fail).
+    ///
+    /// ```no_run
+    /// let token = snctl::Client::connect_default()?.token("prod")?;
+    /// let url = format!("{}/api/now/table/incident?sysparm_limit=1", token.instance_url);
+    /// let authorization = format!("Bearer {}", token.access_token.expose());
+    /// // Hand both to any HTTP client; the token is good until `token.expires_at`.
+    /// # let _ = (url, authorization);
+    /// # Ok::<(), snctl::ClientError>(())
+    /// ```
     pub fn token(&mut self, name: &str) -> Result<Token, ClientError> {
         self.token_valid(name, MinValid::Default(60))
     }
@@ -348,6 +369,21 @@ impl Client {
     /// first when the token in hand has less left. When the
     /// authentication's tokens do not live that long, the daemon refuses
     /// ([`ErrorKind::Usage`]).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// // A batch job that runs for up to ten minutes on one token.
+    /// let mut client = snctl::Client::connect_default()?;
+    /// match client.token_with("prod", Duration::from_secs(600)) {
+    ///     Ok(token) => println!("valid until {}", token.expires_at),
+    ///     Err(e) if e.kind() == snctl::ErrorKind::Usage => {
+    ///         eprintln!("prod's tokens do not live ten minutes: {e}")
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<(), snctl::ClientError>(())
+    /// ```
     pub fn token_with(&mut self, name: &str, min_valid: Duration) -> Result<Token, ClientError> {
         let secs = min_valid.as_secs().min(u32::MAX as u64) as u32;
         self.token_valid(name, MinValid::Required(secs))
