@@ -1,5 +1,7 @@
 //! How the CLI shows what the daemon answers: JSON, the `list` table, the
-//! `show`, `status` and `doctor` reports, and times as "in 24m".
+//! `show`, `status` and `doctor` reports; and how times and durations
+//! read everywhere in the CLI: "in 24m" / "3m ago" beside a date, "4m 32s"
+//! for a wait.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,6 +53,16 @@ pub fn relative(at: i64) -> String {
         format!("in {text}")
     } else {
         format!("{text} ago")
+    }
+}
+
+/// A duration as `4m 32s`, `5m` or `9s`, rounded up to the second.
+pub fn human(duration: Duration) -> String {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    match (secs / 60, secs % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m {s}s"),
     }
 }
 
@@ -246,16 +258,6 @@ pub fn print_status(s: &DaemonStatus) {
         None => println!("next login due:  -"),
     }
     println!("connections:     {}", s.connections);
-}
-
-/// A duration as `4m 32s`, `5m` or `9s`, rounded up to the second.
-pub fn human(duration: Duration) -> String {
-    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
-    match (secs / 60, secs % 60) {
-        (0, s) => format!("{s}s"),
-        (m, 0) => format!("{m}m"),
-        (m, s) => format!("{m}m {s}s"),
-    }
 }
 
 #[cfg(test)]
