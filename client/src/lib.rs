@@ -15,6 +15,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,9 +42,10 @@ pub use snctl_shared::{Error, ErrorKind, Secret, PROTOCOL_VERSION};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why a request did not get an answer.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket could not be opened: no daemon, or no permission.
+    #[error("{}", connect_failed(.path, .source))]
     Connect {
         /// The socket tried.
         path: PathBuf,
@@ -50,6 +53,7 @@ pub enum ClientError {
         source: io::Error,
     },
     /// The connection failed or the daemon sent something unreadable.
+    #[error("{}", connection_lost(.path, .source))]
     Connection {
         /// The socket.
         path: PathBuf,
@@ -58,6 +62,10 @@ pub enum ClientError {
     },
     /// The socket is served by a user who is not trusted to be snctld:
     /// nothing was sent.
+    #[error(
+        "refusing to talk to {}: {problem}; nothing was sent. Check --socket and SNCTL_SOCKET, and ask an admin who put that socket there",
+        .path.display()
+    )]
     Untrusted {
         /// The socket.
         path: PathBuf,
@@ -65,51 +73,33 @@ pub enum ClientError {
         problem: String,
     },
     /// The daemon answered with an error.
-    Daemon(Error),
+    #[error("{0}")]
+    Daemon(#[source] Error),
 }
 
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientError::Connect { path, source } => match source.kind() {
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => write!(
-                    f,
-                    "snctld is not running at {}: start it (systemctl start snctld), or point SNCTL_SOCKET or --socket at its socket",
-                    path.display()
-                ),
-                io::ErrorKind::PermissionDenied => write!(
-                    f,
-                    "no permission to open {}: ask an admin to add you to the socket's group (usually snctl)",
-                    path.display()
-                ),
-                _ => write!(f, "cannot connect to snctld at {}: {source}", path.display()),
-            },
-            ClientError::Connection { path, source } => match source {
-                FrameError::Closed => write!(
-                    f,
-                    "snctld at {} closed the connection (it may be stopping or at its connection limit; see its log)",
-                    path.display()
-                ),
-                other => write!(f, "lost the connection to snctld at {}: {other}", path.display()),
-            },
-            ClientError::Untrusted { path, problem } => write!(
-                f,
-                "refusing to talk to {}: {problem}; nothing was sent. Check --socket and SNCTL_SOCKET, and ask an admin who put that socket there",
-                path.display()
-            ),
-            ClientError::Daemon(error) => error.fmt(f),
-        }
+/// What a failed connect means, and what to do about it.
+fn connect_failed(path: &Path, source: &io::Error) -> String {
+    match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => format!(
+            "snctld is not running at {}: start it (systemctl start snctld), or point SNCTL_SOCKET or --socket at its socket",
+            path.display()
+        ),
+        io::ErrorKind::PermissionDenied => format!(
+            "no permission to open {}: ask an admin to add you to the socket's group (usually snctl)",
+            path.display()
+        ),
+        _ => format!("cannot connect to snctld at {}: {source}", path.display()),
     }
 }
 
-impl std::error::Error for ClientError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ClientError::Connect { source, .. } => Some(source),
-            ClientError::Connection { source, .. } => Some(source),
-            ClientError::Untrusted { .. } => None,
-            ClientError::Daemon(error) => Some(error),
-        }
+/// What a lost connection means.
+fn connection_lost(path: &Path, source: &FrameError) -> String {
+    match source {
+        FrameError::Closed => format!(
+            "snctld at {} closed the connection (it may be stopping or at its connection limit; see its log)",
+            path.display()
+        ),
+        other => format!("lost the connection to snctld at {}: {other}", path.display()),
     }
 }
 
@@ -219,6 +209,16 @@ impl Client {
 
     /// Connects to the daemon at `path` and checks that it speaks this
     /// protocol version.
+    ///
+    /// ```no_run
+    /// use std::path::Path;
+    ///
+    /// let mut client = snctl::Client::connect(Path::new("/run/snctld/snctld.sock"))?;
+    /// println!("snctld {}", client.daemon_version());
+    /// let token = client.token("prod")?;
+    /// # let _ = token;
+    /// # Ok::<(), snctl::ClientError>(())
+    /// ```
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let mut client = Client::connect_pipelined(path)?;
         client.finish_hello()?;
@@ -352,6 +352,15 @@ impl Client {
     /// or a quarter of its lifetime when its tokens live less than 4 minutes
     /// (a short Access Token Lifespan on the instance never makes this
     /// fail).
+    ///
+    /// ```no_run
+    /// let token = snctl::Client::connect_default()?.token("prod")?;
+    /// let url = format!("{}/api/now/table/incident?sysparm_limit=1", token.instance_url);
+    /// let authorization = format!("Bearer {}", token.access_token.expose());
+    /// // Hand both to any HTTP client; the token is good until `token.expires_at`.
+    /// # let _ = (url, authorization);
+    /// # Ok::<(), snctl::ClientError>(())
+    /// ```
     pub fn token(&mut self, name: &str) -> Result<Token, ClientError> {
         self.token_valid(name, MinValid::Default(60))
     }
@@ -360,6 +369,21 @@ impl Client {
     /// first when the token in hand has less left. When the
     /// authentication's tokens do not live that long, the daemon refuses
     /// ([`ErrorKind::Usage`]).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// // A batch job that runs for up to ten minutes on one token.
+    /// let mut client = snctl::Client::connect_default()?;
+    /// match client.token_with("prod", Duration::from_secs(600)) {
+    ///     Ok(token) => println!("valid until {}", token.expires_at),
+    ///     Err(e) if e.kind() == snctl::ErrorKind::Usage => {
+    ///         eprintln!("prod's tokens do not live ten minutes: {e}")
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<(), snctl::ClientError>(())
+    /// ```
     pub fn token_with(&mut self, name: &str, min_valid: Duration) -> Result<Token, ClientError> {
         let secs = min_valid.as_secs().min(u32::MAX as u64) as u32;
         self.token_valid(name, MinValid::Required(secs))

@@ -2,7 +2,8 @@
 //! or DER), checked, and its public key shown for ServiceNow's JWT
 //! Verifier Map. The private key leaves this process only towards snctld.
 
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -25,41 +26,75 @@ pub struct JwtKey {
 const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
 const PEM_END: &str = "-----END PRIVATE KEY-----";
 
-/// Reads and checks the key in `path`.
-pub fn read(path: &Path) -> Result<JwtKey, String> {
-    let raw = Zeroizing::new(
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-    );
-    let der = pkcs8_der(&raw).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(&der).map_err(|e| format!("{}: {e}", path.display()))
+/// Why a key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", .path.display())]
+    Read { path: PathBuf, source: io::Error },
+    /// The file holds no key snctld can sign with.
+    #[error("{}: {problem}", .path.display())]
+    Unusable { path: PathBuf, problem: KeyProblem },
 }
 
-fn pkcs8_der(raw: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
-    let convert = "convert it with `openssl pkcs8 -topk8 -nocrypt -in FILE -out key.pem`";
+/// What is wrong with the bytes of a key file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyProblem {
+    /// PEM, but not of an unencrypted PKCS#8 key (a PKCS#1 or encrypted one).
+    #[error(
+        "not an unencrypted PKCS#8 private key (\"{PEM_BEGIN}\"): convert it with \
+         `openssl pkcs8 -topk8 -nocrypt -in FILE -out key.pem`"
+    )]
+    NotPkcs8,
+    /// The PEM block does not end.
+    #[error("the PEM block has no \"{PEM_END}\" line")]
+    Unterminated,
+    /// The PEM block's body does not decode.
+    #[error("the PEM block is not valid base64")]
+    BadBase64,
+    /// A PKCS#8 key of another kind, or no key at all.
+    #[error(
+        "not a P-256 EC or RSA (2048 bits or more) PKCS#8 private key ({0}): make one with \
+         `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem`"
+    )]
+    NotEcOrRsa(ring::error::KeyRejected),
+}
+
+/// Reads and checks the key in `path`.
+pub fn read(path: &Path) -> Result<JwtKey, KeyError> {
+    let raw = Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?);
+    let unusable = |problem| KeyError::Unusable {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let der = pkcs8_der(&raw).map_err(unusable)?;
+    parse(&der).map_err(unusable)
+}
+
+/// The DER of a PKCS#8 key given as PEM or as DER.
+fn pkcs8_der(raw: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyProblem> {
     let Ok(text) = std::str::from_utf8(raw) else {
         return Ok(Zeroizing::new(raw.to_vec()));
     };
     if !text.contains("-----BEGIN") {
         return Ok(Zeroizing::new(raw.to_vec()));
     }
-    let Some(start) = text.find(PEM_BEGIN) else {
-        return Err(format!(
-            "not an unencrypted PKCS#8 private key (\"{PEM_BEGIN}\"): {convert}"
-        ));
-    };
+    let start = text.find(PEM_BEGIN).ok_or(KeyProblem::NotPkcs8)?;
     let body = &text[start + PEM_BEGIN.len()..];
-    let end = body
-        .find(PEM_END)
-        .ok_or_else(|| format!("the PEM block has no \"{PEM_END}\" line"))?;
+    let end = body.find(PEM_END).ok_or(KeyProblem::Unterminated)?;
     let base64: Zeroizing<String> =
         Zeroizing::new(body[..end].chars().filter(|c| !c.is_whitespace()).collect());
     STANDARD
         .decode(base64.as_bytes())
         .map(Zeroizing::new)
-        .map_err(|_| "the PEM block is not valid base64".to_string())
+        .map_err(|_| KeyProblem::BadBase64)
 }
 
-fn parse(der: &[u8]) -> Result<JwtKey, String> {
+/// The key in `der`: P-256 EC (ES256) or RSA (RS256), tried in that order.
+fn parse(der: &[u8]) -> Result<JwtKey, KeyProblem> {
     let pkcs8 = Secret::new(STANDARD.encode(der));
     let rng = SystemRandom::new();
     if let Ok(ec) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng) {
@@ -72,12 +107,7 @@ fn parse(der: &[u8]) -> Result<JwtKey, String> {
             spki,
         });
     }
-    let rsa = RsaKeyPair::from_pkcs8(der).map_err(|e| {
-        format!(
-            "not a P-256 EC or RSA (2048 bits or more) PKCS#8 private key ({e}): make one with \
-             `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem`"
-        )
-    })?;
+    let rsa = RsaKeyPair::from_pkcs8(der).map_err(KeyProblem::NotEcOrRsa)?;
     // SEQUENCE { SEQUENCE { rsaEncryption, NULL }, BIT STRING RSAPublicKey }
     let algorithm = hex("300d06092a864886f70d0101010500");
     let mut bits = vec![0u8];
@@ -152,7 +182,8 @@ mod tests {
         let e =
             pkcs8_der(b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")
                 .err()
-                .unwrap();
+                .unwrap()
+                .to_string();
         assert!(e.contains("openssl pkcs8 -topk8"), "{e}");
         assert!(parse(b"not a key").is_err());
     }
