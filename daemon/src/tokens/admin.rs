@@ -27,7 +27,6 @@ use snctl_shared::{name, Error, Secret};
 
 use super::{carry_issue_time, internal, redirect_uri, unattended, upstream_error, Entry, Tokens};
 use crate::access::ReaderIds;
-use crate::clock::now_ms;
 use crate::servicenow::{normalize_instance_url, Proof, ServiceNow};
 use crate::store::{Authentication, StoreError, TokenSet, DEFAULT_REFRESH_LIFESPAN_SECS};
 
@@ -138,7 +137,7 @@ impl Tokens {
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty()),
             client_secret: request.client_secret.clone(),
-            created_at_ms: now_ms(),
+            created_at_ms: self.now_ms(),
             username: request.user.as_ref().map(|u| u.username.clone()),
             redirect_port: code.then(|| {
                 request
@@ -479,7 +478,7 @@ impl Tokens {
     fn pending(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Pending>> {
         let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
         // Started logins hold a verifier and maybe a secret: drop stale ones.
-        pending.retain(|_, p| p.expires_at_ms > now_ms());
+        pending.retain(|_, p| p.expires_at_ms > self.now_ms());
         pending
     }
 
@@ -516,7 +515,7 @@ impl Tokens {
                 .unwrap_or(self.login_policy().redirect_port),
         );
         let authorize = ServiceNow::authorize(&auth, &redirect_uri).map_err(Error::invalid)?;
-        let expires_at_ms = now_ms() + self.login_policy().timeout.as_millis() as i64;
+        let expires_at_ms = self.now_ms() + self.login_policy().timeout.as_millis() as i64;
         let challenge = LoginChallenge {
             authorize_url: authorize.url,
             redirect_uri: redirect_uri.clone(),

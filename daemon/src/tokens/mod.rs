@@ -39,8 +39,8 @@ use snctl_shared::protocol::{
 use snctl_shared::{Error, Secret};
 
 use crate::access::ReaderIds;
-use crate::clock::{self, now_ms};
-use crate::servicenow::{Failure, Proof, ServiceNow, Step};
+use crate::clock::Clock;
+use crate::servicenow::{Failure, Proof, Step, Upstream};
 use crate::store::{Authentication, Record, Store, StoreError, TokenSet};
 
 pub use admin::LoginPolicy;
@@ -133,6 +133,7 @@ impl Shared {
 
 struct Entry {
     shared: Mutex<Shared>,
+    clock: Arc<dyn Clock>,
     /// Held by whoever talks to the instance for this authentication.
     flight: tokio::sync::Mutex<()>,
     /// Tells the scheduler that its plan changed.
@@ -144,6 +145,10 @@ impl Entry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         // A panic while holding this lock leaves plain data behind; keep going.
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     fn reply(shared: &Shared, token: &Token) -> TokenReply {
@@ -158,13 +163,13 @@ impl Entry {
     fn fresh(&self, min_valid_ms: i64) -> Option<TokenReply> {
         let shared = self.lock();
         let token = shared.token.as_ref()?;
-        (token.expires_at_ms - now_ms() > min_valid_ms).then(|| Self::reply(&shared, token))
+        (token.expires_at_ms - self.now_ms() > min_valid_ms).then(|| Self::reply(&shared, token))
     }
 
     /// Why no upstream call should be made now, if there is a reason.
     fn holdoff(&self, name: &str) -> Option<Error> {
         let shared = self.lock();
-        let waiting = shared.failures > 0 && shared.retry_at_ms.is_some_and(|t| t > now_ms());
+        let waiting = shared.failures > 0 && shared.retry_at_ms.is_some_and(|t| t > self.now_ms());
         match (shared.state, shared.last_error.clone()) {
             (AuthState::NeedsLogin, _) => Some(Error::NeedsLogin {
                 name: name.to_string(),
@@ -188,7 +193,7 @@ impl Entry {
     /// lifetime old.
     fn just_obtained(&self) -> bool {
         let shared = self.lock();
-        let now = now_ms();
+        let now = self.now_ms();
         shared.token.as_ref().is_some_and(|t| {
             now < t.expires_at_ms
                 && now - t.obtained_at_ms < (t.expires_at_ms - t.obtained_at_ms) / 10
@@ -208,8 +213,8 @@ impl Entry {
         let shared = self.lock();
         match shared.state {
             AuthState::Rejected | AuthState::NeedsLogin => None,
-            AuthState::Failing => shared.retry_at_ms.or(Some(now_ms())),
-            AuthState::Ok => shared.next_refresh_ms.or(Some(now_ms())),
+            AuthState::Failing => shared.retry_at_ms.or(Some(self.now_ms())),
+            AuthState::Ok => shared.next_refresh_ms.or(Some(self.now_ms())),
         }
     }
 
@@ -220,7 +225,7 @@ impl Entry {
         else {
             return;
         };
-        let now = now_ms();
+        let now = self.now_ms();
         if due > now {
             return;
         }
@@ -324,7 +329,8 @@ fn describe_span(ms: i64) -> String {
 struct Inner {
     entries: RwLock<HashMap<String, Arc<Entry>>>,
     store: Store,
-    upstream: ServiceNow,
+    clock: Arc<dyn Clock>,
+    upstream: Box<dyn Upstream>,
     /// Both may change on SIGHUP ([`Tokens::set_policies`]).
     policy: RwLock<RefreshPolicy>,
     login: RwLock<LoginPolicy>,
@@ -408,7 +414,8 @@ impl Tokens {
     pub fn start(
         records: Vec<Record>,
         store: Store,
-        upstream: ServiceNow,
+        clock: impl Clock,
+        upstream: impl Upstream,
         policy: RefreshPolicy,
         login: LoginPolicy,
     ) -> Tokens {
@@ -416,7 +423,8 @@ impl Tokens {
             inner: Arc::new(Inner {
                 entries: RwLock::new(HashMap::with_capacity(records.len())),
                 store,
-                upstream,
+                clock: Arc::new(clock),
+                upstream: Box::new(upstream),
                 permits: Semaphore::new(policy.max_concurrent_upstream.max(1)),
                 policy: RwLock::new(policy),
                 login: RwLock::new(login),
@@ -441,6 +449,10 @@ impl Tokens {
             tokens.spawn_scheduler(entry);
         }
         tokens
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
     }
 
     fn policy(&self) -> RefreshPolicy {
@@ -514,6 +526,7 @@ impl Tokens {
         }
         Arc::new(Entry {
             shared: Mutex::new(shared),
+            clock: self.inner.clock.clone(),
             flight: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             cancel: self.inner.stop.child_token(),
@@ -626,7 +639,7 @@ impl Tokens {
                         name: auth.name.clone(),
                     });
                 }
-                let expires_in = (tokens.expires_at_ms - now_ms()) / 1000;
+                let expires_in = (tokens.expires_at_ms - self.now_ms()) / 1000;
                 self.install(&mut entry.lock(), tokens);
                 entry.wake.notify_one();
                 tracing::info!(name = %auth.name, expires_in, "access token refreshed");
@@ -642,7 +655,7 @@ impl Tokens {
                     if failure.is_transient() {
                         shared.state = AuthState::Failing;
                         shared.retry_at_ms = Some(
-                            now_ms()
+                            self.now_ms()
                                 + self
                                     .backoff(shared.failures, failure.retry_after)
                                     .as_millis() as i64,
@@ -703,7 +716,7 @@ impl Tokens {
         }
         shared.failures += 1;
         let delay = self.backoff(shared.failures, None);
-        let at = now_ms() + delay.as_millis() as i64;
+        let at = self.now_ms() + delay.as_millis() as i64;
         // Whichever the state, the scheduler's next try is not before `at`.
         shared.next_refresh_ms = Some(at);
         shared.retry_at_ms = Some(at);
@@ -827,7 +840,7 @@ impl Tokens {
         let entry = self.entry(name)?;
         let _flight = self.lock_flight(&entry).await?;
         let policy = self.policy();
-        let now = now_ms();
+        let now = self.now_ms();
         {
             let mut shared = entry.lock();
             let Some(token) = shared.token.as_ref() else {
@@ -943,7 +956,7 @@ impl Tokens {
             };
             let sleep = async {
                 match due {
-                    Some(at) => tokio::time::sleep(clock::until(at)).await,
+                    Some(at) => tokio::time::sleep(entry.clock.until(at)).await,
                     None => std::future::pending().await,
                 }
             };
@@ -962,7 +975,7 @@ impl Tokens {
                     };
                     // Someone may have refreshed while we waited for the lock,
                     // or only a warning was due.
-                    if entry.due_ms().is_some_and(|at| at <= now_ms()) {
+                    if entry.due_ms().is_some_and(|at| at <= self.now_ms()) {
                         // The outcome is recorded on the entry and logged.
                         // Boxed: the upstream request's state is large, and
                         // an idle scheduler (one per authentication) should
