@@ -23,6 +23,8 @@
 
 mod admin;
 mod doctor;
+#[cfg(test)]
+mod transitions;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
