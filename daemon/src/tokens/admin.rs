@@ -302,9 +302,9 @@ impl Tokens {
         let tokens = match (credentials, auth.grant.needs_person(), &held) {
             (false, _, _) => None,
             (true, false, _) => Some(self.verify(&auth, unattended(&auth), SETTINGS_KEPT).await?),
-            (true, true, Some((refresh, _))) => {
+            (true, true, Some(refresh)) => {
                 let mut tokens = self
-                    .verify(&auth, Proof::Refresh(refresh), SETTINGS_KEPT)
+                    .verify(&auth, Proof::Refresh(&refresh.token), SETTINGS_KEPT)
                     .await
                     .map_err(|e| relogin_hint(e, &name))?;
                 carry_issue_time(&mut tokens, held.as_ref());
@@ -361,7 +361,7 @@ impl Tokens {
             let secrets: Vec<Secret> = shared
                 .refresh
                 .iter()
-                .map(|(t, _)| t.clone())
+                .map(|held| held.token.clone())
                 .chain(shared.token.iter().map(|t| t.access.clone()))
                 .collect();
             (shared.auth.clone(), secrets)

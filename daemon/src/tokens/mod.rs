@@ -96,11 +96,28 @@ struct Token {
     obtained_at_ms: i64,
 }
 
+/// A login's refresh token, and when it was first issued.
+#[derive(Clone)]
+struct HeldRefresh {
+    token: Secret,
+    issued_ms: i64,
+}
+
+impl HeldRefresh {
+    /// The refresh token that came with `tokens`, if one did.
+    fn of(tokens: &TokenSet) -> Option<HeldRefresh> {
+        Some(HeldRefresh {
+            token: tokens.refresh_token.clone()?,
+            issued_ms: tokens.refresh_issued_ms.unwrap_or(tokens.obtained_at_ms),
+        })
+    }
+}
+
 struct Shared {
     auth: Arc<Authentication>,
     token: Option<Token>,
-    /// The refresh token of a login by a person, and when it was issued.
-    refresh: Option<(Secret, i64)>,
+    /// The refresh token of a login by a person.
+    refresh: Option<HeldRefresh>,
     state: AuthState,
     last_error: Option<UpstreamError>,
     failures: u32,
@@ -116,7 +133,7 @@ struct Shared {
 impl Shared {
     /// When the refresh token dies, by its issue time and recorded lifespan.
     fn refresh_deadline_ms(&self) -> Option<i64> {
-        let (_, issued) = self.refresh.as_ref()?;
+        let issued = self.refresh.as_ref()?.issued_ms;
         let lifespan = i64::try_from(self.auth.refresh_lifespan_secs)
             .unwrap_or(i64::MAX / 1000)
             .saturating_mul(1000);
@@ -279,7 +296,7 @@ impl Entry {
             created_at: auth.created_at_ms / 1000,
             login: auth.grant.needs_person().then(|| LoginSummary {
                 username: auth.username.clone(),
-                refresh_issued_at: shared.refresh.as_ref().map(|(_, t)| t / 1000),
+                refresh_issued_at: shared.refresh.as_ref().map(|r| r.issued_ms / 1000),
                 refresh_expires_at: shared.refresh_deadline_ms().map(|t| t / 1000),
                 refresh_lifespan_secs: auth.refresh_lifespan_secs,
                 redirect_uri: (auth.grant == Grant::AuthorizationCode)
@@ -308,10 +325,10 @@ pub fn redirect_uri(port: u16) -> String {
 /// ServiceNow sends the same refresh token back until it dies, and it keeps
 /// the expiry of its first issue: an unchanged token keeps its issue time;
 /// only a new one (a server that rotates, or a new login) restarts the clock.
-fn carry_issue_time(tokens: &mut TokenSet, held: Option<&(Secret, i64)>) {
-    if let (Some(new), Some((old, issued))) = (&tokens.refresh_token, held) {
-        if new == old {
-            tokens.refresh_issued_ms = Some(*issued);
+fn carry_issue_time(tokens: &mut TokenSet, held: Option<&HeldRefresh>) {
+    if let (Some(new), Some(held)) = (&tokens.refresh_token, held) {
+        if *new == held.token {
+            tokens.refresh_issued_ms = Some(held.issued_ms);
         }
     }
 }
@@ -538,12 +555,15 @@ impl Tokens {
     /// Puts new tokens in place and plans the next refresh. A refresh
     /// token in `tokens` replaces the one in hand.
     fn install(&self, shared: &mut Shared, tokens: TokenSet) {
-        if let Some(refresh) = tokens.refresh_token {
-            let issued = tokens.refresh_issued_ms.unwrap_or(tokens.obtained_at_ms);
-            if shared.refresh.as_ref().is_none_or(|(_, t)| *t != issued) {
+        if let Some(refresh) = HeldRefresh::of(&tokens) {
+            if shared
+                .refresh
+                .as_ref()
+                .is_none_or(|held| held.issued_ms != refresh.issued_ms)
+            {
                 shared.warned = 0;
             }
-            shared.refresh = Some((refresh, issued));
+            shared.refresh = Some(refresh);
         }
         let lifetime = (tokens.expires_at_ms - tokens.obtained_at_ms).max(0) as f64;
         let policy = self.policy();
@@ -609,17 +629,13 @@ impl Tokens {
     async fn fetch(&self, entry: &Entry) -> Result<(), Error> {
         let (auth, refresh) = {
             let shared = entry.lock();
-            let refresh = shared
-                .refresh
-                .as_ref()
-                .map(|(t, issued)| (t.clone(), *issued));
-            (shared.auth.clone(), refresh)
+            (shared.auth.clone(), shared.refresh.clone())
         };
         if auth.grant.needs_person() && refresh.is_none() {
             return self.lost_login(entry, &auth).await;
         }
         let proof = match &refresh {
-            Some((token, _)) => Proof::Refresh(token),
+            Some(held) => Proof::Refresh(&held.token),
             None => unattended(&auth),
         };
         match self.ask(&auth, proof).await? {
@@ -712,9 +728,8 @@ impl Tokens {
     /// of asking the instance again at once.
     fn unsaved(&self, entry: &Entry, tokens: TokenSet, error: StoreError) -> Error {
         let mut shared = entry.lock();
-        if let Some(refresh) = tokens.refresh_token {
-            let issued = tokens.refresh_issued_ms.unwrap_or(tokens.obtained_at_ms);
-            shared.refresh = Some((refresh, issued));
+        if let Some(refresh) = HeldRefresh::of(&tokens) {
+            shared.refresh = Some(refresh);
         }
         shared.failures += 1;
         let delay = self.backoff(shared.failures, None);
