@@ -551,6 +551,7 @@ pub async fn run_with(
     let tokens = Tokens::start(
         records,
         store.clone(),
+        clock::SystemClock,
         upstream,
         config.refresh.clone(),
         config.login.clone(),

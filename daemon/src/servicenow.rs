@@ -120,6 +120,22 @@ pub struct Seen {
     pub detail: String,
 }
 
+/// Why the instance did not say which of its users a token acts for.
+#[derive(Debug, thiserror::Error)]
+pub enum Unnamed {
+    /// The question or its answer did not get through.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{CURRENT_USER_PATH} answered more than {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("{CURRENT_USER_PATH} answered HTTP {status} ({detail})")]
+    Status { status: u16, detail: String },
+    #[error("{CURRENT_USER_PATH} answered no JSON ({0})")]
+    NotJson(#[source] serde_json::Error),
+    #[error("{CURRENT_USER_PATH} names no user")]
+    NoUser,
+}
+
 /// ServiceNow's UI API path that says who the bearer token acts for
 /// (`{"result":{"user_name":..,"user_sys_id":..}}`). Every session's UI
 /// uses it, so it needs no role beyond logging in.
@@ -605,7 +621,7 @@ impl ServiceNow {
 
     /// The user name of the ServiceNow user `access` acts for, or why it
     /// cannot be told.
-    pub async fn current_user(&self, instance: &str, access: &Secret) -> Result<String, String> {
+    pub async fn current_user(&self, instance: &str, access: &Secret) -> Result<String, Unnamed> {
         let response = self
             .http
             .get(format!("{instance}{CURRENT_USER_PATH}"))
@@ -616,26 +632,28 @@ impl ServiceNow {
             .timeout(CURRENT_USER_TIMEOUT)
             .send()
             .await
-            .map_err(|e| classify_transport(&e, CURRENT_USER_TIMEOUT).detail)?;
+            .map_err(|e| {
+                Unnamed::Unreachable(classify_transport(&e, CURRENT_USER_TIMEOUT).detail)
+            })?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         if response
             .content_length()
             .is_some_and(|n| n > MAX_BODY as u64)
         {
-            return Err(format!(
-                "{CURRENT_USER_PATH} answered more than {MAX_BODY} bytes"
-            ));
+            return Err(Unnamed::TooLarge);
         }
-        let body = response.bytes().await.map_err(|e| error_chain(&e))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| Unnamed::Unreachable(error_chain(&e)))?;
         if status != 200 {
-            return Err(format!(
-                "{CURRENT_USER_PATH} answered HTTP {status} ({})",
-                describe_body(&headers, &body)
-            ));
+            return Err(Unnamed::Status {
+                status,
+                detail: describe_body(&headers, &body),
+            });
         }
-        let value: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("{CURRENT_USER_PATH} answered no JSON ({e})"))?;
+        let value: serde_json::Value = serde_json::from_slice(&body).map_err(Unnamed::NotJson)?;
         value
             .pointer("/result/user_name")
             .and_then(|name| name.as_str())
@@ -644,7 +662,7 @@ impl ServiceNow {
                 !name.is_empty() && name.len() <= 256 && !name.contains(char::is_control)
             })
             .map(str::to_owned)
-            .ok_or_else(|| format!("{CURRENT_USER_PATH} names no user"))
+            .ok_or(Unnamed::NoUser)
     }
 
     /// POSTs a refresh grant with a token no instance issued and without
@@ -914,6 +932,88 @@ fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+/// A call to the instance in progress.
+pub type Call<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the token machinery asks of an instance. [`ServiceNow`] answers
+/// over HTTP; the token machinery's own tests answer from a script.
+pub trait Upstream: Send + Sync + 'static {
+    /// Gets a token with `proof` ([`ServiceNow::request_token`]).
+    fn request_token<'a>(
+        &'a self,
+        auth: &'a Authentication,
+        proof: Proof<'a>,
+    ) -> Call<'a, Result<TokenSet, Failure>>;
+
+    /// Revokes a token ([`ServiceNow::revoke`]).
+    fn revoke<'a>(
+        &'a self,
+        auth: &'a Authentication,
+        token: &'a Secret,
+    ) -> Call<'a, Result<(), Failure>>;
+
+    /// Which user a token acts for ([`ServiceNow::current_user`]).
+    fn current_user<'a>(
+        &'a self,
+        instance: &'a str,
+        access: &'a Secret,
+    ) -> Call<'a, Result<String, Unnamed>>;
+
+    /// Reads the REST API ([`ServiceNow::probe_api`]).
+    fn probe_api<'a>(
+        &'a self,
+        instance: &'a str,
+        bearer: Option<&'a Secret>,
+    ) -> Call<'a, Result<Seen, Failure>>;
+
+    /// Pokes the token endpoint ([`ServiceNow::probe_token_endpoint`]).
+    fn probe_token_endpoint<'a>(
+        &'a self,
+        auth: &'a Authentication,
+    ) -> Call<'a, Result<Seen, Failure>>;
+}
+
+impl Upstream for ServiceNow {
+    fn request_token<'a>(
+        &'a self,
+        auth: &'a Authentication,
+        proof: Proof<'a>,
+    ) -> Call<'a, Result<TokenSet, Failure>> {
+        Box::pin(ServiceNow::request_token(self, auth, proof))
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        auth: &'a Authentication,
+        token: &'a Secret,
+    ) -> Call<'a, Result<(), Failure>> {
+        Box::pin(ServiceNow::revoke(self, auth, token))
+    }
+
+    fn current_user<'a>(
+        &'a self,
+        instance: &'a str,
+        access: &'a Secret,
+    ) -> Call<'a, Result<String, Unnamed>> {
+        Box::pin(ServiceNow::current_user(self, instance, access))
+    }
+
+    fn probe_api<'a>(
+        &'a self,
+        instance: &'a str,
+        bearer: Option<&'a Secret>,
+    ) -> Call<'a, Result<Seen, Failure>> {
+        Box::pin(ServiceNow::probe_api(self, instance, bearer))
+    }
+
+    fn probe_token_endpoint<'a>(
+        &'a self,
+        auth: &'a Authentication,
+    ) -> Call<'a, Result<Seen, Failure>> {
+        Box::pin(ServiceNow::probe_token_endpoint(self, auth))
     }
 }
 

@@ -27,7 +27,6 @@ use snctl_shared::{name, Error, Secret};
 
 use super::{carry_issue_time, internal, redirect_uri, unattended, upstream_error, Entry, Tokens};
 use crate::access::ReaderIds;
-use crate::clock::now_ms;
 use crate::servicenow::{normalize_instance_url, Proof, ServiceNow};
 use crate::store::{Authentication, StoreError, TokenSet, DEFAULT_REFRESH_LIFESPAN_SECS};
 
@@ -138,7 +137,7 @@ impl Tokens {
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty()),
             client_secret: request.client_secret.clone(),
-            created_at_ms: now_ms(),
+            created_at_ms: self.now_ms(),
             username: request.user.as_ref().map(|u| u.username.clone()),
             redirect_port: code.then(|| {
                 request
@@ -295,71 +294,17 @@ impl Tokens {
             ((*shared.auth).clone(), shared.refresh.clone())
         };
         let name = auth.name.clone();
-        let mut credentials = false;
-        if let Some(url) = request.instance_url {
-            let url = normalize_instance_url(&url).map_err(Error::invalid)?;
-            if auth.grant.needs_person() && url != auth.instance_url {
-                // Its refresh token must not be sent to another host.
-                return Err(Error::invalid(format!(
-                    "{name}'s login belongs to {}: for another instance, `snctl remove {name}` and add it again",
-                    auth.instance_url
-                )));
-            }
-            auth.instance_url = url;
-            credentials = true;
-        }
-        if let Some(id) = request.client_id {
-            auth.client_id = id.trim().to_string();
-            credentials = true;
-        }
-        if let Some(secret) = request.client_secret {
-            auth.client_secret = secret;
-            credentials = true;
-        }
-        if let Some(method) = request.client_auth {
-            auth.client_auth = method;
-            credentials = true;
-        }
-        if let Some(scope) = request.scope {
-            auth.scope = Some(scope.trim().to_string()).filter(|s| !s.is_empty());
-            credentials = true;
-        }
-        let mut settings = false;
-        if let Some(port) = request.redirect_port {
-            if auth.grant != Grant::AuthorizationCode || port == 0 {
-                return Err(Error::invalid(
-                    "a redirect port applies to the authorization-code grant only, and cannot be 0",
-                ));
-            }
-            auth.redirect_port = Some(port);
-            settings = true;
-        }
-        if let Some(readers) = &request.readers {
-            auth.readers = ReaderIds::resolve(readers)?;
-            settings = true;
-        }
-        let lifespan_changed = match request.refresh_lifespan_secs {
-            Some(secs) => {
-                let secs = check_lifespan(secs)?;
-                settings = true;
-                std::mem::replace(&mut auth.refresh_lifespan_secs, secs) != secs
-            }
-            None => false,
-        };
-        if !credentials && !settings {
-            return Err(Error::invalid(
-                "nothing to change: give --instance, --client-id, --client-secret-stdin or \
-                 --client-secret-prompt, --client-auth, --scope, --redirect-port, \
-                 --refresh-token-lifespan or --allow-…",
-            ));
-        }
+        let Changed {
+            credentials,
+            lifespan,
+        } = apply_update(&mut auth, request)?;
         check_auth(&auth)?;
         let tokens = match (credentials, auth.grant.needs_person(), &held) {
             (false, _, _) => None,
             (true, false, _) => Some(self.verify(&auth, unattended(&auth), SETTINGS_KEPT).await?),
-            (true, true, Some((refresh, _))) => {
+            (true, true, Some(refresh)) => {
                 let mut tokens = self
-                    .verify(&auth, Proof::Refresh(refresh), SETTINGS_KEPT)
+                    .verify(&auth, Proof::Refresh(&refresh.token), SETTINGS_KEPT)
                     .await
                     .map_err(|e| relogin_hint(e, &name))?;
                 carry_issue_time(&mut tokens, held.as_ref());
@@ -386,7 +331,7 @@ impl Tokens {
         {
             let mut shared = entry.lock();
             shared.auth = Arc::new(auth);
-            if lifespan_changed {
+            if lifespan {
                 // The deadline moved: warn afresh.
                 shared.warned = 0;
             }
@@ -416,7 +361,7 @@ impl Tokens {
             let secrets: Vec<Secret> = shared
                 .refresh
                 .iter()
-                .map(|(t, _)| t.clone())
+                .map(|held| held.token.clone())
                 .chain(shared.token.iter().map(|t| t.access.clone()))
                 .collect();
             (shared.auth.clone(), secrets)
@@ -479,7 +424,7 @@ impl Tokens {
     fn pending(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Pending>> {
         let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
         // Started logins hold a verifier and maybe a secret: drop stale ones.
-        pending.retain(|_, p| p.expires_at_ms > now_ms());
+        pending.retain(|_, p| p.expires_at_ms > self.now_ms());
         pending
     }
 
@@ -516,7 +461,7 @@ impl Tokens {
                 .unwrap_or(self.login_policy().redirect_port),
         );
         let authorize = ServiceNow::authorize(&auth, &redirect_uri).map_err(Error::invalid)?;
-        let expires_at_ms = now_ms() + self.login_policy().timeout.as_millis() as i64;
+        let expires_at_ms = self.now_ms() + self.login_policy().timeout.as_millis() as i64;
         let challenge = LoginChallenge {
             authorize_url: authorize.url,
             redirect_uri: redirect_uri.clone(),
@@ -669,6 +614,81 @@ impl Tokens {
         entry.wake.notify_one();
         Ok(entry.summary())
     }
+}
+
+/// What an update changes, besides the settings themselves.
+struct Changed {
+    /// Whatever gets a token changed: the new settings must prove it.
+    credentials: bool,
+    /// The refresh token's recorded lifespan, and so its deadline, moved.
+    lifespan: bool,
+}
+
+/// Applies `request` to `auth`, checking each new setting.
+fn apply_update(auth: &mut Authentication, request: UpdateRequest) -> Result<Changed, Error> {
+    let name = auth.name.clone();
+    let mut credentials = false;
+    if let Some(url) = request.instance_url {
+        let url = normalize_instance_url(&url).map_err(Error::invalid)?;
+        if auth.grant.needs_person() && url != auth.instance_url {
+            // Its refresh token must not be sent to another host.
+            return Err(Error::invalid(format!(
+                "{name}'s login belongs to {}: for another instance, `snctl remove {name}` and add it again",
+                auth.instance_url
+            )));
+        }
+        auth.instance_url = url;
+        credentials = true;
+    }
+    if let Some(id) = request.client_id {
+        auth.client_id = id.trim().to_string();
+        credentials = true;
+    }
+    if let Some(secret) = request.client_secret {
+        auth.client_secret = secret;
+        credentials = true;
+    }
+    if let Some(method) = request.client_auth {
+        auth.client_auth = method;
+        credentials = true;
+    }
+    if let Some(scope) = request.scope {
+        auth.scope = Some(scope.trim().to_string()).filter(|s| !s.is_empty());
+        credentials = true;
+    }
+    let mut settings = false;
+    if let Some(port) = request.redirect_port {
+        if auth.grant != Grant::AuthorizationCode || port == 0 {
+            return Err(Error::invalid(
+                "a redirect port applies to the authorization-code grant only, and cannot be 0",
+            ));
+        }
+        auth.redirect_port = Some(port);
+        settings = true;
+    }
+    if let Some(readers) = &request.readers {
+        auth.readers = ReaderIds::resolve(readers)?;
+        settings = true;
+    }
+    let lifespan_changed = match request.refresh_lifespan_secs {
+        Some(secs) => {
+            let secs = check_lifespan(secs)?;
+            settings = true;
+            std::mem::replace(&mut auth.refresh_lifespan_secs, secs) != secs
+        }
+        None => false,
+    };
+    if !credentials && !settings {
+        return Err(Error::invalid(
+            "nothing to change: give --instance, --client-id, --client-secret-stdin or \
+             --client-secret-prompt, --client-auth, --scope, --redirect-port, \
+             --refresh-token-lifespan or --allow-…",
+        ));
+    }
+    Ok(Changed {
+        credentials,
+        lifespan: lifespan_changed,
+    })
 }
 
 /// A login of the wrong kind gets a message that says which kind is right.

@@ -14,7 +14,6 @@ use snctl_shared::protocol::{Check, CheckOutcome, Diagnosis, Grant, UpstreamErro
 use snctl_shared::{Error, Secret};
 
 use super::{describe_span, Tokens};
-use crate::clock::now_ms;
 use crate::servicenow::{Failure, Seen};
 use crate::store::Authentication;
 
@@ -76,7 +75,7 @@ impl Tokens {
             let access = shared
                 .token
                 .as_ref()
-                .filter(|t| t.expires_at_ms > now_ms())
+                .filter(|t| t.expires_at_ms > self.now_ms())
                 .map(|t| t.access.clone());
             (
                 shared.auth.clone(),
@@ -98,7 +97,7 @@ impl Tokens {
             found.skip(CLIENT, "the instance does not answer");
         }
         if auth.grant.needs_person() {
-            check_deadline(&auth, deadline, has_refresh, &mut found);
+            check_deadline(&auth, deadline, has_refresh, self.now_ms(), &mut found);
         }
         let works = if reachable {
             self.try_grant(name, &auth, &mut found).await
@@ -287,7 +286,7 @@ impl Tokens {
                     format!(
                         "a new access token, valid for {}",
                         describe_span(
-                            summary.access_expires_at.unwrap_or_default() * 1000 - now_ms()
+                            summary.access_expires_at.unwrap_or_default() * 1000 - self.now_ms()
                         )
                     ),
                 );
@@ -366,7 +365,7 @@ impl Tokens {
         let entry = self.entry(name).ok()?;
         let shared = entry.lock();
         let error = shared.last_error.as_ref()?;
-        let waiting = shared.retry_at_ms.is_some_and(|t| t > now_ms());
+        let waiting = shared.retry_at_ms.is_some_and(|t| t > self.now_ms());
         (waiting && error.kind == UpstreamKind::RateLimited).then(|| error.clone())
     }
 }
@@ -383,6 +382,7 @@ fn check_deadline(
     auth: &Authentication,
     deadline: Option<i64>,
     has_refresh: bool,
+    now_ms: i64,
     found: &mut Findings,
 ) {
     let name = &auth.name;
@@ -395,7 +395,7 @@ fn check_deadline(
                 true,
             );
         }
-        Some(at) if at <= now_ms() => {
+        Some(at) if at <= now_ms => {
             found.check(
                 DEADLINE,
                 CheckOutcome::Fail,

@@ -23,6 +23,8 @@
 
 mod admin;
 mod doctor;
+#[cfg(test)]
+mod transitions;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -39,8 +41,8 @@ use snctl_shared::protocol::{
 use snctl_shared::{Error, Secret};
 
 use crate::access::ReaderIds;
-use crate::clock::{self, now_ms};
-use crate::servicenow::{Failure, Proof, ServiceNow, Step};
+use crate::clock::Clock;
+use crate::servicenow::{Failure, Proof, Step, Upstream};
 use crate::store::{Authentication, Record, Store, StoreError, TokenSet};
 
 pub use admin::LoginPolicy;
@@ -94,11 +96,28 @@ struct Token {
     obtained_at_ms: i64,
 }
 
+/// A login's refresh token, and when it was first issued.
+#[derive(Clone)]
+struct HeldRefresh {
+    token: Secret,
+    issued_ms: i64,
+}
+
+impl HeldRefresh {
+    /// The refresh token that came with `tokens`, if one did.
+    fn of(tokens: &TokenSet) -> Option<HeldRefresh> {
+        Some(HeldRefresh {
+            token: tokens.refresh_token.clone()?,
+            issued_ms: tokens.refresh_issued_ms.unwrap_or(tokens.obtained_at_ms),
+        })
+    }
+}
+
 struct Shared {
     auth: Arc<Authentication>,
     token: Option<Token>,
-    /// The refresh token of a login by a person, and when it was issued.
-    refresh: Option<(Secret, i64)>,
+    /// The refresh token of a login by a person.
+    refresh: Option<HeldRefresh>,
     state: AuthState,
     last_error: Option<UpstreamError>,
     failures: u32,
@@ -114,7 +133,7 @@ struct Shared {
 impl Shared {
     /// When the refresh token dies, by its issue time and recorded lifespan.
     fn refresh_deadline_ms(&self) -> Option<i64> {
-        let (_, issued) = self.refresh.as_ref()?;
+        let issued = self.refresh.as_ref()?.issued_ms;
         let lifespan = i64::try_from(self.auth.refresh_lifespan_secs)
             .unwrap_or(i64::MAX / 1000)
             .saturating_mul(1000);
@@ -133,6 +152,7 @@ impl Shared {
 
 struct Entry {
     shared: Mutex<Shared>,
+    clock: Arc<dyn Clock>,
     /// Held by whoever talks to the instance for this authentication.
     flight: tokio::sync::Mutex<()>,
     /// Tells the scheduler that its plan changed.
@@ -144,6 +164,10 @@ impl Entry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         // A panic while holding this lock leaves plain data behind; keep going.
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     fn reply(shared: &Shared, token: &Token) -> TokenReply {
@@ -158,13 +182,13 @@ impl Entry {
     fn fresh(&self, min_valid_ms: i64) -> Option<TokenReply> {
         let shared = self.lock();
         let token = shared.token.as_ref()?;
-        (token.expires_at_ms - now_ms() > min_valid_ms).then(|| Self::reply(&shared, token))
+        (token.expires_at_ms - self.now_ms() > min_valid_ms).then(|| Self::reply(&shared, token))
     }
 
     /// Why no upstream call should be made now, if there is a reason.
     fn holdoff(&self, name: &str) -> Option<Error> {
         let shared = self.lock();
-        let waiting = shared.failures > 0 && shared.retry_at_ms.is_some_and(|t| t > now_ms());
+        let waiting = shared.failures > 0 && shared.retry_at_ms.is_some_and(|t| t > self.now_ms());
         match (shared.state, shared.last_error.clone()) {
             (AuthState::NeedsLogin, _) => Some(Error::NeedsLogin {
                 name: name.to_string(),
@@ -188,7 +212,7 @@ impl Entry {
     /// lifetime old.
     fn just_obtained(&self) -> bool {
         let shared = self.lock();
-        let now = now_ms();
+        let now = self.now_ms();
         shared.token.as_ref().is_some_and(|t| {
             now < t.expires_at_ms
                 && now - t.obtained_at_ms < (t.expires_at_ms - t.obtained_at_ms) / 10
@@ -208,8 +232,8 @@ impl Entry {
         let shared = self.lock();
         match shared.state {
             AuthState::Rejected | AuthState::NeedsLogin => None,
-            AuthState::Failing => shared.retry_at_ms.or(Some(now_ms())),
-            AuthState::Ok => shared.next_refresh_ms.or(Some(now_ms())),
+            AuthState::Failing => shared.retry_at_ms.or(Some(self.now_ms())),
+            AuthState::Ok => shared.next_refresh_ms.or(Some(self.now_ms())),
         }
     }
 
@@ -220,7 +244,7 @@ impl Entry {
         else {
             return;
         };
-        let now = now_ms();
+        let now = self.now_ms();
         if due > now {
             return;
         }
@@ -272,7 +296,7 @@ impl Entry {
             created_at: auth.created_at_ms / 1000,
             login: auth.grant.needs_person().then(|| LoginSummary {
                 username: auth.username.clone(),
-                refresh_issued_at: shared.refresh.as_ref().map(|(_, t)| t / 1000),
+                refresh_issued_at: shared.refresh.as_ref().map(|r| r.issued_ms / 1000),
                 refresh_expires_at: shared.refresh_deadline_ms().map(|t| t / 1000),
                 refresh_lifespan_secs: auth.refresh_lifespan_secs,
                 redirect_uri: (auth.grant == Grant::AuthorizationCode)
@@ -301,10 +325,10 @@ pub fn redirect_uri(port: u16) -> String {
 /// ServiceNow sends the same refresh token back until it dies, and it keeps
 /// the expiry of its first issue: an unchanged token keeps its issue time;
 /// only a new one (a server that rotates, or a new login) restarts the clock.
-fn carry_issue_time(tokens: &mut TokenSet, held: Option<&(Secret, i64)>) {
-    if let (Some(new), Some((old, issued))) = (&tokens.refresh_token, held) {
-        if new == old {
-            tokens.refresh_issued_ms = Some(*issued);
+fn carry_issue_time(tokens: &mut TokenSet, held: Option<&HeldRefresh>) {
+    if let (Some(new), Some(held)) = (&tokens.refresh_token, held) {
+        if *new == held.token {
+            tokens.refresh_issued_ms = Some(held.issued_ms);
         }
     }
 }
@@ -324,7 +348,8 @@ fn describe_span(ms: i64) -> String {
 struct Inner {
     entries: RwLock<HashMap<String, Arc<Entry>>>,
     store: Store,
-    upstream: ServiceNow,
+    clock: Arc<dyn Clock>,
+    upstream: Box<dyn Upstream>,
     /// Both may change on SIGHUP ([`Tokens::set_policies`]).
     policy: RwLock<RefreshPolicy>,
     login: RwLock<LoginPolicy>,
@@ -408,7 +433,8 @@ impl Tokens {
     pub fn start(
         records: Vec<Record>,
         store: Store,
-        upstream: ServiceNow,
+        clock: impl Clock,
+        upstream: impl Upstream,
         policy: RefreshPolicy,
         login: LoginPolicy,
     ) -> Tokens {
@@ -416,7 +442,8 @@ impl Tokens {
             inner: Arc::new(Inner {
                 entries: RwLock::new(HashMap::with_capacity(records.len())),
                 store,
-                upstream,
+                clock: Arc::new(clock),
+                upstream: Box::new(upstream),
                 permits: Semaphore::new(policy.max_concurrent_upstream.max(1)),
                 policy: RwLock::new(policy),
                 login: RwLock::new(login),
@@ -441,6 +468,10 @@ impl Tokens {
             tokens.spawn_scheduler(entry);
         }
         tokens
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
     }
 
     fn policy(&self) -> RefreshPolicy {
@@ -514,6 +545,7 @@ impl Tokens {
         }
         Arc::new(Entry {
             shared: Mutex::new(shared),
+            clock: self.inner.clock.clone(),
             flight: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             cancel: self.inner.stop.child_token(),
@@ -523,12 +555,15 @@ impl Tokens {
     /// Puts new tokens in place and plans the next refresh. A refresh
     /// token in `tokens` replaces the one in hand.
     fn install(&self, shared: &mut Shared, tokens: TokenSet) {
-        if let Some(refresh) = tokens.refresh_token {
-            let issued = tokens.refresh_issued_ms.unwrap_or(tokens.obtained_at_ms);
-            if shared.refresh.as_ref().is_none_or(|(_, t)| *t != issued) {
+        if let Some(refresh) = HeldRefresh::of(&tokens) {
+            if shared
+                .refresh
+                .as_ref()
+                .is_none_or(|held| held.issued_ms != refresh.issued_ms)
+            {
                 shared.warned = 0;
             }
-            shared.refresh = Some((refresh, issued));
+            shared.refresh = Some(refresh);
         }
         let lifetime = (tokens.expires_at_ms - tokens.obtained_at_ms).max(0) as f64;
         let policy = self.policy();
@@ -594,17 +629,13 @@ impl Tokens {
     async fn fetch(&self, entry: &Entry) -> Result<(), Error> {
         let (auth, refresh) = {
             let shared = entry.lock();
-            let refresh = shared
-                .refresh
-                .as_ref()
-                .map(|(t, issued)| (t.clone(), *issued));
-            (shared.auth.clone(), refresh)
+            (shared.auth.clone(), shared.refresh.clone())
         };
         if auth.grant.needs_person() && refresh.is_none() {
             return self.lost_login(entry, &auth).await;
         }
         let proof = match &refresh {
-            Some((token, _)) => Proof::Refresh(token),
+            Some(held) => Proof::Refresh(&held.token),
             None => unattended(&auth),
         };
         match self.ask(&auth, proof).await? {
@@ -626,7 +657,7 @@ impl Tokens {
                         name: auth.name.clone(),
                     });
                 }
-                let expires_in = (tokens.expires_at_ms - now_ms()) / 1000;
+                let expires_in = (tokens.expires_at_ms - self.now_ms()) / 1000;
                 self.install(&mut entry.lock(), tokens);
                 entry.wake.notify_one();
                 tracing::info!(name = %auth.name, expires_in, "access token refreshed");
@@ -642,7 +673,7 @@ impl Tokens {
                     if failure.is_transient() {
                         shared.state = AuthState::Failing;
                         shared.retry_at_ms = Some(
-                            now_ms()
+                            self.now_ms()
                                 + self
                                     .backoff(shared.failures, failure.retry_after)
                                     .as_millis() as i64,
@@ -697,13 +728,12 @@ impl Tokens {
     /// of asking the instance again at once.
     fn unsaved(&self, entry: &Entry, tokens: TokenSet, error: StoreError) -> Error {
         let mut shared = entry.lock();
-        if let Some(refresh) = tokens.refresh_token {
-            let issued = tokens.refresh_issued_ms.unwrap_or(tokens.obtained_at_ms);
-            shared.refresh = Some((refresh, issued));
+        if let Some(refresh) = HeldRefresh::of(&tokens) {
+            shared.refresh = Some(refresh);
         }
         shared.failures += 1;
         let delay = self.backoff(shared.failures, None);
-        let at = now_ms() + delay.as_millis() as i64;
+        let at = self.now_ms() + delay.as_millis() as i64;
         // Whichever the state, the scheduler's next try is not before `at`.
         shared.next_refresh_ms = Some(at);
         shared.retry_at_ms = Some(at);
@@ -827,7 +857,7 @@ impl Tokens {
         let entry = self.entry(name)?;
         let _flight = self.lock_flight(&entry).await?;
         let policy = self.policy();
-        let now = now_ms();
+        let now = self.now_ms();
         {
             let mut shared = entry.lock();
             let Some(token) = shared.token.as_ref() else {
@@ -943,7 +973,7 @@ impl Tokens {
             };
             let sleep = async {
                 match due {
-                    Some(at) => tokio::time::sleep(clock::until(at)).await,
+                    Some(at) => tokio::time::sleep(entry.clock.until(at)).await,
                     None => std::future::pending().await,
                 }
             };
@@ -962,7 +992,7 @@ impl Tokens {
                     };
                     // Someone may have refreshed while we waited for the lock,
                     // or only a warning was due.
-                    if entry.due_ms().is_some_and(|at| at <= now_ms()) {
+                    if entry.due_ms().is_some_and(|at| at <= self.now_ms()) {
                         // The outcome is recorded on the entry and logged.
                         // Boxed: the upstream request's state is large, and
                         // an idle scheduler (one per authentication) should

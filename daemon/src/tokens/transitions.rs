@@ -1,0 +1,779 @@
+//! The refresh machine, one state transition per test, on tokio's paused
+//! time with a scripted instance and a real store in a temporary directory.
+//!
+//! Time moves only when a test moves it ([`Bench::advance`]): a blocking
+//! task held for the whole test keeps tokio from jumping to the next timer
+//! while the store thread works, so what a test sees after a step is what
+//! the daemon does at that instant. Nothing here waits real seconds.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use snctl_shared::protocol::{AuthState, AuthSummary, ClientAuth, Grant, MinValid, UpstreamKind};
+use snctl_shared::{Error, Secret};
+use tokio::sync::Semaphore;
+
+use super::{LoginPolicy, RefreshPolicy, Tokens};
+use crate::access::ReaderIds;
+use crate::clock::Clock;
+use crate::crypto::MasterKey;
+use crate::servicenow::{Call, Failure, Proof, Seen, Step, Unnamed, Upstream};
+use crate::store::{Authentication, Store, TokenSet, UncheckedDb, DB_FILE};
+
+/// Where the tests' wall clock starts (a whole second).
+const EPOCH_MS: i64 = 1_700_000_000_000;
+const SEC: i64 = 1000;
+const MIN: i64 = 60 * SEC;
+const HOUR: i64 = 60 * MIN;
+const DAY: i64 = 24 * HOUR;
+
+/// Wall-clock time that follows tokio's clock from [`EPOCH_MS`].
+#[derive(Clone, Copy)]
+struct TestClock {
+    start: tokio::time::Instant,
+}
+
+impl Clock for TestClock {
+    fn now_ms(&self) -> i64 {
+        EPOCH_MS + self.start.elapsed().as_millis() as i64
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the scripted instance answers to a token request.
+enum Answer {
+    /// A token that lives this long (and the refresh token of the request
+    /// back, as ServiceNow sends it).
+    Token { lifetime_ms: i64 },
+    /// A failure; its step is that of the request.
+    Fail(Failure),
+}
+
+fn failure(kind: UpstreamKind, status: u16, retry_after: Option<Duration>) -> Answer {
+    Answer::Fail(Failure {
+        kind,
+        status: Some(status),
+        detail: format!("HTTP {status}"),
+        retry_after,
+        step: Step::ClientCredentials,
+        midway: false,
+    })
+}
+
+/// A token request the scripted instance received.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    at_ms: i64,
+    step: Step,
+}
+
+/// An instance that answers token requests from a script, then with
+/// tokens of `lifetime_ms`, and records what it was asked.
+struct Script {
+    clock: TestClock,
+    answers: Mutex<VecDeque<Answer>>,
+    lifetime_ms: i64,
+    asked: Mutex<Vec<Asked>>,
+    /// When set, each request waits for a permit before it is answered.
+    gate: Option<Semaphore>,
+}
+
+impl Script {
+    fn new(clock: TestClock, lifetime_ms: i64, answers: Vec<Answer>) -> Script {
+        Script {
+            clock,
+            answers: Mutex::new(answers.into()),
+            lifetime_ms,
+            asked: Mutex::new(Vec::new()),
+            gate: None,
+        }
+    }
+
+    fn asked(&self) -> Vec<Asked> {
+        lock(&self.asked).clone()
+    }
+
+    /// The next answer of the script, or a token once it has run out.
+    fn answer(&self) -> Answer {
+        lock(&self.answers).pop_front().unwrap_or(Answer::Token {
+            lifetime_ms: self.lifetime_ms,
+        })
+    }
+}
+
+impl Upstream for Arc<Script> {
+    fn request_token<'a>(
+        &'a self,
+        _auth: &'a Authentication,
+        proof: Proof<'a>,
+    ) -> Call<'a, Result<TokenSet, Failure>> {
+        let (step, refresh) = match proof {
+            Proof::ClientCredentials => (Step::ClientCredentials, None),
+            Proof::Refresh(token) => (Step::Refresh, Some(token.clone())),
+            Proof::Password { .. } => (Step::Password, None),
+            Proof::Code { .. } => (Step::Code, None),
+            Proof::JwtBearer => (Step::JwtBearer, None),
+        };
+        Box::pin(async move {
+            let at_ms = self.clock.now_ms();
+            let n = {
+                let mut asked = lock(&self.asked);
+                asked.push(Asked { at_ms, step });
+                asked.len()
+            };
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.expect("gate open").forget();
+            }
+            match self.answer() {
+                Answer::Fail(failure) => Err(Failure { step, ..failure }),
+                Answer::Token { lifetime_ms } => Ok(TokenSet {
+                    access_token: Secret::new(format!("access-{n}")),
+                    expires_at_ms: at_ms + lifetime_ms,
+                    obtained_at_ms: at_ms,
+                    refresh_token: refresh,
+                    refresh_issued_ms: None,
+                }),
+            }
+        })
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        _auth: &'a Authentication,
+        _token: &'a Secret,
+    ) -> Call<'a, Result<(), Failure>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn current_user<'a>(
+        &'a self,
+        _instance: &'a str,
+        _access: &'a Secret,
+    ) -> Call<'a, Result<String, Unnamed>> {
+        Box::pin(async { Err(Unnamed::NoUser) })
+    }
+
+    fn probe_api<'a>(
+        &'a self,
+        _instance: &'a str,
+        _bearer: Option<&'a Secret>,
+    ) -> Call<'a, Result<Seen, Failure>> {
+        Box::pin(async { unreachable!("no test here probes the instance") })
+    }
+
+    fn probe_token_endpoint<'a>(
+        &'a self,
+        _auth: &'a Authentication,
+    ) -> Call<'a, Result<Seen, Failure>> {
+        Box::pin(async { unreachable!("no test here probes the instance") })
+    }
+}
+
+/// The log lines written while a test runs.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&lock(&self.0))
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A blocking task that runs until dropped: while it runs, tokio's paused
+/// clock does not jump ahead on its own when every task waits (for the
+/// store thread, say), so time moves only by [`tokio::time::advance`].
+struct Hold(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+fn hold() -> Hold {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    tokio::task::spawn_blocking(move || {
+        let _ = rx.recv();
+    });
+    Hold(tx)
+}
+
+/// The token machinery over a real store, a scripted instance and a clock
+/// that moves only when the test moves it.
+struct Bench {
+    tokens: Tokens,
+    script: Arc<Script>,
+    clock: TestClock,
+    log: Captured,
+    _log_guard: tracing::subscriber::DefaultGuard,
+    _dir: tempfile::TempDir,
+    _hold: Hold,
+}
+
+fn client_credentials(name: &str) -> Authentication {
+    Authentication {
+        name: name.into(),
+        instance_url: "https://acme.service-now.com".into(),
+        grant: Grant::ClientCredentials,
+        client_id: "cid".into(),
+        client_auth: ClientAuth::Form,
+        scope: None,
+        client_secret: Secret::new("client-secret".into()),
+        created_at_ms: EPOCH_MS,
+        username: None,
+        redirect_port: None,
+        refresh_lifespan_secs: 100 * 86_400,
+        readers: ReaderIds::default(),
+        jwt: None,
+    }
+}
+
+/// A login by a person (the password grant) whose refresh token lives
+/// `lifespan_ms`.
+fn password_login(name: &str, lifespan_ms: i64) -> Authentication {
+    Authentication {
+        grant: Grant::Password,
+        username: Some("svc.user".into()),
+        refresh_lifespan_secs: (lifespan_ms / SEC) as u64,
+        ..client_credentials(name)
+    }
+}
+
+/// Tokens obtained at `at_ms` that live `lifetime_ms`, with a refresh token
+/// issued at `refresh_issued_ms` when given.
+fn held(at_ms: i64, lifetime_ms: i64, refresh_issued_ms: Option<i64>) -> TokenSet {
+    TokenSet {
+        access_token: Secret::new("access-0".into()),
+        expires_at_ms: at_ms + lifetime_ms,
+        obtained_at_ms: at_ms,
+        refresh_token: refresh_issued_ms.map(|_| Secret::new("refresh-0".into())),
+        refresh_issued_ms,
+    }
+}
+
+fn policy() -> RefreshPolicy {
+    RefreshPolicy {
+        jitter: 0.0,
+        ..RefreshPolicy::default()
+    }
+}
+
+impl Bench {
+    /// Stores `auths` and starts the token machinery on them.
+    fn start(
+        auths: Vec<(Authentication, TokenSet)>,
+        policy: RefreshPolicy,
+        script: impl FnOnce(TestClock) -> Script,
+    ) -> Bench {
+        let hold = hold();
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        let log_guard = tracing::subscriber::set_default(subscriber);
+        let clock = TestClock {
+            start: tokio::time::Instant::now(),
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = Arc::new(MasterKey::generate().expect("key").0);
+        let mut db = UncheckedDb::open(&dir.path().join(DB_FILE))
+            .and_then(|db| db.prepare(key))
+            .expect("database");
+        for (auth, tokens) in &auths {
+            db.insert(auth, tokens).expect("insert");
+        }
+        let records = db.load_all().expect("load");
+        // The thread ends once the last handle to the store is dropped.
+        let (store, _thread): (Store, _) = Store::spawn(db).expect("store thread");
+        let script = Arc::new(script(clock));
+        let tokens = Tokens::start(
+            records,
+            store,
+            clock,
+            script.clone(),
+            policy,
+            LoginPolicy::default(),
+        );
+        Bench {
+            tokens,
+            script,
+            clock,
+            log,
+            _log_guard: log_guard,
+            _dir: dir,
+            _hold: hold,
+        }
+    }
+
+    /// One client-credentials authentication `a`, its token obtained now
+    /// and living `lifetime_ms`; the instance answers from `answers`.
+    fn one(lifetime_ms: i64, policy: RefreshPolicy, answers: Vec<Answer>) -> Bench {
+        Bench::start(
+            vec![(client_credentials("a"), held(EPOCH_MS, lifetime_ms, None))],
+            policy,
+            |clock| Script::new(clock, lifetime_ms, answers),
+        )
+    }
+
+    /// Milliseconds since the test began.
+    fn elapsed(&self) -> i64 {
+        self.clock.now_ms() - EPOCH_MS
+    }
+
+    /// Moves time to `at` (ms since the test began) and lets what is due run.
+    async fn advance_to(&self, at: i64) {
+        let step = at - self.elapsed();
+        assert!(step >= 0, "time does not go back");
+        tokio::time::advance(Duration::from_millis(step as u64)).await;
+        self.settle().await;
+    }
+
+    /// Lets every task that can run, run (nothing here waits for the store).
+    async fn settle(&self) {
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Waits (without moving time) until `done` holds, e.g. for the store
+    /// thread to commit what a task is waiting on.
+    async fn until(&self, what: &str, done: impl Fn(&Bench) -> bool) {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done(self) {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "never happened: {what}"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn asked(&self) -> Vec<Asked> {
+        self.script.asked()
+    }
+
+    fn show(&self, name: &str) -> AuthSummary {
+        self.tokens.show(name, |_| Ok(())).expect("shown")
+    }
+
+    /// The planned next refresh of `name`, in ms since the test began
+    /// (whole seconds, as `snctl show` says it).
+    fn plan(&self, name: &str) -> Option<i64> {
+        self.show(name).next_refresh_at.map(|t| t * 1000 - EPOCH_MS)
+    }
+
+    async fn token(&self, name: &str, min_valid: MinValid) -> Result<String, Error> {
+        self.tokens
+            .token(name, min_valid, |_| Ok(()))
+            .await
+            .map(|reply| reply.access_token.expose().to_string())
+    }
+
+    /// Moves to the first refresh of a token of `lifetime_ms` planned at
+    /// 75% and waits until its outcome is recorded.
+    async fn first_refresh(&self, lifetime_ms: i64) {
+        self.advance_to(lifetime_ms * 3 / 4).await;
+        self.until("the first refresh is asked", |b| b.asked().len() == 1)
+            .await;
+        self.until("its outcome is recorded", |b| {
+            b.show("a").state != AuthState::Ok
+                || b.show("a").last_refresh_at != Some(EPOCH_MS / SEC)
+        })
+        .await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_is_refreshed_once_the_planned_fraction_of_its_lifetime_has_passed() {
+    let b = Bench::one(1000 * SEC, policy(), vec![]);
+    assert_eq!(b.plan("a"), Some(750 * SEC));
+
+    b.advance_to(750 * SEC - 1).await;
+    assert!(b.asked().is_empty(), "nothing is asked before the plan");
+
+    b.advance_to(750 * SEC).await;
+    b.until("the refresh is committed", |b| {
+        b.show("a").last_refresh_at == Some((EPOCH_MS + 750 * SEC) / SEC)
+    })
+    .await;
+    let asked = b.asked();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].step, Step::ClientCredentials);
+    assert_eq!(asked[0].at_ms - EPOCH_MS, 750 * SEC);
+    // The new token is served from memory, and the next plan counts from it.
+    assert_eq!(
+        b.token("a", MinValid::Default(60)).await.unwrap(),
+        "access-1"
+    );
+    assert_eq!(b.asked().len(), 1);
+    assert_eq!(b.plan("a"), Some(1500 * SEC));
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_spreads_plans_within_its_bounds_around_the_fraction() {
+    let auths = (0..40)
+        .map(|i| {
+            (
+                client_credentials(&format!("a{i}")),
+                held(EPOCH_MS, 1000 * SEC, None),
+            )
+        })
+        .collect();
+    let policy = RefreshPolicy {
+        jitter: 0.05,
+        ..RefreshPolicy::default()
+    };
+    let b = Bench::start(auths, policy, |clock| {
+        Script::new(clock, 1000 * SEC, vec![])
+    });
+    let plans: Vec<i64> = (0..40).map(|i| b.plan(&format!("a{i}")).unwrap()).collect();
+    for plan in &plans {
+        assert!(
+            (700 * SEC..=800 * SEC).contains(plan),
+            "planned at {plan} ms, outside 75% ± 5% of 1000 s"
+        );
+    }
+    let first = plans[0];
+    assert!(
+        plans.iter().any(|p| *p != first),
+        "40 plans, all at {first} ms"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_doubles_with_each_failure_up_to_its_ceiling() {
+    let policy = RefreshPolicy {
+        backoff_min: Duration::from_secs(2),
+        backoff_max: Duration::from_secs(60),
+        ..policy()
+    };
+    let failures = (0..8)
+        .map(|_| failure(UpstreamKind::ServerError, 503, None))
+        .collect();
+    let b = Bench::one(1000 * SEC, policy, failures);
+    b.first_refresh(1000 * SEC).await;
+    let ceilings = [2, 4, 8, 16, 32, 60, 60, 60];
+    for (n, ceiling) in ceilings.iter().enumerate() {
+        let failed_at = b.asked()[n].at_ms - EPOCH_MS;
+        b.until("the failure is planned for", |b| {
+            b.show("a").state == AuthState::Failing && b.plan("a").is_some_and(|p| p > failed_at)
+        })
+        .await;
+        let retry = b.plan("a").unwrap();
+        let (low, high) = (ceiling * SEC / 2, ceiling * SEC);
+        // The plan shows whole seconds: up to one second early.
+        assert!(
+            (low - SEC..=high).contains(&(retry - failed_at)),
+            "failure {}: retry {} ms later, not within [{low}, {high}]",
+            n + 1,
+            retry - failed_at
+        );
+        b.advance_to(retry - 1).await;
+        assert_eq!(b.asked().len(), n + 1, "no retry before the plan");
+        b.advance_to(retry + SEC).await;
+        b.until("the retry is asked", |b| b.asked().len() == n + 2)
+            .await;
+    }
+    b.until("the refresh after the outage is committed", |b| {
+        b.show("a").state == AuthState::Ok
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_holds_the_retry_back_longer_than_the_backoff() {
+    let answers = vec![failure(
+        UpstreamKind::RateLimited,
+        429,
+        Some(Duration::from_secs(120)),
+    )];
+    let b = Bench::one(1000 * SEC, policy(), answers);
+    b.first_refresh(1000 * SEC).await;
+    let failed_at = b.asked()[0].at_ms - EPOCH_MS;
+    let retry = b.plan("a").unwrap();
+    assert_eq!(retry - failed_at, 120 * SEC);
+    b.advance_to(retry - 1).await;
+    assert_eq!(b.asked().len(), 1);
+    b.advance_to(retry).await;
+    b.until("the retry is asked", |b| b.asked().len() == 2)
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_only_up_to_its_cap() {
+    let answers = vec![failure(
+        UpstreamKind::RateLimited,
+        429,
+        Some(Duration::from_secs(7200)),
+    )];
+    let policy = RefreshPolicy {
+        retry_after_max: Duration::from_secs(600),
+        ..policy()
+    };
+    let b = Bench::one(1000 * SEC, policy, answers);
+    b.first_refresh(1000 * SEC).await;
+    let failed_at = b.asked()[0].at_ms - EPOCH_MS;
+    assert_eq!(b.plan("a").unwrap() - failed_at, 600 * SEC);
+}
+
+#[tokio::test(start_paused = true)]
+async fn during_a_backoff_callers_get_the_failure_without_asking_the_instance() {
+    let policy = RefreshPolicy {
+        backoff_min: Duration::from_secs(120),
+        ..policy()
+    };
+    let answers = vec![failure(UpstreamKind::ServerError, 503, None)];
+    let b = Bench::one(100 * SEC, policy, answers);
+    b.first_refresh(100 * SEC).await;
+    assert_eq!(b.show("a").state, AuthState::Failing);
+    // The retry is 60..120 s after the failure at 75 s; the token died at 100 s.
+    b.advance_to(101 * SEC).await;
+    match b.token("a", MinValid::Default(60)).await {
+        Err(Error::Upstream(error)) => {
+            assert_eq!(error.kind, UpstreamKind::ServerError);
+            assert!(error.retry_at.is_some(), "says when snctld tries again");
+        }
+        other => panic!("expected the upstream failure, got {other:?}"),
+    }
+    assert_eq!(b.asked().len(), 1, "the hold-off asks nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn during_a_backoff_a_token_still_valid_is_served() {
+    let policy = RefreshPolicy {
+        backoff_min: Duration::from_secs(120),
+        ..policy()
+    };
+    let answers = vec![failure(UpstreamKind::ServerError, 503, None)];
+    let b = Bench::one(100 * SEC, policy, answers);
+    b.first_refresh(100 * SEC).await;
+    b.advance_to(80 * SEC).await;
+    // 20 s left: less than the quarter of the lifetime a default asks for.
+    assert_eq!(
+        b.token("a", MinValid::Default(60)).await.unwrap(),
+        "access-0"
+    );
+    assert_eq!(b.asked().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_callers_share_one_upstream_request() {
+    let b = Bench::start(
+        vec![(client_credentials("a"), held(EPOCH_MS, 1000 * SEC, None))],
+        policy(),
+        |clock| Script {
+            gate: Some(Semaphore::new(0)),
+            ..Script::new(clock, 1000 * SEC, vec![])
+        },
+    );
+    b.advance_to(200 * SEC).await;
+    let callers: Vec<_> = (0..20)
+        .map(|_| {
+            let tokens = b.tokens.clone();
+            tokio::spawn(async move {
+                tokens
+                    .token("a", MinValid::Required(900), |_| Ok(()))
+                    .await
+                    .map(|reply| reply.access_token.expose().to_string())
+            })
+        })
+        .collect();
+    b.until("one request is asked", |b| b.asked().len() == 1)
+        .await;
+    b.settle().await;
+    assert_eq!(b.asked().len(), 1, "the others wait for it");
+    b.script.gate.as_ref().unwrap().add_permits(1);
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap(), "access-1");
+    }
+    assert_eq!(b.asked().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_stop_the_schedule_until_an_admin_refreshes() {
+    let answers = vec![failure(UpstreamKind::AccessDenied, 401, None)];
+    let b = Bench::one(1000 * SEC, policy(), answers);
+    b.first_refresh(1000 * SEC).await;
+    let shown = b.show("a");
+    assert_eq!(shown.state, AuthState::Rejected);
+    assert_eq!(shown.next_refresh_at, None);
+
+    b.advance_to(30 * DAY).await;
+    assert_eq!(b.asked().len(), 1, "a refused credential is not retried");
+    match b.token("a", MinValid::Default(60)).await {
+        Err(Error::Upstream(error)) => {
+            assert_eq!(error.kind, UpstreamKind::AccessDenied);
+            assert!(
+                error.message.contains("snctl refresh a"),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    assert_eq!(b.asked().len(), 1);
+
+    b.tokens
+        .refresh("a")
+        .await
+        .expect("the admin's refresh works");
+    assert_eq!(b.show("a").state, AuthState::Ok);
+    assert_eq!(
+        b.token("a", MinValid::Default(60)).await.unwrap(),
+        "access-2"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_refresh_token_needs_a_login_and_stops_the_schedule() {
+    let b = Bench::start(
+        vec![(
+            password_login("a", 100 * DAY),
+            held(EPOCH_MS, 1000 * SEC, Some(EPOCH_MS)),
+        )],
+        policy(),
+        |clock| {
+            Script::new(
+                clock,
+                1000 * SEC,
+                vec![failure(UpstreamKind::AccessDenied, 401, None)],
+            )
+        },
+    );
+    b.first_refresh(1000 * SEC).await;
+    assert_eq!(b.asked()[0].step, Step::Refresh);
+    assert_eq!(b.show("a").state, AuthState::NeedsLogin);
+
+    b.advance_to(30 * DAY).await;
+    assert_eq!(b.asked().len(), 1, "a dead login is not retried");
+    assert_eq!(
+        b.token("a", MinValid::Default(60)).await,
+        Err(Error::NeedsLogin { name: "a".into() })
+    );
+    assert_eq!(b.asked().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_failure_of_a_refresh_token_is_retried_not_a_lost_login() {
+    let b = Bench::start(
+        vec![(
+            password_login("a", 100 * DAY),
+            held(EPOCH_MS, 1000 * SEC, Some(EPOCH_MS)),
+        )],
+        policy(),
+        |clock| {
+            Script::new(
+                clock,
+                1000 * SEC,
+                vec![failure(UpstreamKind::ServerError, 503, None)],
+            )
+        },
+    );
+    b.first_refresh(1000 * SEC).await;
+    assert_eq!(b.show("a").state, AuthState::Failing);
+    let retry = b.plan("a").expect("a retry is planned");
+    b.advance_to(retry + SEC).await;
+    b.until("the retry is committed", |b| {
+        b.show("a").state == AuthState::Ok
+    })
+    .await;
+    assert_eq!(b.asked()[1].step, Step::Refresh);
+}
+
+/// A login whose refresh token, issued when the test begins, dies after
+/// 20 days; its access tokens live 30 days, so no refresh interferes.
+fn dying_login() -> Bench {
+    Bench::start(
+        vec![(
+            password_login("a", 20 * DAY),
+            held(EPOCH_MS, 30 * DAY, Some(EPOCH_MS)),
+        )],
+        policy(),
+        |clock| Script::new(clock, 30 * DAY, vec![]),
+    )
+}
+
+fn warnings(b: &Bench) -> Vec<String> {
+    b.log.lines_with("the refresh token of a")
+}
+
+/// Walks to `days_left` before the deadline: no new warning a second
+/// before, one a second after. Returns that warning.
+async fn warned_at(b: &Bench, days_left: i64, before: usize) -> String {
+    let due = 20 * DAY - days_left * DAY;
+    b.advance_to(due - SEC).await;
+    assert_eq!(warnings(b).len(), before, "{:?}", warnings(b));
+    b.advance_to(due + SEC).await;
+    let lines = warnings(b);
+    assert_eq!(lines.len(), before + 1, "{lines:?}");
+    lines.last().cloned().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_deadline_warning_comes_14_days_before() {
+    let b = dying_login();
+    let line = warned_at(&b, 14, 0).await;
+    assert!(line.contains("dies in 13d 23h"), "{line}");
+    assert!(line.contains("snctl login a"), "{line}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_second_deadline_warning_comes_7_days_before() {
+    let b = dying_login();
+    warned_at(&b, 14, 0).await;
+    let line = warned_at(&b, 7, 1).await;
+    assert!(line.contains("dies in 6d 23h"), "{line}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_deadline_warning_before_comes_1_day_before() {
+    let b = dying_login();
+    warned_at(&b, 14, 0).await;
+    warned_at(&b, 7, 1).await;
+    let line = warned_at(&b, 1, 2).await;
+    assert!(line.contains("dies in 23h 59m"), "{line}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_itself_is_warned_of_once() {
+    let b = dying_login();
+    b.advance_to(19 * DAY + HOUR).await;
+    let line = warned_at(&b, 0, 1).await;
+    assert!(line.contains("has reached its recorded lifespan"), "{line}");
+    b.advance_to(40 * DAY).await;
+    assert_eq!(warnings(&b).len(), 2, "{:?}", warnings(&b));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_past_several_thresholds_warns_once_for_the_tightest() {
+    // Issued 15 days before the start: the 14- and 7-day marks have passed.
+    let b = Bench::start(
+        vec![(
+            password_login("a", 20 * DAY),
+            held(EPOCH_MS, 30 * DAY, Some(EPOCH_MS - 15 * DAY)),
+        )],
+        policy(),
+        |clock| Script::new(clock, 30 * DAY, vec![]),
+    );
+    b.settle().await;
+    let lines = warnings(&b);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("dies in 5d 0h"), "{}", lines[0]);
+}
