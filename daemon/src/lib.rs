@@ -4,7 +4,7 @@
 //! Start-up is split so that nothing is written before the master key is
 //! proven right and the socket is bound only once the state is usable:
 //! [`open_state`] (key and database, synchronous), [`server::bind`] (or the
-//! socket systemd passed, [`service::take_passed_socket`]), then [`run`]
+//! socket systemd passed, [`systemd::take_passed_socket`]), then [`run`]
 //! until the shutdown future completes. `main` and the tests call the same
 //! three; `main` calls [`run_with`] to talk to systemd and reload on SIGHUP.
 
@@ -12,15 +12,15 @@ pub mod access;
 pub mod clock;
 pub mod config;
 pub mod crypto;
-pub mod hygiene;
 pub mod jwt;
+pub mod process;
 pub mod proxy;
 pub mod rekey;
 pub mod restore;
 pub mod server;
-pub mod service;
 pub mod servicenow;
 pub mod store;
+pub mod systemd;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -41,9 +41,9 @@ use access::{Access, Peer};
 pub use config::Config;
 use crypto::KeySource;
 use server::{Gauge, Listener};
-use service::Service;
 use servicenow::ServiceNow;
 use store::{Record, Store, StoreThread, UncheckedDb, DB_FILE};
+use systemd::Service;
 use tokens::Tokens;
 
 /// The opened state directory: key checked, database migrated and loaded.

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use snctld::config::{Config, Mode, PathOverrides};
-use snctld::service::{self, Forked, PassedSocket, Service, SetLogFilter};
+use snctld::systemd::{self, Forked, PassedSocket, Service, SetLogFilter};
 
 /// Keeps ServiceNow OAuth tokens fresh and serves them over a Unix socket.
 #[derive(Parser, Debug)]
@@ -183,7 +183,7 @@ fn main() -> ExitCode {
         return fail(&format!("{error:#}"));
     }
     // Before anything else, and before any thread: it edits the environment.
-    let passed = match service::take_passed_socket() {
+    let passed = match systemd::take_passed_socket() {
         Ok(passed) => passed,
         Err(error) => return fail(&format!("{error:#}")),
     };
@@ -198,7 +198,7 @@ fn main() -> ExitCode {
     let pid_file = args.pid_file.clone();
     let result = start(args, passed, &service);
     if let Some(path) = pid_file {
-        service::remove_pid_file(&path);
+        systemd::remove_pid_file(&path);
     }
     // Every line logged so far is written before the last words below.
     drop(log_guard);
@@ -219,7 +219,7 @@ fn fail(line: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// `--daemon`: forks (see [`service::daemonize`]); paths made absolute
+/// `--daemon`: forks (see [`systemd::daemonize`]); paths made absolute
 /// first, since the daemon runs in `/`.
 fn daemon_mode(args: &Args) -> anyhow::Result<Option<Forked>> {
     if !args.daemon {
@@ -235,7 +235,7 @@ fn daemon_mode(args: &Args) -> anyhow::Result<Option<Forked>> {
     // The log file is created 0600, like everything the daemon makes.
     // SAFETY: umask only sets the process file mode mask.
     unsafe { libc::umask(0o077) };
-    service::daemonize(pid_file, args.log_file.as_deref()).map(Some)
+    systemd::daemonize(pid_file, args.log_file.as_deref()).map(Some)
 }
 
 /// Makes every path flag absolute, as the starting directory means them.
@@ -270,9 +270,9 @@ fn start(args: Args, passed: Option<PassedSocket>, service: &Service) -> anyhow:
     // SAFETY: umask only sets the process file mode mask.
     unsafe { libc::umask(0o077) };
     // Before any key or secret is in memory.
-    snctld::hygiene::harden()
+    snctld::process::harden()
         .map_err(|e| anyhow::anyhow!("cannot turn off core dumps and ptrace access: {e}"))?;
-    snctld::hygiene::tune_allocator();
+    snctld::process::tune_allocator();
     let overrides = PathOverrides {
         socket: args.socket,
         state_dir: args.state_dir,

@@ -1,7 +1,7 @@
-//! What the daemon does to itself before it holds a secret: no core files
-//! and no ptrace or /proc/PID/mem reads by other processes of the same user,
-//! so that a crash or a curious neighbour cannot copy the keys out of its
-//! memory.
+//! What the daemon does to its own process: before it holds a secret, no
+//! core files and no ptrace or /proc/PID/mem reads by other processes of the
+//! same user, so that a crash or a curious neighbour cannot copy the keys
+//! out of its memory; and malloc settings that keep its memory small.
 
 /// Makes the process non-dumpable and sets its core file limit to zero.
 pub fn harden() -> std::io::Result<()> {
@@ -59,8 +59,8 @@ mod tests {
     fn a_hardened_process_has_no_core_limit_and_is_not_dumpable() {
         // In a child, so that the test process keeps its own settings.
         let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "hygiene::tests::child_half", "--nocapture"])
-            .env("SNCTLD_HYGIENE_CHILD", "1")
+            .args(["--exact", "process::tests::child_half", "--nocapture"])
+            .env("SNCTLD_PROCESS_CHILD", "1")
             .output()
             .unwrap();
         assert!(
@@ -74,7 +74,7 @@ mod tests {
     /// nothing.
     #[test]
     fn child_half() {
-        if std::env::var_os("SNCTLD_HYGIENE_CHILD").is_none() {
+        if std::env::var_os("SNCTLD_PROCESS_CHILD").is_none() {
             return;
         }
         super::harden().unwrap();
