@@ -34,7 +34,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use crate::config::Config;
-use crate::crypto::{self, CryptoError, KeySource, KeySources, MasterKey, NEW_KEY_FILE};
+use crate::crypto::{self, CryptoError, KeySource, MasterKey, NEW_KEY_FILE};
 use crate::store::{UncheckedDb, DB_FILE};
 
 /// What a rekey did.
@@ -123,7 +123,7 @@ fn run(
             dir.display()
         );
     }
-    let _lock = crate::lock_stopped_state_dir(config)?;
+    let _lock = crate::state::lock_stopped_state_dir(config)?;
     let db_path = dir.join(DB_FILE);
     if !db_path.exists() {
         bail!(
@@ -138,7 +138,7 @@ fn run(
             db_path.display()
         );
     };
-    let (old, old_source) = match crypto::load_master_key(&KeySources::of(config), Some(&check)) {
+    let (old, old_source) = match crypto::load_master_key(&config.key_sources(), Some(&check)) {
         Ok(loaded) => loaded,
         Err(error @ CryptoError::WrongKey { .. }) => {
             // Perhaps an earlier rekey committed and its key was not installed.
@@ -255,8 +255,7 @@ fn run(
 /// daemon user's, like the old one.
 fn same_owner_as(path: &Path) -> anyhow::Result<Option<(u32, u32)>> {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid cannot fail and touches no memory.
-    if unsafe { libc::geteuid() } != 0 {
+    if nix::unistd::geteuid().as_raw() != 0 {
         return Ok(None);
     }
     let meta = std::fs::metadata(path)

@@ -13,7 +13,7 @@
 //! 2. Check that copy: a database of a schema this build knows, `PRAGMA
 //!    integrity_check` "ok", no table, index, trigger or view that this
 //!    snctld's schema does not create, a key check that the master key
-//!    (from the daemon's own sources, [`KeySources::of`]) opens, and every
+//!    (from the daemon's own sources, [`Config::key_sources`]) opens, and every
 //!    authentication's settings matching their MAC under that key with an
 //!    instance URL `add` would accept. A backup of a schema older than
 //!    [`SIGNED_SCHEMA`] has no MACs to check: it is refused unless
@@ -38,7 +38,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use crate::config::Config;
-use crate::crypto::{self, KeySources};
+use crate::crypto;
 use crate::store::{ObjectList, RowError, UncheckedDb, DB_FILE, SIGNED_SCHEMA};
 
 /// The backup's copy while it is checked.
@@ -107,7 +107,7 @@ pub fn restore(config: &Config, file: &Path, options: Options) -> anyhow::Result
             .create(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
     }
-    let _lock = crate::lock_stopped_state_dir(config)?;
+    let _lock = crate::state::lock_stopped_state_dir(config)?;
     let db_path = dir.join(DB_FILE);
     let staged = dir.join(RESTORE_FILE);
     let previous = dir.join(PREVIOUS_FILE);
@@ -212,8 +212,7 @@ fn copy_private(from: &Path, to: &Path, force: bool) -> anyhow::Result<()> {
 fn trusted_file(path: &Path, meta: &fs::Metadata) -> anyhow::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let shown = path.display();
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
         bail!(
             "the backup {shown} belongs to uid {}, not to uid {me} running restore or root: that user could have edited or replaced it; check where it came from, then `chown {me} {shown}` (or give --force)",
@@ -247,7 +246,7 @@ fn check(config: &Config, staged: &Path, trust_old_backup: bool) -> anyhow::Resu
     let Some(check) = db.key_check()? else {
         bail!("the backup is not a snctld database (it has no key check)");
     };
-    let (key, _) = crypto::load_master_key(&KeySources::of(config), Some(&check))?;
+    let (key, _) = crypto::load_master_key(&config.key_sources(), Some(&check))?;
     let version = db.version()?;
     if version < SIGNED_SCHEMA {
         if !trust_old_backup {
@@ -284,7 +283,7 @@ fn open_restored(config: &Config, db_path: &Path) -> anyhow::Result<(usize, usiz
     let check = db
         .key_check()?
         .context("the restored database has no key check")?;
-    let (key, _) = crypto::load_master_key(&KeySources::of(config), Some(&check))?;
+    let (key, _) = crypto::load_master_key(&config.key_sources(), Some(&check))?;
     let mut db = db.prepare(Arc::new(key))?;
     let quick = db.quick_check()?;
     if quick != "ok" {

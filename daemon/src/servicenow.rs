@@ -520,7 +520,7 @@ impl ServiceNow {
             RequestTokenError::Other("no JWT signing key is stored for this authentication".into())
         })?;
         let assertion = crate::jwt::assertion(jwt, &auth.client_id, clock::now_ms() / 1000)
-            .map_err(RequestTokenError::Other)?;
+            .map_err(|e| RequestTokenError::Other(e.to_string()))?;
         let mut form = vec![
             ("grant_type", JWT_BEARER_GRANT),
             ("assertion", assertion.as_str()),
@@ -838,22 +838,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 fn is_json(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
@@ -964,7 +948,7 @@ impl ServiceNow {
         if status != http::StatusCode::OK {
             return Err(Transport::Status {
                 status: status.as_u16(),
-                retry_after: retry_after(&headers),
+                retry_after: crate::http::retry_after(&headers, std::time::SystemTime::now()),
                 detail: describe_body(&headers, &body),
             });
         }
@@ -1034,7 +1018,10 @@ mod tests {
         );
         let mut h = http::HeaderMap::new();
         h.insert(http::header::RETRY_AFTER, "7".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        assert_eq!(
+            crate::http::retry_after(&h, std::time::SystemTime::now()),
+            Some(Duration::from_secs(7))
+        );
     }
 
     #[test]
