@@ -20,13 +20,14 @@ use crate::config::Config;
 use crate::crypto::{self, CryptoError, KeySource};
 use crate::store::{self, Record, Store, StoreError, StoreThread, UncheckedDb, DB_FILE};
 
-/// Why the state directory cannot be used. Each message says what to do.
+/// Why the state directory cannot be used. Each message is one line with
+/// its cause and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot create the state directory {}: its path is not safe: {reason}; use a path that only root and snctld's user can change", dir.display())]
     UnsafeToCreate { dir: PathBuf, reason: String },
-    #[error("cannot create the state directory {}", dir.display())]
-    Create { dir: PathBuf, source: io::Error },
+    #[error("cannot create the state directory {}: {error}", dir.display())]
+    Create { dir: PathBuf, error: io::Error },
     #[error("the path of the state directory {} is not safe: {reason}; use a path that only root and snctld's user can change", dir.display())]
     UnsafePath { dir: PathBuf, reason: String },
     #[error("cannot read the state directory {}: {error}", dir.display())]
@@ -41,18 +42,18 @@ pub enum StateError {
     RekeyRunning { dir: PathBuf },
     #[error("snctld is running on {} (it holds the state directory's lock): {STOP_FIRST}", dir.display())]
     DaemonHoldsLock { dir: PathBuf },
-    #[error("cannot lock the state directory {}", dir.display())]
-    Lock { dir: PathBuf, source: io::Error },
+    #[error("cannot lock the state directory {}: {error}", dir.display())]
+    Lock { dir: PathBuf, error: io::Error },
     #[error("snctld is running and serving {}: {STOP_FIRST}", socket.display())]
     DaemonServing { socket: PathBuf },
     #[error("cannot make {} private (chmod 600): {error}", path.display())]
     MakePrivate { path: PathBuf, error: io::Error },
-    #[error("cannot check the database {}", path.display())]
-    Check { path: PathBuf, source: StoreError },
+    #[error("cannot check the database {}: {error}", path.display())]
+    Check { path: PathBuf, error: StoreError },
     #[error("the database {} is damaged (SQLite quick_check: {report}): restore it from a backup, or move it away to start empty", path.display())]
     Damaged { path: PathBuf, report: String },
-    #[error("cannot start the store thread")]
-    StoreThread { source: io::Error },
+    #[error("cannot start the store thread: {0}")]
+    StoreThread(io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -121,9 +122,9 @@ pub fn open_state(config: &Config) -> Result<State, StateError> {
     tracing::info!(key = %key_source.path().display(), key_id = %key.id_hex(), "master key loaded");
     private_files(&db_path)?;
     let mut db = db.prepare(Arc::new(key))?;
-    let check = db.quick_check().map_err(|source| StateError::Check {
+    let check = db.quick_check().map_err(|error| StateError::Check {
         path: db_path.clone(),
-        source,
+        error,
     })?;
     if check != "ok" {
         return Err(StateError::Damaged {
@@ -145,7 +146,7 @@ pub fn open_state(config: &Config) -> Result<State, StateError> {
             _ => tracing::error!(authentication = error.name().unwrap_or_default(), "{error}"),
         }
     }
-    let (store, thread) = Store::spawn(db).map_err(|source| StateError::StoreThread { source })?;
+    let (store, thread) = Store::spawn(db).map_err(StateError::StoreThread)?;
     Ok(State {
         store,
         thread,
@@ -169,9 +170,9 @@ fn create_state_dir(dir: &Path) -> Result<(), StateError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| StateError::Create {
+        .map_err(|error| StateError::Create {
             dir: dir.to_path_buf(),
-            source,
+            error,
         })
 }
 
@@ -244,10 +245,10 @@ pub fn lock_stopped_state_dir(config: &Config) -> Result<StateDirLock, StateErro
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             return Err(StateError::DaemonHoldsLock { dir: dir.clone() })
         }
-        Err(source) => {
+        Err(error) => {
             return Err(StateError::Lock {
                 dir: dir.clone(),
-                source,
+                error,
             })
         }
     };
