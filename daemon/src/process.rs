@@ -5,20 +5,9 @@
 
 /// Makes the process non-dumpable and sets its core file limit to zero.
 pub fn harden() -> std::io::Result<()> {
-    let no_core = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: setrlimit reads the struct we pass; prctl(PR_SET_DUMPABLE)
-    // takes plain integers.
-    unsafe {
-        if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    use nix::sys::resource::{setrlimit, Resource};
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+    nix::sys::prctl::set_dumpable(false)?;
     Ok(())
 }
 
@@ -78,8 +67,7 @@ mod tests {
             return;
         }
         super::harden().unwrap();
-        // SAFETY: prctl(PR_GET_DUMPABLE) takes no pointers.
-        assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE) }, 0);
+        assert!(!nix::sys::prctl::get_dumpable().unwrap());
         let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
         let core = limits
             .lines()
