@@ -47,7 +47,7 @@ impl Backups {
     }
 
     /// One chunk of a backup; the first request takes the snapshot. A
-    /// snapshot is dropped once its last chunk is sent, or [`BACKUP_KEEP`]
+    /// snapshot is dropped once its last chunk is sent, or `BACKUP_KEEP`
     /// after it was last read.
     pub async fn chunk(&self, request: BackupRequest) -> Result<BackupChunk, Error> {
         let (id, bytes) = match request.snapshot {

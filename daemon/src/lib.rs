@@ -16,7 +16,7 @@
 //! - [`dispatch`]: one handler per request kind; [`backup`] serves backups.
 //! - [`tokens`]: the token cache, refresh schedules and logins, talking to
 //!   the instance through [`servicenow`] (and [`jwt`] for JWT bearer
-//!   grants).
+//!   grants); [`instance`]: which instance URLs are allowed.
 //! - [`store`]: the SQLite database on its own thread, sealed with the
 //!   master key of [`crypto`]; [`state`]: the directory both live in.
 //! - [`serve`]: the serve/stop sequence; [`reload`]: SIGHUP.
@@ -38,6 +38,7 @@ pub mod config;
 pub mod crypto;
 pub mod dispatch;
 pub mod http;
+pub mod instance;
 pub mod jwt;
 pub mod logging;
 pub mod process;

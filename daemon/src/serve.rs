@@ -2,10 +2,10 @@
 //! [`Listener`] to a running daemon, and back down.
 //!
 //! [`run_with`] goes through it in steps: bind the proxies' listeners
-//! ([`bind_proxies`]), start the token machinery and the dispatcher, spawn
-//! the socket server and the proxies ([`spawn_servers`]), tell systemd
-//! ([`announce`]), serve until the shutdown future completes (reloading on
-//! SIGHUP), then stop ([`stop`]): stop accepting, answer the requests in
+//! (`bind_proxies`), start the token machinery and the dispatcher, spawn
+//! the socket server and the proxies (`spawn_servers`), tell systemd
+//! (`announce`), serve until the shutdown future completes (reloading on
+//! SIGHUP), then stop (`stop`): stop accepting, answer the requests in
 //! flight, let running refreshes commit, close the database.
 
 use std::collections::HashMap;

@@ -360,11 +360,11 @@ impl Settings {
     /// before it is used.
     fn check(&self, key: &MasterKey, mac: Option<&[u8]>) -> Result<(), RowError> {
         self.verify(key, mac)?;
-        crate::servicenow::normalize_instance_url(&self.instance_url)
+        crate::instance::normalize_instance_url(&self.instance_url)
             .map(drop)
             .map_err(|reason| RowError::InstanceUrl {
                 name: self.name.clone(),
-                reason,
+                reason: reason.to_string(),
             })
     }
 }
