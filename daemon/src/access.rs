@@ -15,14 +15,16 @@
 //! `snctl show`).
 
 use std::fmt;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Gid, Group, Uid, User};
+use serde::Deserialize;
 
 use snctl_shared::protocol::Readers;
 use snctl_shared::Error;
 
-use crate::config::AccessConfig;
+use crate::settings::{optional, Applies, Changes};
 
 /// The process on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,17 +40,16 @@ pub struct Peer {
 
 impl Peer {
     /// Reads the peer of a connected Unix socket.
-    pub fn of(socket: &impl AsRawFd) -> std::io::Result<Peer> {
-        let fd = socket.as_raw_fd();
-        let cred = peer_cred(fd)?;
-        let mut groups = peer_groups(fd).unwrap_or_default();
-        if !groups.contains(&cred.gid) {
-            groups.push(cred.gid);
+    pub fn of(socket: &(impl AsFd + AsRawFd)) -> std::io::Result<Peer> {
+        let cred = getsockopt(socket, PeerCredentials)?;
+        let mut groups = peer_groups(socket.as_raw_fd()).unwrap_or_default();
+        if !groups.contains(&cred.gid()) {
+            groups.push(cred.gid());
         }
-        let pid = u32::try_from(cred.pid).ok().filter(|p| *p > 0);
+        let pid = u32::try_from(cred.pid()).ok().filter(|p| *p > 0);
         Ok(Peer {
-            uid: cred.uid,
-            gid: cred.gid,
+            uid: cred.uid(),
+            gid: cred.gid(),
             pid,
             groups,
             unit: pid.and_then(unit_of),
@@ -73,31 +74,7 @@ impl fmt::Display for Peer {
     }
 }
 
-fn peer_cred(fd: RawFd) -> std::io::Result<libc::ucred> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is
-    // that large, and `fd` is a socket borrowed for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cred)
-}
-
-/// `SO_PEERGROUPS` (Linux 4.13): the peer's supplementary groups at connect.
+/// `SO_PEERGROUPS` (Linux 4.13), which nix does not wrap.: the peer's supplementary groups at connect.
 const SO_PEERGROUPS: libc::c_int = 59;
 
 fn peer_groups(fd: RawFd) -> std::io::Result<Vec<u32>> {
@@ -162,6 +139,21 @@ fn user_name(uid: u32) -> Option<String> {
         .map(|u| u.name)
 }
 
+/// A group by name or number: its gid, or `None` when there is no group
+/// of that name. A number is taken as it is, existing group or not. The
+/// one place names of groups become ids (readers, the admin group, the
+/// socket's group).
+pub fn group_id(name: &str) -> Option<u32> {
+    let name = name.trim();
+    match name.parse::<u32>() {
+        Ok(gid) => Some(gid),
+        Err(_) => Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|group| group.gid.as_raw()),
+    }
+}
+
 fn group_name(gid: u32) -> Option<String> {
     Group::from_gid(Gid::from_raw(gid))
         .ok()
@@ -200,17 +192,9 @@ impl ReaderIds {
             .groups
             .iter()
             .map(|g| {
-                let g = g.trim();
-                match g.parse::<u32>() {
-                    Ok(gid) => Ok(gid),
-                    Err(_) => Group::from_name(g)
-                        .ok()
-                        .flatten()
-                        .map(|group| group.gid.as_raw())
-                        .ok_or_else(|| {
-                            Error::invalid(format!("no group named {g:?} on this host"))
-                        }),
-                }
+                group_id(g).ok_or_else(|| {
+                    Error::invalid(format!("no group named {:?} on this host", g.trim()))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let units = readers
@@ -276,6 +260,68 @@ impl ReaderIds {
     }
 }
 
+/// Who may do what, by group name (resolved when the daemon starts):
+/// `[access]` in the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// Members may run admin requests, besides root and the daemon's user.
+    pub admin_group: Option<String>,
+    /// Group that owns the socket file (system mode: `snctl`).
+    pub socket_group: Option<String>,
+}
+
+/// `[access]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSection {
+    admin_group: Option<String>,
+    socket_group: Option<String>,
+}
+
+impl AccessConfig {
+    /// The defaults of the system daemon.
+    pub fn system() -> AccessConfig {
+        AccessConfig {
+            admin_group: Some("snctl-admin".into()),
+            socket_group: Some("snctl".into()),
+        }
+    }
+
+    /// Reads `[access]` over these settings; an empty name turns the
+    /// default off.
+    pub fn apply(&mut self, section: AccessSection) {
+        let group = |name: String| Some(name).filter(|n| !n.trim().is_empty());
+        if let Some(name) = section.admin_group {
+            self.admin_group = group(name);
+        }
+        if let Some(name) = section.socket_group {
+            self.socket_group = group(name);
+        }
+    }
+
+    /// What differs in `new`: the admin group applies at once (SIGHUP
+    /// builds new [`Access`] rules), the socket's group when it is bound.
+    pub fn changes(&self, new: &AccessConfig) -> Changes {
+        let mut changes = Changes::default();
+        changes
+            .compare(
+                "access.admin_group",
+                Applies::Now,
+                &self.admin_group,
+                &new.admin_group,
+                optional,
+            )
+            .compare(
+                "access.socket_group",
+                Applies::NextStart,
+                &self.socket_group,
+                &new.socket_group,
+                optional,
+            );
+        changes
+    }
+}
+
 /// The daemon's access rules.
 #[derive(Debug, Clone)]
 pub struct Access {
@@ -287,21 +333,11 @@ impl Access {
     /// Resolves the admin group; one that does not exist is left out, with
     /// a warning.
     pub fn new(config: &AccessConfig) -> Access {
-        let admin_group = config.admin_group.as_ref().and_then(|name| {
-            let found = match name.parse::<u32>() {
-                Ok(gid) => Group::from_gid(Gid::from_raw(gid))
-                    .ok()
-                    .flatten()
-                    .or(Some(Group {
-                        name: name.clone(),
-                        passwd: Default::default(),
-                        gid: Gid::from_raw(gid),
-                        mem: Vec::new(),
-                    })),
-                Err(_) => Group::from_name(name).ok().flatten(),
-            };
-            match found {
-                Some(group) => Some((group.name, group.gid.as_raw())),
+        let admin_group = config
+            .admin_group
+            .as_ref()
+            .and_then(|name| match group_id(name) {
+                Some(gid) => Some((group_name(gid).unwrap_or_else(|| name.clone()), gid)),
                 None => {
                     tracing::warn!(
                         group = %name,
@@ -309,11 +345,9 @@ impl Access {
                     );
                     None
                 }
-            }
-        });
+            });
         Access {
-            // SAFETY: geteuid cannot fail and touches no memory.
-            daemon_uid: unsafe { libc::geteuid() },
+            daemon_uid: nix::unistd::geteuid().as_raw(),
             admin_group,
         }
     }

@@ -43,10 +43,16 @@
 //! tcp_port = 8752         # also serve http://127.0.0.1:8752/NAME/… (off by default)
 //! ```
 //!
-//! SIGHUP reads the file again ([`Config::reload`], [`Config::changes`]):
-//! `log.filter` and `access.admin_group` apply at once; any other change is
-//! logged and applies at the next start. A file that does not parse
-//! changes nothing.
+//! Each section is defined by the module that uses it (`[server]`
+//! [`crate::server`], `[access]` [`crate::access`], `[master_key]`
+//! [`crate::crypto`], `[log]` [`crate::logging`], `[proxy]`
+//! [`crate::proxy`]); `[refresh]`, `[login]` and `[http]`, whose settings
+//! are [`crate::tokens`]' and [`crate::servicenow`]'s, are read at the end
+//! of this file. This module finds the file and assembles the sections.
+//!
+//! SIGHUP reads the file again ([`Config::reload`]) and compares it with the
+//! running one ([`crate::reload`]). A file that does not parse changes
+//! nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,8 +61,14 @@ use serde::Deserialize;
 
 use snctl_shared::paths::{self, APP_DIR, SOCKET_FILE};
 
-use crate::server::Limits;
+use crate::access::{AccessConfig, AccessSection};
+use crate::crypto::{KeySources, MasterKeyConfig};
+use crate::logging::{LogConfig, LogSection};
+use crate::proxy::ProxySection;
+pub use crate::proxy::{OnRateLimit, ProxyConfig};
+use crate::server::{Limits, ServerSection};
 use crate::servicenow::HttpConfig;
+use crate::settings::{debug, octal, optional, Applies, Changes, InvalidSetting};
 use crate::tokens::{LoginPolicy, RefreshPolicy};
 
 /// Everything the daemon needs to run.
@@ -70,15 +82,14 @@ pub struct Config {
     pub socket_mode: u32,
     /// Mode of directories the daemon creates for its socket.
     pub socket_dir_mode: u32,
+    /// `[server]`.
     pub limits: Limits,
     pub http: HttpConfig,
     pub refresh: RefreshPolicy,
     pub login: LoginPolicy,
     pub access: AccessConfig,
-    /// A master key file named in the configuration.
-    pub key_file: Option<PathBuf>,
-    /// `[log] filter`: the log filter when neither `RUST_LOG` nor `-v` say.
-    pub log_filter: Option<String>,
+    pub master_key: MasterKeyConfig,
+    pub log: LogConfig,
     /// Where this configuration came from, to read it again on SIGHUP;
     /// `None` for one built in code ([`Config::under`]).
     pub origin: Option<Origin>,
@@ -86,81 +97,11 @@ pub struct Config {
     pub proxy: ProxyConfig,
 }
 
-/// Which authentications get a proxy socket ([`crate::proxy`]), and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyConfig {
-    pub names: Vec<String>,
-    /// Every authentication there is when the daemon starts.
-    pub all: bool,
-    /// Where the `NAME.sock` files go; `None`: the socket's directory +
-    /// `/proxy`.
-    pub dir: Option<PathBuf>,
-    /// What a request meets while the instance's 429 holds.
-    pub on_rate_limit: OnRateLimit,
-    /// The longest [`OnRateLimit::Hold`] makes a request wait.
-    pub hold_max: Duration,
-    /// A port on 127.0.0.1 serving every proxied authentication by path
-    /// prefix (`/NAME/…`); `None`: no TCP listener.
-    pub tcp_port: Option<u16>,
-}
-
-impl Default for ProxyConfig {
-    fn default() -> ProxyConfig {
-        ProxyConfig {
-            names: Vec::new(),
-            all: false,
-            dir: None,
-            on_rate_limit: OnRateLimit::Reject,
-            hold_max: Duration::from_secs(30),
-            tcp_port: None,
-        }
-    }
-}
-
-/// `[proxy] on_rate_limit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnRateLimit {
-    /// Answer 429 with `Retry-After` at once.
-    Reject,
-    /// Wait until the hold ends (at most `hold_max`), then forward.
-    Hold,
-}
-
-impl ProxyConfig {
-    /// The directory of the proxy sockets when the main socket is `socket`.
-    pub fn dir_for(&self, socket: &Path) -> PathBuf {
-        self.dir.clone().unwrap_or_else(|| {
-            socket
-                .parent()
-                .unwrap_or_else(|| Path::new("."))
-                .join("proxy")
-        })
-    }
-}
-
 /// The inputs of [`Config::load`], kept for [`Config::reload`].
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub mode: Mode,
     pub overrides: PathOverrides,
-}
-
-/// One setting that differs between two configurations.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    /// As written in the file, e.g. `refresh.ahead`; paths by their flag.
-    pub setting: &'static str,
-    pub old: String,
-    pub new: String,
-}
-
-/// Who may do what, by group name (resolved when the daemon starts).
-#[derive(Debug, Clone, Default)]
-pub struct AccessConfig {
-    /// Members may run admin requests, besides root and the daemon's user.
-    pub admin_group: Option<String>,
-    /// Group that owns the socket file (system mode: `snctl`).
-    pub socket_group: Option<String>,
 }
 
 /// Whether the daemon serves the whole host or one user.
@@ -173,8 +114,7 @@ pub enum Mode {
 impl Mode {
     /// Root runs the system daemon; anyone else a user daemon.
     pub fn detect() -> Mode {
-        // SAFETY: geteuid cannot fail and touches no memory.
-        if unsafe { libc::geteuid() } == 0 {
+        if nix::unistd::geteuid().is_root() {
             Mode::System
         } else {
             Mode::User
@@ -192,8 +132,12 @@ pub struct PathOverrides {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
-    Paths(String),
+    #[error("XDG_RUNTIME_DIR is not set, so there is no default socket path: give --socket PATH")]
+    NoSocketPath,
+    #[error("neither XDG_STATE_HOME nor HOME is set: give --state-dir DIR")]
+    NoStateDir,
+    #[error("this configuration was not read from a file")]
+    NotFromFile,
     #[error("cannot read the configuration {path}: {source}")]
     Read {
         path: PathBuf,
@@ -215,76 +159,13 @@ struct File {
     #[serde(default)]
     access: AccessSection,
     #[serde(default)]
-    master_key: MasterKeySection,
+    master_key: MasterKeyConfig,
     #[serde(default)]
     http: HttpSection,
     #[serde(default)]
     log: LogSection,
     #[serde(default)]
     proxy: ProxySection,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProxySection {
-    names: Option<Vec<String>>,
-    all: Option<bool>,
-    dir: Option<PathBuf>,
-    on_rate_limit: Option<String>,
-    hold_max_secs: Option<u64>,
-    tcp_port: Option<u16>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogSection {
-    filter: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AccessSection {
-    admin_group: Option<String>,
-    socket_group: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MasterKeySection {
-    file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginSection {
-    redirect_port: Option<u16>,
-    timeout_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServerSection {
-    max_connections: Option<usize>,
-    max_connections_per_user: Option<usize>,
-    idle_timeout_secs: Option<u64>,
-    read_timeout_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RefreshSection {
-    ahead: Option<f64>,
-    jitter: Option<f64>,
-    backoff_min_secs: Option<u64>,
-    backoff_max_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HttpSection {
-    ca_file: Option<PathBuf>,
-    connect_timeout_secs: Option<u64>,
-    request_timeout_secs: Option<u64>,
 }
 
 fn env_dir(var: &str) -> Option<PathBuf> {
@@ -313,8 +194,8 @@ impl Config {
             refresh: RefreshPolicy::default(),
             login: LoginPolicy::default(),
             access: AccessConfig::default(),
-            key_file: None,
-            log_filter: None,
+            master_key: MasterKeyConfig::default(),
+            log: LogConfig::default(),
             origin: None,
             proxy: ProxyConfig::default(),
         }
@@ -327,63 +208,33 @@ impl Config {
             mode,
             overrides: overrides.clone(),
         };
-        let (socket, state_dir, config_file) = match mode {
-            Mode::System => (
-                PathBuf::from(paths::SYSTEM_SOCKET),
-                PathBuf::from("/var/lib").join(APP_DIR),
-                PathBuf::from("/etc").join(APP_DIR).join("snctld.toml"),
-            ),
-            Mode::User => (
-                env_dir("XDG_RUNTIME_DIR")
-                    .map(|d| d.join(APP_DIR).join(SOCKET_FILE))
-                    .unwrap_or_default(),
-                env_dir("XDG_STATE_HOME")
-                    .or_else(|| home_dir(".local/state"))
-                    .map(|d| d.join(APP_DIR))
-                    .unwrap_or_default(),
-                env_dir("XDG_CONFIG_HOME")
-                    .or_else(|| home_dir(".config"))
-                    .map(|d| d.join(APP_DIR).join("snctld.toml"))
-                    .unwrap_or_default(),
-            ),
-        };
+        let (socket, state_dir, config_file) = default_paths(mode);
         let socket = overrides.socket.unwrap_or(socket);
         let state_dir = overrides.state_dir.unwrap_or(state_dir);
         if socket.as_os_str().is_empty() {
-            return Err(ConfigError::Paths(
-                "XDG_RUNTIME_DIR is not set, so there is no default socket path: give --socket PATH".into(),
-            ));
+            return Err(ConfigError::NoSocketPath);
         }
         if state_dir.as_os_str().is_empty() {
-            return Err(ConfigError::Paths(
-                "neither XDG_STATE_HOME nor HOME is set: give --state-dir DIR".into(),
-            ));
+            return Err(ConfigError::NoStateDir);
         }
         let (file, explicit) = match overrides.config {
             Some(path) => (path, true),
             None => (config_file, false),
         };
+        let system = mode == Mode::System;
         let mut config = Config {
+            credentials_dir: env_dir("CREDENTIALS_DIRECTORY"),
+            socket_mode: if system { 0o660 } else { 0o600 },
+            socket_dir_mode: if system { 0o755 } else { 0o700 },
+            access: if system {
+                AccessConfig::system()
+            } else {
+                AccessConfig::default()
+            },
+            origin: Some(origin),
             socket,
             state_dir,
-            credentials_dir: env_dir("CREDENTIALS_DIRECTORY"),
-            socket_mode: if mode == Mode::System { 0o660 } else { 0o600 },
-            socket_dir_mode: if mode == Mode::System { 0o755 } else { 0o700 },
-            limits: Limits::default(),
-            http: HttpConfig::default(),
-            refresh: RefreshPolicy::default(),
-            login: LoginPolicy::default(),
-            access: match mode {
-                Mode::System => AccessConfig {
-                    admin_group: Some("snctl-admin".into()),
-                    socket_group: Some("snctl".into()),
-                },
-                Mode::User => AccessConfig::default(),
-            },
-            key_file: None,
-            log_filter: None,
-            origin: Some(origin),
-            proxy: ProxyConfig::default(),
+            ..Config::under(Path::new(""))
         };
         if explicit || file.exists() {
             config.apply_file(&file)?;
@@ -397,284 +248,250 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let file: File = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse = |message: String| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.message().to_string(),
-        })?;
-        let parse_err = |message: &str| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: message.to_string(),
+            message,
         };
-        let secs = Duration::from_secs;
-        let s = file.server;
-        if let Some(n) = s.max_connections {
-            if n == 0 {
-                return Err(parse_err("server.max_connections must be at least 1"));
-            }
-            self.limits.max_connections = n;
+        let file: File = toml::from_str(&text).map_err(|e| parse(e.message().to_string()))?;
+        self.apply_sections(file)
+            .map_err(|InvalidSetting(message)| parse(message))
+    }
+
+    /// Each section over its current values, in file order.
+    fn apply_sections(&mut self, file: File) -> Result<(), InvalidSetting> {
+        self.limits.apply(file.server)?;
+        apply_refresh(&mut self.refresh, file.refresh)?;
+        self.access.apply(file.access);
+        self.master_key.apply(file.master_key);
+        apply_login(&mut self.login, file.login)?;
+        apply_http(&mut self.http, file.http);
+        self.log.apply(file.log)?;
+        self.proxy.apply(file.proxy)
+    }
+
+    /// Where the master key may be.
+    pub fn key_sources(&self) -> KeySources {
+        KeySources {
+            credentials_dir: self.credentials_dir.clone(),
+            key_file: self.master_key.file.clone(),
+            state_dir: self.state_dir.clone(),
         }
-        if let Some(n) = s.max_connections_per_user {
-            if n == 0 {
-                return Err(parse_err(
-                    "server.max_connections_per_user must be at least 1",
-                ));
-            }
-            self.limits.max_per_uid = n;
-        }
-        self.limits.idle_timeout = s
-            .idle_timeout_secs
-            .map(secs)
-            .unwrap_or(self.limits.idle_timeout);
-        self.limits.read_timeout = s
-            .read_timeout_secs
-            .map(secs)
-            .unwrap_or(self.limits.read_timeout);
-        let r = file.refresh;
-        if let Some(ahead) = r.ahead {
-            if !(0.1..=0.95).contains(&ahead) {
-                return Err(parse_err("refresh.ahead must be between 0.1 and 0.95"));
-            }
-            self.refresh.ahead = ahead;
-        }
-        if let Some(jitter) = r.jitter {
-            if !(0.0..=0.2).contains(&jitter) {
-                return Err(parse_err("refresh.jitter must be between 0 and 0.2"));
-            }
-            self.refresh.jitter = jitter;
-        }
-        self.refresh.backoff_min = r
-            .backoff_min_secs
-            .map(secs)
-            .unwrap_or(self.refresh.backoff_min);
-        self.refresh.backoff_max = r
-            .backoff_max_secs
-            .map(secs)
-            .unwrap_or(self.refresh.backoff_max);
-        let a = file.access;
-        // An empty name turns the default off.
-        let group = |name: String| Some(name).filter(|n| !n.trim().is_empty());
-        if let Some(name) = a.admin_group {
-            self.access.admin_group = group(name);
-        }
-        if let Some(name) = a.socket_group {
-            self.access.socket_group = group(name);
-        }
-        if file.master_key.file.is_some() {
-            self.key_file = file.master_key.file;
-        }
-        let l = file.login;
-        if let Some(port) = l.redirect_port {
-            if port == 0 {
-                return Err(parse_err("login.redirect_port must be a fixed port, not 0"));
-            }
-            self.login.redirect_port = port;
-        }
-        if let Some(t) = l.timeout_secs {
-            if !(30..=3600).contains(&t) {
-                return Err(parse_err("login.timeout_secs must be between 30 and 3600"));
-            }
-            self.login.timeout = secs(t);
-        }
-        let h = file.http;
-        if h.ca_file.is_some() {
-            self.http.ca_file = h.ca_file;
-        }
-        self.http.connect_timeout = h
-            .connect_timeout_secs
-            .map(secs)
-            .unwrap_or(self.http.connect_timeout);
-        self.http.request_timeout = h
-            .request_timeout_secs
-            .map(secs)
-            .unwrap_or(self.http.request_timeout);
-        if let Some(filter) = file.log.filter {
-            if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&filter) {
-                return Err(parse_err(&format!(
-                    "log.filter {filter:?} is not a valid filter: {e}"
-                )));
-            }
-            self.log_filter = Some(filter).filter(|f| !f.trim().is_empty());
-        }
-        let p = file.proxy;
-        if let Some(names) = p.names {
-            if let Some(bad) = names
-                .iter()
-                .find(|n| n.is_empty() || n.contains('/') || n.starts_with('.'))
-            {
-                return Err(parse_err(&format!(
-                    "proxy.names: {bad:?} cannot name a socket file"
-                )));
-            }
-            self.proxy.names = names;
-        }
-        self.proxy.all = p.all.unwrap_or(self.proxy.all);
-        if p.dir.is_some() {
-            self.proxy.dir = p.dir;
-        }
-        if let Some(mode) = p.on_rate_limit {
-            self.proxy.on_rate_limit = match mode.as_str() {
-                "reject" => OnRateLimit::Reject,
-                "hold" => OnRateLimit::Hold,
-                _ => {
-                    return Err(parse_err(&format!(
-                        "proxy.on_rate_limit: {mode:?} is neither \"reject\" nor \"hold\""
-                    )))
-                }
-            };
-        }
-        if let Some(secs) = p.hold_max_secs {
-            if !(1..=3600).contains(&secs) {
-                return Err(parse_err("proxy.hold_max_secs must be between 1 and 3600"));
-            }
-            self.proxy.hold_max = Duration::from_secs(secs);
-        }
-        if p.tcp_port.is_some() {
-            self.proxy.tcp_port = p.tcp_port;
-        }
-        Ok(())
     }
 
     /// The configuration read again from the same sources (flags,
     /// environment, file), for SIGHUP.
     pub fn reload(&self) -> Result<Config, ConfigError> {
-        let origin = self.origin.as_ref().ok_or_else(|| {
-            ConfigError::Paths("this configuration was not read from a file".into())
-        })?;
+        let origin = self.origin.as_ref().ok_or(ConfigError::NotFromFile)?;
         Config::load(origin.mode, origin.overrides.clone())
     }
 
-    /// Every setting whose value differs in `new`: `log.filter` first (so
-    /// that the lines about the others pass a new filter), then in file
-    /// order.
-    pub fn changes(&self, new: &Config) -> Vec<Change> {
-        fn show<T: std::fmt::Debug>(value: &T) -> String {
-            format!("{value:?}")
-        }
-        fn opt<T: std::fmt::Debug>(value: &Option<T>) -> String {
-            value.as_ref().map(show).unwrap_or_else(|| "(none)".into())
-        }
+    /// What differs in `new` among the paths and modes the command line and
+    /// the environment set: all of them apply at the next start.
+    pub fn path_changes(&self, new: &Config) -> Changes {
+        let next = Applies::NextStart;
         let (a, b) = (self, new);
-        let pairs: [(&'static str, String, String); 28] = [
-            ("log.filter", opt(&a.log_filter), opt(&b.log_filter)),
-            ("--socket", show(&a.socket), show(&b.socket)),
-            ("--state-dir", show(&a.state_dir), show(&b.state_dir)),
-            (
+        let mut changes = Changes::default();
+        changes
+            .compare("--socket", next, &a.socket, &b.socket, debug)
+            .compare("--state-dir", next, &a.state_dir, &b.state_dir, debug)
+            .compare(
                 "CREDENTIALS_DIRECTORY",
-                opt(&a.credentials_dir),
-                opt(&b.credentials_dir),
-            ),
-            (
-                "socket mode",
-                format!("{:o}", a.socket_mode),
-                format!("{:o}", b.socket_mode),
-            ),
-            (
-                "server.max_connections",
-                show(&a.limits.max_connections),
-                show(&b.limits.max_connections),
-            ),
-            (
-                "server.max_connections_per_user",
-                show(&a.limits.max_per_uid),
-                show(&b.limits.max_per_uid),
-            ),
-            (
-                "server.idle_timeout_secs",
-                show(&a.limits.idle_timeout),
-                show(&b.limits.idle_timeout),
-            ),
-            (
-                "server.read_timeout_secs",
-                show(&a.limits.read_timeout),
-                show(&b.limits.read_timeout),
-            ),
-            (
-                "refresh.ahead",
-                show(&a.refresh.ahead),
-                show(&b.refresh.ahead),
-            ),
-            (
-                "refresh.jitter",
-                show(&a.refresh.jitter),
-                show(&b.refresh.jitter),
-            ),
-            (
-                "refresh.backoff_min_secs",
-                show(&a.refresh.backoff_min),
-                show(&b.refresh.backoff_min),
-            ),
-            (
-                "refresh.backoff_max_secs",
-                show(&a.refresh.backoff_max),
-                show(&b.refresh.backoff_max),
-            ),
-            (
-                "access.admin_group",
-                opt(&a.access.admin_group),
-                opt(&b.access.admin_group),
-            ),
-            (
-                "access.socket_group",
-                opt(&a.access.socket_group),
-                opt(&b.access.socket_group),
-            ),
-            ("master_key.file", opt(&a.key_file), opt(&b.key_file)),
-            (
-                "login.redirect_port",
-                show(&a.login.redirect_port),
-                show(&b.login.redirect_port),
-            ),
-            (
-                "login.timeout_secs",
-                show(&a.login.timeout),
-                show(&b.login.timeout),
-            ),
-            ("http.ca_file", opt(&a.http.ca_file), opt(&b.http.ca_file)),
-            (
-                "http.connect_timeout_secs",
-                show(&a.http.connect_timeout),
-                show(&b.http.connect_timeout),
-            ),
-            (
-                "http.request_timeout_secs",
-                show(&a.http.request_timeout),
-                show(&b.http.request_timeout),
-            ),
-            (
+                next,
+                &a.credentials_dir,
+                &b.credentials_dir,
+                optional,
+            )
+            .compare("socket mode", next, &a.socket_mode, &b.socket_mode, octal)
+            .compare(
                 "socket dir mode",
-                format!("{:o}", a.socket_dir_mode),
-                format!("{:o}", b.socket_dir_mode),
-            ),
-            ("proxy.names", show(&a.proxy.names), show(&b.proxy.names)),
-            ("proxy.all", show(&a.proxy.all), show(&b.proxy.all)),
-            ("proxy.dir", opt(&a.proxy.dir), opt(&b.proxy.dir)),
-            (
-                "proxy.on_rate_limit",
-                show(&a.proxy.on_rate_limit),
-                show(&b.proxy.on_rate_limit),
-            ),
-            (
-                "proxy.hold_max_secs",
-                show(&a.proxy.hold_max),
-                show(&b.proxy.hold_max),
-            ),
-            (
-                "proxy.tcp_port",
-                opt(&a.proxy.tcp_port),
-                opt(&b.proxy.tcp_port),
-            ),
-        ];
-        pairs
-            .into_iter()
-            .filter(|(_, old, new)| old != new)
-            .map(|(setting, old, new)| Change { setting, old, new })
-            .collect()
+                next,
+                &a.socket_dir_mode,
+                &b.socket_dir_mode,
+                octal,
+            );
+        changes
     }
+}
+
+/// The default socket, state directory and configuration file of `mode`;
+/// empty where the environment does not say.
+fn default_paths(mode: Mode) -> (PathBuf, PathBuf, PathBuf) {
+    match mode {
+        Mode::System => (
+            PathBuf::from(paths::SYSTEM_SOCKET),
+            PathBuf::from("/var/lib").join(APP_DIR),
+            PathBuf::from("/etc").join(APP_DIR).join("snctld.toml"),
+        ),
+        Mode::User => (
+            env_dir("XDG_RUNTIME_DIR")
+                .map(|d| d.join(APP_DIR).join(SOCKET_FILE))
+                .unwrap_or_default(),
+            env_dir("XDG_STATE_HOME")
+                .or_else(|| home_dir(".local/state"))
+                .map(|d| d.join(APP_DIR))
+                .unwrap_or_default(),
+            env_dir("XDG_CONFIG_HOME")
+                .or_else(|| home_dir(".config"))
+                .map(|d| d.join(APP_DIR).join("snctld.toml"))
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+// `[refresh]`, `[login]` and `[http]`: the settings are the token
+// machinery's ([`RefreshPolicy`], [`LoginPolicy`]) and the instance
+// client's ([`HttpConfig`]).
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshSection {
+    ahead: Option<f64>,
+    jitter: Option<f64>,
+    backoff_min_secs: Option<u64>,
+    backoff_max_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginSection {
+    redirect_port: Option<u16>,
+    timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    ca_file: Option<PathBuf>,
+    connect_timeout_secs: Option<u64>,
+    request_timeout_secs: Option<u64>,
+}
+
+fn apply_refresh(refresh: &mut RefreshPolicy, r: RefreshSection) -> Result<(), InvalidSetting> {
+    if let Some(ahead) = r.ahead {
+        if !(0.1..=0.95).contains(&ahead) {
+            return Err(InvalidSetting(
+                "refresh.ahead must be between 0.1 and 0.95".into(),
+            ));
+        }
+        refresh.ahead = ahead;
+    }
+    if let Some(jitter) = r.jitter {
+        if !(0.0..=0.2).contains(&jitter) {
+            return Err(InvalidSetting(
+                "refresh.jitter must be between 0 and 0.2".into(),
+            ));
+        }
+        refresh.jitter = jitter;
+    }
+    let secs = Duration::from_secs;
+    refresh.backoff_min = r.backoff_min_secs.map(secs).unwrap_or(refresh.backoff_min);
+    refresh.backoff_max = r.backoff_max_secs.map(secs).unwrap_or(refresh.backoff_max);
+    Ok(())
+}
+
+fn apply_login(login: &mut LoginPolicy, l: LoginSection) -> Result<(), InvalidSetting> {
+    if let Some(port) = l.redirect_port {
+        if port == 0 {
+            return Err(InvalidSetting(
+                "login.redirect_port must be a fixed port, not 0".into(),
+            ));
+        }
+        login.redirect_port = port;
+    }
+    if let Some(t) = l.timeout_secs {
+        if !(30..=3600).contains(&t) {
+            return Err(InvalidSetting(
+                "login.timeout_secs must be between 30 and 3600".into(),
+            ));
+        }
+        login.timeout = Duration::from_secs(t);
+    }
+    Ok(())
+}
+
+fn apply_http(http: &mut HttpConfig, h: HttpSection) {
+    if h.ca_file.is_some() {
+        http.ca_file = h.ca_file;
+    }
+    let secs = Duration::from_secs;
+    http.connect_timeout = h
+        .connect_timeout_secs
+        .map(secs)
+        .unwrap_or(http.connect_timeout);
+    http.request_timeout = h
+        .request_timeout_secs
+        .map(secs)
+        .unwrap_or(http.request_timeout);
+}
+
+/// What differs in `[refresh]`: the schedules take it at once.
+pub fn refresh_changes(a: &RefreshPolicy, b: &RefreshPolicy) -> Changes {
+    let now = Applies::Now;
+    let mut changes = Changes::default();
+    changes
+        .compare("refresh.ahead", now, &a.ahead, &b.ahead, debug)
+        .compare("refresh.jitter", now, &a.jitter, &b.jitter, debug)
+        .compare(
+            "refresh.backoff_min_secs",
+            now,
+            &a.backoff_min,
+            &b.backoff_min,
+            debug,
+        )
+        .compare(
+            "refresh.backoff_max_secs",
+            now,
+            &a.backoff_max,
+            &b.backoff_max,
+            debug,
+        );
+    changes
+}
+
+/// What differs in `[login]`: logins started afterwards take it.
+pub fn login_changes(a: &LoginPolicy, b: &LoginPolicy) -> Changes {
+    let now = Applies::Now;
+    let mut changes = Changes::default();
+    changes
+        .compare(
+            "login.redirect_port",
+            now,
+            &a.redirect_port,
+            &b.redirect_port,
+            debug,
+        )
+        .compare("login.timeout_secs", now, &a.timeout, &b.timeout, debug);
+    changes
+}
+
+/// What differs in `[http]`: the client is built when the daemon starts.
+pub fn http_changes(a: &HttpConfig, b: &HttpConfig) -> Changes {
+    let next = Applies::NextStart;
+    let mut changes = Changes::default();
+    changes
+        .compare("http.ca_file", next, &a.ca_file, &b.ca_file, optional)
+        .compare(
+            "http.connect_timeout_secs",
+            next,
+            &a.connect_timeout,
+            &b.connect_timeout,
+            debug,
+        )
+        .compare(
+            "http.request_timeout_secs",
+            next,
+            &a.request_timeout,
+            &b.request_timeout,
+            debug,
+        );
+    changes
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reload::Reload;
+    use crate::settings::Applies;
 
     #[test]
     fn file_values_apply_and_unknown_keys_are_refused() {
@@ -712,7 +529,7 @@ mod tests {
             config: Some(path.clone()),
         };
         let running = Config::load(Mode::User, overrides).unwrap();
-        assert!(running.changes(&running.reload().unwrap()).is_empty());
+        assert!(Reload::between(&running, &running.reload().unwrap()).is_empty());
 
         std::fs::write(
             &path,
@@ -720,11 +537,20 @@ mod tests {
         )
         .unwrap();
         let new = running.reload().unwrap();
-        let changes = running.changes(&new);
+        let reload = Reload::between(&running, &new);
+        let changes: Vec<_> = reload.changes().collect();
         let named: Vec<_> = changes.iter().map(|c| c.setting).collect();
         assert_eq!(named, ["log.filter", "refresh.ahead", "access.admin_group"]);
         assert_eq!(changes[2].old, "(none)");
         assert_eq!(changes[2].new, "\"ops\"");
+        assert!(changes.iter().all(|c| c.applies == Applies::Now));
+        std::fs::write(&path, "[server]\nread_timeout_secs = 3\n").unwrap();
+        let reload = Reload::between(&running, &running.reload().unwrap());
+        let later: Vec<_> = reload.changes().map(|c| (c.setting, c.applies)).collect();
+        assert!(
+            later.contains(&("server.read_timeout_secs", Applies::NextStart)),
+            "{later:?}"
+        );
 
         std::fs::write(&path, "[log]\nfilter = \"snctld=nonsense=\"\n").unwrap();
         let err = running.reload().unwrap_err().to_string();

@@ -45,9 +45,12 @@ use std::path::{Path, PathBuf};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{hkdf, hmac};
+use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use snctl_shared::Secret;
+
+use crate::settings::{optional, Applies, Changes};
 
 /// File name of the master key, in the state or credentials directory.
 pub const KEY_FILE: &str = "snctld.key";
@@ -119,6 +122,37 @@ impl KeySource {
     }
 }
 
+/// `[master_key]` in the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterKeyConfig {
+    /// A key file to use after `$CREDENTIALS_DIRECTORY/snctld.key` and
+    /// before the state directory's: must exist when set; never created.
+    pub file: Option<PathBuf>,
+}
+
+impl MasterKeyConfig {
+    /// Reads `[master_key]` over this setting.
+    pub fn apply(&mut self, section: MasterKeyConfig) {
+        if section.file.is_some() {
+            self.file = section.file;
+        }
+    }
+
+    /// What differs in `new`: the key is loaded when the daemon starts.
+    pub fn changes(&self, new: &MasterKeyConfig) -> Changes {
+        let mut changes = Changes::default();
+        changes.compare(
+            "master_key.file",
+            Applies::NextStart,
+            &self.file,
+            &new.file,
+            optional,
+        );
+        changes
+    }
+}
+
 /// Where the master key may be, in the order [`load_master_key`] looks.
 #[derive(Debug, Clone)]
 pub struct KeySources {
@@ -131,15 +165,6 @@ pub struct KeySources {
 }
 
 impl KeySources {
-    /// The sources a configuration names.
-    pub fn of(config: &crate::Config) -> Self {
-        KeySources {
-            credentials_dir: config.credentials_dir.clone(),
-            key_file: config.key_file.clone(),
-            state_dir: config.state_dir.clone(),
-        }
-    }
-
     /// Only the state directory's key file.
     pub fn state_dir(dir: impl Into<PathBuf>) -> Self {
         KeySources {
@@ -456,8 +481,7 @@ pub fn read_key_file(path: &Path) -> Result<MasterKey, CryptoError> {
             mode,
         });
     }
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(CryptoError::ForeignOwner {
             path: path.to_path_buf(),

@@ -16,6 +16,19 @@ use zeroize::Zeroizing;
 use snctl_shared::protocol::JwtSettings;
 use snctl_shared::Secret;
 
+/// Why a JWT signing key cannot be used, or an assertion not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("the JWT signing key is not base64")]
+    NotBase64,
+    #[error("the JWT signing key is neither a P-256 EC nor an RSA (2048 bits or more) PKCS#8 private key ({0})")]
+    NotAKey(String),
+    #[error("signing the JWT assertion failed")]
+    Sign,
+    #[error("no randomness for the JWT id")]
+    NoRandomness,
+}
+
 /// How long an assertion is valid.
 pub const ASSERTION_LIFETIME_SECS: i64 = 300;
 
@@ -32,8 +45,8 @@ impl Signer {
         }
     }
 
-    fn sign(&self, rng: &SystemRandom, message: &[u8]) -> Result<Vec<u8>, String> {
-        let failed = |_| "signing the JWT assertion failed".to_string();
+    fn sign(&self, rng: &SystemRandom, message: &[u8]) -> Result<Vec<u8>, JwtError> {
+        let failed = |_| JwtError::Sign;
         match self {
             Signer::Es256(key) => Ok(key.sign(rng, message).map_err(failed)?.as_ref().to_vec()),
             Signer::Rs256(key) => {
@@ -46,36 +59,33 @@ impl Signer {
     }
 }
 
-fn signer(key: &Secret, rng: &SystemRandom) -> Result<Signer, String> {
+fn signer(key: &Secret, rng: &SystemRandom) -> Result<Signer, JwtError> {
     let der = Zeroizing::new(
         STANDARD
             .decode(key.expose())
-            .map_err(|_| "the JWT signing key is not base64".to_string())?,
+            .map_err(|_| JwtError::NotBase64)?,
     );
     if let Ok(ec) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, rng) {
         return Ok(Signer::Es256(ec));
     }
-    RsaKeyPair::from_pkcs8(&der).map(Signer::Rs256).map_err(|e| {
-        format!(
-            "the JWT signing key is neither a P-256 EC nor an RSA (2048 bits or more) PKCS#8 private key ({e})"
-        )
-    })
+    RsaKeyPair::from_pkcs8(&der)
+        .map(Signer::Rs256)
+        .map_err(|e| JwtError::NotAKey(e.to_string()))
 }
 
 /// Checks that `key` is a key this module can sign with.
-pub fn check_key(key: &Secret) -> Result<(), String> {
+pub fn check_key(key: &Secret) -> Result<(), JwtError> {
     signer(key, &SystemRandom::new()).map(drop)
 }
 
 /// A signed assertion for `client_id`, issued at `now_secs`: `iss` and `aud`
 /// the client ID (what ServiceNow's JWT Verifier Map expects), `sub` the
 /// user, valid [`ASSERTION_LIFETIME_SECS`].
-pub fn assertion(jwt: &JwtSettings, client_id: &str, now_secs: i64) -> Result<String, String> {
+pub fn assertion(jwt: &JwtSettings, client_id: &str, now_secs: i64) -> Result<String, JwtError> {
     let rng = SystemRandom::new();
     let signer = signer(&jwt.key, &rng)?;
     let mut jti = [0u8; 16];
-    rng.fill(&mut jti)
-        .map_err(|_| "no randomness for the JWT id".to_string())?;
+    rng.fill(&mut jti).map_err(|_| JwtError::NoRandomness)?;
     let mut header = serde_json::json!({ "alg": signer.alg(), "typ": "JWT" });
     if let Some(kid) = &jwt.kid {
         header["kid"] = kid.as_str().into();

@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use snctld::config::{Config, Mode, PathOverrides};
-use snctld::service::{self, Forked, PassedSocket, Service, SetLogFilter};
+use snctld::logging::{LogFilterError, SetLogFilter};
+use snctld::systemd::{self, Forked, PassedSocket, Service};
 
 /// Keeps ServiceNow OAuth tokens fresh and serves them over a Unix socket.
 #[derive(Parser, Debug)]
@@ -131,28 +132,37 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
     let builder = tracing_subscriber::fmt()
         .with_writer(writer)
         .with_ansi(ansi);
-    let reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync> = if stderr_is_journal()
-    {
-        let builder = builder
-            .without_time()
-            .with_env_filter(filter)
-            .with_filter_reloading();
-        let handle = builder.reload_handle();
-        builder.init();
-        Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
-    } else {
-        let builder = builder.with_env_filter(filter).with_filter_reloading();
-        let handle = builder.reload_handle();
-        builder.init();
-        Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
-    };
+    let reload: Box<dyn Fn(EnvFilter) -> Result<(), LogFilterError> + Send + Sync> =
+        if stderr_is_journal() {
+            let builder = builder
+                .without_time()
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |f| {
+                handle
+                    .reload(f)
+                    .map_err(|e| LogFilterError::Reload(e.to_string()))
+            })
+        } else {
+            let builder = builder.with_env_filter(filter).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |f| {
+                handle
+                    .reload(f)
+                    .map_err(|e| LogFilterError::Reload(e.to_string()))
+            })
+        };
     let set_filter = Box::new(move |configured: Option<&str>| {
         if fixed {
             return Ok(false);
         }
+        let text = configured.unwrap_or("info");
         let filter = EnvFilter::builder()
-            .parse(configured.unwrap_or("info"))
-            .map_err(|e| e.to_string())?;
+            .parse(text)
+            .map_err(|e| LogFilterError::Parse(text.to_string(), e.to_string()))?;
         reload(filter)?;
         Ok(true)
     });
@@ -183,7 +193,7 @@ fn main() -> ExitCode {
         return fail(&format!("{error:#}"));
     }
     // Before anything else, and before any thread: it edits the environment.
-    let passed = match service::take_passed_socket() {
+    let passed = match systemd::take_passed_socket() {
         Ok(passed) => passed,
         Err(error) => return fail(&format!("{error:#}")),
     };
@@ -198,7 +208,7 @@ fn main() -> ExitCode {
     let pid_file = args.pid_file.clone();
     let result = start(args, passed, &service);
     if let Some(path) = pid_file {
-        service::remove_pid_file(&path);
+        systemd::remove_pid_file(&path);
     }
     // Every line logged so far is written before the last words below.
     drop(log_guard);
@@ -219,7 +229,7 @@ fn fail(line: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// `--daemon`: forks (see [`service::daemonize`]); paths made absolute
+/// `--daemon`: forks (see [`systemd::daemonize`]); paths made absolute
 /// first, since the daemon runs in `/`.
 fn daemon_mode(args: &Args) -> anyhow::Result<Option<Forked>> {
     if !args.daemon {
@@ -233,9 +243,16 @@ fn daemon_mode(args: &Args) -> anyhow::Result<Option<Forked>> {
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("--daemon needs --pid-file PATH"))?;
     // The log file is created 0600, like everything the daemon makes.
-    // SAFETY: umask only sets the process file mode mask.
-    unsafe { libc::umask(0o077) };
-    service::daemonize(pid_file, args.log_file.as_deref()).map(Some)
+    private_umask();
+    Ok(Some(systemd::daemonize(
+        pid_file,
+        args.log_file.as_deref(),
+    )?))
+}
+
+/// Files created from here on are for snctld's user only (umask 077).
+fn private_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
 }
 
 /// Makes every path flag absolute, as the starting directory means them.
@@ -267,12 +284,11 @@ fn absolute_paths(args: &mut Args) -> anyhow::Result<()> {
 
 fn start(args: Args, passed: Option<PassedSocket>, service: &Service) -> anyhow::Result<()> {
     // Files the daemon creates are private unless it says otherwise.
-    // SAFETY: umask only sets the process file mode mask.
-    unsafe { libc::umask(0o077) };
+    private_umask();
     // Before any key or secret is in memory.
-    snctld::hygiene::harden()
+    snctld::process::harden()
         .map_err(|e| anyhow::anyhow!("cannot turn off core dumps and ptrace access: {e}"))?;
-    snctld::hygiene::tune_allocator();
+    snctld::process::tune_allocator();
     let overrides = PathOverrides {
         socket: args.socket,
         state_dir: args.state_dir,
@@ -304,7 +320,7 @@ fn start(args: Args, passed: Option<PassedSocket>, service: &Service) -> anyhow:
         println!("{}", done.summary(&file));
         return Ok(());
     }
-    match service.set_log_filter(config.log_filter.as_deref()) {
+    match service.set_log_filter(config.log.filter.as_deref()) {
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "cannot use log.filter"),
     }
@@ -333,7 +349,8 @@ fn start(args: Args, passed: Option<PassedSocket>, service: &Service) -> anyhow:
                 config.access.socket_group.as_deref(),
             )?,
         };
-        snctld::run_with(config, state, listener, shutdown, service.clone()).await
+        snctld::run_with(config, state, listener, shutdown, service.clone()).await?;
+        anyhow::Ok(())
     });
     // Tasks left after the grace (a request stuck upstream) are dropped,
     // not waited for.

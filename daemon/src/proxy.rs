@@ -42,6 +42,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
@@ -65,9 +67,148 @@ use snctl_shared::protocol::{MinValid, TokenReply};
 use snctl_shared::Error;
 
 use crate::access::{Peer, ReaderIds};
-use crate::config::{Config, OnRateLimit};
+use crate::dispatch::Dispatcher;
 use crate::server::{Gate, Limits, Listener};
-use crate::Daemon;
+use crate::settings::{debug, optional, Applies, Changes, InvalidSetting};
+
+/// Which authentications get a proxy socket, and where: `[proxy]` in the
+/// configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub names: Vec<String>,
+    /// Every authentication there is when the daemon starts.
+    pub all: bool,
+    /// Where the `NAME.sock` files go; `None`: the socket's directory +
+    /// `/proxy`.
+    pub dir: Option<PathBuf>,
+    /// What a request meets while the instance's 429 holds.
+    pub on_rate_limit: OnRateLimit,
+    /// The longest [`OnRateLimit::Hold`] makes a request wait.
+    pub hold_max: Duration,
+    /// A port on 127.0.0.1 serving every proxied authentication by path
+    /// prefix (`/NAME/…`); `None`: no TCP listener.
+    pub tcp_port: Option<u16>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> ProxyConfig {
+        ProxyConfig {
+            names: Vec::new(),
+            all: false,
+            dir: None,
+            on_rate_limit: OnRateLimit::Reject,
+            hold_max: Duration::from_secs(30),
+            tcp_port: None,
+        }
+    }
+}
+
+/// `[proxy] on_rate_limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRateLimit {
+    /// Answer 429 with `Retry-After` at once.
+    Reject,
+    /// Wait until the hold ends (at most `hold_max`), then forward.
+    Hold,
+}
+
+/// `[proxy]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    names: Option<Vec<String>>,
+    all: Option<bool>,
+    dir: Option<PathBuf>,
+    on_rate_limit: Option<String>,
+    hold_max_secs: Option<u64>,
+    tcp_port: Option<u16>,
+}
+
+impl ProxyConfig {
+    /// The directory of the proxy sockets when the main socket is `socket`.
+    pub fn dir_for(&self, socket: &Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| {
+            socket
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join("proxy")
+        })
+    }
+
+    /// Reads `[proxy]` over these settings.
+    pub fn apply(&mut self, p: ProxySection) -> Result<(), InvalidSetting> {
+        if let Some(names) = p.names {
+            if let Some(bad) = names
+                .iter()
+                .find(|n| n.is_empty() || n.contains('/') || n.starts_with('.'))
+            {
+                return Err(InvalidSetting(format!(
+                    "proxy.names: {bad:?} cannot name a socket file"
+                )));
+            }
+            self.names = names;
+        }
+        self.all = p.all.unwrap_or(self.all);
+        if p.dir.is_some() {
+            self.dir = p.dir;
+        }
+        if let Some(mode) = p.on_rate_limit {
+            self.on_rate_limit = match mode.as_str() {
+                "reject" => OnRateLimit::Reject,
+                "hold" => OnRateLimit::Hold,
+                _ => {
+                    return Err(InvalidSetting(format!(
+                        "proxy.on_rate_limit: {mode:?} is neither \"reject\" nor \"hold\""
+                    )))
+                }
+            };
+        }
+        if let Some(secs) = p.hold_max_secs {
+            if !(1..=3600).contains(&secs) {
+                return Err(InvalidSetting(
+                    "proxy.hold_max_secs must be between 1 and 3600".into(),
+                ));
+            }
+            self.hold_max = Duration::from_secs(secs);
+        }
+        if p.tcp_port.is_some() {
+            self.tcp_port = p.tcp_port;
+        }
+        Ok(())
+    }
+
+    /// What differs in `new`; the proxies are set up when the daemon starts.
+    pub fn changes(&self, new: &ProxyConfig) -> Changes {
+        let next = Applies::NextStart;
+        let mut changes = Changes::default();
+        changes
+            .compare("proxy.names", next, &self.names, &new.names, debug)
+            .compare("proxy.all", next, &self.all, &new.all, debug)
+            .compare("proxy.dir", next, &self.dir, &new.dir, optional)
+            .compare(
+                "proxy.on_rate_limit",
+                next,
+                &self.on_rate_limit,
+                &new.on_rate_limit,
+                debug,
+            )
+            .compare(
+                "proxy.hold_max_secs",
+                next,
+                &self.hold_max,
+                &new.hold_max,
+                debug,
+            )
+            .compare(
+                "proxy.tcp_port",
+                next,
+                &self.tcp_port,
+                &new.tcp_port,
+                optional,
+            );
+        changes
+    }
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -86,11 +227,22 @@ const PROXY_HEADER: &str = "x-snctl-proxy";
 /// The longest a rate limit is believed.
 const MAX_HOLD: Duration = Duration::from_secs(3600);
 
+/// How long a proxied request may take on its way in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// The longest gap between two pieces of a request body
+    /// (`server.read_timeout_secs`).
+    pub read: Duration,
+    /// The longest a whole request body may take
+    /// (`http.request_timeout_secs`).
+    pub request: Duration,
+}
+
 /// One authentication's proxy, shared by its Unix socket and the TCP
 /// listener.
 pub(crate) struct Proxy {
     name: String,
-    daemon: Arc<Daemon>,
+    daemon: Arc<Dispatcher>,
     http: reqwest::Client,
     on_rate_limit: OnRateLimit,
     hold_max: Duration,
@@ -112,18 +264,19 @@ enum Caller<'a> {
 impl Proxy {
     pub(crate) fn new(
         name: String,
-        daemon: Arc<Daemon>,
+        daemon: Arc<Dispatcher>,
         http: reqwest::Client,
-        config: &Config,
+        config: &ProxyConfig,
+        timeouts: Timeouts,
     ) -> Arc<Proxy> {
         Arc::new(Proxy {
             name,
             daemon,
             http,
-            on_rate_limit: config.proxy.on_rate_limit,
-            hold_max: config.proxy.hold_max,
-            read_timeout: config.limits.read_timeout,
-            request_timeout: config.http.request_timeout,
+            on_rate_limit: config.on_rate_limit,
+            hold_max: config.hold_max,
+            read_timeout: timeouts.read,
+            request_timeout: timeouts.request,
             held_until: Mutex::new(None),
         })
     }
@@ -141,7 +294,7 @@ pub(crate) async fn serve(
     let tracker = TaskTracker::new();
     while let Some((stream, peer)) = listener.next(&stop).await {
         // The main socket's limits, per proxy socket.
-        let Some(admitted) = gate.admit(&peer, proxy.daemon.is_admin(&peer)) else {
+        let Some(admitted) = gate.admit(&peer, proxy.daemon.access().is_admin(&peer)) else {
             continue;
         };
         let proxy = proxy.clone();
@@ -362,7 +515,7 @@ impl Proxy {
 
     async fn forward(&self, caller: Caller<'_>, request: Request<Incoming>) -> Response<Body> {
         let access = self.daemon.access();
-        let tokens = &self.daemon.tokens;
+        let tokens = self.daemon.tokens();
         let allowed = |readers: &ReaderIds| match caller {
             Caller::Unix(peer) => access.require_reader(peer, &self.name, readers),
             Caller::Tcp if readers.is_empty() => Ok(()),
@@ -730,11 +883,8 @@ fn retry_at(headers: &HeaderMap, now: SystemTime) -> Option<SystemTime> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    let at = match text("retry-after") {
-        Some(value) => match value.parse::<u64>() {
-            Ok(secs) => now + Duration::from_secs(secs.min(MAX_HOLD.as_secs())),
-            Err(_) => httpdate::parse_http_date(value).ok()?,
-        },
+    let at = match headers.get(header::RETRY_AFTER) {
+        Some(_) => now + crate::http::retry_after(headers, now)?.min(MAX_HOLD),
         None => {
             let epoch = text("x-ratelimit-reset")?.parse::<u64>().ok()?;
             UNIX_EPOCH + Duration::from_secs(epoch)
@@ -821,8 +971,7 @@ fn rate_limited(left: Duration) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access::{Access, ReaderIds};
-    use crate::config::AccessConfig;
+    use crate::access::{Access, AccessConfig, ReaderIds};
     use snctl_shared::protocol::Readers;
 
     #[test]
@@ -896,8 +1045,7 @@ mod tests {
             unit: None,
         };
         assert!(access.require_reader(&peer(4001), "prod", &readers).is_ok());
-        // SAFETY: geteuid cannot fail and touches no memory.
-        let other = if unsafe { libc::geteuid() } == 4002 {
+        let other = if nix::unistd::geteuid().as_raw() == 4002 {
             4003
         } else {
             4002

@@ -31,11 +31,60 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
-
 use crate::config::Config;
-use crate::crypto::{self, CryptoError, KeySource, KeySources, MasterKey, NEW_KEY_FILE};
-use crate::store::{UncheckedDb, DB_FILE};
+use crate::crypto::{self, CryptoError, KeySource, MasterKey, NEW_KEY_FILE};
+use crate::state::StateError;
+use crate::store::{StoreError, UncheckedDb, DB_FILE};
+
+/// Why a rekey stopped. Each message is one line with its cause and says
+/// what was left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum RekeyError {
+    #[error("there is no state directory {}: nothing to rekey", dir.display())]
+    NoStateDir { dir: PathBuf },
+    #[error("there is no database {}: nothing to rekey", path.display())]
+    NoDatabase { path: PathBuf },
+    #[error("the database {} was never started on (it has no key check): nothing to rekey", path.display())]
+    NeverStarted { path: PathBuf },
+    #[error("the database is already sealed with the key in {} (an earlier rekey committed): install that key, then start snctld", path.display())]
+    AlreadyRekeyed { path: PathBuf },
+    #[error("the master key is the state directory's {}: rekey replaces it there; leave out --new-key-file", path.display())]
+    KeyInStateDir { path: PathBuf },
+    #[error("the master key comes from {}, which snctld does not manage: give --new-key-file PATH for the new key (rekey prints how to install it)", path.display())]
+    UnmanagedKey { path: PathBuf },
+    #[error("cannot read the owner of {}: {error}", path.display())]
+    Owner {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot write the new key to {}{}: {error}", path.display(), if *must_not_exist { " (it must not exist yet)" } else { "" })]
+    WriteKey {
+        path: PathBuf,
+        must_not_exist: bool,
+        error: std::io::Error,
+    },
+    #[error("the database was re-sealed with key id {new_id}, kept in {}, but reported an error{}: {error}", path.display(), if *installed_at_start { " (snctld installs that key at its next start)" } else { "" })]
+    CommittedWithError {
+        new_id: String,
+        path: PathBuf,
+        installed_at_start: bool,
+        error: Box<StoreError>,
+    },
+    #[error("cannot re-seal the database; nothing was changed: {error}")]
+    Reseal { error: Box<StoreError> },
+    #[error("the database is re-sealed with the key in {}, which could not be renamed to {}; snctld finishes the rename at its next start: {error}", new.display(), path.display())]
+    Rename {
+        new: PathBuf,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
 
 /// What a rekey did.
 #[derive(Debug)]
@@ -98,7 +147,7 @@ pub fn rekey(
     config: &Config,
     new_key_file: Option<&Path>,
     say: &mut dyn FnMut(&str),
-) -> anyhow::Result<Rekeyed> {
+) -> Result<Rekeyed, RekeyError> {
     run(config, new_key_file, say, true)
 }
 
@@ -106,7 +155,7 @@ pub fn rekey(
 /// `snctld.key.new`: the state a crash right after the commit leaves. For
 /// tests of the recovery.
 #[doc(hidden)]
-pub fn rekey_until_commit(config: &Config) -> anyhow::Result<Rekeyed> {
+pub fn rekey_until_commit(config: &Config) -> Result<Rekeyed, RekeyError> {
     run(config, None, &mut |_| {}, false)
 }
 
@@ -115,135 +164,52 @@ fn run(
     new_key_file: Option<&Path>,
     say: &mut dyn FnMut(&str),
     rename: bool,
-) -> anyhow::Result<Rekeyed> {
+) -> Result<Rekeyed, RekeyError> {
     let dir = &config.state_dir;
     if !dir.is_dir() {
-        bail!(
-            "there is no state directory {}: nothing to rekey",
-            dir.display()
-        );
+        return Err(RekeyError::NoStateDir { dir: dir.clone() });
     }
-    let _lock = crate::lock_stopped_state_dir(config)?;
+    let _lock = crate::state::lock_stopped_state_dir(config)?;
     let db_path = dir.join(DB_FILE);
     if !db_path.exists() {
-        bail!(
-            "there is no database {}: nothing to rekey",
-            db_path.display()
-        );
+        return Err(RekeyError::NoDatabase { path: db_path });
     }
     let db = UncheckedDb::open(&db_path)?;
     let Some(check) = db.key_check()? else {
-        bail!(
-            "the database {} was never started on (it has no key check): nothing to rekey",
-            db_path.display()
-        );
+        return Err(RekeyError::NeverStarted { path: db_path });
     };
-    let (old, old_source) = match crypto::load_master_key(&KeySources::of(config), Some(&check)) {
-        Ok(loaded) => loaded,
-        Err(error @ CryptoError::WrongKey { .. }) => {
-            // Perhaps an earlier rekey committed and its key was not installed.
-            if let Some(path) = new_key_file {
-                if crypto::read_key_file(path).is_ok_and(|k| crypto::opens_check(&k, &check)) {
-                    bail!(
-                        "the database is already sealed with the key in {} (an earlier rekey committed): install that key, then start snctld",
-                        path.display()
-                    );
-                }
-            }
-            return Err(error.into());
-        }
-        Err(error) => return Err(error.into()),
-    };
+    let (old, old_source) = old_key(config, new_key_file, &check)?;
     let old_id = old.id_hex();
-
-    // Where the new key goes, and who owns it.
-    let (target, owner) = match (&old_source, new_key_file) {
-        (KeySource::StateDir(path) | KeySource::Created(path), None) => {
-            (dir.join(NEW_KEY_FILE), same_owner_as(path)?)
-        }
-        (KeySource::StateDir(path) | KeySource::Created(path), Some(_)) => bail!(
-            "the master key is the state directory's {}: rekey replaces it there; leave out --new-key-file",
-            path.display()
-        ),
-        (KeySource::Credentials(path) | KeySource::Configured(path), None) => bail!(
-            "the master key comes from {}, which snctld does not manage: give --new-key-file PATH for the new key (rekey prints how to install it)",
-            path.display()
-        ),
-        (KeySource::Credentials(_) | KeySource::Configured(_), Some(path)) => {
-            (path.to_path_buf(), None)
-        }
-    };
+    let (target, owner) = new_key_place(dir, &old_source, new_key_file)?;
     let (new_key, bytes) = MasterKey::generate()?;
     let new_id = new_key.id_hex();
-    crypto::write_key_file(&target, &bytes, owner).with_context(|| {
-        format!(
-            "cannot write the new key to {}{}",
-            target.display(),
-            if new_key_file.is_some() {
-                " (it must not exist yet)"
-            } else {
-                ""
-            }
-        )
+    crypto::write_key_file(&target, &bytes, owner).map_err(|error| RekeyError::WriteKey {
+        path: target.clone(),
+        must_not_exist: new_key_file.is_some(),
+        error,
     })?;
     drop(bytes);
     let mut done = Rekeyed {
         resealed: 0,
         old_id,
-        new_id: new_id.clone(),
+        new_id,
         old_source,
-        new_key: target.clone(),
+        new_key: target,
     };
     if let Some(instructions) = done.instructions() {
         say(&instructions);
     }
-
-    // The old key moves into the database handle, which drops it at the
-    // commit.
-    let resealed = db
-        .prepare(Arc::new(old))
-        .and_then(|mut db| db.reseal(Arc::new(new_key)));
-    done.resealed = match resealed {
-        Ok(count) => count,
-        Err(error) => {
-            // Committed after all (an error after the commit frame reached
-            // the disk)? Then the new key must stay.
-            let committed = UncheckedDb::open(&db_path)
-                .and_then(|db| db.key_check())
-                .ok()
-                .flatten()
-                .and_then(|check| MasterKey::blob_key_id(&check))
-                == Some(new_id.clone());
-            if committed {
-                return Err(anyhow::Error::new(error).context(format!(
-                    "the database was re-sealed with key id {new_id}, kept in {}, but reported an error{}",
-                    target.display(),
-                    if new_key_file.is_none() {
-                        " (snctld installs that key at its next start)"
-                    } else {
-                        ""
-                    }
-                )));
-            }
-            let _ = std::fs::remove_file(&target);
-            let _ = crypto::sync_dir(target.parent().unwrap_or(Path::new(".")));
-            return Err(anyhow::Error::new(error)
-                .context("cannot re-seal the database; nothing was changed"));
-        }
-    };
-
+    done.resealed = reseal(db, old, new_key, &db_path, &done, new_key_file.is_none())?;
     if let KeySource::StateDir(path) | KeySource::Created(path) = &done.old_source {
         if rename {
             let finish = || -> std::io::Result<()> {
-                std::fs::rename(&target, path)?;
+                std::fs::rename(&done.new_key, path)?;
                 crypto::sync_dir(dir)
             };
-            finish().with_context(|| {
-                format!(
-                    "the database is re-sealed with the key in {}, which could not be renamed to {}; snctld finishes the rename at its next start",
-                    target.display(),
-                    path.display()
-                )
+            finish().map_err(|error| RekeyError::Rename {
+                new: done.new_key.clone(),
+                path: path.clone(),
+                error,
             })?;
             done.new_key = path.clone();
         }
@@ -251,15 +217,104 @@ fn run(
     Ok(done)
 }
 
+/// The key the database is sealed with now. When it does not open the
+/// database, perhaps an earlier rekey committed and its key (in
+/// `new_key_file`) was not installed: that is said.
+fn old_key(
+    config: &Config,
+    new_key_file: Option<&Path>,
+    check: &[u8],
+) -> Result<(MasterKey, KeySource), RekeyError> {
+    match crypto::load_master_key(&config.key_sources(), Some(check)) {
+        Ok(loaded) => Ok(loaded),
+        Err(error @ CryptoError::WrongKey { .. }) => {
+            if let Some(path) = new_key_file {
+                if crypto::read_key_file(path).is_ok_and(|k| crypto::opens_check(&k, check)) {
+                    return Err(RekeyError::AlreadyRekeyed {
+                        path: path.to_path_buf(),
+                    });
+                }
+            }
+            Err(error.into())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Where the new key goes, and who owns it: beside the old one in the state
+/// directory (as `snctld.key.new`, renamed after the commit), or where the
+/// administrator said when the old key is not snctld's to replace.
+fn new_key_place(
+    dir: &Path,
+    old_source: &KeySource,
+    new_key_file: Option<&Path>,
+) -> Result<(PathBuf, Option<(u32, u32)>), RekeyError> {
+    match (old_source, new_key_file) {
+        (KeySource::StateDir(path) | KeySource::Created(path), None) => {
+            Ok((dir.join(NEW_KEY_FILE), same_owner_as(path)?))
+        }
+        (KeySource::StateDir(path) | KeySource::Created(path), Some(_)) => {
+            Err(RekeyError::KeyInStateDir { path: path.clone() })
+        }
+        (KeySource::Credentials(path) | KeySource::Configured(path), None) => {
+            Err(RekeyError::UnmanagedKey { path: path.clone() })
+        }
+        (KeySource::Credentials(_) | KeySource::Configured(_), Some(path)) => {
+            Ok((path.to_path_buf(), None))
+        }
+    }
+}
+
+/// Re-seals every blob under `new_key` in one transaction. On an error the
+/// new key file is removed, unless the commit reached the disk after all:
+/// then the new key must stay.
+fn reseal(
+    db: UncheckedDb,
+    old: MasterKey,
+    new_key: MasterKey,
+    db_path: &Path,
+    done: &Rekeyed,
+    installed_at_start: bool,
+) -> Result<usize, RekeyError> {
+    // The old key moves into the database handle, which drops it at the
+    // commit.
+    let resealed = db
+        .prepare(Arc::new(old))
+        .and_then(|mut db| db.reseal(Arc::new(new_key)));
+    let error = match resealed {
+        Ok(count) => return Ok(count),
+        Err(error) => Box::new(error),
+    };
+    let committed = UncheckedDb::open(db_path)
+        .and_then(|db| db.key_check())
+        .ok()
+        .flatten()
+        .and_then(|check| MasterKey::blob_key_id(&check))
+        == Some(done.new_id.clone());
+    if committed {
+        return Err(RekeyError::CommittedWithError {
+            new_id: done.new_id.clone(),
+            path: done.new_key.clone(),
+            installed_at_start,
+            error,
+        });
+    }
+    let target = &done.new_key;
+    let _ = std::fs::remove_file(target);
+    let _ = crypto::sync_dir(target.parent().unwrap_or(Path::new(".")));
+    Err(RekeyError::Reseal { error })
+}
+
 /// Run as root on a daemon's state directory, the new key must stay the
 /// daemon user's, like the old one.
-fn same_owner_as(path: &Path) -> anyhow::Result<Option<(u32, u32)>> {
+fn same_owner_as(path: &Path) -> Result<Option<(u32, u32)>, RekeyError> {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid cannot fail and touches no memory.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read the owner of {}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|error| RekeyError::Owner {
+        path: path.to_path_buf(),
+        error,
+    })?;
     Ok(Some((meta.uid(), meta.gid())))
 }

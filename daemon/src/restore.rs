@@ -13,7 +13,7 @@
 //! 2. Check that copy: a database of a schema this build knows, `PRAGMA
 //!    integrity_check` "ok", no table, index, trigger or view that this
 //!    snctld's schema does not create, a key check that the master key
-//!    (from the daemon's own sources, [`KeySources::of`]) opens, and every
+//!    (from the daemon's own sources, [`Config::key_sources`]) opens, and every
 //!    authentication's settings matching their MAC under that key with an
 //!    instance URL `add` would accept. A backup of a schema older than
 //!    [`SIGNED_SCHEMA`] has no MACs to check: it is refused unless
@@ -35,11 +35,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
-
 use crate::config::Config;
-use crate::crypto::{self, KeySources};
-use crate::store::{ObjectList, RowError, UncheckedDb, DB_FILE, SIGNED_SCHEMA};
+use crate::crypto::{self, CryptoError};
+use crate::state::StateError;
+use crate::store::{ObjectList, RowError, StoreError, UncheckedDb, DB_FILE, SIGNED_SCHEMA};
 
 /// The backup's copy while it is checked.
 pub const RESTORE_FILE: &str = "snctld.db.restore";
@@ -96,8 +95,77 @@ impl Restored {
     }
 }
 
+/// Why a restore stopped. Each message is one line with its cause and says
+/// what was left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("cannot create the state directory {}: {error}", dir.display())]
+    CreateDir { dir: PathBuf, error: io::Error },
+    #[error("{} is left from an earlier restore: move it away first (it may be the only copy of that database); nothing was changed", path.display())]
+    PreviousLeft { path: PathBuf },
+    #[error("cannot remove the copy an earlier restore left: {0}")]
+    CleanUp(io::Error),
+    #[error("{} not restored; nothing was changed: {error}", file.display())]
+    NotRestored {
+        file: PathBuf,
+        error: Box<RestoreError>,
+    },
+    #[error("cannot move {} to {}; the database in place was not replaced: {error}", db.display(), previous.display())]
+    MovePrevious {
+        db: PathBuf,
+        previous: PathBuf,
+        error: io::Error,
+    },
+    #[error("cannot rename {} to {}: {error}", staged.display(), db.display())]
+    Install {
+        staged: PathBuf,
+        db: PathBuf,
+        error: io::Error,
+    },
+    #[error("the restored database does not open: the previous database was put back: {0}")]
+    PutBack(Box<RestoreError>),
+    #[error("the restored database does not open: removed it: {0}")]
+    Removed(Box<RestoreError>),
+    #[error("the restored database does not open, and putting the previous one back failed ({put_back}): it is {}: {error}", previous.display())]
+    NotPutBack {
+        put_back: io::Error,
+        previous: PathBuf,
+        error: Box<RestoreError>,
+    },
+    #[error("cannot read the backup {}: {error}", path.display())]
+    ReadBackup { path: PathBuf, error: io::Error },
+    #[error("cannot copy the backup to {}: {error}", path.display())]
+    CopyBackup { path: PathBuf, error: io::Error },
+    #[error("the backup {} belongs to uid {owner}, not to uid {me} running restore or root: that user could have edited or replaced it; check where it came from, then `chown {me} {}` (or give --force)", path.display(), path.display())]
+    BackupOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error("the backup {} is writable by group or others (mode {mode:o}): any of them could have edited or replaced it; check where it came from, then `chmod 600 {}` (or give --force)", path.display(), path.display())]
+    BackupWritable { path: PathBuf, mode: u32 },
+    #[error("the backup is damaged (SQLite integrity_check: {0})")]
+    Damaged(String),
+    #[error("the backup holds {0}, which snctld did not create: someone edited it (a trigger would rewrite what snctld stores); restore another backup")]
+    Foreign(String),
+    #[error("the backup is not a snctld database (it has no key check)")]
+    NotSnctld,
+    #[error("the backup has schema {0}, from an snctld that did not sign settings: its instance URLs, client IDs and readers cannot be checked against the key; look at them (sqlite3 FILE 'SELECT name, instance_url, client_id, allow_users, allow_groups, allow_units FROM authentications') and, if they are right, restore with --trust-old-backup")]
+    Unsigned(i64),
+    #[error("the instance URL of {name} is refused: {reason}")]
+    InstanceUrl { name: String, reason: String },
+    #[error("the settings of {0} were changed outside snctld (they do not match their MAC under the master key): whoever edited the backup could send the secrets elsewhere; restore another backup")]
+    Altered(String),
+    #[error("the restored database has no key check")]
+    NoKeyCheck,
+    #[error("the restored database is damaged (SQLite quick_check: {0})")]
+    RestoredDamaged(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
 /// Runs `snctld restore FILE` (see the module documentation).
-pub fn restore(config: &Config, file: &Path, options: Options) -> anyhow::Result<Restored> {
+pub fn restore(config: &Config, file: &Path, options: Options) -> Result<Restored, RestoreError> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = &config.state_dir;
     if !dir.exists() {
@@ -105,49 +173,45 @@ pub fn restore(config: &Config, file: &Path, options: Options) -> anyhow::Result
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+            .map_err(|error| RestoreError::CreateDir {
+                dir: dir.clone(),
+                error,
+            })?;
     }
-    let _lock = crate::lock_stopped_state_dir(config)?;
+    let _lock = crate::state::lock_stopped_state_dir(config)?;
     let db_path = dir.join(DB_FILE);
     let staged = dir.join(RESTORE_FILE);
     let previous = dir.join(PREVIOUS_FILE);
     if previous.exists() {
-        bail!(
-            "{} is left from an earlier restore: move it away first (it may be the only copy of that database); nothing was changed",
-            previous.display()
-        );
+        return Err(RestoreError::PreviousLeft { path: previous });
     }
 
-    remove_db_files(&staged).context("cannot remove the copy an earlier restore left")?;
+    remove_db_files(&staged).map_err(RestoreError::CleanUp)?;
     let checked = copy_private(file, &staged, options.force)
         .and_then(|()| check(config, &staged, options.trust_old_backup));
     if let Err(error) = checked {
         let _ = remove_db_files(&staged);
-        return Err(error.context(format!(
-            "{} not restored; nothing was changed",
-            file.display()
-        )));
+        return Err(RestoreError::NotRestored {
+            file: file.to_path_buf(),
+            error: Box::new(error),
+        });
     }
 
     let had_previous = db_path.exists();
     if had_previous {
         checkpoint(&db_path);
-        move_db_files(&db_path, &previous).with_context(|| {
-            format!(
-                "cannot move {} to {}; the database in place was not replaced",
-                db_path.display(),
-                previous.display()
-            )
+        move_db_files(&db_path, &previous).map_err(|error| RestoreError::MovePrevious {
+            db: db_path.clone(),
+            previous: previous.clone(),
+            error,
         })?;
     }
     let installed = fs::rename(&staged, &db_path).and_then(|()| crypto::sync_dir(dir));
     let opened = installed
-        .with_context(|| {
-            format!(
-                "cannot rename {} to {}",
-                staged.display(),
-                db_path.display()
-            )
+        .map_err(|error| RestoreError::Install {
+            staged: staged.clone(),
+            db: db_path.clone(),
+            error,
         })
         .and_then(|()| open_restored(config, &db_path));
     match opened {
@@ -165,30 +229,31 @@ pub fn restore(config: &Config, file: &Path, options: Options) -> anyhow::Result
                 }
                 crypto::sync_dir(dir)
             })();
-            match put_back {
-                Ok(()) if had_previous => Err(error.context(
-                    "the restored database does not open: the previous database was put back",
-                )),
-                Ok(()) => Err(error.context("the restored database does not open: removed it")),
-                Err(e) => Err(error.context(format!(
-                    "the restored database does not open, and putting the previous one back failed ({e}): it is {}",
-                    previous.display()
-                ))),
-            }
+            let error = Box::new(error);
+            Err(match put_back {
+                Ok(()) if had_previous => RestoreError::PutBack(error),
+                Ok(()) => RestoreError::Removed(error),
+                Err(put_back) => RestoreError::NotPutBack {
+                    put_back,
+                    previous,
+                    error,
+                },
+            })
         }
     }
 }
 
 /// Copies the bytes of `from` to `to` (created new, 0600, synced), once
 /// `from` passes [`trusted_file`] (or `force`).
-fn copy_private(from: &Path, to: &Path, force: bool) -> anyhow::Result<()> {
-    let mut source = fs::File::open(from)
-        .with_context(|| format!("cannot read the backup {}", from.display()))?;
+fn copy_private(from: &Path, to: &Path, force: bool) -> Result<(), RestoreError> {
+    let unreadable = |error| RestoreError::ReadBackup {
+        path: from.to_path_buf(),
+        error,
+    };
+    let mut source = fs::File::open(from).map_err(unreadable)?;
     // The open file is what is looked at and copied: renaming another file
     // into its place afterwards changes neither.
-    let meta = source
-        .metadata()
-        .with_context(|| format!("cannot read the backup {}", from.display()))?;
+    let meta = source.metadata().map_err(unreadable)?;
     if !force {
         trusted_file(from, &meta)?;
     }
@@ -201,7 +266,10 @@ fn copy_private(from: &Path, to: &Path, force: bool) -> anyhow::Result<()> {
         io::copy(&mut source, &mut target)?;
         target.sync_all()
     };
-    write().with_context(|| format!("cannot copy the backup to {}", to.display()))
+    write().map_err(|error| RestoreError::CopyBackup {
+        path: to.to_path_buf(),
+        error,
+    })
 }
 
 /// Refuses a backup file that someone else could have written: one that
@@ -209,51 +277,46 @@ fn copy_private(from: &Path, to: &Path, force: bool) -> anyhow::Result<()> {
 /// group or others may write. Its settings are checked against the key
 /// anyway, but a file others could replace should not be restored without
 /// a look.
-fn trusted_file(path: &Path, meta: &fs::Metadata) -> anyhow::Result<()> {
+fn trusted_file(path: &Path, meta: &fs::Metadata) -> Result<(), RestoreError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let shown = path.display();
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
-        bail!(
-            "the backup {shown} belongs to uid {}, not to uid {me} running restore or root: that user could have edited or replaced it; check where it came from, then `chown {me} {shown}` (or give --force)",
-            meta.uid()
-        );
+        return Err(RestoreError::BackupOwner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 {
-        bail!(
-            "the backup {shown} is writable by group or others (mode {mode:o}): any of them could have edited or replaced it; check where it came from, then `chmod 600 {shown}` (or give --force)"
-        );
+        return Err(RestoreError::BackupWritable {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     Ok(())
 }
 
 /// The checks before anything is replaced: schema, integrity, objects,
 /// key, settings.
-fn check(config: &Config, staged: &Path, trust_old_backup: bool) -> anyhow::Result<()> {
+fn check(config: &Config, staged: &Path, trust_old_backup: bool) -> Result<(), RestoreError> {
     let db = UncheckedDb::open(staged)?;
     let integrity = db.integrity_check()?;
     if integrity != "ok" {
-        bail!("the backup is damaged (SQLite integrity_check: {integrity})");
+        return Err(RestoreError::Damaged(integrity));
     }
     let foreign = db.foreign_objects()?;
     if !foreign.is_empty() {
-        bail!(
-            "the backup holds {}, which snctld did not create: someone edited it (a trigger would rewrite what snctld stores); restore another backup",
-            ObjectList(foreign)
-        );
+        return Err(RestoreError::Foreign(ObjectList(foreign).to_string()));
     }
     let Some(check) = db.key_check()? else {
-        bail!("the backup is not a snctld database (it has no key check)");
+        return Err(RestoreError::NotSnctld);
     };
-    let (key, _) = crypto::load_master_key(&KeySources::of(config), Some(&check))?;
+    let (key, _) = crypto::load_master_key(&config.key_sources(), Some(&check))?;
     let version = db.version()?;
     if version < SIGNED_SCHEMA {
         if !trust_old_backup {
-            bail!(
-                "the backup has schema {version}, from an snctld that did not sign settings: its instance URLs, client IDs and readers cannot be checked against the key; look at them (sqlite3 FILE 'SELECT name, instance_url, client_id, allow_users, allow_groups, allow_units FROM authentications') and, if they are right, restore with --trust-old-backup"
-            );
+            return Err(RestoreError::Unsigned(version));
         }
         return Ok(());
     }
@@ -263,32 +326,27 @@ fn check(config: &Config, staged: &Path, trust_old_backup: bool) -> anyhow::Resu
             RowError::Altered { name } => changed.push(name),
             // Signed, so written by an snctld: but not sent anywhere now.
             RowError::InstanceUrl { name, reason } => {
-                bail!("the instance URL of {name} is refused: {reason}")
+                return Err(RestoreError::InstanceUrl { name, reason })
             }
             RowError::Sealed(error) => return Err(error.into()),
         }
     }
     if !changed.is_empty() {
-        bail!(
-            "the settings of {} were changed outside snctld (they do not match their MAC under the master key): whoever edited the backup could send the secrets elsewhere; restore another backup",
-            changed.join(", ")
-        );
+        return Err(RestoreError::Altered(changed.join(", ")));
     }
     Ok(())
 }
 
 /// Opens the restored database as the daemon does; how many
 /// authentications load, and how many sealed secrets do not open.
-fn open_restored(config: &Config, db_path: &Path) -> anyhow::Result<(usize, usize)> {
+fn open_restored(config: &Config, db_path: &Path) -> Result<(usize, usize), RestoreError> {
     let db = UncheckedDb::open(db_path)?;
-    let check = db
-        .key_check()?
-        .context("the restored database has no key check")?;
-    let (key, _) = crypto::load_master_key(&KeySources::of(config), Some(&check))?;
+    let check = db.key_check()?.ok_or(RestoreError::NoKeyCheck)?;
+    let (key, _) = crypto::load_master_key(&config.key_sources(), Some(&check))?;
     let mut db = db.prepare(Arc::new(key))?;
     let quick = db.quick_check()?;
     if quick != "ok" {
-        bail!("the restored database is damaged (SQLite quick_check: {quick})");
+        return Err(RestoreError::RestoredDamaged(quick));
     }
     let (records, unreadable) = db.load_readable()?;
     Ok((records.len(), unreadable.len()))

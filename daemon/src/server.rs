@@ -7,6 +7,7 @@
 //! ends that connection and nothing else. Past `max_connections`, new
 //! connections are closed at once.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -19,7 +20,7 @@ use interprocess::local_socket::tokio::{Listener as IpcListener, Stream};
 use interprocess::local_socket::traits::tokio::Listener as _;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +31,7 @@ use snctl_shared::Error;
 use snctl_shared::PROTOCOL_VERSION;
 
 use crate::access::Peer;
-use crate::Daemon;
+use crate::settings::{debug, Applies, Changes, InvalidSetting};
 
 /// Limits on connections.
 #[derive(Debug, Clone)]
@@ -52,6 +53,78 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(120),
             read_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// `[server]` in the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    max_connections: Option<usize>,
+    max_connections_per_user: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+    read_timeout_secs: Option<u64>,
+}
+
+impl Limits {
+    /// Reads `[server]` over these limits.
+    pub fn apply(&mut self, s: ServerSection) -> Result<(), InvalidSetting> {
+        if let Some(n) = s.max_connections {
+            if n == 0 {
+                return Err(InvalidSetting(
+                    "server.max_connections must be at least 1".into(),
+                ));
+            }
+            self.max_connections = n;
+        }
+        if let Some(n) = s.max_connections_per_user {
+            if n == 0 {
+                return Err(InvalidSetting(
+                    "server.max_connections_per_user must be at least 1".into(),
+                ));
+            }
+            self.max_per_uid = n;
+        }
+        let secs = Duration::from_secs;
+        self.idle_timeout = s.idle_timeout_secs.map(secs).unwrap_or(self.idle_timeout);
+        self.read_timeout = s.read_timeout_secs.map(secs).unwrap_or(self.read_timeout);
+        Ok(())
+    }
+
+    /// What differs in `new`; the limits are set when the server starts.
+    pub fn changes(&self, new: &Limits) -> Changes {
+        let next = Applies::NextStart;
+        let mut changes = Changes::default();
+        changes
+            .compare(
+                "server.max_connections",
+                next,
+                &self.max_connections,
+                &new.max_connections,
+                debug,
+            )
+            .compare(
+                "server.max_connections_per_user",
+                next,
+                &self.max_per_uid,
+                &new.max_per_uid,
+                debug,
+            )
+            .compare(
+                "server.idle_timeout_secs",
+                next,
+                &self.idle_timeout,
+                &new.idle_timeout,
+                debug,
+            )
+            .compare(
+                "server.read_timeout_secs",
+                next,
+                &self.read_timeout,
+                &new.read_timeout,
+                debug,
+            );
+        changes
     }
 }
 
@@ -206,8 +279,7 @@ pub fn bind(
         _ => Path::new("."),
     };
     if !dir.exists() {
-        // SAFETY: geteuid cannot fail and touches no memory.
-        let me = unsafe { libc::geteuid() };
+        let me = nix::unistd::geteuid().as_raw();
         snctl_shared::paths::check_before_creating(dir, |uid| uid == me || uid == 0).map_err(
             |e| BindError::UnsafePath {
                 path: dir.to_path_buf(),
@@ -274,8 +346,7 @@ pub fn bind(
 /// at another directory.
 fn check_dir(dir: &Path) -> Result<(), BindError> {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     if let Err(e) = snctl_shared::paths::check_traversal(dir, |uid| uid == me || uid == 0) {
         return Err(BindError::UnsafePath {
             path: dir.to_path_buf(),
@@ -317,14 +388,7 @@ fn check_dir(dir: &Path) -> Result<(), BindError> {
 /// `snctl`), so that its members may connect. A group that does not exist
 /// is skipped with a warning.
 fn give_group(path: &Path, name: &str) -> Result<(), BindError> {
-    let gid = match name.parse::<u32>() {
-        Ok(gid) => Some(gid),
-        Err(_) => nix::unistd::Group::from_name(name)
-            .ok()
-            .flatten()
-            .map(|g| g.gid.as_raw()),
-    };
-    let Some(gid) = gid else {
+    let Some(gid) = crate::access::group_id(name) else {
         tracing::warn!(group = %name, "the socket group does not exist: only root, snctld's user and its primary group can connect");
         return Ok(());
     };
@@ -437,6 +501,17 @@ impl Drop for UidSlot {
 #[derive(Default)]
 pub struct Gauge(AtomicU32);
 
+/// What answers the requests [`serve`] reads: the dispatcher
+/// ([`crate::dispatch::Dispatcher`]), which the server does not know.
+pub trait Handler: Send + Sync + 'static {
+    /// Whether `peer` is an admin (they keep connection slots of their own).
+    fn is_admin(&self, peer: &Peer) -> bool;
+    /// Counts the open connections, for the status.
+    fn connections(&self) -> &Gauge;
+    /// Answers one request from `peer`.
+    fn handle(&self, peer: &Peer, request: Request) -> impl Future<Output = Response>;
+}
+
 impl Gauge {
     pub fn get(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
@@ -473,9 +548,9 @@ impl Drop for Open<'_> {
 /// share of two callers: at 64 callers one request in a hundred waited
 /// milliseconds (BENCHMARKS.md). A thread per connection gets the CPU as its
 /// caller does.
-pub async fn serve(
+pub async fn serve<H: Handler>(
     listener: Listener,
-    daemon: Arc<Daemon>,
+    daemon: Arc<H>,
     limits: Limits,
     stop: CancellationToken,
     started: Option<tokio::sync::oneshot::Sender<()>>,
@@ -507,12 +582,12 @@ pub async fn serve(
             runtime.clone(),
         );
         tracker.spawn_blocking(move || {
-            let _open = Open::new(&daemon.connections);
+            let _open = Open::new(daemon.connections());
             // Registered after `stream`, so deregistered before it closes.
             let Some(_registered) = live.register(&stream) else {
                 return; // stopping
             };
-            if let Err(error) = connection(&stream, peer, &daemon, &limits, &runtime) {
+            if let Err(error) = connection(&stream, peer, &*daemon, &limits, &runtime) {
                 tracing::debug!(%error, "connection ended");
             }
             drop(admitted);
@@ -612,10 +687,10 @@ enum ConnError {
     Version(u32),
 }
 
-fn connection(
+fn connection<H: Handler>(
     stream: &UnixStream,
     peer: Peer,
-    daemon: &Daemon,
+    daemon: &H,
     limits: &Limits,
     runtime: &tokio::runtime::Handle,
 ) -> Result<(), ConnError> {

@@ -13,7 +13,6 @@
 
 use std::error::Error as _;
 use std::future::Future;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
@@ -30,6 +29,7 @@ use snctl_shared::protocol::{ClientAuth, UpstreamKind};
 use snctl_shared::Secret;
 
 use crate::clock;
+pub use crate::instance::normalize_instance_url;
 use crate::store::{Authentication, TokenSet};
 
 /// Token endpoint, relative to the instance URL.
@@ -314,47 +314,6 @@ fn refused_code(failure: Failure) -> Failure {
     failure
 }
 
-/// Checks and normalises an instance URL: `https://host[:port]`, or
-/// `http://` for loopback hosts only (tests and demos).
-pub fn normalize_instance_url(input: &str) -> Result<String, String> {
-    let url = url::Url::parse(input.trim()).map_err(|e| {
-        format!("instance URL {input:?} is not a URL ({e}): use https://NAME.service-now.com")
-    })?;
-    let host = url.host_str().ok_or_else(|| {
-        format!("instance URL {input:?} has no host: use https://NAME.service-now.com")
-    })?;
-    let loopback = host == "localhost"
-        || host
-            .trim_matches(|c| c == '[' || c == ']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        "http" => {
-            return Err(format!(
-                "instance URL {input:?} uses plain http: tokens would cross the network in clear; use https://"
-            ))
-        }
-        other => return Err(format!("instance URL {input:?} has scheme {other:?}: use https://")),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "instance URL {input:?} must not carry a user name or password"
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() || url.path() != "/" {
-        return Err(format!(
-            "instance URL {input:?} must be the instance root, like https://NAME.service-now.com"
-        ));
-    }
-    let mut out = format!("{}://{}", url.scheme(), host);
-    if let Some(port) = url.port() {
-        out.push_str(&format!(":{port}"));
-    }
-    Ok(out)
-}
-
 /// What the transport returns instead of a response oauth2 should parse:
 /// every answer that is not a 200 with a JSON body, and network failures.
 #[derive(Debug, thiserror::Error)]
@@ -536,7 +495,7 @@ impl ServiceNow {
             RequestTokenError::Other("no JWT signing key is stored for this authentication".into())
         })?;
         let assertion = crate::jwt::assertion(jwt, &auth.client_id, clock::now_ms() / 1000)
-            .map_err(RequestTokenError::Other)?;
+            .map_err(|e| RequestTokenError::Other(e.to_string()))?;
         let mut form = vec![
             ("grant_type", JWT_BEARER_GRANT),
             ("assertion", assertion.as_str()),
@@ -856,22 +815,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 fn is_json(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
@@ -1064,7 +1007,7 @@ impl ServiceNow {
         if status != http::StatusCode::OK {
             return Err(Transport::Status {
                 status: status.as_u16(),
-                retry_after: retry_after(&headers),
+                retry_after: crate::http::retry_after(&headers, std::time::SystemTime::now()),
                 detail: describe_body(&headers, &body),
             });
         }
@@ -1087,27 +1030,6 @@ impl ServiceNow {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn instance_urls_are_https_except_loopback() {
-        assert_eq!(
-            normalize_instance_url("https://acme.service-now.com/").unwrap(),
-            "https://acme.service-now.com"
-        );
-        assert_eq!(
-            normalize_instance_url("http://127.0.0.1:8080").unwrap(),
-            "http://127.0.0.1:8080"
-        );
-        assert_eq!(
-            normalize_instance_url("http://[::1]:80").unwrap(),
-            "http://[::1]"
-        );
-        assert!(normalize_instance_url("http://acme.service-now.com").is_err());
-        assert!(normalize_instance_url("ftp://acme").is_err());
-        assert!(normalize_instance_url("https://u:p@acme.service-now.com").is_err());
-        assert!(normalize_instance_url("https://acme.service-now.com/now/nav").is_err());
-        assert!(normalize_instance_url("acme.service-now.com").is_err());
-    }
 
     #[test]
     fn bodies_are_described_without_dumping_them() {
@@ -1134,7 +1056,10 @@ mod tests {
         );
         let mut h = http::HeaderMap::new();
         h.insert(http::header::RETRY_AFTER, "7".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        assert_eq!(
+            crate::http::retry_after(&h, std::time::SystemTime::now()),
+            Some(Duration::from_secs(7))
+        );
     }
 
     #[test]

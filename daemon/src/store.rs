@@ -172,11 +172,11 @@ fn foreign_objects(conn: &Connection) -> Result<Vec<SchemaObject>, StoreError> {
         .collect())
 }
 
-/// The columns [`Settings`] covers, in its order; `jwt_key IS NOT NULL`
+/// The columns [`Settings`] covers; `has_jwt_key` (`jwt_key IS NOT NULL`)
 /// stands for the sealed key (bound to its row by its own seal).
 const SETTINGS_COLUMNS: &str = "name, instance_url, grant_type, client_id, client_auth, scope, \
      created_ms, username, redirect_port, refresh_lifespan_secs, allow_users, allow_groups, \
-     allow_units, jwt_key IS NOT NULL, jwt_subject, jwt_kid";
+     allow_units, jwt_key IS NOT NULL AS has_jwt_key, jwt_subject, jwt_kid";
 
 /// Every setting of one authentication as stored: what its MAC covers.
 ///
@@ -208,6 +208,47 @@ struct Settings {
     jwt_kid: Option<String>,
 }
 
+/// A row of `authentications` as [`Db::load_all`] reads it, by column
+/// name: the settings and their MAC, the sealed secrets, the token state.
+struct StoredRow {
+    settings: Settings,
+    settings_mac: Option<Vec<u8>>,
+    client_secret: Vec<u8>,
+    access_token: Option<Vec<u8>>,
+    access_expires_ms: Option<i64>,
+    obtained_ms: Option<i64>,
+    refresh_token: Option<Vec<u8>>,
+    refresh_issued_ms: Option<i64>,
+    jwt_key: Option<Vec<u8>>,
+    /// The port as a port: a stored number out of range fails the read.
+    redirect_port: Option<u16>,
+    state: String,
+    last_error: Option<String>,
+}
+
+impl StoredRow {
+    /// Selected besides [`SETTINGS_COLUMNS`].
+    const COLUMNS: &str = "settings_mac, client_secret, access_token, access_expires_ms, \
+         obtained_ms, refresh_token, refresh_issued_ms, jwt_key, state, last_error";
+
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
+        Ok(StoredRow {
+            settings: Settings::from_row(r)?,
+            settings_mac: r.get("settings_mac")?,
+            client_secret: r.get("client_secret")?,
+            access_token: r.get("access_token")?,
+            access_expires_ms: r.get("access_expires_ms")?,
+            obtained_ms: r.get("obtained_ms")?,
+            refresh_token: r.get("refresh_token")?,
+            refresh_issued_ms: r.get("refresh_issued_ms")?,
+            jwt_key: r.get("jwt_key")?,
+            redirect_port: r.get("redirect_port")?,
+            state: r.get("state")?,
+            last_error: r.get("last_error")?,
+        })
+    }
+}
+
 /// Label at the start of the encoding; a new encoding gets a new label.
 const SETTINGS_LABEL: &[u8] = b"snctld settings v1\0";
 
@@ -234,25 +275,25 @@ impl Settings {
         }
     }
 
-    /// Reads [`SETTINGS_COLUMNS`], selected from column `at` on.
-    fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Self> {
+    /// Reads [`SETTINGS_COLUMNS`] from a row that selected them, by name.
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Settings {
-            name: r.get(at)?,
-            instance_url: r.get(at + 1)?,
-            grant: r.get(at + 2)?,
-            client_id: r.get(at + 3)?,
-            client_auth: r.get(at + 4)?,
-            scope: r.get(at + 5)?,
-            created_ms: r.get(at + 6)?,
-            username: r.get(at + 7)?,
-            redirect_port: r.get(at + 8)?,
-            refresh_lifespan_secs: r.get(at + 9)?,
-            allow_users: r.get(at + 10)?,
-            allow_groups: r.get(at + 11)?,
-            allow_units: r.get(at + 12)?,
-            has_jwt_key: r.get(at + 13)?,
-            jwt_subject: r.get(at + 14)?,
-            jwt_kid: r.get(at + 15)?,
+            name: r.get("name")?,
+            instance_url: r.get("instance_url")?,
+            grant: r.get("grant_type")?,
+            client_id: r.get("client_id")?,
+            client_auth: r.get("client_auth")?,
+            scope: r.get("scope")?,
+            created_ms: r.get("created_ms")?,
+            username: r.get("username")?,
+            redirect_port: r.get("redirect_port")?,
+            refresh_lifespan_secs: r.get("refresh_lifespan_secs")?,
+            allow_users: r.get("allow_users")?,
+            allow_groups: r.get("allow_groups")?,
+            allow_units: r.get("allow_units")?,
+            has_jwt_key: r.get("has_jwt_key")?,
+            jwt_subject: r.get("jwt_subject")?,
+            jwt_kid: r.get("jwt_kid")?,
         })
     }
 
@@ -319,11 +360,11 @@ impl Settings {
     /// before it is used.
     fn check(&self, key: &MasterKey, mac: Option<&[u8]>) -> Result<(), RowError> {
         self.verify(key, mac)?;
-        crate::servicenow::normalize_instance_url(&self.instance_url)
+        crate::instance::normalize_instance_url(&self.instance_url)
             .map(drop)
             .map_err(|reason| RowError::InstanceUrl {
                 name: self.name.clone(),
-                reason,
+                reason: reason.to_string(),
             })
     }
 }
@@ -580,7 +621,7 @@ fn migrate(conn: &mut Connection, key: &MasterKey) -> Result<(), StoreError> {
         tx.execute_batch("ALTER TABLE authentications ADD COLUMN settings_mac BLOB;")?;
         let rows: Vec<Settings> = tx
             .prepare(&format!("SELECT {SETTINGS_COLUMNS} FROM authentications"))?
-            .query_map([], |r| Settings::from_row(r, 0))?
+            .query_map([], Settings::from_row)?
             .collect::<Result<_, _>>()?;
         for settings in rows {
             tx.execute(
@@ -607,10 +648,15 @@ fn problems(conn: &Connection, key: &MasterKey, blobs: bool) -> Result<Vec<RowEr
         ))?
         .query_map([], |r| {
             Ok((
-                r.get(0)?,
-                [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?],
-                r.get(5)?,
-                Settings::from_row(r, 6)?,
+                r.get("settings_mac")?,
+                [
+                    r.get("client_secret")?,
+                    r.get("access_token")?,
+                    r.get("refresh_token")?,
+                    r.get("jwt_key")?,
+                ],
+                r.get("access_expires_ms")?,
+                Settings::from_row(r)?,
             ))
         })?
         .collect::<Result<_, _>>()?;
@@ -734,133 +780,83 @@ impl Db {
     /// instance URL, see [`Settings::check`]) before its secrets are
     /// opened. The first row that fails fails the whole load.
     pub fn load_all(&mut self) -> Result<Vec<Record>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT name, instance_url, grant_type, client_id, client_auth, scope, client_secret,
-                    access_token, access_expires_ms, obtained_ms, refresh_token, state, last_error,
-                    created_ms, username, redirect_port, refresh_lifespan_secs, refresh_issued_ms,
-                    allow_users, allow_groups, allow_units, jwt_key, jwt_subject, jwt_kid,
-                    settings_mac, {SETTINGS_COLUMNS}
-             FROM authentications ORDER BY name",
-        ))?;
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            Vec<u8>,
-            Option<Vec<u8>>,
-            Option<i64>,
-            Option<i64>,
-            Option<Vec<u8>>,
-            String,
-            Option<String>,
-            i64,
-            Option<String>,
-            Option<u16>,
-            i64,
-            Option<i64>,
-            [String; 3],
-            (Option<Vec<u8>>, Option<String>, Option<String>),
-            (Option<Vec<u8>>, Settings),
-        );
-        let rows: Vec<Row> = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                    r.get(10)?,
-                    r.get(11)?,
-                    r.get(12)?,
-                    r.get(13)?,
-                    r.get(14)?,
-                    r.get(15)?,
-                    r.get(16)?,
-                    r.get(17)?,
-                    [r.get(18)?, r.get(19)?, r.get(20)?],
-                    (r.get(21)?, r.get(22)?, r.get(23)?),
-                    (r.get(24)?, Settings::from_row(r, 25)?),
-                ))
-            })?
+        let rows: Vec<StoredRow> = self
+            .conn
+            .prepare(&format!(
+                "SELECT {}, {SETTINGS_COLUMNS} FROM authentications ORDER BY name",
+                StoredRow::COLUMNS
+            ))?
+            .query_map([], StoredRow::read)?
             .collect::<Result<_, _>>()?;
-        let mut records = Vec::with_capacity(rows.len());
-        for (
-            name,
-            instance_url,
-            grant,
-            client_id,
-            client_auth,
-            scope,
-            secret,
-            access,
-            expires,
-            obtained,
-            refresh,
+        rows.into_iter().map(|row| self.open_row(row)).collect()
+    }
+
+    /// One stored row as a [`Record`]: its settings checked against their
+    /// MAC, its secrets opened, its spellings read.
+    fn open_row(&self, row: StoredRow) -> Result<Record, StoreError> {
+        let StoredRow {
+            settings,
+            settings_mac,
+            client_secret,
+            access_token,
+            access_expires_ms,
+            obtained_ms,
+            refresh_token,
+            refresh_issued_ms,
+            jwt_key,
+            redirect_port,
             state,
             last_error,
-            created,
-            username,
-            redirect_port,
-            lifespan,
-            refresh_issued,
-            [allow_users, allow_groups, allow_units],
-            (jwt_key, jwt_subject, jwt_kid),
-            (mac, settings),
-        ) in rows
-        {
-            settings.check(&self.key, mac.as_deref())?;
-            let client_secret = self.key.open_secret(&name, F_CLIENT_SECRET, &secret)?;
-            let jwt = match jwt_key {
-                Some(blob) => Some(JwtSettings {
-                    key: self.key.open_secret(&name, F_JWT_KEY, &blob)?,
-                    subject: jwt_subject.unwrap_or_default(),
-                    kid: jwt_kid,
-                }),
-                None => None,
-            };
-            let tokens = match (access, expires) {
-                (Some(access), Some(expires_at_ms)) => Some(TokenSet {
-                    access_token: self.key.open_secret(&name, F_ACCESS_TOKEN, &access)?,
-                    expires_at_ms,
-                    obtained_at_ms: obtained.unwrap_or(expires_at_ms),
-                    refresh_token: refresh
-                        .map(|blob| self.key.open_secret(&name, F_REFRESH_TOKEN, &blob))
-                        .transpose()?,
-                    refresh_issued_ms: refresh_issued,
-                }),
-                _ => None,
-            };
-            records.push(Record {
-                auth: Authentication {
-                    name,
-                    instance_url,
-                    grant: grant_from(grant)?,
-                    client_id,
-                    client_auth: client_auth_from(client_auth)?,
-                    scope,
-                    client_secret,
-                    created_at_ms: created,
-                    username,
-                    redirect_port,
-                    refresh_lifespan_secs: lifespan.max(0) as u64,
-                    readers: readers_from(&allow_users, &allow_groups, &allow_units)?,
-                    jwt,
-                },
-                tokens,
-                state: state_from(state)?,
-                last_error,
-            });
-        }
-        Ok(records)
+        } = row;
+        settings.check(&self.key, settings_mac.as_deref())?;
+        let name = settings.name;
+        let client_secret = self
+            .key
+            .open_secret(&name, F_CLIENT_SECRET, &client_secret)?;
+        let jwt = match jwt_key {
+            Some(blob) => Some(JwtSettings {
+                key: self.key.open_secret(&name, F_JWT_KEY, &blob)?,
+                subject: settings.jwt_subject.unwrap_or_default(),
+                kid: settings.jwt_kid,
+            }),
+            None => None,
+        };
+        let tokens = match (access_token, access_expires_ms) {
+            (Some(access), Some(expires_at_ms)) => Some(TokenSet {
+                access_token: self.key.open_secret(&name, F_ACCESS_TOKEN, &access)?,
+                expires_at_ms,
+                obtained_at_ms: obtained_ms.unwrap_or(expires_at_ms),
+                refresh_token: refresh_token
+                    .map(|blob| self.key.open_secret(&name, F_REFRESH_TOKEN, &blob))
+                    .transpose()?,
+                refresh_issued_ms,
+            }),
+            _ => None,
+        };
+        Ok(Record {
+            auth: Authentication {
+                name,
+                instance_url: settings.instance_url,
+                grant: grant_from(settings.grant)?,
+                client_id: settings.client_id,
+                client_auth: client_auth_from(settings.client_auth)?,
+                scope: settings.scope,
+                client_secret,
+                created_at_ms: settings.created_ms,
+                username: settings.username,
+                redirect_port,
+                refresh_lifespan_secs: settings.refresh_lifespan_secs.max(0) as u64,
+                readers: readers_from(
+                    &settings.allow_users,
+                    &settings.allow_groups,
+                    &settings.allow_units,
+                )?,
+                jwt,
+            },
+            tokens,
+            state: state_from(state)?,
+            last_error,
+        })
     }
 
     /// Stores a new authentication with its first tokens.
@@ -1182,12 +1178,12 @@ impl Db {
             ))?
             .query_map([], |r| {
                 Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    (r.get(5)?, Settings::from_row(r, 6)?),
+                    r.get("name")?,
+                    r.get("client_secret")?,
+                    r.get("access_token")?,
+                    r.get("refresh_token")?,
+                    r.get("jwt_key")?,
+                    (r.get("settings_mac")?, Settings::from_row(r)?),
                 ))
             })?
             .collect::<Result<_, _>>()?;

@@ -15,8 +15,8 @@ use snctl_shared::protocol::{ClientAuth, Grant};
 use snctl_shared::Secret;
 use snctld::config::Config;
 use snctld::crypto::{
-    load_master_key, read_key_file, CryptoError, KeySource, KeySources, MasterKey, KEY_FILE,
-    NEW_KEY_FILE,
+    load_master_key, read_key_file, CryptoError, KeySource, KeySources, MasterKey, MasterKeyConfig,
+    KEY_FILE, NEW_KEY_FILE,
 };
 use snctld::rekey::{rekey, rekey_until_commit};
 use snctld::store::{Authentication, Db, RowError, TokenSet, UncheckedDb, DB_FILE};
@@ -49,7 +49,7 @@ fn open_db(config: &Config) -> Db {
     mkdir_private(&config.state_dir);
     let unchecked = UncheckedDb::open(&config.state_dir.join(DB_FILE)).unwrap();
     let check = unchecked.key_check().unwrap();
-    let (key, _) = load_master_key(&KeySources::of(config), check.as_deref()).unwrap();
+    let (key, _) = load_master_key(&config.key_sources(), check.as_deref()).unwrap();
     unchecked.prepare(Arc::new(key)).unwrap()
 }
 
@@ -313,7 +313,9 @@ fn rekey_keeps_every_authentication_working_and_retires_the_old_key() {
     fs::write(&old, &old_key).unwrap();
     fs::set_permissions(&old, fs::Permissions::from_mode(0o600)).unwrap();
     let err = snctld::open_state(&Config {
-        key_file: Some(old.clone()),
+        master_key: MasterKeyConfig {
+            file: Some(old.clone()),
+        },
         ..config.clone()
     })
     .err()
@@ -379,7 +381,7 @@ fn a_crash_between_the_commit_and_the_rename_is_finished_at_the_next_start() {
     assert_eq!(MasterKey::blob_key_id(&check).unwrap(), done.new_id);
     let new_key = fs::read(&new_path).unwrap();
 
-    let (key, source) = load_master_key(&KeySources::of(&config), Some(&check)).unwrap();
+    let (key, source) = load_master_key(&config.key_sources(), Some(&check)).unwrap();
     assert_eq!(key.id_hex(), done.new_id);
     assert_eq!(source, KeySource::StateDir(key_path.clone()));
     // The rename was finished.
@@ -490,7 +492,9 @@ fn a_configured_key_file_that_is_missing_is_refused() {
     let plain = config(dir.path());
     populate(&plain, &["alpha"]);
     let configured = Config {
-        key_file: Some(missing.clone()),
+        master_key: MasterKeyConfig {
+            file: Some(missing.clone()),
+        },
         ..plain.clone()
     };
     let before = snapshot(&configured.state_dir);
@@ -550,7 +554,9 @@ fn key_sources_in_order_credentials_then_configured_then_state_dir() {
         let config = Config {
             state_dir: dir.path().join(name),
             credentials_dir: credentials_dir.map(Path::to_path_buf),
-            key_file: key_file.map(Path::to_path_buf),
+            master_key: MasterKeyConfig {
+                file: key_file.map(Path::to_path_buf),
+            },
             ..config(dir.path())
         };
         mkdir_private(&config.state_dir);
@@ -600,7 +606,9 @@ fn key_sources_in_order_credentials_then_configured_then_state_dir() {
     let err = format!(
         "{:#}",
         snctld::open_state(&Config {
-            key_file: Some(conf_key.clone()),
+            master_key: MasterKeyConfig {
+                file: Some(conf_key.clone())
+            },
             ..state_sealed.clone()
         })
         .err()
@@ -618,7 +626,9 @@ fn rekey_of_an_administrator_key_writes_the_new_key_where_told() {
     let conf_key = dir.path().join("master.key");
     new_key_file(&conf_key);
     let config = Config {
-        key_file: Some(conf_key.clone()),
+        master_key: MasterKeyConfig {
+            file: Some(conf_key.clone()),
+        },
         ..config(dir.path())
     };
     populate(&config, &["alpha", "bravo"]);

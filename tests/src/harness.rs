@@ -74,7 +74,7 @@ impl TestDaemon {
             let state = match snctld::open_state(&config) {
                 Ok(state) => state,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(format!("{e:#}")));
+                    let _ = ready_tx.send(Err(format!("{:#}", anyhow::Error::from(e))));
                     return Ok(());
                 }
             };
@@ -99,7 +99,8 @@ impl TestDaemon {
                 snctld::run(config, state, listener, async {
                     let _ = stop_rx.await;
                 })
-                .await
+                .await?;
+                Ok(())
             })
         });
         match ready_rx.recv() {

@@ -1,24 +1,13 @@
-//! What the daemon does to itself before it holds a secret: no core files
-//! and no ptrace or /proc/PID/mem reads by other processes of the same user,
-//! so that a crash or a curious neighbour cannot copy the keys out of its
-//! memory.
+//! What the daemon does to its own process: before it holds a secret, no
+//! core files and no ptrace or /proc/PID/mem reads by other processes of the
+//! same user, so that a crash or a curious neighbour cannot copy the keys
+//! out of its memory; and malloc settings that keep its memory small.
 
 /// Makes the process non-dumpable and sets its core file limit to zero.
 pub fn harden() -> std::io::Result<()> {
-    let no_core = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: setrlimit reads the struct we pass; prctl(PR_SET_DUMPABLE)
-    // takes plain integers.
-    unsafe {
-        if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    use nix::sys::resource::{setrlimit, Resource};
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+    nix::sys::prctl::set_dumpable(false)?;
     Ok(())
 }
 
@@ -59,8 +48,8 @@ mod tests {
     fn a_hardened_process_has_no_core_limit_and_is_not_dumpable() {
         // In a child, so that the test process keeps its own settings.
         let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "hygiene::tests::child_half", "--nocapture"])
-            .env("SNCTLD_HYGIENE_CHILD", "1")
+            .args(["--exact", "process::tests::child_half", "--nocapture"])
+            .env("SNCTLD_PROCESS_CHILD", "1")
             .output()
             .unwrap();
         assert!(
@@ -74,12 +63,11 @@ mod tests {
     /// nothing.
     #[test]
     fn child_half() {
-        if std::env::var_os("SNCTLD_HYGIENE_CHILD").is_none() {
+        if std::env::var_os("SNCTLD_PROCESS_CHILD").is_none() {
             return;
         }
         super::harden().unwrap();
-        // SAFETY: prctl(PR_GET_DUMPABLE) takes no pointers.
-        assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE) }, 0);
+        assert!(!nix::sys::prctl::get_dumpable().unwrap());
         let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
         let core = limits
             .lines()

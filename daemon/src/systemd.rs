@@ -16,7 +16,7 @@
 //! from the `sd-notify` crate; only the checks on what is passed are ours.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,7 +25,35 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
+use crate::logging::{LogFilterError, SetLogFilter};
 use crate::server;
+
+/// Why the daemon cannot take what systemd passed, or fork.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error(
+        "the sockets passed by the service manager are unusable (LISTEN_FDS, LISTEN_FDNAMES): {0}"
+    )]
+    ListenFds(io::Error),
+    #[error("the service manager passed {count} sockets ({list}); snctld serves exactly one: give the socket unit a single ListenStream=")]
+    TooManySockets { count: usize, list: String },
+    #[error(transparent)]
+    Passed(#[from] server::BindError),
+    #[error("cannot open the log file {}", path.display())]
+    LogFile { path: PathBuf, source: io::Error },
+    #[error("cannot create a pipe: {0}")]
+    Pipe(nix::Error),
+    #[error("cannot fork: {0}")]
+    Fork(daemonize::Error),
+    #[error("the daemon ended before serving the socket{}", match log_file {
+        Some(path) => format!(": see {}", path.display()),
+        None => "; run snctld in the foreground, or give --log-file, to see why".into(),
+    })]
+    EndedBeforeServing { log_file: Option<PathBuf> },
+    /// The daemon's own one-line error, read from the pipe.
+    #[error("{0}")]
+    Daemon(String),
+}
 
 /// A socket passed by the service manager, checked by
 /// [`server::check_passed`].
@@ -45,23 +73,25 @@ pub struct PassedSocket {
 ///
 /// Call it first thing in `main`, before any thread exists: it changes the
 /// environment.
-pub fn take_passed_socket() -> anyhow::Result<Option<PassedSocket>> {
+pub fn take_passed_socket() -> Result<Option<PassedSocket>, SystemdError> {
     // SAFETY: called from main before any other thread is started (the
     // contract above), so nothing reads the environment concurrently.
     let passed: Vec<(i32, String)> = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
-        .map_err(|e| anyhow::anyhow!("the sockets passed by the service manager are unusable (LISTEN_FDS, LISTEN_FDNAMES): {e}"))?
+        .map_err(SystemdError::ListenFds)?
         .collect();
     let (raw, name) = match passed.len() {
         0 => return Ok(None),
         1 => passed.into_iter().next().expect("one"),
-        n => anyhow::bail!(
-            "the service manager passed {n} sockets ({}); snctld serves exactly one: give the socket unit a single ListenStream=",
-            passed
-                .iter()
-                .map(|(fd, name)| format!("fd {fd} {name}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        count => {
+            return Err(SystemdError::TooManySockets {
+                count,
+                list: passed
+                    .iter()
+                    .map(|(fd, name)| format!("fd {fd} {name}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        }
     };
     // SAFETY: sd_listen_fds(3): descriptors 3.. are handed to this process
     // by the manager, and nothing else in it owns them.
@@ -69,10 +99,6 @@ pub fn take_passed_socket() -> anyhow::Result<Option<PassedSocket>> {
     let path = server::check_passed(fd.as_fd())?;
     Ok(Some(PassedSocket { fd, path, name }))
 }
-
-/// Applies `[log] filter` from a (re)read configuration: `Ok(false)` when
-/// `RUST_LOG` or `-v` decide the filter instead.
-pub type SetLogFilter = Box<dyn Fn(Option<&str>) -> Result<bool, String> + Send + Sync>;
 
 /// What the daemon tells whoever started it. Cheap to clone.
 #[derive(Clone, Default)]
@@ -193,7 +219,7 @@ impl Service {
     }
 
     /// See [`SetLogFilter`]; `Ok(false)` too when nothing can set it.
-    pub fn set_log_filter(&self, filter: Option<&str>) -> Result<bool, String> {
+    pub fn set_log_filter(&self, filter: Option<&str>) -> Result<bool, LogFilterError> {
         match &self.inner.set_log_filter {
             Some(set) => set(filter),
             None => Ok(false),
@@ -246,8 +272,7 @@ pub enum Forked {
 /// the socket (exit 0), or its one-line error (printed, exit 1). A second
 /// daemon on the same pid file fails with a message naming the file and
 /// the running pid.
-pub fn daemonize(pid_file: &Path, log_file: Option<&Path>) -> anyhow::Result<Forked> {
-    use anyhow::Context;
+pub fn daemonize(pid_file: &Path, log_file: Option<&Path>) -> Result<Forked, SystemdError> {
     let stderr = match log_file {
         Some(path) => {
             use std::os::unix::fs::OpenOptionsExt;
@@ -256,7 +281,10 @@ pub fn daemonize(pid_file: &Path, log_file: Option<&Path>) -> anyhow::Result<For
                 .append(true)
                 .mode(0o600)
                 .open(path)
-                .with_context(|| format!("cannot open the log file {}", path.display()))?;
+                .map_err(|source| SystemdError::LogFile {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             daemonize::Stdio::from(file)
         }
         None => daemonize::Stdio::devnull(),
@@ -270,7 +298,7 @@ pub fn daemonize(pid_file: &Path, log_file: Option<&Path>) -> anyhow::Result<For
         .stderr(stderr)
         .execute();
     match outcome {
-        daemonize::Outcome::Parent(Err(error)) => Err(anyhow::anyhow!("cannot fork: {error}")),
+        daemonize::Outcome::Parent(Err(error)) => Err(SystemdError::Fork(error)),
         daemonize::Outcome::Parent(Ok(_)) => {
             // Only the daemon's copy of the write end stays open: its exit
             // (or its verdict) ends the read.
@@ -280,15 +308,10 @@ pub fn daemonize(pid_file: &Path, log_file: Option<&Path>) -> anyhow::Result<For
             let verdict = verdict.trim();
             match (read, verdict) {
                 (Ok(_), "ok") => Ok(Forked::Exit(ExitCode::SUCCESS)),
-                (Ok(_), "") | (Err(_), _) => anyhow::bail!(
-                    "the daemon ended before serving the socket{}",
-                    log_file
-                        .map(|p| format!(": see {}", p.display()))
-                        .unwrap_or_else(|| {
-                            "; run snctld in the foreground, or give --log-file, to see why".into()
-                        })
-                ),
-                (Ok(_), error) => anyhow::bail!("{error}"),
+                (Ok(_), "") | (Err(_), _) => Err(SystemdError::EndedBeforeServing {
+                    log_file: log_file.map(Path::to_path_buf),
+                }),
+                (Ok(_), error) => Err(SystemdError::Daemon(error.to_string())),
             }
         }
         daemonize::Outcome::Child(Ok(_)) => {
@@ -316,13 +339,13 @@ pub fn daemonize(pid_file: &Path, log_file: Option<&Path>) -> anyhow::Result<For
 
 /// The pid in `pid_file` when another process holds its lock.
 fn pid_file_holder(pid_file: &Path) -> Option<String> {
-    use std::os::fd::AsRawFd;
-    let mut file = File::open(pid_file).ok()?;
-    // SAFETY: flock on a descriptor we own; it touches no memory.
-    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
-    if free {
-        return None;
-    }
+    use nix::fcntl::{Flock, FlockArg};
+    let file = File::open(pid_file).ok()?;
+    // Taken, it is released at once; only a lock held elsewhere matters.
+    let mut file = match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_free) => return None,
+        Err((file, _)) => file,
+    };
     let mut text = String::new();
     let _ = file.read_to_string(&mut text);
     let pid = text.trim();
@@ -344,14 +367,10 @@ pub fn remove_pid_file(pid_file: &Path) {
 }
 
 /// A pipe whose ends are closed on exec.
-fn pipe() -> anyhow::Result<(File, File)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array we pass.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        anyhow::bail!("cannot create a pipe: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+fn pipe() -> Result<(File, File), SystemdError> {
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SystemdError::Pipe)?;
+    Ok((File::from(read), File::from(write)))
 }
 
 #[cfg(test)]
