@@ -60,6 +60,10 @@ pub(super) enum PeerError {
     /// No socket in the tables matches.
     #[error("its socket is not in /proc/net/tcp")]
     NotFound,
+    /// The sending process closed its socket already: the kernel keeps
+    /// the connection, but no longer says whose it was (uid 0, no inode).
+    #[error("it closed its end before it could be told whose it was")]
+    Closed,
 }
 
 /// The uid owning the other end of a loopback connection: its socket is
@@ -74,22 +78,37 @@ pub(super) fn peer_uid(stream: &TcpStream) -> Result<u32, PeerError> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(source) => return Err(PeerError::Table { table, source }),
         };
-        if let Some(uid) = socket_owner(&text, canonical(theirs), canonical(ours)) {
-            return Ok(uid);
+        match socket_owner(&text, canonical(theirs), canonical(ours)) {
+            Some(Owner::Uid(uid)) => return Ok(uid),
+            Some(Owner::Closed) => return Err(PeerError::Closed),
+            None => {}
         }
     }
     Err(PeerError::NotFound)
 }
 
-/// The uid of the socket from `local` to `remote` in a `/proc/net/tcp`
+/// Whose a socket in `/proc/net/tcp` is.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Owner {
+    Uid(u32),
+    /// Closed by its process (no inode): the table shows uid 0 for it,
+    /// which must not pass for root's.
+    Closed,
+}
+
+/// The owner of the socket from `local` to `remote` in a `/proc/net/tcp`
 /// table.
-pub(super) fn socket_owner(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+pub(super) fn socket_owner(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<Owner> {
     table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let ends = (proc_address(fields.get(1)?)?, proc_address(fields.get(2)?)?);
-        (ends == (local, remote))
-            .then(|| fields.get(7)?.parse().ok())
-            .flatten()
+        if ends != (local, remote) {
+            return None;
+        }
+        match *fields.get(9)? {
+            "0" => Some(Owner::Closed),
+            _ => fields.get(7)?.parse().ok().map(Owner::Uid),
+        }
     })
 }
 
@@ -146,9 +165,28 @@ mod tests {
             "127.0.0.1:54321".parse().unwrap(),
             "127.0.0.1:8015".parse().unwrap(),
         );
-        assert_eq!(socket_owner(table, theirs, ours), Some(65534));
-        assert_eq!(socket_owner(table, ours, theirs), Some(0));
+        assert_eq!(socket_owner(table, theirs, ours), Some(Owner::Uid(65534)));
+        assert_eq!(socket_owner(table, ours, theirs), Some(Owner::Uid(0)));
         assert_eq!(socket_owner(table, theirs, theirs), None);
+        // A socket its process closed shows uid 0 and no inode.
+        let closed = table.replace("65534        0 2 1", "    0        0 0 1");
+        assert_eq!(socket_owner(&closed, theirs, ours), Some(Owner::Closed));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_sender_that_closed_before_being_accepted_cannot_be_told() {
+        use std::io::Write;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(b"GET /callback HTTP/1.1\r\n\r\n").unwrap();
+        drop(client);
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(matches!(peer_uid(&accepted), Err(PeerError::Closed)));
+        assert!(Senders::of_this_process()
+            .refuse(&accepted)
+            .unwrap()
+            .contains("closed its end"));
     }
 
     #[test]
