@@ -17,6 +17,7 @@ mod refresh;
 mod service;
 mod socket;
 mod storage;
+mod upgrade;
 
 use snctl_tests::harness::{CLIENT_ID, CLIENT_SECRET};
 

@@ -1,0 +1,105 @@
+//! Every database this project has written opens in the current daemon,
+//! is migrated, and serves: `tests/data/schema-N/` holds, per schema
+//! version, a database and its master key as that version's snctld left
+//! them (see tests/data/README.md for how each was made).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use snctl::protocol::{AuthState, Grant, LoginProof, LoginRequest, UserLogin};
+use snctl::{ErrorKind, Secret};
+use snctl_tests::fake::FakeInstance;
+use snctl_tests::harness::{fake, TestDaemon};
+
+const CLIENT_ID: &str = "fixture-client-id";
+const CLIENT_SECRET: &str = "fixture-client-secret";
+const USER: &str = "abel.tuter";
+const PASSWORD: &str = "fixture-password";
+
+/// The state directory of `dir` holding schema `version`'s fixture, its
+/// authentications pointed at `fake` (the instance that wrote them is
+/// gone; a database of a schema before 5 has no signed settings yet, so
+/// this is what an admin moving to a new instance could have done).
+fn state_of_schema(version: u32, dir: &Path, fake: &FakeInstance) {
+    let state = dir.join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("data/schema-{version}"));
+    for file in ["snctld.db", "snctld.key"] {
+        std::fs::copy(data.join(file), state.join(file)).unwrap();
+        std::fs::set_permissions(state.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let conn = rusqlite::Connection::open(state.join("snctld.db")).unwrap();
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(found, i64::from(version), "the fixture's schema");
+    conn.execute("UPDATE authentications SET instance_url = ?1", [fake.url()])
+        .unwrap();
+}
+
+#[test]
+fn databases_of_every_earlier_schema_are_migrated_and_serve() {
+    for version in 1..=3 {
+        let fake = fake();
+        fake.add_client(CLIENT_ID, CLIENT_SECRET);
+        fake.add_user(USER, PASSWORD);
+        let dir = tempfile::tempdir().unwrap();
+        state_of_schema(version, dir.path(), &fake);
+        let daemon = TestDaemon::in_dir(dir.path());
+        let expected: &[&str] = if version == 1 {
+            &["prod"]
+        } else {
+            &["desk", "prod"]
+        };
+        assert_eq!(daemon.names(), expected, "schema {version}");
+
+        // Client credentials: the stored token has expired; a new one is
+        // had with the stored (sealed) client secret.
+        let mut client = daemon.client();
+        let prod = client.show("prod").unwrap();
+        assert_eq!(prod.client_id, CLIENT_ID, "schema {version}");
+        assert_eq!(prod.grant, Grant::ClientCredentials);
+        assert_eq!(prod.scope.as_deref(), Some("useraccount"));
+        if version >= 3 {
+            assert_eq!(prod.readers.users, ["root"], "schema {version}");
+            assert_eq!(prod.readers.units, ["sync.service"], "schema {version}");
+        }
+        let token = client.token("prod").unwrap();
+        assert!(
+            fake.is_access_token_valid(token.access_token.expose()),
+            "schema {version}"
+        );
+
+        // A person's login: its refresh token was the old instance's, so
+        // it needs a new login, which works with the stored client secret.
+        if version >= 2 {
+            let desk = client.show("desk").unwrap();
+            assert_eq!(desk.grant, Grant::Password);
+            let login = desk.login.expect("a login");
+            assert_eq!(login.username.as_deref(), Some(USER), "schema {version}");
+            let err = client.token("desk").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::NeedsLogin, "schema {version}: {err}");
+            let desk = client
+                .login(LoginRequest {
+                    name: "desk".into(),
+                    proof: LoginProof::Password(UserLogin {
+                        username: USER.into(),
+                        password: Secret::new(PASSWORD.into()),
+                    }),
+                    client_secret: None,
+                })
+                .unwrap();
+            assert_eq!(desk.state, AuthState::Ok);
+            let token = client.token("desk").unwrap();
+            assert!(fake.is_access_token_valid(token.access_token.expose()));
+        }
+        daemon.stop().unwrap();
+
+        let conn = rusqlite::Connection::open(dir.path().join("state/snctld.db")).unwrap();
+        let now: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(now, snctld::store::SCHEMA_VERSION, "schema {version}");
+    }
+}
