@@ -1,9 +1,9 @@
 //! `snctld rekey`: moves every sealed secret to a new master key.
 //!
 //! The daemon must be stopped. Rekey takes the state directory's lock
-//! exclusively (a running daemon holds it shared from [`crate::open_state`]
-//! until it exits) and, besides, refuses when the configured socket
-//! answers.
+//! exclusively (a running daemon holds it shared from
+//! [`crate::state::open_state`] until it exits) and, besides, refuses when
+//! the configured socket answers.
 //!
 //! The steps, and what a crash between two of them leaves:
 //!

@@ -8,7 +8,7 @@
 //!   the accept loop runs, `STATUS=` when the summary changes, `STOPPING=1`
 //!   at shutdown, `WATCHDOG=1` from the token machinery when
 //!   `WATCHDOG_USEC` asks for it (see [`crate::tokens::Tokens::spawn_watchdog`]).
-//! - `--daemon` ([`daemonize`]): forks with the daemonize crate before any
+//! - `--daemon` ([`daemonize()`]): forks with the daemonize crate before any
 //!   thread or runtime exists; the first process waits on a pipe until the
 //!   daemon serves (`ok`) or fails (its one-line error), and exits with that.
 //!

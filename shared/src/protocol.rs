@@ -589,7 +589,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The `snctl` exit code for this kind (README.md, "Exit codes").
+    /// The `snctl` exit code for this kind (README.md, "Commands").
     pub fn exit_code(self) -> i32 {
         match self {
             ErrorKind::Other => 1,

@@ -188,7 +188,7 @@ pub fn snctl(socket: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     snctl_env(socket, args, stdin, &[])
 }
 
-/// [`snctl`] with extra environment variables (e.g. `BROWSER`).
+/// [`snctl()`] with extra environment variables (e.g. `BROWSER`).
 pub fn snctl_env(
     socket: &Path,
     args: &[&str],

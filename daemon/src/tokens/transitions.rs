@@ -1,7 +1,7 @@
 //! The refresh machine, one state transition per test, on tokio's paused
 //! time with a scripted instance and a real store in a temporary directory.
 //!
-//! Time moves only when a test moves it ([`Bench::advance`]): a blocking
+//! Time moves only when a test moves it ([`Bench::advance_to`]): a blocking
 //! task held for the whole test keeps tokio from jumping to the next timer
 //! while the store thread works, so what a test sees after a step is what
 //! the daemon does at that instant. Nothing here waits real seconds.
