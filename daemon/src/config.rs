@@ -64,6 +64,7 @@ use snctl_shared::paths::{self, APP_DIR, SOCKET_FILE};
 use crate::access::{AccessConfig, AccessSection};
 use crate::crypto::{KeySources, MasterKeyConfig};
 use crate::logging::{LogConfig, LogSection};
+use crate::ownership::{self, UnsafeFile};
 use crate::proxy::ProxySection;
 pub use crate::proxy::{OnRateLimit, ProxyConfig};
 use crate::server::{Limits, ServerSection};
@@ -145,6 +146,8 @@ pub enum ConfigError {
     },
     #[error("the configuration {path} is invalid: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    Unsafe(#[from] UnsafeFile),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,9 +239,11 @@ impl Config {
             state_dir,
             ..Config::under(Path::new(""))
         };
-        if explicit || file.exists() {
-            config.apply_file(&file)?;
+        let file = (explicit || file.exists()).then_some(file);
+        if let Some(file) = &file {
+            config.apply_file(file)?;
         }
+        config.check_files(file.as_deref())?;
         Ok(config)
     }
 
@@ -255,6 +260,23 @@ impl Config {
         let file: File = toml::from_str(&text).map_err(|e| parse(e.message().to_string()))?;
         self.apply_sections(file)
             .map_err(|InvalidSetting(message)| parse(message))
+    }
+
+    /// Refuses the configuration file read and the `[http] ca_file` named
+    /// when another user than root or snctld's could change them
+    /// ([`ownership::check_file`]): the file says who is admin, the CA
+    /// which servers pass for an instance. At start and at every reload.
+    fn check_files(&self, file: Option<&Path>) -> Result<(), UnsafeFile> {
+        let files = [
+            (file, "configuration file"),
+            (self.http.ca_file.as_deref(), "ca_file"),
+        ];
+        for (path, what) in files {
+            if let Some(path) = path {
+                ownership::check_file(path, what)?;
+            }
+        }
+        Ok(())
     }
 
     /// Each section over its current values, in file order.

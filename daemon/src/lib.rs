@@ -41,6 +41,7 @@ pub mod http;
 pub mod instance;
 pub mod jwt;
 pub mod logging;
+pub mod ownership;
 pub mod process;
 pub mod proxy;
 pub mod rekey;

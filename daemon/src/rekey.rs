@@ -175,6 +175,8 @@ fn run(
         return Err(RekeyError::NoDatabase { path: db_path });
     }
     let db = UncheckedDb::open(&db_path)?;
+    // Its migration would sign an older database's settings unseen.
+    crate::state::check_not_downgraded(dir, &db_path, &db)?;
     let Some(check) = db.key_check()? else {
         return Err(RekeyError::NeverStarted { path: db_path });
     };

@@ -12,7 +12,8 @@
 //!    directory, mode 0600, synced.
 //! 2. Check that copy: a database of a schema this build knows, `PRAGMA
 //!    integrity_check` "ok", no table, index, trigger or view that this
-//!    snctld's schema does not create, a key check that the master key
+//!    snctld's schema does not create, every table with the columns of its
+//!    schema version (no more, no fewer), a key check that the master key
 //!    (from the daemon's own sources, [`Config::key_sources`]) opens, and every
 //!    authentication's settings matching their MAC under that key with an
 //!    instance URL `add` would accept. A backup of a schema older than
@@ -23,7 +24,9 @@
 //!    `-wal` left over) to `snctld.db.before-restore`, rename the copy into
 //!    place and sync the directory.
 //! 4. Open it the way the daemon does (key check, migrate, quick check,
-//!    load). If that fails, the previous database is put back.
+//!    load) and record that the state directory's database signs its
+//!    settings ([`crate::state::SIGNED_MARKER`]; one already there stays).
+//!    If that fails, the previous database is put back.
 //!
 //! `snctld.db.before-restore` stays for the administrator to delete once
 //! the restored database serves; a restore refuses to run while it is
@@ -142,10 +145,12 @@ pub enum RestoreError {
     BackupWritable { path: PathBuf, mode: u32 },
     #[error("the backup is damaged (SQLite integrity_check: {0})")]
     Damaged(String),
-    #[error("the backup holds {0}, which snctld did not create: someone edited it (a trigger would rewrite what snctld stores); restore another backup")]
-    Foreign(String),
-    #[error("the backup is not a snctld database (it has no key check)")]
+    #[error("the backup holds {objects}, which snctld did not create: someone edited it{}; restore another backup", if *.trigger { " (a trigger would rewrite what snctld stores)" } else { "" })]
+    Foreign { objects: String, trigger: bool },
+    #[error("the backup is not an snctld database, or an empty one (it has no schema version or no key check): check that it is the file `snctl backup` wrote")]
     NotSnctld,
+    #[error("the backup's schema does not match its version ({0}): it was edited (a column or the version changed); restore another backup")]
+    SchemaMismatch(i64),
     #[error("the backup has schema {0}, from an snctld that did not sign settings: its instance URLs, client IDs and readers cannot be checked against the key; look at them (sqlite3 FILE 'SELECT name, instance_url, client_id, allow_users, allow_groups, allow_units FROM authentications') and, if they are right, restore with --trust-old-backup")]
     Unsigned(i64),
     #[error("the instance URL of {name} is refused: {reason}")]
@@ -214,6 +219,12 @@ pub fn restore(config: &Config, file: &Path, options: Options) -> Result<Restore
             error,
         })
         .and_then(|()| open_restored(config, &db_path));
+    // The restored database signs its settings now: an older one put in
+    // its place later is refused at start.
+    let opened = opened.and_then(|counts| {
+        crate::state::mark_signed(dir)?;
+        Ok(counts)
+    });
     match opened {
         Ok((authentications, unreadable)) => Ok(Restored {
             authentications,
@@ -307,13 +318,23 @@ fn check(config: &Config, staged: &Path, trust_old_backup: bool) -> Result<(), R
     }
     let foreign = db.foreign_objects()?;
     if !foreign.is_empty() {
-        return Err(RestoreError::Foreign(ObjectList(foreign).to_string()));
+        return Err(RestoreError::Foreign {
+            trigger: foreign.iter().any(|o| o.kind == "trigger"),
+            objects: ObjectList(foreign).to_string(),
+        });
+    }
+    let version = db.version()?;
+    if version < 1 {
+        return Err(RestoreError::NotSnctld);
+    }
+    // Before anything reads a column the version promises.
+    if !db.schema_matches()? {
+        return Err(RestoreError::SchemaMismatch(version));
     }
     let Some(check) = db.key_check()? else {
         return Err(RestoreError::NotSnctld);
     };
     let (key, _) = crypto::load_master_key(&config.key_sources(), Some(&check))?;
-    let version = db.version()?;
     if version < SIGNED_SCHEMA {
         if !trust_old_backup {
             return Err(RestoreError::Unsigned(version));

@@ -18,7 +18,9 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::Config;
 use crate::crypto::{self, CryptoError, KeySource};
-use crate::store::{self, Record, Store, StoreError, StoreThread, UncheckedDb, DB_FILE};
+use crate::store::{
+    self, Record, Store, StoreError, StoreThread, UncheckedDb, DB_FILE, SIGNED_SCHEMA,
+};
 
 /// Why the state directory cannot be used. Each message is one line with
 /// its cause and says what to do.
@@ -52,6 +54,14 @@ pub enum StateError {
     Check { path: PathBuf, error: StoreError },
     #[error("the database {} is damaged (SQLite quick_check: {report}): restore it from a backup, or move it away to start empty", path.display())]
     Damaged { path: PathBuf, report: String },
+    #[error("the database {} is at schema {version}, from before settings were signed, but this state directory's has been at schema {SIGNED_SCHEMA} ({} says so): an older or edited database was put in place, and its settings would be signed unseen; if it is a backup you trust, move it out of the state directory and run `snctld restore --trust-old-backup FILE`", path.display(), marker.display())]
+    Downgraded {
+        path: PathBuf,
+        version: i64,
+        marker: PathBuf,
+    },
+    #[error("cannot record in {} that the database signs its settings: {error}", path.display())]
+    Mark { path: PathBuf, error: io::Error },
     #[error("cannot start the store thread: {0}")]
     StoreThread(io::Error),
     #[error(transparent)]
@@ -59,6 +69,10 @@ pub enum StateError {
     #[error(transparent)]
     Crypto(#[from] CryptoError),
 }
+
+/// The file in the state directory that records that its database has
+/// been at a schema whose settings are signed ([`store::SIGNED_SCHEMA`]).
+pub const SIGNED_MARKER: &str = "snctld.signed";
 
 const STOP_FIRST: &str = "stop it first (systemctl stop snctld.socket snctld.service)";
 
@@ -86,7 +100,9 @@ impl State {
 /// configuration names), then migrates the database, checks it (`PRAGMA
 /// quick_check`; anything but "ok" stops the start) and loads it. A wrong or
 /// exposed key fails here, before anything is written, and so does a
-/// database holding a trigger ([`store::UncheckedDb::prepare`]). An
+/// database holding a trigger ([`store::UncheckedDb::prepare`]), or one
+/// below [`SIGNED_SCHEMA`] where the database has been at it
+/// ([`check_not_downgraded`]). An
 /// authentication whose sealed secrets do not open, whose settings fail
 /// their MAC or whose instance URL is refused is logged and left out; the
 /// others load.
@@ -112,6 +128,7 @@ pub fn open_state(config: &Config) -> Result<State, StateError> {
     // no empty database behind.
     let (db, (key, key_source)) = if db_path.exists() {
         let db = UncheckedDb::open(&db_path)?;
+        check_not_downgraded(dir, &db_path, &db)?;
         let check = db.key_check()?;
         let key = crypto::load_master_key(&sources, check.as_deref())?;
         (db, key)
@@ -136,6 +153,8 @@ pub fn open_state(config: &Config) -> Result<State, StateError> {
                 .join("; "),
         });
     }
+    // Migrated: from here on, an older schema in its place is refused.
+    mark_signed(dir)?;
     let (records, unreadable) = db.load_readable()?;
     for error in &unreadable {
         match error {
@@ -153,6 +172,68 @@ pub fn open_state(config: &Config) -> Result<State, StateError> {
         records,
         key_source,
         lock,
+    })
+}
+
+/// Refuses a database below [`SIGNED_SCHEMA`] in a state directory whose
+/// database has been at it ([`SIGNED_MARKER`]): migrating it would sign its
+/// settings as found, so that an edit made where they were not signed (or
+/// an old copy put back) would pass for snctld's own. `snctld restore
+/// --trust-old-backup` is the way for an old database one vouches for. A
+/// database still empty (no version, no key check) holds nothing to sign.
+pub(crate) fn check_not_downgraded(
+    dir: &Path,
+    db_path: &Path,
+    db: &UncheckedDb,
+) -> Result<(), StateError> {
+    let marker = dir.join(SIGNED_MARKER);
+    let version = db.version()?;
+    if version >= SIGNED_SCHEMA || !marker.exists() {
+        return Ok(());
+    }
+    if version == 0 && db.key_check()?.is_none() {
+        return Ok(());
+    }
+    Err(StateError::Downgraded {
+        path: db_path.to_path_buf(),
+        version,
+        marker,
+    })
+}
+
+/// Records in the state directory that its database signs its settings
+/// ([`SIGNED_MARKER`]), once: written beside and renamed into place, so
+/// that it is either whole or absent. It is outside the database, so that
+/// putting an older database in place does not take it away; whoever can
+/// write the state directory is snctld's user or root already.
+pub(crate) fn mark_signed(dir: &Path) -> Result<(), StateError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let marker = dir.join(SIGNED_MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    let tmp = dir.join(format!("{SIGNED_MARKER}.tmp"));
+    let write = || -> io::Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(
+            file,
+            "The database of this state directory has been at schema {SIGNED_SCHEMA}, where \
+             snctld signs the settings of each authentication: snctld refuses to start on an \
+             older one here. Restore an old backup with `snctld restore --trust-old-backup FILE`."
+        )?;
+        file.sync_all()?;
+        fs::rename(&tmp, &marker)?;
+        crypto::sync_dir(dir)
+    };
+    write().map_err(|error| StateError::Mark {
+        path: marker.clone(),
+        error,
     })
 }
 

@@ -156,6 +156,18 @@ fn objects_of(conn: &Connection) -> Result<BTreeSet<SchemaObject>, StoreError> {
     Ok(objects)
 }
 
+/// Every column of every table of `conn`: (table, column, declared type).
+fn columns_of(conn: &Connection) -> Result<BTreeSet<(String, String, String)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT m.name, c.name, c.type FROM sqlite_master AS m, pragma_table_info(m.name) AS c
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'",
+    )?;
+    let columns = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(columns)
+}
+
 /// The schema objects in `conn` that this snctld's schema does not create,
 /// found by comparing with a new database migrated to [`SCHEMA_VERSION`]
 /// (by kind and name: the values read from the tables are checked by the
@@ -516,6 +528,22 @@ impl UncheckedDb {
         foreign_objects(&self.conn)
     }
 
+    /// Whether every table has exactly the columns this snctld's schema
+    /// gives it at the database's version (`user_version`): a database
+    /// whose version was changed, or whose columns were added or dropped,
+    /// does not. False for a version this snctld never wrote. Writes
+    /// nothing.
+    pub fn schema_matches(&self) -> Result<bool, StoreError> {
+        let version = self.version()?;
+        if !(1..=SCHEMA_VERSION).contains(&version) {
+            return Ok(false);
+        }
+        let mut reference = Connection::open_in_memory()?;
+        // No row is signed in an empty database: any key does.
+        migrate_to(&mut reference, &MasterKey::generate()?.0, version)?;
+        Ok(columns_of(&self.conn)? == columns_of(&reference)?)
+    }
+
     /// The authentications whose settings fail their MAC under `key` or
     /// whose instance URL is refused ([`RowError::Altered`],
     /// [`RowError::InstanceUrl`]). Sealed secrets are not opened. Only for
@@ -555,8 +583,16 @@ impl UncheckedDb {
 ///   them (there was nothing to check them against), which is why
 ///   `snctld restore` wants an old backup vouched for.
 fn migrate(conn: &mut Connection, key: &MasterKey) -> Result<(), StoreError> {
+    migrate_to(conn, key, SCHEMA_VERSION)
+}
+
+/// [`migrate`], stopping at schema `target`: the reference a database of
+/// an older schema is compared with ([`UncheckedDb::schema_matches`]).
+fn migrate_to(conn: &mut Connection, key: &MasterKey, target: i64) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version < 1 {
+    // Whether step `n` is to run.
+    let step = |n: i64| version < n && n <= target;
+    if step(1) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(
             "CREATE TABLE meta (
@@ -584,7 +620,7 @@ fn migrate(conn: &mut Connection, key: &MasterKey) -> Result<(), StoreError> {
         )?;
         tx.commit()?;
     }
-    if version < 2 {
+    if step(2) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(&format!(
             "ALTER TABLE authentications ADD COLUMN username TEXT;
@@ -596,7 +632,7 @@ fn migrate(conn: &mut Connection, key: &MasterKey) -> Result<(), StoreError> {
         ))?;
         tx.commit()?;
     }
-    if version < 3 {
+    if step(3) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(
             "ALTER TABLE authentications ADD COLUMN allow_users TEXT NOT NULL DEFAULT '';
@@ -606,7 +642,7 @@ fn migrate(conn: &mut Connection, key: &MasterKey) -> Result<(), StoreError> {
         )?;
         tx.commit()?;
     }
-    if version < 4 {
+    if step(4) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(
             "ALTER TABLE authentications ADD COLUMN jwt_key BLOB;
@@ -616,14 +652,16 @@ fn migrate(conn: &mut Connection, key: &MasterKey) -> Result<(), StoreError> {
         )?;
         tx.commit()?;
     }
-    if version < 5 {
+    if step(5) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch("ALTER TABLE authentications ADD COLUMN settings_mac BLOB;")?;
         let rows: Vec<Settings> = tx
-            .prepare(&format!("SELECT {SETTINGS_COLUMNS} FROM authentications"))?
+            .prepare(&format!(
+                "SELECT {SETTINGS_COLUMNS} FROM authentications ORDER BY name"
+            ))?
             .query_map([], Settings::from_row)?
             .collect::<Result<_, _>>()?;
-        for settings in rows {
+        for settings in &rows {
             tx.execute(
                 "UPDATE authentications SET settings_mac = ?2 WHERE name = ?1",
                 params![settings.name, settings.sign(key)],
@@ -631,6 +669,18 @@ fn migrate(conn: &mut Connection, key: &MasterKey) -> Result<(), StoreError> {
         }
         tx.execute_batch("PRAGMA user_version = 5;")?;
         tx.commit()?;
+        if !rows.is_empty() {
+            // Whatever they say is trusted from now on: said once, where the
+            // administrator looks.
+            let names: Vec<&str> = rows.iter().map(|s| s.name.as_str()).collect();
+            tracing::warn!(
+                "{} authentication{} signed as found: {} (their settings were not signed \
+                 before; check them with `snctl show NAME`)",
+                rows.len(),
+                if rows.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            );
+        }
     }
     Ok(())
 }
@@ -1649,5 +1699,38 @@ mod tests {
             UncheckedDb::open(&path),
             Err(StoreError::SchemaTooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn each_schema_snctld_wrote_matches_its_version_and_an_edited_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data");
+        for version in 1..=4 {
+            let path = dir.path().join(format!("schema-{version}.db"));
+            std::fs::copy(data.join(format!("schema-{version}/snctld.db")), &path).unwrap();
+            let db = UncheckedDb::open(&path).unwrap();
+            assert_eq!(db.version().unwrap(), version);
+            assert!(db.schema_matches().unwrap(), "schema {version}");
+        }
+        let key = Arc::new(MasterKey::generate().unwrap().0);
+        let path = dir.path().join(DB_FILE);
+        drop(open(dir.path(), &key));
+        assert!(UncheckedDb::open(&path).unwrap().schema_matches().unwrap());
+        for edit in [
+            "ALTER TABLE authentications DROP COLUMN settings_mac",
+            "PRAGMA user_version = 4",
+            "ALTER TABLE authentications ADD COLUMN extra TEXT",
+        ] {
+            let copy = dir.path().join("edited.db");
+            std::fs::copy(&path, &copy).unwrap();
+            Connection::open(&copy)
+                .unwrap()
+                .execute_batch(edit)
+                .unwrap();
+            let db = UncheckedDb::open(&copy).unwrap();
+            assert!(!db.schema_matches().unwrap(), "{edit}");
+            drop(db);
+            std::fs::remove_file(&copy).unwrap();
+        }
     }
 }

@@ -813,3 +813,34 @@ fn a_schema_4_database_is_signed_only_once_its_key_is_proven() {
     rekey(&config, None, &mut |_| {}).unwrap();
     assert_eq!(open_db(&config).load_all().unwrap().len(), 2);
 }
+
+#[test]
+fn a_database_put_back_below_signed_settings_is_neither_served_nor_rekeyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    populate(&config, &["alpha"]);
+    drop(snctld::open_state(&config).unwrap());
+    assert!(config.state_dir.join(snctld::state::SIGNED_MARKER).exists());
+    sql(&config)
+        .execute_batch(
+            "ALTER TABLE authentications DROP COLUMN settings_mac;
+             PRAGMA user_version = 4;
+             UPDATE authentications SET allow_users = '' WHERE name = 'alpha'",
+        )
+        .unwrap();
+
+    let err = format!("{:#}", snctld::open_state(&config).err().expect("refused"));
+    assert!(
+        err.contains("older or edited database") && err.contains("--trust-old-backup"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // A rekey would migrate it, signing the edit: refused the same way.
+    let err = format!("{:#}", rekey(&config, None, &mut |_| {}).unwrap_err());
+    assert!(err.contains("older or edited database"), "{err}");
+    let version: i64 = sql(&config)
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 4, "nothing was migrated or signed");
+    assert!(!config.state_dir.join(NEW_KEY_FILE).exists());
+}

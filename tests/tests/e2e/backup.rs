@@ -525,6 +525,12 @@ fn a_backup_holding_a_trigger_or_a_table_snctld_did_not_create_is_refused() {
                 && stderr.contains("nothing was changed"),
             "{what}: {stderr}"
         );
+        // Only a trigger rewrites anything.
+        assert_eq!(
+            stderr.contains("a trigger would rewrite"),
+            what.starts_with("trigger"),
+            "{what}: {stderr}"
+        );
         assert_eq!(snapshot(&config.state_dir), before, "{what}");
     }
 
@@ -633,8 +639,82 @@ fn a_backup_of_the_schema_before_authenticated_settings_is_restored_only_when_vo
         text(&out.stdout).contains("restored 2 authentications"),
         "{out:?}"
     );
-    let daemon = TestDaemon::start(config).unwrap();
+    assert!(
+        text(&out.stderr).contains("2 authentications signed as found: desk, prod"),
+        "{out:?}"
+    );
+    let marker = config.state_dir.join(snctld::state::SIGNED_MARKER);
+    assert!(marker.exists(), "the restored database signs its settings");
+    let daemon = TestDaemon::start(config.clone()).unwrap();
     assert_eq!(daemon.names(), ["desk", "prod"]);
     let token = daemon.client().token("prod").unwrap();
     assert_eq!(token.access_token.expose(), "fixture-access-token-prod");
+    daemon.stop().unwrap();
+
+    // Once more over that state directory, which has held signed settings:
+    // restore still takes the old backup it is vouched for, and the marker
+    // stays.
+    let out = restore_with(&config, &file, &["--trust-old-backup"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(marker.exists());
+    let daemon = TestDaemon::start(config).unwrap();
+    assert_eq!(daemon.names(), ["desk", "prod"]);
+}
+
+/// `file` copied and changed by `sql`, as someone without the key could.
+fn edited_copy(dir: &Path, file: &Path, sql: &str) -> PathBuf {
+    let edited = dir.join("edited.backup");
+    let _ = std::fs::remove_file(&edited);
+    std::fs::copy(file, &edited).unwrap();
+    rusqlite::Connection::open(&edited)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+    edited
+}
+
+#[test]
+fn a_backup_whose_schema_does_not_match_its_version_is_refused_in_one_line() {
+    let BackedUp { dir, file, key, .. } = backed_up_prod();
+    let new = tempfile::tempdir().unwrap();
+    let config = new_state_dir(new.path(), &key);
+    let before = snapshot(&config.state_dir);
+    let refused = |edited: &Path, flags: &[&str]| {
+        let out = restore_with(&config, edited, flags);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert_eq!(snapshot(&config.state_dir), before);
+        stderr
+    };
+
+    // Schema 5 without its MAC column.
+    let edited = edited_copy(
+        dir.path(),
+        &file,
+        "ALTER TABLE authentications DROP COLUMN settings_mac",
+    );
+    let stderr = refused(&edited, &[]);
+    assert!(
+        stderr.contains("schema does not match its version")
+            && stderr.contains("edited")
+            && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+
+    // Schema 4 in name, with the MAC column still there.
+    let edited = edited_copy(dir.path(), &file, "PRAGMA user_version = 4");
+    let stderr = refused(&edited, &["--trust-old-backup"]);
+    assert!(
+        stderr.contains("schema does not match its version") && !stderr.contains("duplicate"),
+        "{stderr}"
+    );
+
+    // No schema version at all: not an snctld database, and no flag helps.
+    let edited = edited_copy(dir.path(), &file, "PRAGMA user_version = 0");
+    let stderr = refused(&edited, &[]);
+    assert!(
+        stderr.contains("not an snctld database") && !stderr.contains("--trust-old-backup"),
+        "{stderr}"
+    );
 }

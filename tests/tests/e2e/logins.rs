@@ -682,3 +682,70 @@ fn browser_logins_waiting_at_once_are_bounded() {
     // Starting one of those again replaces it, as before the bound.
     client.start_login(start("web7")).unwrap();
 }
+
+#[test]
+fn an_add_whose_redirect_carries_an_empty_error_says_to_run_the_same_add_again() {
+    let people = People::start();
+    let port = free_port();
+    people
+        .fake
+        .set_redirect_uri(CLIENT_ID, &format!("http://127.0.0.1:{port}/callback"));
+    let (url, port_arg) = (people.fake.url(), port.to_string());
+    let mut child = Command::new(bin("snctl"))
+        .args([
+            "add",
+            "desk",
+            "--grant",
+            "authorization-code",
+            "--instance",
+            &url,
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-stdin",
+            "--redirect-port",
+            &port_arg,
+            "--no-browser",
+        ])
+        .env("SNCTL_SOCKET", people.socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{CLIENT_SECRET}").unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let authorize = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no URL printed");
+        if let Some(url) = line.strip_prefix("  http") {
+            break format!("http{}", url.trim_end());
+        }
+    };
+    let state = reqwest::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("the authorize URL carries a state");
+    // The redirect reaches the listener with an empty error and no code.
+    let callback = reqwest::Url::parse_with_params(
+        &format!("http://127.0.0.1:{port}/callback"),
+        [("state", state.as_str()), ("error", "")],
+    )
+    .unwrap();
+    let _ = reqwest::blocking::get(callback);
+    let status = child.wait().unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(1), "{rest}");
+    let line = rest
+        .lines()
+        .rfind(|l| l.starts_with("snctl: "))
+        .unwrap_or_else(|| panic!("no error line: {rest}"));
+    assert!(line.contains("no authorization code"), "{line}");
+    assert!(line.contains("run the same `snctl add` again"), "{line}");
+    assert!(!line.contains("snctl login desk"), "{line}");
+    assert!(people.daemon.client().list().unwrap().is_empty());
+}

@@ -603,3 +603,114 @@ fn a_damaged_database_stops_the_start() {
     );
     assert!(!dir.path().join("snctld.sock").exists());
 }
+
+/// Starts snctld under `dir` with `--config FILE`; the one line it refused
+/// to start with, or `None` when it serves (then it is stopped).
+fn refused_with_config(dir: &Path, config: &Path) -> Option<String> {
+    let config_arg = config.to_str().unwrap();
+    match DaemonProcess::start_with_log_filter(dir, &["--config", config_arg], "warn") {
+        Ok(mut daemon) => {
+            assert!(daemon.stop());
+            None
+        }
+        Err(error) => Some(format!("{error:#}")),
+    }
+}
+
+#[test]
+fn a_configuration_or_ca_file_others_could_change_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("snctld.toml");
+    std::fs::write(&config, "[access]\nadmin_group = \"snctl-admin\"\n").unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(refused_with_config(dir.path(), &config), None);
+
+    // Writable by others.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let error = refused_with_config(dir.path(), &config).expect("refused");
+    assert!(
+        error.contains(&format!("the configuration file {}", config.display()))
+            && error.contains("writable by group or others")
+            && error.contains("chmod go-w"),
+        "{error}"
+    );
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    // A CA file others could change.
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "").unwrap();
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o664)).unwrap();
+    std::fs::write(&config, format!("[http]\nca_file = \"{}\"\n", ca.display())).unwrap();
+    let error = refused_with_config(dir.path(), &config).expect("refused");
+    assert!(
+        error.contains(&format!("the ca_file {}", ca.display()))
+            && error.contains("writable by group or others")
+            && error.contains("chmod go-w"),
+        "{error}"
+    );
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(refused_with_config(dir.path(), &config), None);
+
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped files owned by another user: chown needs root");
+        return;
+    }
+    let nobody = 65534;
+    std::os::unix::fs::chown(&ca, Some(nobody), None).unwrap();
+    let error = refused_with_config(dir.path(), &config).expect("refused");
+    assert!(
+        error.contains(&format!("the ca_file {}", ca.display()))
+            && error.contains(&format!("belongs to uid {nobody}"))
+            && error.contains("chown"),
+        "{error}"
+    );
+    std::os::unix::fs::chown(&ca, Some(0), None).unwrap();
+    std::os::unix::fs::chown(&config, Some(nobody), None).unwrap();
+    let error = refused_with_config(dir.path(), &config).expect("refused");
+    assert!(
+        error.contains(&format!("the configuration file {}", config.display()))
+            && error.contains(&format!("belongs to uid {nobody}"))
+            && error.contains("chown"),
+        "{error}"
+    );
+    std::os::unix::fs::chown(&config, Some(0), None).unwrap();
+
+    // Through a directory another user owns.
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    let moved = theirs.join("snctld.toml");
+    std::fs::copy(&config, &moved).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(nobody), None).unwrap();
+    let error = refused_with_config(dir.path(), &moved).expect("refused");
+    assert!(
+        error.contains("is not safe") && error.contains(&format!("belongs to uid {nobody}")),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_reload_of_a_configuration_others_could_change_keeps_the_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("snctld.toml");
+    std::fs::write(&config, "[access]\nadmin_group = \"snctl-admin\"\n").unwrap();
+    let config_arg = config.to_str().unwrap();
+    let daemon =
+        DaemonProcess::start_with_log_filter(dir.path(), &["--config", config_arg], "info")
+            .unwrap();
+    std::fs::write(&config, "[access]\nadmin_group = \"intruders\"\n").unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert!(
+        wait_until(LIMIT, || daemon
+            .log_text()
+            .contains("configuration not reloaded, the running one stays")),
+        "{}",
+        daemon.log_text()
+    );
+    let log = daemon.log_text();
+    assert!(log.contains("writable by group or others"), "{log}");
+    assert!(!log.contains("access.admin_group changed"), "{log}");
+    let out = snctl(&daemon.socket, &["status"], None);
+    assert!(out.status.success(), "serving: {}", text(&out.stderr));
+}

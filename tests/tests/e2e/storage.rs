@@ -268,3 +268,91 @@ fn a_schema_4_database_is_migrated_at_start_and_serves_then_an_edit_is_caught() 
     let daemon = TestDaemon::in_dir(dir.path());
     assert_eq!(daemon.names(), ["desk"]);
 }
+
+/// Where a state directory records that its database has signed settings.
+fn signed_marker(state: &std::path::Path) -> std::path::PathBuf {
+    state.join(snctld::state::SIGNED_MARKER)
+}
+
+#[test]
+fn a_database_put_back_below_signed_settings_is_refused_at_start() {
+    let instance = fake();
+    let attacker = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = DaemonProcess::start_with_log_filter(dir.path(), &[], "warn").unwrap();
+    let mut request = add_request("prod", &instance.url());
+    request.readers.users = vec!["root".into()];
+    snctl::Client::connect(&daemon.socket)
+        .unwrap()
+        .add(request)
+        .unwrap();
+    assert!(daemon.stop());
+    assert!(
+        signed_marker(&daemon.state_dir).exists(),
+        "the first start on signed settings records it"
+    );
+
+    // Settings edited and the database made to look like one from before
+    // settings were signed, the daemon stopped.
+    let db = daemon.state_dir.join(snctld::store::DB_FILE);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(&format!(
+            "ALTER TABLE authentications DROP COLUMN settings_mac;
+             PRAGMA user_version = 4;
+             UPDATE authentications SET instance_url = '{}', allow_users = ''
+                 WHERE name = 'prod'",
+            attacker.url()
+        ))
+        .unwrap();
+    let err = DaemonProcess::start_with_log_filter(dir.path(), &[], "warn")
+        .err()
+        .expect("an older database where signed settings were is refused");
+    let message = format!("{err:#}");
+    let line = message
+        .lines()
+        .find(|l| l.contains("older or edited database"))
+        .unwrap_or_else(|| panic!("no line about the database: {message}"));
+    assert!(
+        line.contains("schema 4") && line.contains("snctld restore --trust-old-backup"),
+        "{line}"
+    );
+    assert_eq!(attacker.token_requests(), 0);
+    // Nothing was signed: the database is as it was put there.
+    let version: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 4);
+}
+
+#[test]
+fn an_upgrade_from_schema_4_says_which_rows_it_signed_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/schema-4");
+    for file in ["snctld.db", "snctld.key"] {
+        std::fs::copy(data.join(file), state.join(file)).unwrap();
+        std::fs::set_permissions(state.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut daemon = DaemonProcess::start_with_log_filter(dir.path(), &[], "warn").unwrap();
+    let log = daemon.log_text();
+    let signed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("signed as found"))
+        .collect();
+    assert_eq!(signed.len(), 1, "{log}");
+    assert!(
+        signed[0].contains("2 authentications signed as found: desk, prod"),
+        "{log}"
+    );
+    assert!(signed[0].contains("WARN"), "{log}");
+    assert!(daemon.stop());
+    assert!(signed_marker(&state).exists());
+    // The next start signs nothing.
+    let mut daemon = DaemonProcess::start_with_log_filter(dir.path(), &[], "warn").unwrap();
+    assert!(daemon.stop());
+    assert_eq!(daemon.log_text().matches("signed as found").count(), 1);
+}

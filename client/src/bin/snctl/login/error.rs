@@ -79,8 +79,8 @@ pub(crate) enum CallbackError {
         description: Option<String>,
     },
     /// The redirect carries this login's state but no code.
-    #[error("the redirect carries no authorization code: run `snctl login {name}` again")]
-    MissingCode { name: String },
+    #[error("the redirect carries no authorization code: {}", .login.again())]
+    MissingCode { login: Box<Login> },
     /// Nothing came back in time.
     #[error(
         "no login came back within {}: if the browser shows an error page of the \
@@ -223,6 +223,29 @@ mod tests {
             refused(true, "unauthorized_client", None),
             "the instance refused the login (unauthorized_client): check the Application \
              Registry record of client ID c1d, then run the same `snctl add` again"
+        );
+    }
+
+    #[test]
+    fn a_redirect_without_a_code_says_what_to_run_again() {
+        let missing = |adding| {
+            CallbackError::MissingCode {
+                login: Box::new(Login {
+                    name: "desk".to_owned(),
+                    redirect_uri: "http://127.0.0.1:8751/callback".to_owned(),
+                    client_id: "c1d".to_owned(),
+                    adding,
+                }),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            missing(false),
+            "the redirect carries no authorization code: run `snctl login desk` again"
+        );
+        assert_eq!(
+            missing(true),
+            "the redirect carries no authorization code: run the same `snctl add` again"
         );
     }
 

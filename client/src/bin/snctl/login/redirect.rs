@@ -69,14 +69,15 @@ impl Expected {
         if !ours {
             return Verdict::Foreign;
         }
-        let name = self.login.name.clone();
         Verdict::Settles(match params.error {
             Some(error) => Err(CallbackError::Denied {
                 login: Box::new(self.login.clone()),
                 error,
                 description: params.error_description,
             }),
-            None => params.code.ok_or(CallbackError::MissingCode { name }),
+            None => params.code.ok_or_else(|| CallbackError::MissingCode {
+                login: Box::new(self.login.clone()),
+            }),
         })
     }
 }
