@@ -25,11 +25,14 @@ use oauth2::{
     TokenUrl,
 };
 
+use serde::Deserialize;
+
 use snctl_shared::protocol::{ClientAuth, UpstreamKind};
 use snctl_shared::Secret;
 
 use crate::clock;
 pub use crate::instance::normalize_instance_url;
+use crate::settings::{debug, optional, Applies, Changes};
 use crate::store::{Authentication, TokenSet};
 
 /// Token endpoint, relative to the instance URL.
@@ -62,6 +65,56 @@ impl Default for HttpConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// `[http]` in the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    ca_file: Option<PathBuf>,
+    connect_timeout_secs: Option<u64>,
+    request_timeout_secs: Option<u64>,
+}
+
+impl HttpConfig {
+    /// Reads `[http]` over these settings.
+    pub fn apply(&mut self, h: HttpSection) {
+        if h.ca_file.is_some() {
+            self.ca_file = h.ca_file;
+        }
+        let secs = Duration::from_secs;
+        self.connect_timeout = h
+            .connect_timeout_secs
+            .map(secs)
+            .unwrap_or(self.connect_timeout);
+        self.request_timeout = h
+            .request_timeout_secs
+            .map(secs)
+            .unwrap_or(self.request_timeout);
+    }
+
+    /// What differs in `new`: the client is built when the daemon starts.
+    pub fn changes(&self, new: &HttpConfig) -> Changes {
+        let next = Applies::NextStart;
+        let mut changes = Changes::default();
+        changes
+            .compare("http.ca_file", next, &self.ca_file, &new.ca_file, optional)
+            .compare(
+                "http.connect_timeout_secs",
+                next,
+                &self.connect_timeout,
+                &new.connect_timeout,
+                debug,
+            )
+            .compare(
+                "http.request_timeout_secs",
+                next,
+                &self.request_timeout,
+                &new.request_timeout,
+                debug,
+            );
+        changes
     }
 }
 

@@ -19,10 +19,12 @@
 //! scheduler logs a warning 14, 7 and 1 days before the recorded deadline.
 //!
 //! Admin requests (add, update, remove, logins) live in [`admin`], the
-//! probes of `snctl doctor` in [`doctor`].
+//! probes of `snctl doctor` in [`doctor`], the `[refresh]` and `[login]`
+//! sections of the configuration file in [`sections`].
 
 mod admin;
 mod doctor;
+mod sections;
 #[cfg(test)]
 mod transitions;
 
@@ -46,6 +48,7 @@ use crate::servicenow::{Failure, Proof, Step, Upstream};
 use crate::store::{Authentication, Record, Store, StoreError, TokenSet};
 
 pub use admin::LoginPolicy;
+pub use sections::{LoginSection, RefreshSection};
 
 /// How long before a refresh token's deadline the scheduler warns (the
 /// last one when it is reached).
