@@ -6,6 +6,8 @@
 //! runtime or an HTTP stack.
 
 pub mod frame;
+#[cfg(feature = "jwt-key")]
+pub mod jwtkey;
 pub mod name;
 pub mod paths;
 pub mod protocol;
