@@ -44,18 +44,17 @@
 //! ```
 //!
 //! Each section is defined by the module that uses it (`[server]`
-//! [`crate::server`], `[access]` [`crate::access`], `[master_key]`
-//! [`crate::crypto`], `[log]` [`crate::logging`], `[proxy]`
-//! [`crate::proxy`]); `[refresh]`, `[login]` and `[http]`, whose settings
-//! are [`crate::tokens`]' and [`crate::servicenow`]'s, are read at the end
-//! of this file. This module finds the file and assembles the sections.
+//! [`crate::server`], `[refresh]` and `[login]` [`crate::tokens`],
+//! `[access]` [`crate::access`], `[master_key]` [`crate::crypto`], `[http]`
+//! [`crate::servicenow`], `[log]` [`crate::logging`], `[proxy]`
+//! [`crate::proxy`]). This module finds the file and assembles the
+//! sections.
 //!
 //! SIGHUP reads the file again ([`Config::reload`]) and compares it with the
 //! running one ([`crate::reload`]). A file that does not parse changes
 //! nothing.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -68,9 +67,9 @@ use crate::ownership::{self, UnsafeFile};
 use crate::proxy::ProxySection;
 pub use crate::proxy::{OnRateLimit, ProxyConfig};
 use crate::server::{Limits, ServerSection};
-use crate::servicenow::HttpConfig;
+use crate::servicenow::{HttpConfig, HttpSection};
 use crate::settings::{debug, octal, optional, Applies, Changes, InvalidSetting};
-use crate::tokens::{LoginPolicy, RefreshPolicy};
+use crate::tokens::{LoginPolicy, LoginSection, RefreshPolicy, RefreshSection};
 
 /// Everything the daemon needs to run.
 #[derive(Debug, Clone)]
@@ -282,11 +281,11 @@ impl Config {
     /// Each section over its current values, in file order.
     fn apply_sections(&mut self, file: File) -> Result<(), InvalidSetting> {
         self.limits.apply(file.server)?;
-        apply_refresh(&mut self.refresh, file.refresh)?;
+        self.refresh.apply(file.refresh)?;
         self.access.apply(file.access);
         self.master_key.apply(file.master_key);
-        apply_login(&mut self.login, file.login)?;
-        apply_http(&mut self.http, file.http);
+        self.login.apply(file.login)?;
+        self.http.apply(file.http);
         self.log.apply(file.log)?;
         self.proxy.apply(file.proxy)
     }
@@ -360,157 +359,10 @@ fn default_paths(mode: Mode) -> (PathBuf, PathBuf, PathBuf) {
     }
 }
 
-// `[refresh]`, `[login]` and `[http]`: the settings are the token
-// machinery's ([`RefreshPolicy`], [`LoginPolicy`]) and the instance
-// client's ([`HttpConfig`]).
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RefreshSection {
-    ahead: Option<f64>,
-    jitter: Option<f64>,
-    backoff_min_secs: Option<u64>,
-    backoff_max_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginSection {
-    redirect_port: Option<u16>,
-    timeout_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HttpSection {
-    ca_file: Option<PathBuf>,
-    connect_timeout_secs: Option<u64>,
-    request_timeout_secs: Option<u64>,
-}
-
-fn apply_refresh(refresh: &mut RefreshPolicy, r: RefreshSection) -> Result<(), InvalidSetting> {
-    if let Some(ahead) = r.ahead {
-        if !(0.1..=0.95).contains(&ahead) {
-            return Err(InvalidSetting(
-                "refresh.ahead must be between 0.1 and 0.95".into(),
-            ));
-        }
-        refresh.ahead = ahead;
-    }
-    if let Some(jitter) = r.jitter {
-        if !(0.0..=0.2).contains(&jitter) {
-            return Err(InvalidSetting(
-                "refresh.jitter must be between 0 and 0.2".into(),
-            ));
-        }
-        refresh.jitter = jitter;
-    }
-    let secs = Duration::from_secs;
-    refresh.backoff_min = r.backoff_min_secs.map(secs).unwrap_or(refresh.backoff_min);
-    refresh.backoff_max = r.backoff_max_secs.map(secs).unwrap_or(refresh.backoff_max);
-    Ok(())
-}
-
-fn apply_login(login: &mut LoginPolicy, l: LoginSection) -> Result<(), InvalidSetting> {
-    if let Some(port) = l.redirect_port {
-        if port == 0 {
-            return Err(InvalidSetting(
-                "login.redirect_port must be a fixed port, not 0".into(),
-            ));
-        }
-        login.redirect_port = port;
-    }
-    if let Some(t) = l.timeout_secs {
-        if !(30..=3600).contains(&t) {
-            return Err(InvalidSetting(
-                "login.timeout_secs must be between 30 and 3600".into(),
-            ));
-        }
-        login.timeout = Duration::from_secs(t);
-    }
-    Ok(())
-}
-
-fn apply_http(http: &mut HttpConfig, h: HttpSection) {
-    if h.ca_file.is_some() {
-        http.ca_file = h.ca_file;
-    }
-    let secs = Duration::from_secs;
-    http.connect_timeout = h
-        .connect_timeout_secs
-        .map(secs)
-        .unwrap_or(http.connect_timeout);
-    http.request_timeout = h
-        .request_timeout_secs
-        .map(secs)
-        .unwrap_or(http.request_timeout);
-}
-
-/// What differs in `[refresh]`: the schedules take it at once.
-pub fn refresh_changes(a: &RefreshPolicy, b: &RefreshPolicy) -> Changes {
-    let now = Applies::Now;
-    let mut changes = Changes::default();
-    changes
-        .compare("refresh.ahead", now, &a.ahead, &b.ahead, debug)
-        .compare("refresh.jitter", now, &a.jitter, &b.jitter, debug)
-        .compare(
-            "refresh.backoff_min_secs",
-            now,
-            &a.backoff_min,
-            &b.backoff_min,
-            debug,
-        )
-        .compare(
-            "refresh.backoff_max_secs",
-            now,
-            &a.backoff_max,
-            &b.backoff_max,
-            debug,
-        );
-    changes
-}
-
-/// What differs in `[login]`: logins started afterwards take it.
-pub fn login_changes(a: &LoginPolicy, b: &LoginPolicy) -> Changes {
-    let now = Applies::Now;
-    let mut changes = Changes::default();
-    changes
-        .compare(
-            "login.redirect_port",
-            now,
-            &a.redirect_port,
-            &b.redirect_port,
-            debug,
-        )
-        .compare("login.timeout_secs", now, &a.timeout, &b.timeout, debug);
-    changes
-}
-
-/// What differs in `[http]`: the client is built when the daemon starts.
-pub fn http_changes(a: &HttpConfig, b: &HttpConfig) -> Changes {
-    let next = Applies::NextStart;
-    let mut changes = Changes::default();
-    changes
-        .compare("http.ca_file", next, &a.ca_file, &b.ca_file, optional)
-        .compare(
-            "http.connect_timeout_secs",
-            next,
-            &a.connect_timeout,
-            &b.connect_timeout,
-            debug,
-        )
-        .compare(
-            "http.request_timeout_secs",
-            next,
-            &a.request_timeout,
-            &b.request_timeout,
-            debug,
-        );
-    changes
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::reload::Reload;
     use crate::settings::Applies;

@@ -8,11 +8,10 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{
-    EcdsaKeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
-};
+use ring::signature::RSA_PKCS1_SHA256;
 use zeroize::Zeroizing;
 
+use snctl_shared::jwtkey::JwtKeyPair;
 use snctl_shared::protocol::JwtSettings;
 use snctl_shared::Secret;
 
@@ -32,45 +31,27 @@ pub enum JwtError {
 /// How long an assertion is valid.
 pub const ASSERTION_LIFETIME_SECS: i64 = 300;
 
-enum Signer {
-    Es256(EcdsaKeyPair),
-    Rs256(RsaKeyPair),
-}
-
-impl Signer {
-    fn alg(&self) -> &'static str {
-        match self {
-            Signer::Es256(_) => "ES256",
-            Signer::Rs256(_) => "RS256",
-        }
-    }
-
-    fn sign(&self, rng: &SystemRandom, message: &[u8]) -> Result<Vec<u8>, JwtError> {
-        let failed = |_| JwtError::Sign;
-        match self {
-            Signer::Es256(key) => Ok(key.sign(rng, message).map_err(failed)?.as_ref().to_vec()),
-            Signer::Rs256(key) => {
-                let mut signature = vec![0; key.public().modulus_len()];
-                key.sign(&RSA_PKCS1_SHA256, rng, message, &mut signature)
-                    .map_err(failed)?;
-                Ok(signature)
-            }
+/// Signs with `key`'s kind of key.
+fn sign(key: &JwtKeyPair, rng: &SystemRandom, message: &[u8]) -> Result<Vec<u8>, JwtError> {
+    let failed = |_| JwtError::Sign;
+    match key {
+        JwtKeyPair::Es256(key) => Ok(key.sign(rng, message).map_err(failed)?.as_ref().to_vec()),
+        JwtKeyPair::Rs256(key) => {
+            let mut signature = vec![0; key.public().modulus_len()];
+            key.sign(&RSA_PKCS1_SHA256, rng, message, &mut signature)
+                .map_err(failed)?;
+            Ok(signature)
         }
     }
 }
 
-fn signer(key: &Secret, rng: &SystemRandom) -> Result<Signer, JwtError> {
+fn signer(key: &Secret, rng: &SystemRandom) -> Result<JwtKeyPair, JwtError> {
     let der = Zeroizing::new(
         STANDARD
             .decode(key.expose())
             .map_err(|_| JwtError::NotBase64)?,
     );
-    if let Ok(ec) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, rng) {
-        return Ok(Signer::Es256(ec));
-    }
-    RsaKeyPair::from_pkcs8(&der)
-        .map(Signer::Rs256)
-        .map_err(|e| JwtError::NotAKey(e.to_string()))
+    JwtKeyPair::from_pkcs8(&der, rng).map_err(|e| JwtError::NotAKey(e.to_string()))
 }
 
 /// Checks that `key` is a key this module can sign with.
@@ -103,7 +84,7 @@ pub fn assertion(jwt: &JwtSettings, client_id: &str, now_secs: i64) -> Result<St
         URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    let signature = signer.sign(&rng, signing_input.as_bytes())?;
+    let signature = sign(&signer, &rng, signing_input.as_bytes())?;
     Ok(format!(
         "{signing_input}.{}",
         URL_SAFE_NO_PAD.encode(signature)
@@ -113,7 +94,10 @@ pub fn assertion(jwt: &JwtSettings, client_id: &str, now_secs: i64) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ring::signature::{KeyPair as _, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
+    use ring::signature::{
+        EcdsaKeyPair, KeyPair as _, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
+        ECDSA_P256_SHA256_FIXED_SIGNING,
+    };
 
     #[test]
     fn assertions_are_signed_es256_with_fresh_ids() {

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::crypto::{self, CryptoError, KeySource, MasterKey, NEW_KEY_FILE};
-use crate::state::StateError;
+use crate::state::{StateDirLock, StateError};
 use crate::store::{StoreError, UncheckedDb, DB_FILE};
 
 /// Why a rekey stopped. Each message is one line with its cause and says
@@ -148,28 +148,61 @@ pub fn rekey(
     new_key_file: Option<&Path>,
     say: &mut dyn FnMut(&str),
 ) -> Result<Rekeyed, RekeyError> {
-    run(config, new_key_file, say, true)
+    commit(config, new_key_file, say)?.finish()
 }
 
-/// Rekey up to and including the commit, without the final rename of
-/// `snctld.key.new`: the state a crash right after the commit leaves. For
-/// tests of the recovery.
-#[doc(hidden)]
-pub fn rekey_until_commit(config: &Config) -> Result<Rekeyed, RekeyError> {
-    run(config, None, &mut |_| {}, false)
+/// A rekey whose re-seal is committed (steps 1 to 3): from here on the
+/// database opens only with the new key. A state directory key is still
+/// `snctld.key.new` until [`Committed::finish`] renames it; one dropped
+/// before that leaves what a crash there leaves, which the next start
+/// finishes. The state directory stays locked until then.
+#[must_use = "the new key is put in place by finish()"]
+pub struct Committed {
+    rekeyed: Rekeyed,
+    dir: PathBuf,
+    _lock: StateDirLock,
 }
 
-fn run(
+impl Committed {
+    /// What was done so far.
+    pub fn rekeyed(&self) -> &Rekeyed {
+        &self.rekeyed
+    }
+
+    /// Step 4: renames a state directory key over the old one and syncs
+    /// the directory; an administrator's key is theirs to install.
+    pub fn finish(self) -> Result<Rekeyed, RekeyError> {
+        let Committed {
+            mut rekeyed, dir, ..
+        } = self;
+        if let KeySource::StateDir(path) | KeySource::Created(path) = &rekeyed.old_source {
+            let finish = || -> std::io::Result<()> {
+                std::fs::rename(&rekeyed.new_key, path)?;
+                crypto::sync_dir(&dir)
+            };
+            finish().map_err(|error| RekeyError::Rename {
+                new: rekeyed.new_key.clone(),
+                path: path.clone(),
+                error,
+            })?;
+            rekeyed.new_key = path.clone();
+        }
+        Ok(rekeyed)
+    }
+}
+
+/// Steps 1 to 3 of [`rekey`]: the new key written and the database
+/// re-sealed with it, committed.
+pub fn commit(
     config: &Config,
     new_key_file: Option<&Path>,
     say: &mut dyn FnMut(&str),
-    rename: bool,
-) -> Result<Rekeyed, RekeyError> {
+) -> Result<Committed, RekeyError> {
     let dir = &config.state_dir;
     if !dir.is_dir() {
         return Err(RekeyError::NoStateDir { dir: dir.clone() });
     }
-    let _lock = crate::state::lock_stopped_state_dir(config)?;
+    let lock = crate::state::lock_stopped_state_dir(config)?;
     let db_path = dir.join(DB_FILE);
     if !db_path.exists() {
         return Err(RekeyError::NoDatabase { path: db_path });
@@ -191,32 +224,22 @@ fn run(
         error,
     })?;
     drop(bytes);
-    let mut done = Rekeyed {
+    let mut rekeyed = Rekeyed {
         resealed: 0,
         old_id,
         new_id,
         old_source,
         new_key: target,
     };
-    if let Some(instructions) = done.instructions() {
+    if let Some(instructions) = rekeyed.instructions() {
         say(&instructions);
     }
-    done.resealed = reseal(db, old, new_key, &db_path, &done, new_key_file.is_none())?;
-    if let KeySource::StateDir(path) | KeySource::Created(path) = &done.old_source {
-        if rename {
-            let finish = || -> std::io::Result<()> {
-                std::fs::rename(&done.new_key, path)?;
-                crypto::sync_dir(dir)
-            };
-            finish().map_err(|error| RekeyError::Rename {
-                new: done.new_key.clone(),
-                path: path.clone(),
-                error,
-            })?;
-            done.new_key = path.clone();
-        }
-    }
-    Ok(done)
+    rekeyed.resealed = reseal(db, old, new_key, &db_path, &rekeyed, new_key_file.is_none())?;
+    Ok(Committed {
+        rekeyed,
+        dir: dir.clone(),
+        _lock: lock,
+    })
 }
 
 /// The key the database is sealed with now. When it does not open the

@@ -7,7 +7,7 @@
 //! does not load changes nothing.
 
 use crate::access::Access;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::settings::{Applies, Change, Changes};
 use crate::systemd::Service;
@@ -38,11 +38,11 @@ impl Reload {
             log: old.log.changes(&new.log),
             paths: old.path_changes(new),
             server: old.limits.changes(&new.limits),
-            refresh: config::refresh_changes(&old.refresh, &new.refresh),
-            login: config::login_changes(&old.login, &new.login),
+            refresh: old.refresh.changes(&new.refresh),
+            login: old.login.changes(&new.login),
             access: old.access.changes(&new.access),
             master_key: old.master_key.changes(&new.master_key),
-            http: config::http_changes(&old.http, &new.http),
+            http: old.http.changes(&new.http),
             proxy: old.proxy.changes(&new.proxy),
         }
     }

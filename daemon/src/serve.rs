@@ -25,7 +25,7 @@ use crate::dispatch::Dispatcher;
 use crate::proxy::{self, Proxy, Timeouts};
 use crate::reload::reload;
 use crate::server::{self, BindError, Listener};
-use crate::servicenow::ServiceNow;
+use crate::servicenow::{ClientError, ServiceNow};
 use crate::state::State;
 use crate::store::{Record, Store, StoreThread};
 use crate::systemd::Service;
@@ -45,7 +45,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Upstream(#[from] anyhow::Error),
+    Upstream(#[from] ClientError),
     #[error("cannot listen for SIGHUP: {0}")]
     Hangup(std::io::Error),
     #[error("proxy for {name}: {error}")]

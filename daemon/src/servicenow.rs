@@ -25,11 +25,14 @@ use oauth2::{
     TokenUrl,
 };
 
+use serde::Deserialize;
+
 use snctl_shared::protocol::{ClientAuth, UpstreamKind};
 use snctl_shared::Secret;
 
 use crate::clock;
 pub use crate::instance::normalize_instance_url;
+use crate::settings::{debug, optional, Applies, Changes};
 use crate::store::{Authentication, TokenSet};
 
 /// Token endpoint, relative to the instance URL.
@@ -62,6 +65,56 @@ impl Default for HttpConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// `[http]` in the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    ca_file: Option<PathBuf>,
+    connect_timeout_secs: Option<u64>,
+    request_timeout_secs: Option<u64>,
+}
+
+impl HttpConfig {
+    /// Reads `[http]` over these settings.
+    pub fn apply(&mut self, h: HttpSection) {
+        if h.ca_file.is_some() {
+            self.ca_file = h.ca_file;
+        }
+        let secs = Duration::from_secs;
+        self.connect_timeout = h
+            .connect_timeout_secs
+            .map(secs)
+            .unwrap_or(self.connect_timeout);
+        self.request_timeout = h
+            .request_timeout_secs
+            .map(secs)
+            .unwrap_or(self.request_timeout);
+    }
+
+    /// What differs in `new`: the client is built when the daemon starts.
+    pub fn changes(&self, new: &HttpConfig) -> Changes {
+        let next = Applies::NextStart;
+        let mut changes = Changes::default();
+        changes
+            .compare("http.ca_file", next, &self.ca_file, &new.ca_file, optional)
+            .compare(
+                "http.connect_timeout_secs",
+                next,
+                &self.connect_timeout,
+                &new.connect_timeout,
+                debug,
+            )
+            .compare(
+                "http.request_timeout_secs",
+                next,
+                &self.request_timeout,
+                &new.request_timeout,
+                debug,
+            );
+        changes
     }
 }
 
@@ -341,6 +394,37 @@ pub enum Transport {
     Other(String),
 }
 
+/// Why the HTTP client for the instances could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read ca_file {}: {source}", path.display())]
+    ReadCaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ca_file {} is not PEM certificates: {source}", path.display())]
+    CaFileNotPem {
+        path: PathBuf,
+        source: reqwest::Error,
+    },
+    #[error(transparent)]
+    Build(#[from] reqwest::Error),
+}
+
+/// An endpoint URL that cannot be made from an authentication's settings.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("bad authorize URL: {0}")]
+    Authorize(oauth2::url::ParseError),
+    #[error("bad Redirect URL {uri}: {source}")]
+    Redirect {
+        uri: String,
+        source: oauth2::url::ParseError,
+    },
+    #[error("bad token URL: {0}")]
+    Token(oauth2::url::ParseError),
+}
+
 /// The HTTP client for every instance: one connection pool.
 #[derive(Clone)]
 pub struct ServiceNow {
@@ -349,7 +433,7 @@ pub struct ServiceNow {
 }
 
 impl ServiceNow {
-    pub fn new(config: &HttpConfig) -> anyhow::Result<Self> {
+    pub fn new(config: &HttpConfig) -> Result<Self, ClientError> {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             // oauth2 advises against following redirects at the token endpoint.
@@ -358,11 +442,17 @@ impl ServiceNow {
             .timeout(config.request_timeout)
             .user_agent(concat!("snctld/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| anyhow::anyhow!("cannot read ca_file {}: {e}", path.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                anyhow::anyhow!("ca_file {} is not PEM certificates: {e}", path.display())
-            })? {
+            let pem = std::fs::read(path).map_err(|source| ClientError::ReadCaFile {
+                path: path.clone(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                ClientError::CaFileNotPem {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -379,11 +469,14 @@ impl ServiceNow {
 
     /// The authorize URL for a login by a person (PKCE S256 and a random
     /// `state`), and the verifier to keep until the code comes back.
-    pub fn authorize(auth: &Authentication, redirect_uri: &str) -> Result<Authorize, String> {
+    pub fn authorize(auth: &Authentication, redirect_uri: &str) -> Result<Authorize, UrlError> {
         let auth_url = AuthUrl::new(format!("{}{AUTHORIZE_PATH}", auth.instance_url))
-            .map_err(|e| format!("bad authorize URL: {e}"))?;
-        let redirect = RedirectUrl::new(redirect_uri.to_string())
-            .map_err(|e| format!("bad Redirect URL {redirect_uri}: {e}"))?;
+            .map_err(UrlError::Authorize)?;
+        let redirect =
+            RedirectUrl::new(redirect_uri.to_string()).map_err(|source| UrlError::Redirect {
+                uri: redirect_uri.to_string(),
+                source,
+            })?;
         let client = BasicClient::new(ClientId::new(auth.client_id.clone()))
             .set_auth_uri(auth_url)
             .set_redirect_uri(redirect);
@@ -439,7 +532,7 @@ impl ServiceNow {
         proof: Proof<'_>,
     ) -> Result<BasicTokenResponse, RequestTokenError<Transport, oauth2::basic::BasicErrorResponse>>
     {
-        let client = oauth_client(auth).map_err(RequestTokenError::Other)?;
+        let client = oauth_client(auth).map_err(|e| RequestTokenError::Other(e.to_string()))?;
         match proof {
             Proof::ClientCredentials => {
                 client
@@ -755,9 +848,9 @@ fn scopes(auth: &Authentication) -> Vec<Scope> {
         .collect()
 }
 
-fn oauth_client(auth: &Authentication) -> Result<Client, String> {
-    let token_url = TokenUrl::new(format!("{}{TOKEN_PATH}", auth.instance_url))
-        .map_err(|e| format!("bad token URL: {e}"))?;
+fn oauth_client(auth: &Authentication) -> Result<Client, UrlError> {
+    let token_url =
+        TokenUrl::new(format!("{}{TOKEN_PATH}", auth.instance_url)).map_err(UrlError::Token)?;
     Ok(BasicClient::new(ClientId::new(auth.client_id.clone()))
         .set_client_secret(ClientSecret::new(auth.client_secret.expose().to_string()))
         .set_auth_type(match auth.client_auth {

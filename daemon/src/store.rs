@@ -23,13 +23,14 @@ use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use snctl_shared::protocol::{AuthState, ClientAuth, Grant, JwtSettings};
+use snctl_shared::protocol::{AuthState, ClientAuth, Grant, JwtSettings, UnknownSpelling};
 use snctl_shared::Secret;
 
 use crate::access::ReaderIds;
@@ -744,41 +745,11 @@ pub struct Db {
     key: Arc<MasterKey>,
 }
 
-fn grant_from(s: String) -> Result<Grant, StoreError> {
-    match s.as_str() {
-        "client-credentials" => Ok(Grant::ClientCredentials),
-        "password" => Ok(Grant::Password),
-        "authorization-code" => Ok(Grant::AuthorizationCode),
-        "jwt-bearer" => Ok(Grant::JwtBearer),
-        _ => Err(StoreError::Unknown {
-            what: "grant",
-            value: s,
-        }),
-    }
-}
-
-fn client_auth_from(s: String) -> Result<ClientAuth, StoreError> {
-    match s.as_str() {
-        "form" => Ok(ClientAuth::Form),
-        "basic" => Ok(ClientAuth::Basic),
-        _ => Err(StoreError::Unknown {
-            what: "client authentication",
-            value: s,
-        }),
-    }
-}
-
-fn state_from(s: String) -> Result<AuthState, StoreError> {
-    match s.as_str() {
-        "ok" => Ok(AuthState::Ok),
-        "failing" => Ok(AuthState::Failing),
-        "rejected" => Ok(AuthState::Rejected),
-        "needs-login" => Ok(AuthState::NeedsLogin),
-        _ => Err(StoreError::Unknown {
-            what: "state",
-            value: s,
-        }),
-    }
+/// A grant, client authentication or state as the database spells it
+/// (the `as_str` of each).
+fn spelled<T: FromStr<Err = UnknownSpelling>>(s: String) -> Result<T, StoreError> {
+    s.parse()
+        .map_err(|UnknownSpelling { what, value }| StoreError::Unknown { what, value })
 }
 
 fn seal_jwt_key(key: &MasterKey, auth: &Authentication) -> Result<Option<Vec<u8>>, StoreError> {
@@ -887,9 +858,9 @@ impl Db {
             auth: Authentication {
                 name,
                 instance_url: settings.instance_url,
-                grant: grant_from(settings.grant)?,
+                grant: spelled(settings.grant)?,
                 client_id: settings.client_id,
-                client_auth: client_auth_from(settings.client_auth)?,
+                client_auth: spelled(settings.client_auth)?,
                 scope: settings.scope,
                 client_secret,
                 created_at_ms: settings.created_ms,
@@ -904,7 +875,7 @@ impl Db {
                 jwt,
             },
             tokens,
-            state: state_from(state)?,
+            state: spelled(state)?,
             last_error,
         })
     }

@@ -18,7 +18,7 @@ use snctld::crypto::{
     load_master_key, read_key_file, CryptoError, KeySource, KeySources, MasterKey, MasterKeyConfig,
     KEY_FILE, NEW_KEY_FILE,
 };
-use snctld::rekey::{rekey, rekey_until_commit};
+use snctld::rekey::{self, rekey};
 use snctld::store::{Authentication, Db, RowError, TokenSet, UncheckedDb, DB_FILE};
 
 /// Everything under `dir`; the state directory is `dir/state`.
@@ -372,17 +372,17 @@ fn a_crash_between_the_commit_and_the_rename_is_finished_at_the_next_start() {
     let new_path = config.state_dir.join(NEW_KEY_FILE);
     let old_key = fs::read(&key_path).unwrap();
 
-    let done = rekey_until_commit(&config).unwrap();
+    let new_id = rekey_then_crash(&config);
     // The crash's state: the database on the new key, the old key file in
     // place, the new one next to it.
     assert_eq!(fs::read(&key_path).unwrap(), old_key);
     assert!(new_path.exists());
     let check = stored_check(&config);
-    assert_eq!(MasterKey::blob_key_id(&check).unwrap(), done.new_id);
+    assert_eq!(MasterKey::blob_key_id(&check).unwrap(), new_id);
     let new_key = fs::read(&new_path).unwrap();
 
     let (key, source) = load_master_key(&config.key_sources(), Some(&check)).unwrap();
-    assert_eq!(key.id_hex(), done.new_id);
+    assert_eq!(key.id_hex(), new_id);
     assert_eq!(source, KeySource::StateDir(key_path.clone()));
     // The rename was finished.
     assert!(!new_path.exists());
@@ -394,12 +394,21 @@ fn a_crash_between_the_commit_and_the_rename_is_finished_at_the_next_start() {
     assert_eq!(secrets(&mut open_db(&config)), before);
 
     // The same through a daemon start.
-    let done = rekey_until_commit(&config).unwrap();
+    let new_id = rekey_then_crash(&config);
     let state = snctld::open_state(&config).unwrap();
     assert_eq!(state.key_source(), &KeySource::StateDir(key_path.clone()));
     drop(state);
     assert!(!new_path.exists());
-    assert_eq!(read_key_file(&key_path).unwrap().id_hex(), done.new_id);
+    assert_eq!(read_key_file(&key_path).unwrap().id_hex(), new_id);
+}
+
+/// A rekey that stops right after its commit, before the new key is put
+/// in place, as a crash there would; the new key id.
+fn rekey_then_crash(config: &Config) -> String {
+    let committed = rekey::commit(config, None, &mut |_| {}).unwrap();
+    let new_id = committed.rekeyed().new_id.clone();
+    drop(committed);
+    new_id
 }
 
 #[test]

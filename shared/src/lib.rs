@@ -5,7 +5,11 @@
 //! depends on it, and a program that asks for a token must not pull an async
 //! runtime or an HTTP stack.
 
+#![warn(missing_docs)]
+
 pub mod frame;
+#[cfg(feature = "jwt-key")]
+pub mod jwtkey;
 pub mod name;
 pub mod paths;
 pub mod protocol;

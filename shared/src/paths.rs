@@ -67,24 +67,42 @@ const MAX_LINKS: usize = 40;
 pub enum UnsafePath {
     /// A symbolic link on the way belongs to an untrusted user.
     #[error("{link} is a symbolic link owned by uid {uid}, who could point it elsewhere")]
-    Link { link: PathBuf, uid: u32 },
+    Link {
+        /// The link.
+        link: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
     /// A directory on the way belongs to an untrusted user.
     #[error("{dir} belongs to uid {uid}, who could replace what is in it")]
-    Owner { dir: PathBuf, uid: u32 },
+    Owner {
+        /// The directory.
+        dir: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
     /// A directory on the way may be written by others and is not sticky.
     #[error("{dir} is writable by {who} (mode {mode:o}), who could replace what is in it")]
     Writable {
+        /// The directory.
         dir: PathBuf,
+        /// Who may write it besides its owner: its group, or everyone.
         who: &'static str,
+        /// Its permission bits.
         mode: u32,
     },
     /// More links than the kernel would follow.
     #[error("{path} goes through more than {MAX_LINKS} symbolic links")]
-    Loop { path: PathBuf },
+    Loop {
+        /// The path being walked.
+        path: PathBuf,
+    },
     /// A component could not be read.
     #[error("cannot check {path}: {source}")]
     Io {
+        /// The component that could not be read.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
 }

@@ -184,6 +184,20 @@ impl ClientAuth {
     }
 }
 
+impl ClientAuth {
+    /// Every client authentication, in declaration order.
+    pub const ALL: [ClientAuth; 2] = [ClientAuth::Form, ClientAuth::Basic];
+}
+
+/// Reads [`ClientAuth::as_str`]'s spelling, the one the database stores.
+impl std::str::FromStr for ClientAuth {
+    type Err = UnknownSpelling;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        UnknownSpelling::find("client authentication", s, Self::ALL, Self::as_str)
+    }
+}
+
 /// The OAuth grant an authentication uses to get tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -216,6 +230,54 @@ impl Grant {
     /// token dies).
     pub fn needs_person(self) -> bool {
         !matches!(self, Grant::ClientCredentials | Grant::JwtBearer)
+    }
+}
+
+impl Grant {
+    /// Every grant, in declaration order.
+    pub const ALL: [Grant; 4] = [
+        Grant::ClientCredentials,
+        Grant::Password,
+        Grant::AuthorizationCode,
+        Grant::JwtBearer,
+    ];
+}
+
+/// Reads [`Grant::as_str`]'s spelling, the one the database stores.
+impl std::str::FromStr for Grant {
+    type Err = UnknownSpelling;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        UnknownSpelling::find("grant", s, Self::ALL, Self::as_str)
+    }
+}
+
+/// A spelling that names none of an enum's values (see the `FromStr` of
+/// [`Grant`], [`ClientAuth`] and [`AuthState`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}")]
+pub struct UnknownSpelling {
+    /// What was being read, in words: `grant`, `client authentication`,
+    /// `state`.
+    pub what: &'static str,
+    /// The spelling that matched nothing.
+    pub value: String,
+}
+
+impl UnknownSpelling {
+    /// The one of `all` that `spell` spells as `s`.
+    fn find<T: Copy, const N: usize>(
+        what: &'static str,
+        s: &str,
+        all: [T; N],
+        spell: fn(T) -> &'static str,
+    ) -> Result<T, UnknownSpelling> {
+        all.into_iter()
+            .find(|&value| spell(value) == s)
+            .ok_or_else(|| UnknownSpelling {
+                what,
+                value: s.to_string(),
+            })
     }
 }
 
@@ -413,6 +475,25 @@ impl AuthState {
             AuthState::Rejected => "rejected",
             AuthState::NeedsLogin => "needs-login",
         }
+    }
+}
+
+impl AuthState {
+    /// Every state, in declaration order.
+    pub const ALL: [AuthState; 4] = [
+        AuthState::Ok,
+        AuthState::Failing,
+        AuthState::Rejected,
+        AuthState::NeedsLogin,
+    ];
+}
+
+/// Reads [`AuthState::as_str`]'s spelling, the one the database stores.
+impl std::str::FromStr for AuthState {
+    type Err = UnknownSpelling;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        UnknownSpelling::find("state", s, Self::ALL, Self::as_str)
     }
 }
 
@@ -773,5 +854,46 @@ mod tests {
         };
         assert!(e.to_string().contains("snctl add prod"));
         assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn each_spelling_reads_back_and_an_unknown_one_is_named() {
+        fn round_trip<T>(all: &[T], spell: fn(T) -> &'static str)
+        where
+            T: Copy + PartialEq + fmt::Debug + std::str::FromStr<Err = UnknownSpelling>,
+        {
+            for &value in all {
+                assert_eq!(spell(value).parse::<T>(), Ok(value));
+            }
+        }
+        round_trip(&Grant::ALL, Grant::as_str);
+        round_trip(&ClientAuth::ALL, ClientAuth::as_str);
+        round_trip(&AuthState::ALL, AuthState::as_str);
+        // The spellings the database has always stored.
+        let grants: Vec<_> = Grant::ALL.iter().map(|g| g.as_str()).collect();
+        assert_eq!(
+            grants,
+            [
+                "client-credentials",
+                "password",
+                "authorization-code",
+                "jwt-bearer"
+            ]
+        );
+        let states: Vec<_> = AuthState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(states, ["ok", "failing", "rejected", "needs-login"]);
+        let auths: Vec<_> = ClientAuth::ALL.iter().map(|a| a.as_str()).collect();
+        assert_eq!(auths, ["form", "basic"]);
+
+        let e = "client_credentials".parse::<Grant>().unwrap_err();
+        assert_eq!(e.to_string(), "unknown grant \"client_credentials\"");
+        assert_eq!(
+            "Basic".parse::<ClientAuth>().unwrap_err().what,
+            "client authentication"
+        );
+        assert_eq!(
+            "needs_login".parse::<AuthState>().unwrap_err().value,
+            "needs_login"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! Instants as people read them, the same in the daemon's messages and the
-//! CLI's output.
+//! Instants and spans of time as people read them, the same in the
+//! daemon's messages and the CLI's output.
 
 /// RFC 3339 in UTC, e.g. `2026-11-28T17:30:00Z`, from Unix seconds.
 pub fn utc(at: i64) -> String {
@@ -23,6 +23,19 @@ pub fn utc(at: i64) -> String {
     )
 }
 
+/// A span of milliseconds in the largest units that matter: `13d 4h`,
+/// `5h 10m`, `42m`, `9s`; a negative span is `0s`.
+pub fn span(ms: i64) -> String {
+    let mins = ms.max(0) / 60_000;
+    let (days, hours, mins) = (mins / 1440, mins / 60 % 24, mins % 60);
+    match (days, hours) {
+        (0, 0) if mins == 0 => format!("{}s", ms.max(0) / 1000),
+        (0, 0) => format!("{mins}m"),
+        (0, _) => format!("{hours}h {mins}m"),
+        _ => format!("{days}d {hours}h"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,5 +45,14 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn spans_read_in_the_largest_units_that_matter() {
+        assert_eq!(span(9_400), "9s");
+        assert_eq!(span(42 * 60_000 + 5_000), "42m");
+        assert_eq!(span((5 * 60 + 10) * 60_000), "5h 10m");
+        assert_eq!(span((13 * 24 + 4) * 3_600_000), "13d 4h");
+        assert_eq!(span(-5), "0s");
     }
 }

@@ -11,9 +11,10 @@
 //! Then the grant itself is tried; when it works the new token is kept.
 
 use snctl_shared::protocol::{Check, CheckOutcome, Diagnosis, Grant, UpstreamError, UpstreamKind};
+use snctl_shared::time::span;
 use snctl_shared::{Error, Secret};
 
-use super::{describe_span, Tokens};
+use super::Tokens;
 use crate::servicenow::{Failure, Seen};
 use crate::store::Authentication;
 
@@ -285,9 +286,7 @@ impl Tokens {
                     CheckOutcome::Pass,
                     format!(
                         "a new access token, valid for {}",
-                        describe_span(
-                            summary.access_expires_at.unwrap_or_default() * 1000 - self.now_ms()
-                        )
+                        span(summary.access_expires_at.unwrap_or_default() * 1000 - self.now_ms())
                     ),
                 );
                 true

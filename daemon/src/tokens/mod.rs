@@ -19,10 +19,12 @@
 //! scheduler logs a warning 14, 7 and 1 days before the recorded deadline.
 //!
 //! Admin requests (add, update, remove, logins) live in [`admin`], the
-//! probes of `snctl doctor` in [`doctor`].
+//! probes of `snctl doctor` in [`doctor`], the `[refresh]` and `[login]`
+//! sections of the configuration file in [`sections`].
 
 mod admin;
 mod doctor;
+mod sections;
 #[cfg(test)]
 mod transitions;
 
@@ -38,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use snctl_shared::protocol::{
     AuthState, AuthSummary, Grant, LoginSummary, MinValid, TokenReply, UpstreamError, UpstreamKind,
 };
+use snctl_shared::time::span;
 use snctl_shared::{Error, Secret};
 
 use crate::access::ReaderIds;
@@ -46,6 +49,7 @@ use crate::servicenow::{Failure, Proof, Step, Upstream};
 use crate::store::{Authentication, Record, Store, StoreError, TokenSet};
 
 pub use admin::LoginPolicy;
+pub use sections::{LoginSection, RefreshSection};
 
 /// How long before a refresh token's deadline the scheduler warns (the
 /// last one when it is reached).
@@ -260,7 +264,7 @@ impl Entry {
                 deadline = deadline / 1000,
                 "the refresh token of {name} dies in {}: run `snctl login {name}` before then, \
                  or the authentication stops working",
-                describe_span(left_ms),
+                span(left_ms),
             );
         } else {
             tracing::warn!(
@@ -330,18 +334,6 @@ fn carry_issue_time(tokens: &mut TokenSet, held: Option<&HeldRefresh>) {
         if *new == held.token {
             tokens.refresh_issued_ms = Some(held.issued_ms);
         }
-    }
-}
-
-/// "13d 4h", "5h 10m", "42m", "9s".
-fn describe_span(ms: i64) -> String {
-    let mins = ms.max(0) / 60_000;
-    let (days, hours, mins) = (mins / 1440, mins / 60 % 24, mins % 60);
-    match (days, hours) {
-        (0, 0) if mins == 0 => format!("{}s", ms.max(0) / 1000),
-        (0, 0) => format!("{mins}m"),
-        (0, _) => format!("{hours}h {mins}m"),
-        _ => format!("{days}d {hours}h"),
     }
 }
 
@@ -1045,19 +1037,5 @@ impl Tokens {
         self.inner.stop.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::describe_span;
-
-    #[test]
-    fn spans_read_in_the_largest_units_that_matter() {
-        assert_eq!(describe_span(9_400), "9s");
-        assert_eq!(describe_span(42 * 60_000 + 5_000), "42m");
-        assert_eq!(describe_span((5 * 60 + 10) * 60_000), "5h 10m");
-        assert_eq!(describe_span((13 * 24 + 4) * 3_600_000), "13d 4h");
-        assert_eq!(describe_span(-5), "0s");
     }
 }

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair as _, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use ring::signature::KeyPair as _;
 use zeroize::Zeroizing;
 
 use snctl::Secret;
+use snctl_shared::jwtkey::JwtKeyPair;
 
 /// A private key snctld can sign with.
 pub struct JwtKey {
@@ -96,18 +97,20 @@ fn pkcs8_der(raw: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyProblem> {
 /// The key in `der`: P-256 EC (ES256) or RSA (RS256), tried in that order.
 fn parse(der: &[u8]) -> Result<JwtKey, KeyProblem> {
     let pkcs8 = Secret::new(STANDARD.encode(der));
-    let rng = SystemRandom::new();
-    if let Ok(ec) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng) {
-        // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING point }
-        let mut spki = hex("3059301306072a8648ce3d020106082a8648ce3d030107034200");
-        spki.extend_from_slice(ec.public_key().as_ref());
-        return Ok(JwtKey {
-            pkcs8,
-            alg: "ES256",
-            spki,
-        });
-    }
-    let rsa = RsaKeyPair::from_pkcs8(der).map_err(KeyProblem::NotEcOrRsa)?;
+    let rsa = match JwtKeyPair::from_pkcs8(der, &SystemRandom::new()) {
+        Ok(JwtKeyPair::Es256(ec)) => {
+            // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING point }
+            let mut spki = hex("3059301306072a8648ce3d020106082a8648ce3d030107034200");
+            spki.extend_from_slice(ec.public_key().as_ref());
+            return Ok(JwtKey {
+                pkcs8,
+                alg: "ES256",
+                spki,
+            });
+        }
+        Ok(JwtKeyPair::Rs256(rsa)) => rsa,
+        Err(rejected) => return Err(KeyProblem::NotEcOrRsa(rejected)),
+    };
     // SEQUENCE { SEQUENCE { rsaEncryption, NULL }, BIT STRING RSAPublicKey }
     let algorithm = hex("300d06092a864886f70d0101010500");
     let mut bits = vec![0u8];
@@ -160,6 +163,8 @@ pub fn public_pem(spki: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
     use super::*;
 
     #[test]
