@@ -233,8 +233,6 @@ struct StoredRow {
     refresh_token: Option<Vec<u8>>,
     refresh_issued_ms: Option<i64>,
     jwt_key: Option<Vec<u8>>,
-    /// The port as a port: a stored number out of range fails the read.
-    redirect_port: Option<u16>,
     state: String,
     last_error: Option<String>,
 }
@@ -243,6 +241,18 @@ impl StoredRow {
     /// Selected besides [`SETTINGS_COLUMNS`].
     const COLUMNS: &str = "settings_mac, client_secret, access_token, access_expires_ms, \
          obtained_ms, refresh_token, refresh_issued_ms, jwt_key, state, last_error";
+
+    /// Every stored row, in name order.
+    fn all(conn: &Connection) -> Result<Vec<StoredRow>, StoreError> {
+        let rows = conn
+            .prepare(&format!(
+                "SELECT {}, {SETTINGS_COLUMNS} FROM authentications ORDER BY name",
+                StoredRow::COLUMNS
+            ))?
+            .query_map([], StoredRow::read)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
 
     fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         Ok(StoredRow {
@@ -255,7 +265,6 @@ impl StoredRow {
             refresh_token: r.get("refresh_token")?,
             refresh_issued_ms: r.get("refresh_issued_ms")?,
             jwt_key: r.get("jwt_key")?,
-            redirect_port: r.get("redirect_port")?,
             state: r.get("state")?,
             last_error: r.get("last_error")?,
         })
@@ -690,42 +699,25 @@ fn migrate_to(conn: &mut Connection, key: &MasterKey, target: i64) -> Result<(),
 /// one per authentication: its settings ([`Settings::check`]) and, with
 /// `blobs`, then the sealed secrets [`Db::load_all`] opens.
 fn problems(conn: &Connection, key: &MasterKey, blobs: bool) -> Result<Vec<RowError>, StoreError> {
-    type Row = (Option<Vec<u8>>, [Option<Vec<u8>>; 4], Option<i64>, Settings);
-    let rows: Vec<Row> = conn
-        .prepare(&format!(
-            "SELECT settings_mac, client_secret, access_token, refresh_token, jwt_key,
-                 access_expires_ms, {SETTINGS_COLUMNS}
-             FROM authentications ORDER BY name"
-        ))?
-        .query_map([], |r| {
-            Ok((
-                r.get("settings_mac")?,
-                [
-                    r.get("client_secret")?,
-                    r.get("access_token")?,
-                    r.get("refresh_token")?,
-                    r.get("jwt_key")?,
-                ],
-                r.get("access_expires_ms")?,
-                Settings::from_row(r)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
+    let rows = StoredRow::all(conn)?;
     let mut problems = Vec::new();
-    for (mac, [secret, access, refresh, jwt_key], expires, settings) in rows {
-        if let Err(error) = settings.check(key, mac.as_deref()) {
+    for row in rows {
+        if let Err(error) = row.settings.check(key, row.settings_mac.as_deref()) {
             problems.push(error);
             continue;
         }
         if !blobs {
             continue;
         }
-        let name = &settings.name;
-        let mut fields = vec![(F_CLIENT_SECRET, secret), (F_JWT_KEY, jwt_key)];
+        let name = &row.settings.name;
+        let mut fields = vec![
+            (F_CLIENT_SECRET, Some(row.client_secret)),
+            (F_JWT_KEY, row.jwt_key),
+        ];
         // load_all opens the tokens only with an expiry.
-        if expires.is_some() && access.is_some() {
-            fields.push((F_ACCESS_TOKEN, access));
-            fields.push((F_REFRESH_TOKEN, refresh));
+        if row.access_expires_ms.is_some() && row.access_token.is_some() {
+            fields.push((F_ACCESS_TOKEN, row.access_token));
+            fields.push((F_REFRESH_TOKEN, row.refresh_token));
         }
         for (field, blob) in fields {
             if let Some(Err(error)) = blob.map(|b| key.open_secret(name, field, &b)) {
@@ -801,14 +793,7 @@ impl Db {
     /// instance URL, see [`Settings::check`]) before its secrets are
     /// opened. The first row that fails fails the whole load.
     pub fn load_all(&mut self) -> Result<Vec<Record>, StoreError> {
-        let rows: Vec<StoredRow> = self
-            .conn
-            .prepare(&format!(
-                "SELECT {}, {SETTINGS_COLUMNS} FROM authentications ORDER BY name",
-                StoredRow::COLUMNS
-            ))?
-            .query_map([], StoredRow::read)?
-            .collect::<Result<_, _>>()?;
+        let rows = StoredRow::all(&self.conn)?;
         rows.into_iter().map(|row| self.open_row(row)).collect()
     }
 
@@ -825,11 +810,21 @@ impl Db {
             refresh_token,
             refresh_issued_ms,
             jwt_key,
-            redirect_port,
             state,
             last_error,
         } = row;
         settings.check(&self.key, settings_mac.as_deref())?;
+        // The port as a port (signed by snctld, so in range unless written
+        // by a newer one).
+        let redirect_port = settings
+            .redirect_port
+            .map(|port| {
+                u16::try_from(port).map_err(|_| StoreError::Unknown {
+                    what: "redirect port",
+                    value: port.to_string(),
+                })
+            })
+            .transpose()?;
         let name = settings.name;
         let client_secret = self
             .key
@@ -1183,48 +1178,30 @@ impl Db {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        type Blobs = (
-            String,
-            Vec<u8>,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            (Option<Vec<u8>>, Settings),
-        );
-        let rows: Vec<Blobs> = tx
-            .prepare(&format!(
-                "SELECT name, client_secret, access_token, refresh_token, jwt_key,
-                     settings_mac, {SETTINGS_COLUMNS}
-                 FROM authentications ORDER BY name"
-            ))?
-            .query_map([], |r| {
-                Ok((
-                    r.get("name")?,
-                    r.get("client_secret")?,
-                    r.get("access_token")?,
-                    r.get("refresh_token")?,
-                    r.get("jwt_key")?,
-                    (r.get("settings_mac")?, Settings::from_row(r)?),
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
+        let rows = StoredRow::all(&tx)?;
         let old = &self.key;
         let reseal = |name: &str, field: &'static str, blob: &[u8]| -> Result<_, StoreError> {
             let plain = old.open(name, field, blob)?;
             Ok(new_key.seal(name, field, &plain)?)
         };
         let mut count = 0;
-        for (name, secret, access, refresh, jwt_key, (mac, settings)) in rows {
-            settings.verify(old, mac.as_deref())?;
-            let mac = settings.sign(&new_key);
-            let secret = reseal(&name, F_CLIENT_SECRET, &secret)?;
-            let access = access
-                .map(|b| reseal(&name, F_ACCESS_TOKEN, &b))
+        for row in rows {
+            let name = &row.settings.name;
+            row.settings.verify(old, row.settings_mac.as_deref())?;
+            let mac = row.settings.sign(&new_key);
+            let secret = reseal(name, F_CLIENT_SECRET, &row.client_secret)?;
+            let access = row
+                .access_token
+                .map(|b| reseal(name, F_ACCESS_TOKEN, &b))
                 .transpose()?;
-            let refresh = refresh
-                .map(|b| reseal(&name, F_REFRESH_TOKEN, &b))
+            let refresh = row
+                .refresh_token
+                .map(|b| reseal(name, F_REFRESH_TOKEN, &b))
                 .transpose()?;
-            let jwt_key = jwt_key.map(|b| reseal(&name, F_JWT_KEY, &b)).transpose()?;
+            let jwt_key = row
+                .jwt_key
+                .map(|b| reseal(name, F_JWT_KEY, &b))
+                .transpose()?;
             count += 1
                 + usize::from(access.is_some())
                 + usize::from(refresh.is_some())
