@@ -157,14 +157,29 @@ fn objects_of(conn: &Connection) -> Result<BTreeSet<SchemaObject>, StoreError> {
     Ok(objects)
 }
 
-/// Every column of every table of `conn`: (table, column, declared type).
-fn columns_of(conn: &Connection) -> Result<BTreeSet<(String, String, String)>, StoreError> {
+/// One column of a table, as SQLite declares it.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Column {
+    table: String,
+    name: String,
+    declared_type: String,
+}
+
+/// Every column of every table of `conn`.
+fn columns_of(conn: &Connection) -> Result<BTreeSet<Column>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT m.name, c.name, c.type FROM sqlite_master AS m, pragma_table_info(m.name) AS c
+        "SELECT m.name AS tbl, c.name AS col, c.type AS declared
+         FROM sqlite_master AS m, pragma_table_info(m.name) AS c
          WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'",
     )?;
     let columns = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map([], |r| {
+            Ok(Column {
+                table: r.get("tbl")?,
+                name: r.get("col")?,
+                declared_type: r.get("declared")?,
+            })
+        })?
         .collect::<Result<_, _>>()?;
     Ok(columns)
 }

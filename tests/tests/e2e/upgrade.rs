@@ -103,3 +103,37 @@ fn databases_of_every_earlier_schema_are_migrated_and_serve() {
         assert_eq!(now, snctld::store::SCHEMA_VERSION, "schema {version}");
     }
 }
+
+#[test]
+fn a_database_of_the_current_schema_serves_as_written() {
+    // Written by this schema's snctld with tokens that live for decades, so
+    // that it serves without its instance (which is gone: nothing may be
+    // asked of it, and its settings are signed, so it cannot be re-pointed).
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/schema-5");
+    for file in ["snctld.db", "snctld.key"] {
+        std::fs::copy(data.join(file), state.join(file)).unwrap();
+        std::fs::set_permissions(state.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert_eq!(
+        snctld::store::SCHEMA_VERSION,
+        5,
+        "add a fixture of the new schema"
+    );
+    let daemon = TestDaemon::in_dir(dir.path());
+    assert_eq!(daemon.names(), ["desk", "prod"]);
+    let mut client = daemon.client();
+    for name in ["prod", "desk"] {
+        let shown = client.show(name).unwrap();
+        assert_eq!(shown.client_id, CLIENT_ID);
+        assert_eq!(shown.state, AuthState::Ok, "{name}");
+        let token = client.token(name).unwrap();
+        assert!(!token.access_token.expose().is_empty());
+        assert_eq!(token.instance_url, shown.instance_url);
+    }
+    let desk = client.show("desk").unwrap();
+    assert_eq!(desk.login.unwrap().username.as_deref(), Some(USER));
+}
