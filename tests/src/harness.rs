@@ -569,6 +569,22 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `dir/state` holding the database and master key of schema `version` as
+/// kept in `tests/data/schema-N/` (see tests/data/README.md), with the
+/// modes snctld expects (0700, 0600). Returns the state directory.
+pub fn state_of_schema(dir: &Path, version: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let state = dir.join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("data/schema-{version}"));
+    for file in ["snctld.db", "snctld.key"] {
+        std::fs::copy(data.join(file), state.join(file)).unwrap();
+        std::fs::set_permissions(state.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    state
+}
+
 /// The database under `state_dir` opened with the state directory's master
 /// key (made if missing), as the daemon opens it. The daemon must not be
 /// running.

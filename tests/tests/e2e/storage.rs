@@ -202,15 +202,8 @@ fn a_schema_4_database_is_migrated_at_start_and_serves_then_an_edit_is_caught() 
     use snctl_tests::harness::CLIENT_ID;
     let fake = fake();
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    // The database and key an snctld of schema 4 left (tests/data/schema-4).
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/schema-4");
-    for file in ["snctld.db", "snctld.key"] {
-        std::fs::copy(data.join(file), state.join(file)).unwrap();
-        std::fs::set_permissions(state.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    // The database and key an snctld of schema 4 left.
+    let state = snctl_tests::harness::state_of_schema(dir.path(), 4);
     let db = state.join(snctld::store::DB_FILE);
 
     let daemon = TestDaemon::in_dir(dir.path());
@@ -329,14 +322,7 @@ fn a_database_put_back_below_signed_settings_is_refused_at_start() {
 #[test]
 fn an_upgrade_from_schema_4_says_which_rows_it_signed_and_records_it() {
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/schema-4");
-    for file in ["snctld.db", "snctld.key"] {
-        std::fs::copy(data.join(file), state.join(file)).unwrap();
-        std::fs::set_permissions(state.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    let state = snctl_tests::harness::state_of_schema(dir.path(), 4);
     let mut daemon = DaemonProcess::start_with_log_filter(dir.path(), &[], "warn").unwrap();
     let log = daemon.log_text();
     let signed: Vec<&str> = log

@@ -3,13 +3,12 @@
 //! version, a database and its master key as that version's snctld left
 //! them (see tests/data/README.md for how each was made).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use snctl::protocol::{AuthState, Grant, LoginProof, LoginRequest, UserLogin};
 use snctl::{ErrorKind, Secret};
 use snctl_tests::fake::FakeInstance;
-use snctl_tests::harness::{fake, TestDaemon};
+use snctl_tests::harness::{fake, state_of_schema, TestDaemon};
 
 const CLIENT_ID: &str = "fixture-client-id";
 const CLIENT_SECRET: &str = "fixture-client-secret";
@@ -20,15 +19,8 @@ const PASSWORD: &str = "fixture-password";
 /// authentications pointed at `fake` (the instance that wrote them is
 /// gone; a database of a schema before 5 has no signed settings yet, so
 /// this is what an admin moving to a new instance could have done).
-fn state_of_schema(version: u32, dir: &Path, fake: &FakeInstance) {
-    let state = dir.join("state");
-    std::fs::create_dir(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("data/schema-{version}"));
-    for file in ["snctld.db", "snctld.key"] {
-        std::fs::copy(data.join(file), state.join(file)).unwrap();
-        std::fs::set_permissions(state.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+fn pointed_at(version: u32, dir: &Path, fake: &FakeInstance) {
+    let state = state_of_schema(dir, version);
     let conn = rusqlite::Connection::open(state.join("snctld.db")).unwrap();
     let found: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -45,7 +37,7 @@ fn databases_of_every_earlier_schema_are_migrated_and_serve() {
         fake.add_client(CLIENT_ID, CLIENT_SECRET);
         fake.add_user(USER, PASSWORD);
         let dir = tempfile::tempdir().unwrap();
-        state_of_schema(version, dir.path(), &fake);
+        pointed_at(version, dir.path(), &fake);
         let daemon = TestDaemon::in_dir(dir.path());
         let expected: &[&str] = if version == 1 {
             &["prod"]
@@ -110,14 +102,7 @@ fn a_database_of_the_current_schema_serves_as_written() {
     // that it serves without its instance (which is gone: nothing may be
     // asked of it, and its settings are signed, so it cannot be re-pointed).
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/schema-5");
-    for file in ["snctld.db", "snctld.key"] {
-        std::fs::copy(data.join(file), state.join(file)).unwrap();
-        std::fs::set_permissions(state.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    state_of_schema(dir.path(), 5);
     assert_eq!(
         snctld::store::SCHEMA_VERSION,
         5,
