@@ -1,5 +1,7 @@
-//! The OAuth client for ServiceNow instances: the only module that speaks
-//! HTTP.
+//! The OAuth client for ServiceNow instances: every request the daemon
+//! makes of its own (tokens, revocation, the doctor's probes, who logged
+//! in) goes through here; the local proxy (`proxy.rs`) only forwards its
+//! callers' requests, over the same pooled client.
 //!
 //! oauth2 builds the requests and parses successful token responses; the
 //! transport underneath is our own [`AsyncHttpClient`] over one pooled
