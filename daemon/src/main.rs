@@ -2,7 +2,8 @@
 //! (`--daemon`), build the configuration, open the state, bind the socket
 //! (unless passed), run until SIGTERM or SIGINT, reloading the
 //! configuration on SIGHUP. `snctld rekey` moves the stored secrets to a
-//! new master key instead; `snctld restore` puts a backup in place.
+//! new master key instead; `snctld restore` puts a backup in place;
+//! `snctld check-config` only loads the configuration.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -96,6 +97,11 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Read and check the configuration as a start or a SIGHUP would, and
+    /// exit: 0 and nothing printed when it is valid, else its error in one
+    /// line and 1. The unit runs it before sending SIGHUP, so that
+    /// `systemctl reload` fails on a file the daemon would refuse.
+    CheckConfig,
 }
 
 /// Lines that may wait for the log writer. The queue's slots are allocated
@@ -192,6 +198,9 @@ fn main() -> ExitCode {
     if let Err(error) = absolute_paths(&mut args) {
         return fail(&format!("{error:#}"));
     }
+    if let Some(Command::CheckConfig) = args.command {
+        return check_config(args);
+    }
     // Before anything else, and before any thread: it edits the environment.
     let passed = match systemd::take_passed_socket() {
         Ok(passed) => passed,
@@ -227,6 +236,34 @@ fn main() -> ExitCode {
 fn fail(line: &str) -> ExitCode {
     eprintln!("snctld: {line}");
     ExitCode::FAILURE
+}
+
+/// `snctld check-config`: the configuration loaded as [`start`] and SIGHUP
+/// load it ([`Config::load`]), nothing else opened; no notification to a
+/// service manager, whose `NOTIFY_SOCKET` this process may have inherited.
+fn check_config(args: Args) -> ExitCode {
+    let mode = if args.system {
+        Mode::System
+    } else {
+        Mode::detect()
+    };
+    let overrides = PathOverrides {
+        socket: args.socket,
+        state_dir: args.state_dir,
+        config: args.config,
+    };
+    match Config::load(mode, overrides) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            let text = format!("{error:#}");
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            fail(&lines.join(" "))
+        }
+    }
 }
 
 /// `--daemon`: forks (see [`systemd::daemonize`]); paths made absolute

@@ -7,7 +7,7 @@
 //! does not load changes nothing.
 
 use crate::access::Access;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::dispatch::Dispatcher;
 use crate::settings::{Applies, Change, Changes};
 use crate::systemd::Service;
@@ -77,19 +77,24 @@ impl Reload {
 /// SIGHUP: reads the configuration again, applies what can change while
 /// serving and logs every change and whether it applied; the others apply
 /// at the next start. `running` takes the applied settings, so that one
-/// waiting for the next start is named again on the next SIGHUP.
-pub fn reload(running: &mut Config, dispatcher: &Dispatcher, systemd: &Service) {
+/// waiting for the next start is named again on the next SIGHUP. A file
+/// that does not load is logged and returned, and changes nothing.
+pub fn reload(
+    running: &mut Config,
+    dispatcher: &Dispatcher,
+    systemd: &Service,
+) -> Result<(), ConfigError> {
     let new = match running.reload() {
         Ok(new) => new,
         Err(error) => {
             tracing::error!("SIGHUP: configuration not reloaded, the running one stays: {error}");
-            return;
+            return Err(error);
         }
     };
     let diff = Reload::between(running, &new);
     if diff.is_empty() {
         tracing::info!("SIGHUP: configuration reloaded, nothing changed");
-        return;
+        return Ok(());
     }
     if !diff.log.is_empty() {
         apply_log_filter(running, &new, &diff.log, systemd);
@@ -118,6 +123,7 @@ pub fn reload(running: &mut Config, dispatcher: &Dispatcher, systemd: &Service) 
             }
         }
     }
+    Ok(())
 }
 
 /// Puts a changed `[log] filter` in force, unless `RUST_LOG` or `-v` set

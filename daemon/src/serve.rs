@@ -293,7 +293,8 @@ async fn report_status(dispatcher: Arc<Dispatcher>, service: Service, stop: Canc
     }
 }
 
-/// Waits for `shutdown`, reloading the configuration on each SIGHUP.
+/// Waits for `shutdown`, reloading the configuration on each SIGHUP between
+/// `RELOADING=1` and `READY=1`.
 async fn serve_until(
     shutdown: impl Future<Output = ()>,
     mut hangup: Option<Signal>,
@@ -311,7 +312,14 @@ async fn serve_until(
         };
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(()) = hup => reload(&mut running, dispatcher, service),
+            Some(()) = hup => {
+                // The unit shows "reloading" between the two, and a status
+                // that says whether the file was taken.
+                service.reloading();
+                let refused = reload(&mut running, dispatcher, service).err();
+                let refused = refused.map(|error| error.to_string());
+                service.reloaded(&dispatcher.summary(), refused.as_deref());
+            }
         }
     }
 }

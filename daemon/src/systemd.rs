@@ -5,7 +5,9 @@
 //!   instead of binding one, and never unlinked: systemd owns it.
 //! - Notifications ([`Service`]), only when `NOTIFY_SOCKET` is set:
 //!   `READY=1` with a `STATUS=` line once the state is open and checked and
-//!   the accept loop runs, `STATUS=` when the summary changes, `STOPPING=1`
+//!   the accept loop runs, `STATUS=` when the summary changes, `RELOADING=1`
+//!   when a SIGHUP arrives and `READY=1` again once it is handled (with
+//!   the reload's failure in `STATUS=`), `STOPPING=1`
 //!   at shutdown, `WATCHDOG=1` from the token machinery when
 //!   `WATCHDOG_USEC` asks for it (see [`crate::tokens::Tokens::spawn_watchdog`]).
 //! - `--daemon` ([`daemonize()`]): forks with the daemonize crate before any
@@ -175,6 +177,34 @@ impl Service {
     pub fn ready(&self, status: &str) {
         self.send(&[NotifyState::Ready, NotifyState::Status(&one_line(status))]);
         self.answer_parent("ok");
+    }
+
+    /// A SIGHUP arrived: `RELOADING=1`, with the monotonic time systemd
+    /// wants beside it for `Type=notify-reload`.
+    pub fn reloading(&self) {
+        let mut states = vec![
+            NotifyState::Reloading,
+            NotifyState::Status("reloading the configuration"),
+        ];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        self.send(&states);
+    }
+
+    /// The reload is over: `READY=1` again, and `STATUS=` the summary, or
+    /// the summary and why the file was refused (the running configuration
+    /// stays).
+    pub fn reloaded(&self, status: &str, refused: Option<&str>) {
+        let status = match refused {
+            None => one_line(status),
+            Some(error) => format!(
+                "{}; the last reload failed, the running configuration stays: {}",
+                one_line(status),
+                one_line(error)
+            ),
+        };
+        self.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
     }
 
     pub fn status(&self, status: &str) {

@@ -1,7 +1,8 @@
 //! Running as a service: socket activation under `systemd-socket-activate`,
 //! the sd_notify conversation (READY only once served, STATUS, WATCHDOG,
 //! STOPPING), `--daemon` with its pid file, SIGTERM with requests in flight,
-//! and SIGHUP reloading the configuration.
+//! SIGHUP reloading the configuration between RELOADING=1 and READY=1, and
+//! `snctld check-config`, which the units run before the SIGHUP.
 //!
 //! Waits are bounded; nothing asserts how long anything took.
 
@@ -711,6 +712,130 @@ fn a_reload_of_a_configuration_others_could_change_keeps_the_running_one() {
     let log = daemon.log_text();
     assert!(log.contains("writable by group or others"), "{log}");
     assert!(!log.contains("access.admin_group changed"), "{log}");
+    let out = snctl(&daemon.socket, &["status"], None);
+    assert!(out.status.success(), "serving: {}", text(&out.stderr));
+}
+
+/// `snctld check-config --config FILE` (with the test's socket and state
+/// paths, as a daemon would run).
+fn check_config(dir: &Path, config: &Path) -> Output {
+    Command::new(bin("snctld"))
+        .arg("--socket")
+        .arg(dir.join("snctld.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--config")
+        .arg(config)
+        .arg("check-config")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_config_is_quiet_for_a_valid_file_and_says_why_in_one_line_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("snctld.toml");
+    std::fs::write(
+        &config,
+        "[refresh]\nahead = 0.5\n[log]\nfilter = \"info\"\n",
+    )
+    .unwrap();
+    let out = check_config(dir.path(), &config);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(text(&out.stderr), "");
+    assert!(!dir.path().join("state").exists(), "a check opens no state");
+
+    for (body, says) in [
+        (
+            "[refresh]\nahead = 5\n",
+            "refresh.ahead must be between 0.1 and 0.95",
+        ),
+        ("[refresh\nahead = 0.5\n", "is invalid"),
+        ("[server]\nno_such_setting = 1\n", "no_such_setting"),
+    ] {
+        std::fs::write(&config, body).unwrap();
+        let out = check_config(dir.path(), &config);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{body:?}: {}",
+            text(&out.stderr)
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+        assert!(stderr.starts_with("snctld: "), "{stderr:?}");
+        assert!(stderr.contains(&config.display().to_string()), "{stderr:?}");
+        assert!(stderr.contains(says), "{body:?}: {stderr:?}");
+    }
+
+    std::fs::remove_file(&config).unwrap();
+    let out = check_config(dir.path(), &config);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read the configuration"));
+}
+
+#[test]
+fn sighup_says_reloading_then_ready_whether_or_not_the_file_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("snctld.toml");
+    std::fs::write(&config, "[refresh]\nahead = 0.75\n").unwrap();
+    let notify = dir.path().join("notify");
+    let mut notes = Notifications::listen(&notify, &dir.path().join("snctld.sock"));
+    let config_arg = config.to_str().unwrap();
+    let daemon =
+        DaemonProcess::start_configured(dir.path(), &["--config", config_arg], "info", |c| {
+            c.env("NOTIFY_SOCKET", &notify);
+        })
+        .unwrap();
+    notes.wait_for("READY=1", LIMIT).expect("READY=1 at start");
+
+    // A valid change, then an invalid file: each SIGHUP is bracketed.
+    let readies = |notes: &mut Notifications| {
+        notes
+            .all()
+            .iter()
+            .filter(|n| n.text.lines().any(|l| l == "READY=1"))
+            .count()
+    };
+    for (round, body) in [
+        (1, "[refresh]\nahead = 0.5\n"),
+        (2, "[refresh]\nahead = 5\n"),
+    ] {
+        std::fs::write(&config, body).unwrap();
+        daemon.signal(libc::SIGHUP);
+        assert!(
+            wait_until(LIMIT, || readies(&mut notes) == round + 1),
+            "{:?}",
+            notes.all()
+        );
+        let all = notes.all();
+        let reloading: Vec<usize> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.text.lines().any(|l| l == "RELOADING=1"))
+            .map(|(i, _)| i)
+            .collect();
+        let ready = all
+            .iter()
+            .rposition(|n| n.text.lines().any(|l| l == "READY=1"))
+            .unwrap();
+        assert_eq!(reloading.len(), round, "{all:?}");
+        assert!(reloading[round - 1] < ready, "RELOADING=1 first: {all:?}");
+        assert!(
+            all[ready].text.contains("STATUS=serving 0 authentications"),
+            "{all:?}"
+        );
+        if round == 2 {
+            assert!(
+                all[ready]
+                    .text
+                    .contains("refresh.ahead must be between 0.1 and 0.95"),
+                "the status says the reload failed: {all:?}"
+            );
+        }
+    }
     let out = snctl(&daemon.socket, &["status"], None);
     assert!(out.status.success(), "serving: {}", text(&out.stderr));
 }
