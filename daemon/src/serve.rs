@@ -311,7 +311,13 @@ async fn serve_until(
         };
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(()) = hup => reload(&mut running, dispatcher, service),
+            Some(()) = hup => {
+                // First, so that the reload is logged in the new file.
+                if let Err(error) = crate::logging::reopen_log_file() {
+                    tracing::error!("SIGHUP: {error}");
+                }
+                reload(&mut running, dispatcher, service)
+            }
         }
     }
 }

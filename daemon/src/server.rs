@@ -725,8 +725,8 @@ fn connection<H: Handler>(
             tracing::info!(
                 %name,
                 uid = peer.uid,
-                pid = ?peer.pid,
-                unit = ?peer.unit,
+                pid = peer.pid,
+                unit = peer.unit.as_deref(),
                 valid_secs = token.expires_at - crate::clock::now_ms() / 1000,
                 "token handed out"
             );
