@@ -1,7 +1,13 @@
 //! `[log]`: the log filter the configuration file sets. The log itself is
-//! set up by `main` (stderr, through a writer thread); `RUST_LOG` and `-v`
-//! win over the file, and SIGHUP applies a changed filter through a
+//! set up by `main` (through a writer thread); `RUST_LOG` and `-v` win over
+//! the file, and SIGHUP applies a changed filter through a
 //! [`SetLogFilter`].
+//!
+//! Where lines go: stderr, unless stderr is the journal stream systemd
+//! connected ([`stderr_is_journal`]); then each line is a journal entry of
+//! its own ([`JournalLayer`]), with the level's priority and the line's
+//! fields as journal fields, which stderr cannot carry. `--log-file` is
+//! stderr too, opened again on SIGHUP ([`reopen_log_file`]).
 
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
