@@ -108,8 +108,9 @@ enum Command {
 /// up front: tracing-appender's default of 128k takes 4 MiB.
 const LOG_LINES_QUEUED: usize = 4096;
 
-/// Logs go to stderr; journald stamps lines itself, so no timestamps when
-/// stderr is the journal (`JOURNAL_STREAM` names its device and inode).
+/// Logs go to stderr, or straight to the journal when stderr is the
+/// journal stream systemd connected (`JOURNAL_STREAM`), with priorities and
+/// fields of their own ([`snctld::logging::JournalLayer`]).
 /// The filter is `RUST_LOG`, else `-v`, else the configuration's `[log]
 /// filter` (applied later through the returned setter, also on SIGHUP),
 /// else `info`.
@@ -120,6 +121,8 @@ const LOG_LINES_QUEUED: usize = 4096;
 /// queue push. Nothing is dropped: once
 /// [`LOG_LINES_QUEUED`] lines wait, writers wait too.
 fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::WorkerGuard) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
     let fixed = from_env.is_some() || verbose > 0;
     let default = match verbose {
@@ -128,39 +131,47 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // Colours for a terminal only, not for files and journald.
-    let ansi = std::io::stderr().is_terminal() && !stderr_is_journal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_LINES_QUEUED)
-        .thread_name("snctld-log")
-        .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_ansi(ansi);
-    let reload: Box<dyn Fn(EnvFilter) -> Result<(), LogFilterError> + Send + Sync> =
-        if stderr_is_journal() {
-            let builder = builder
-                .without_time()
-                .with_env_filter(filter)
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.init();
-            Box::new(move |f| {
-                handle
-                    .reload(f)
-                    .map_err(|e| LogFilterError::Reload(e.to_string()))
-            })
-        } else {
-            let builder = builder.with_env_filter(filter).with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.init();
-            Box::new(move |f| {
-                handle
-                    .reload(f)
-                    .map_err(|e| LogFilterError::Reload(e.to_string()))
-            })
-        };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let journal = snctld::logging::stderr_is_journal();
+    let non_blocking = || {
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .buffered_lines_limit(LOG_LINES_QUEUED)
+            .thread_name("snctld-log")
+    };
+    let socket = journal
+        .then(|| {
+            snctld::logging::JournalSocket::connect(std::path::Path::new(
+                snctld::logging::JOURNAL_SOCKET,
+            ))
+            .ok()
+        })
+        .flatten();
+    let guard = match socket {
+        Some(socket) => {
+            let (writer, guard) = non_blocking().finish(socket);
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(snctld::logging::JournalLayer::new(writer))
+                .init();
+            guard
+        }
+        None => {
+            let (writer, guard) = non_blocking().finish(std::io::stderr());
+            // Colours for a terminal only; journald stamps lines itself.
+            let ansi = std::io::stderr().is_terminal() && !journal;
+            let lines = tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_ansi(ansi);
+            let registry = tracing_subscriber::registry().with(filter);
+            if journal {
+                registry.with(lines.without_time()).init();
+            } else {
+                registry.with(lines).init();
+            }
+            guard
+        }
+    };
     let set_filter = Box::new(move |configured: Option<&str>| {
         if fixed {
             return Ok(false);
@@ -169,27 +180,12 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
         let filter = EnvFilter::builder()
             .parse(text)
             .map_err(|e| LogFilterError::Parse(text.to_string(), e.to_string()))?;
-        reload(filter)?;
+        handle
+            .reload(filter)
+            .map_err(|e| LogFilterError::Reload(e.to_string()))?;
         Ok(true)
     });
     (set_filter, guard)
-}
-
-/// Whether stderr is the journal stream systemd connected (not merely
-/// inherited `JOURNAL_STREAM` with stderr sent elsewhere).
-fn stderr_is_journal() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
-        return false;
-    };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
-        // Without /proc, trust the variable.
-        return true;
-    };
-    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
 fn main() -> ExitCode {

@@ -505,8 +505,8 @@ impl Proxy {
             path = %path,
             status = response.status().as_u16(),
             uid = peer.uid,
-            pid = ?peer.pid,
-            unit = ?peer.unit,
+            pid = peer.pid,
+            unit = peer.unit.as_deref(),
             duration_ms = started.elapsed().as_millis() as u64,
             "proxied"
         );

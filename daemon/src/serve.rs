@@ -313,6 +313,10 @@ async fn serve_until(
         tokio::select! {
             _ = &mut shutdown => break,
             Some(()) = hup => {
+                // First, so that the reload is logged in the new file.
+                if let Err(error) = crate::logging::reopen_log_file() {
+                    tracing::error!("SIGHUP: {error}");
+                }
                 // The unit shows "reloading" between the two, and a status
                 // that says whether the file was taken.
                 service.reloading();

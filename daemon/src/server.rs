@@ -434,7 +434,13 @@ impl Gate {
     /// Lets `peer` in, or logs why not (the caller then closes).
     pub(crate) fn admit(&self, peer: &Peer, admin: bool) -> Option<Admitted> {
         let Some(slot) = self.per_uid.take(peer.uid, self.max_per_uid, admin) else {
-            tracing::warn!(%peer, limit = self.max_per_uid, "connection limit of this user reached; closing a new connection");
+            tracing::warn!(
+                uid = peer.uid,
+                pid = peer.pid,
+                unit = peer.unit.as_deref(),
+                limit = self.max_per_uid,
+                "connection limit of this user reached; closing a new connection"
+            );
             return None;
         };
         let permit = self
@@ -725,8 +731,8 @@ fn connection<H: Handler>(
             tracing::info!(
                 %name,
                 uid = peer.uid,
-                pid = ?peer.pid,
-                unit = ?peer.unit,
+                pid = peer.pid,
+                unit = peer.unit.as_deref(),
                 valid_secs = token.expires_at - crate::clock::now_ms() / 1000,
                 "token handed out"
             );
@@ -736,7 +742,13 @@ fn connection<H: Handler>(
         }
         match &response {
             Err(error @ Error::Forbidden { .. }) => {
-                tracing::warn!(request = kind, %peer, "refused: {error}")
+                tracing::warn!(
+                    request = kind,
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    unit = peer.unit.as_deref(),
+                    "refused: {error}"
+                )
             }
             Err(error) => tracing::debug!(request = kind, %error, "request failed"),
             Ok(_) => {}

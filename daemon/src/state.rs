@@ -159,10 +159,10 @@ pub fn open_state(config: &Config) -> Result<State, StateError> {
     for error in &unreadable {
         match error {
             store::RowError::Sealed(CryptoError::Open { name, field }) => {
-                tracing::error!(authentication = %name, field = *field, "{error}: left out, the other authentications are served");
+                tracing::error!(%name, field = *field, "{error}: left out, the other authentications are served");
             }
             // Its message says it is left out and what to do.
-            _ => tracing::error!(authentication = error.name().unwrap_or_default(), "{error}"),
+            _ => tracing::error!(name = error.name().unwrap_or_default(), "{error}"),
         }
     }
     let (store, thread) = Store::spawn(db).map_err(StateError::StoreThread)?;

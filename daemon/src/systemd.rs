@@ -315,6 +315,8 @@ pub fn daemonize(pid_file: &Path, log_file: Option<&Path>) -> Result<Forked, Sys
                     path: path.to_path_buf(),
                     source,
                 })?;
+            // SIGHUP opens it again (logrotate).
+            crate::logging::set_log_file(path);
             daemonize::Stdio::from(file)
         }
         None => daemonize::Stdio::devnull(),

@@ -421,6 +421,42 @@ fn daemon_mode_serves_when_it_returns_and_sigterm_loses_no_refresh() {
     assert_eq!(wait_pid(pid, LIMIT), Some(0), "{}", log());
 }
 
+/// logrotate without copytruncate: the log file is renamed, SIGHUP makes
+/// the daemon write to a new file at the path, and the renamed one keeps
+/// what was written before.
+#[test]
+fn sighup_reopens_the_log_file_after_it_is_moved() {
+    become_subreaper();
+    let dir = tempfile::tempdir().unwrap();
+    let (log, rotated) = (
+        dir.path().join("snctld.log"),
+        dir.path().join("snctld.log.1"),
+    );
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+
+    let out = daemon_start(dir.path(), None);
+    assert!(out.status.success(), "{}{}", text(&out.stderr), read(&log));
+    let pid = pid_in(&dir.path().join("snctld.pid"));
+    assert!(
+        wait_until(LIMIT, || read(&log).contains("serving")),
+        "{}",
+        read(&log)
+    );
+    std::fs::rename(&log, &rotated).unwrap();
+    kill(pid, libc::SIGHUP);
+    assert!(
+        wait_until(LIMIT, || read(&log).contains("SIGHUP")),
+        "the reload is logged in a new file at the path; the old one has: {}",
+        read(&rotated)
+    );
+    assert!(read(&rotated).contains("serving"), "{}", read(&rotated));
+    assert!(!read(&rotated).contains("SIGHUP"), "{}", read(&rotated));
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the new log file is private too");
+    kill(pid, libc::SIGTERM);
+    assert_eq!(wait_pid(pid, LIMIT), Some(0), "{}", read(&log));
+}
+
 #[test]
 fn a_failing_daemon_start_exits_non_zero_with_the_daemons_error() {
     become_subreaper();
@@ -838,4 +874,128 @@ fn sighup_says_reloading_then_ready_whether_or_not_the_file_loads() {
     }
     let out = snctl(&daemon.socket, &["status"], None);
     assert!(out.status.success(), "serving: {}", text(&out.stderr));
+}
+
+/// The fields of one journald native-protocol entry (every value
+/// length-encoded, as snctld writes them).
+fn journal_fields(mut entry: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut fields = std::collections::HashMap::new();
+    while let Some(newline) = entry.iter().position(|b| *b == b'\n') {
+        let name = text(&entry[..newline]);
+        let rest = &entry[newline + 1..];
+        let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+        fields.insert(name, text(&rest[8..8 + len]));
+        entry = &rest[8 + len + 1..];
+    }
+    fields
+}
+
+/// Under systemd (stderr the stream `JOURNAL_STREAM` names), entries go to
+/// journald's socket with the level's priority and the fields an admin
+/// filters by. The daemon runs in a mount namespace of its own where a
+/// socket of the test's is `/run/systemd/journal/socket`.
+#[test]
+fn under_systemd_warnings_reach_the_journal_at_their_priority_with_the_name() {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the journal test needs root for a mount namespace");
+        return;
+    }
+    use std::ffi::CString;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let journal_dir = dir.path().join("journal");
+    std::fs::create_dir(&journal_dir).unwrap();
+    let journald = UnixDatagram::bind(journal_dir.join("socket")).unwrap();
+    journald
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let c = |s: &str| CString::new(s).unwrap();
+    let (tmpfs, run, systemd, journal) = (
+        c("tmpfs"),
+        c("/run"),
+        c("/run/systemd"),
+        c("/run/systemd/journal"),
+    );
+    let (root, source) = (c("/"), c(journal_dir.to_str().unwrap()));
+    // The harness appends stderr to this file: made first, to name it.
+    let log = dir.path().join("snctld.log");
+    std::fs::File::create(&log).unwrap();
+    let stderr = std::fs::metadata(&log).unwrap();
+    let stream = format!("{}:{}", stderr.dev(), stderr.ino());
+    let mut daemon = DaemonProcess::start_configured(dir.path(), &[], "info", move |command| {
+        command.env("JOURNAL_STREAM", stream);
+        let private = move || -> std::io::Result<()> {
+            let check = |result: libc::c_int| match result {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            };
+            let none = std::ptr::null();
+            // SAFETY: syscalls with pointers to strings that outlive the
+            // spawn; nothing allocates between fork and exec.
+            unsafe {
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                let flags = libc::MS_REC | libc::MS_PRIVATE;
+                check(libc::mount(none, root.as_ptr(), none, flags, none as _))?;
+                check(libc::mount(
+                    tmpfs.as_ptr(),
+                    run.as_ptr(),
+                    tmpfs.as_ptr(),
+                    0,
+                    none as _,
+                ))?;
+                check(libc::mkdir(systemd.as_ptr(), 0o755))?;
+                check(libc::mkdir(journal.as_ptr(), 0o755))?;
+                check(libc::mount(
+                    source.as_ptr(),
+                    journal.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    none as _,
+                ))
+            }
+        };
+        // SAFETY: the closure makes syscalls only.
+        unsafe { command.pre_exec(private) };
+    })
+    .unwrap();
+    add_prod(&daemon.socket, &fake);
+    fake.set_standing_fault(Some(Fault::status(503)));
+    let out = snctl(&daemon.socket, &["refresh", "prod"], None);
+    assert!(!out.status.success(), "the refresh fails");
+
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let found = wait_until(LIMIT, || {
+        while let Ok(len) = journald.recv(&mut buf) {
+            if len > 0 {
+                entries.push(journal_fields(&buf[..len]));
+            }
+        }
+        entries
+            .iter()
+            .any(|e| e["MESSAGE"].contains("refresh failed"))
+    });
+    assert!(found, "no refresh failure among {entries:#?}");
+    let failed = entries
+        .iter()
+        .find(|e| e["MESSAGE"].contains("refresh failed"))
+        .unwrap();
+    assert_eq!(failed["PRIORITY"], "4", "{failed:#?}");
+    assert_eq!(failed["SNCTL_NAME"], "prod", "{failed:#?}");
+    assert_eq!(failed["SYSLOG_IDENTIFIER"], "snctld", "{failed:#?}");
+    assert!(failed["MESSAGE"].contains("HTTP 503"), "{failed:#?}");
+    assert!(
+        entries.iter().any(|e| e["PRIORITY"] == "6"),
+        "info lines too: {entries:#?}"
+    );
+    // The journal has them; stderr does not repeat them.
+    assert!(
+        !daemon.log_text().contains("refresh failed"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(daemon.stop(), "{}", daemon.log_text());
 }
