@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use snctld::config::{Config, Mode, PathOverrides};
@@ -95,6 +95,19 @@ enum Command {
         /// The backup file.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Write the man pages, for packages.
+    #[command(hide = true, subcommand)]
+    Generate(Generate),
+}
+
+#[derive(Subcommand, Debug)]
+enum Generate {
+    /// Write snctld.8, a page per command and snctld.toml.5 into DIR.
+    Man {
+        /// The directory to write into (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -188,6 +201,20 @@ fn stderr_is_journal() -> bool {
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
+    if let Some(Command::Generate(Generate::Man { dir })) = &args.command {
+        return match snctld::manual::write(Args::command(), dir) {
+            Ok(written) => {
+                for path in written {
+                    println!("{}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!(
+                "cannot write the man pages into {}: {e}: check that it is a writable directory",
+                dir.display()
+            )),
+        };
+    }
     // `--daemon` runs in `/`: relative paths mean the starting directory.
     if let Err(error) = absolute_paths(&mut args) {
         return fail(&format!("{error:#}"));
@@ -374,4 +401,27 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_argument_of_every_command_is_described() {
+        let mut cmd = Args::command();
+        cmd.build();
+        let mut missing = vec![];
+        for sub in std::iter::once(&cmd)
+            .chain(cmd.get_subcommands())
+            .chain(cmd.get_subcommands().flat_map(|s| s.get_subcommands()))
+        {
+            for arg in sub.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} {}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }

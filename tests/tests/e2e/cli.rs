@@ -245,3 +245,56 @@ fn a_daemon_of_another_protocol_version_is_named() {
     );
     answered.join().unwrap();
 }
+
+#[test]
+fn the_binaries_write_their_man_pages_and_completions() {
+    use snctl_tests::harness::bin;
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    for program in ["snctl", "snctld"] {
+        let out = Command::new(bin(program))
+            .args(["generate", "man"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{program}: {}", text(&out.stderr));
+    }
+    let page = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let snctl_1 = page("snctl.1");
+    for command in ["add", "token", "update", "exec", "backup", "doctor"] {
+        assert!(
+            snctl_1.contains(&format!("snctl\\-{command}(1)")),
+            "{command}"
+        );
+        assert!(page(&format!("snctl-{command}.1")).contains(".SH OPTIONS"));
+    }
+    assert!(snctl_1.contains("EXIT STATUS") && snctl_1.contains("upstream error"));
+    let snctld_8 = page("snctld.8");
+    assert!(snctld_8.contains(".TH snctld 8"), "{snctld_8:.300}");
+    assert!(snctld_8.contains("snctld\\-rekey(8)") && snctld_8.contains("snctld\\-restore(8)"));
+    assert!(page("snctld-restore.8").contains("trust\\-old\\-backup"));
+    assert!(page("snctld.toml.5").contains(".SH [proxy]"));
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(bin("snctl"))
+            .args(["generate", "completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for command in ["add", "login", "token", "update", "remove", "backup"] {
+            assert!(script.contains(command), "{shell}: no {command}");
+        }
+    }
+    let out = Command::new(bin("snctl"))
+        .args(["generate", "completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let help = Command::new(bin("snctl")).arg("--help").output().unwrap();
+    let help = text(&help.stdout);
+    assert!(help.contains("Exit codes:") && help.contains("3  daemon unreachable"));
+    assert!(help.contains("snctl token prod"));
+    assert!(!help.contains("generate"), "{help}");
+}
