@@ -156,6 +156,9 @@ pub struct List {
     /// Print the list as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Print only the names, one a line (for scripts and completion).
+    #[arg(long, conflicts_with = "json")]
+    pub names: bool,
 }
 
 /// The arguments of `snctl show`.

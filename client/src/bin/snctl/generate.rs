@@ -153,9 +153,60 @@ fn source() -> String {
     format!("snctl {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The completion script of `shell` for every command and option.
+/// The completion script of `shell` for every command and option; bash's
+/// also completes the names of authentications, asking the daemon.
 pub fn completions(shell: Shell, out: &mut dyn Write) {
-    clap_complete::generate(shell, &mut Cli::command(), "snctl", out);
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "snctl", out);
+    if shell == Shell::Bash {
+        let _ = out.write_all(bash_names(&cmd).as_bytes());
+    }
+}
+
+/// Bash: where a command takes the name of an existing authentication
+/// (every command with a NAME but `add`), the word right after it
+/// completes from `snctl list --names`, with the `--socket` typed before
+/// the command; everything else is clap's completion.
+fn bash_names(cmd: &clap::Command) -> String {
+    let commands: Vec<&str> = cmd
+        .get_subcommands()
+        .filter(|sub| sub.get_name() != "add")
+        .filter(|sub| sub.get_positionals().any(|arg| arg.get_id() == "name"))
+        .map(|sub| sub.get_name())
+        .collect();
+    format!(
+        r#"
+# Authentication names, from the daemon, after the commands that take one.
+_snctl_names() {{
+    local i word socket="" command="" at=0 cur="${{COMP_WORDS[COMP_CWORD]}}"
+    for (( i = 1; i < COMP_CWORD; i++ )); do
+        word="${{COMP_WORDS[i]}}"
+        case "$word" in
+            --socket) socket="${{COMP_WORDS[i+1]}}"; i=$(( i + 1 )) ;;
+            --socket=*) socket="${{word#--socket=}}" ;;
+            -*) ;;
+            *) if [[ -z $command ]]; then command="$word"; at=$i; fi ;;
+        esac
+    done
+    if [[ $at -gt 0 && $COMP_CWORD -eq $(( at + 1 )) && $cur != -* ]]; then
+        case "$command" in
+            {commands})
+                COMPREPLY=( $(compgen -W "$(snctl ${{socket:+--socket "$socket"}} list --names 2>/dev/null)" -- "$cur") )
+                return 0
+                ;;
+        esac
+    fi
+    _snctl "$@"
+}}
+
+if [[ "${{BASH_VERSINFO[0]}}" -eq 4 && "${{BASH_VERSINFO[1]}}" -ge 4 || "${{BASH_VERSINFO[0]}}" -gt 4 ]]; then
+    complete -F _snctl_names -o nosort -o bashdefault -o default snctl
+else
+    complete -F _snctl_names -o bashdefault -o default snctl
+fi
+"#,
+        commands = commands.join("|")
+    )
 }
 
 #[cfg(test)]
