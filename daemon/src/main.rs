@@ -103,9 +103,10 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum Generate {
-    /// Write snctld.8, a page per command and snctld.toml.5 into DIR.
+    /// Write snctld.8 and a page per command into DIR/man8, snctld.toml.5
+    /// into DIR/man5.
     Man {
-        /// The directory to write into (created if missing).
+        /// The man page root, e.g. /usr/share/man (created if missing).
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },

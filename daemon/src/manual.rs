@@ -13,11 +13,12 @@ use clap_mangen::Man;
 /// snctld.toml(5), as installed.
 pub const CONFIG_PAGE: &str = include_str!("../man/snctld.toml.5");
 
-/// Writes snctld.8, snctld-COMMAND.8 for every visible command of `cmd`
-/// (snctld's command line) and snctld.toml.5 into `dir`, creating it;
-/// returns the files written.
-pub fn write(cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)?;
+/// Writes snctld.8 and snctld-COMMAND.8 for every visible command of `cmd`
+/// (snctld's command line) into `root`/man8, and snctld.toml.5 into
+/// `root`/man5, creating them; returns the files written.
+pub fn write(cmd: clap::Command, root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let dir = root.join("man8");
+    std::fs::create_dir_all(&dir)?;
     let mut cmd = cmd.disable_help_subcommand(true);
     cmd.build();
     let source = format!("snctld {}", env!("CARGO_PKG_VERSION"));
@@ -58,7 +59,9 @@ pub fn write(cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         std::fs::File::create(&path)?.write_all(&text)?;
         written.push(path);
     }
-    let config = dir.join("snctld.toml.5");
+    let config = root.join("man5");
+    std::fs::create_dir_all(&config)?;
+    let config = config.join("snctld.toml.5");
     std::fs::write(&config, CONFIG_PAGE)?;
     written.push(config);
     Ok(written)

@@ -259,7 +259,10 @@ fn the_binaries_write_their_man_pages_and_completions() {
             .unwrap();
         assert!(out.status.success(), "{program}: {}", text(&out.stderr));
     }
-    let page = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let page = |name: &str| {
+        let section = &name[name.len() - 1..];
+        std::fs::read_to_string(dir.path().join(format!("man{section}")).join(name)).unwrap()
+    };
     let snctl_1 = page("snctl.1");
     for command in ["add", "token", "update", "exec", "backup", "doctor"] {
         assert!(

@@ -27,9 +27,9 @@ pub struct Generate {
 
 #[derive(Subcommand, Debug)]
 pub enum What {
-    /// Write snctl.1 and snctl-COMMAND.1 for every command into DIR.
+    /// Write snctl.1 and snctl-COMMAND.1 for every command into DIR/man1.
     Man {
-        /// The directory to write into (created if missing).
+        /// The man page root, e.g. /usr/share/man (DIR/man1 is created if missing).
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
@@ -69,9 +69,11 @@ pub fn run(generate: Generate) -> Result<(), Failure> {
 }
 
 /// Writes snctl.1 (every command, the exit status, an example) and one
-/// page per command, as git does; returns the files written.
-pub fn man_pages(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)?;
+/// page per command, as git does, into `root`/man1; returns the files
+/// written.
+pub fn man_pages(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let dir = root.join("man1");
+    std::fs::create_dir_all(&dir)?;
     let mut cmd = Cli::command().disable_help_subcommand(true);
     cmd.build();
     let mut written = vec![];
@@ -223,9 +225,10 @@ mod tests {
 
     #[test]
     fn the_man_pages_name_every_command_and_the_exit_codes() {
-        let dir = tempfile::tempdir().unwrap();
-        let written = man_pages(dir.path()).unwrap();
-        let main = std::fs::read_to_string(dir.path().join("snctl.1")).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let written = man_pages(root.path()).unwrap();
+        let dir = root.path().join("man1");
+        let main = std::fs::read_to_string(dir.join("snctl.1")).unwrap();
         assert!(main.starts_with(".ie"), "not roff: {main:.200}");
         assert!(commands().len() >= 12);
         for command in commands() {
@@ -233,7 +236,7 @@ mod tests {
                 main.contains(&format!("snctl\\-{command}(1)")),
                 "{command} not in snctl.1"
             );
-            let page = dir.path().join(format!("snctl-{command}.1"));
+            let page = dir.join(format!("snctl-{command}.1"));
             assert!(written.contains(&page), "{} not written", page.display());
             let text = std::fs::read_to_string(&page).unwrap();
             assert!(
@@ -252,10 +255,10 @@ mod tests {
         assert!(main.contains("snctl token prod"));
         assert!(main.contains("SNCTL_SOCKET"));
         // Every option of a command is on its page, described.
-        let update = std::fs::read_to_string(dir.path().join("snctl-update.1")).unwrap();
+        let update = std::fs::read_to_string(dir.join("snctl-update.1")).unwrap();
         assert!(update.contains("New client ID"), "{update}");
         // `generate` itself is not a command a user looks up.
-        assert!(!dir.path().join("snctl-generate.1").exists());
+        assert!(!dir.join("snctl-generate.1").exists());
     }
 
     #[test]
