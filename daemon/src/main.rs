@@ -2,7 +2,8 @@
 //! (`--daemon`), build the configuration, open the state, bind the socket
 //! (unless passed), run until SIGTERM or SIGINT, reloading the
 //! configuration on SIGHUP. `snctld rekey` moves the stored secrets to a
-//! new master key instead; `snctld restore` puts a backup in place.
+//! new master key instead; `snctld restore` puts a backup in place;
+//! `snctld generate man DIR` writes the man pages (for packages).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
