@@ -102,7 +102,8 @@ pub struct Add {
     /// OAuth scope to request.
     #[arg(long)]
     pub scope: Option<String>,
-    /// How the client authenticates at the token endpoint.
+    /// How the client authenticates at the token endpoint: form (client ID
+    /// and secret in the request body) or basic (HTTP Basic).
     #[arg(long, value_enum, default_value = "form")]
     pub client_auth: ClientAuthArg,
     /// Read the client secret from standard input (its first line) instead of prompting.
@@ -210,7 +211,7 @@ pub struct Update {
     /// Prompt for a new client secret.
     #[arg(long, conflicts_with = "client_secret_stdin")]
     pub client_secret_prompt: bool,
-    /// New way the client authenticates at the token endpoint.
+    /// New way the client authenticates at the token endpoint: form or basic.
     #[arg(long, value_enum)]
     pub client_auth: Option<ClientAuthArg>,
     /// New scope ("" removes it).
@@ -396,13 +397,9 @@ impl LoginArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum GrantArg {
-    /// The client's own identity (services).
     ClientCredentials,
-    /// A ServiceNow user's name and password (deprecated).
     Password,
-    /// A person logs in in a browser.
     AuthorizationCode,
-    /// Signed JWT assertions (services).
     JwtBearer,
 }
 
@@ -455,9 +452,7 @@ pub fn parse_lifespan(text: &str) -> Result<u64, LifespanError> {
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum ClientAuthArg {
-    /// client_id and client_secret in the form body.
     Form,
-    /// HTTP Basic authentication.
     Basic,
 }
 
