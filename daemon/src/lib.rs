@@ -26,7 +26,7 @@
 //!   [`process`]: what the process does to itself before holding secrets.
 //! - Offline work on a stopped daemon's state: [`rekey`], [`restore`].
 //! - [`http`]: what both HTTP clients of the instance share; [`clock`]:
-//!   the time.
+//!   the time; [`manual`]: the man pages.
 //!
 //! Dependencies point one way: nothing imports from this root, and no
 //! module imports one that imports it back.
@@ -41,6 +41,7 @@ pub mod http;
 pub mod instance;
 pub mod jwt;
 pub mod logging;
+pub mod manual;
 pub mod ownership;
 pub mod process;
 pub mod proxy;

@@ -4,12 +4,13 @@
 //! configuration on SIGHUP. `snctld rekey` moves the stored secrets to a
 //! new master key instead; `snctld restore` puts a backup in place;
 //! `snctld check-config` only loads the configuration.
+//! `snctld generate man DIR` writes the man pages (for packages).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use snctld::config::{Config, Mode, PathOverrides};
@@ -102,6 +103,20 @@ enum Command {
     /// line and 1. The unit runs it before sending SIGHUP, so that
     /// `systemctl reload` fails on a file the daemon would refuse.
     CheckConfig,
+    /// Write the man pages, for packages.
+    #[command(hide = true, subcommand)]
+    Generate(Generate),
+}
+
+#[derive(Subcommand, Debug)]
+enum Generate {
+    /// Write snctld.8 and a page per command into DIR/man8, snctld.toml.5
+    /// into DIR/man5.
+    Man {
+        /// The man page root, e.g. /usr/share/man (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Lines that may wait for the log writer. The queue's slots are allocated
@@ -190,6 +205,20 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
+    if let Some(Command::Generate(Generate::Man { dir })) = &args.command {
+        return match snctld::manual::write(Args::command(), dir) {
+            Ok(written) => {
+                for path in written {
+                    println!("{}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!(
+                "cannot write the man pages into {}: {e}: check that it is a writable directory",
+                dir.display()
+            )),
+        };
+    }
     // `--daemon` runs in `/`: relative paths mean the starting directory.
     if let Err(error) = absolute_paths(&mut args) {
         return fail(&format!("{error:#}"));
@@ -407,4 +436,27 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_argument_of_every_command_is_described() {
+        let mut cmd = Args::command();
+        cmd.build();
+        let mut missing = vec![];
+        for sub in std::iter::once(&cmd)
+            .chain(cmd.get_subcommands())
+            .chain(cmd.get_subcommands().flat_map(|s| s.get_subcommands()))
+        {
+            for arg in sub.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} {}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }

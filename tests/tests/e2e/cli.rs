@@ -245,3 +245,130 @@ fn a_daemon_of_another_protocol_version_is_named() {
     );
     answered.join().unwrap();
 }
+
+#[test]
+fn the_binaries_write_their_man_pages_and_completions() {
+    use snctl_tests::harness::bin;
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    for program in ["snctl", "snctld"] {
+        let out = Command::new(bin(program))
+            .args(["generate", "man"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{program}: {}", text(&out.stderr));
+    }
+    let page = |name: &str| {
+        let section = &name[name.len() - 1..];
+        std::fs::read_to_string(dir.path().join(format!("man{section}")).join(name)).unwrap()
+    };
+    let snctl_1 = page("snctl.1");
+    for command in ["add", "token", "update", "exec", "backup", "doctor"] {
+        assert!(
+            snctl_1.contains(&format!("snctl\\-{command}(1)")),
+            "{command}"
+        );
+        assert!(page(&format!("snctl-{command}.1")).contains(".SH OPTIONS"));
+    }
+    assert!(snctl_1.contains("EXIT STATUS") && snctl_1.contains("upstream error"));
+    let snctld_8 = page("snctld.8");
+    assert!(snctld_8.contains(".TH snctld 8"), "{snctld_8:.300}");
+    assert!(snctld_8.contains("snctld\\-rekey(8)") && snctld_8.contains("snctld\\-restore(8)"));
+    assert!(page("snctld-restore.8").contains("trust\\-old\\-backup"));
+    assert!(page("snctld.toml.5").contains(".SH [proxy]"));
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(bin("snctl"))
+            .args(["generate", "completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for command in ["add", "login", "token", "update", "remove", "backup"] {
+            assert!(script.contains(command), "{shell}: no {command}");
+        }
+    }
+    let out = Command::new(bin("snctl"))
+        .args(["generate", "completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let help = Command::new(bin("snctl")).arg("--help").output().unwrap();
+    let help = text(&help.stdout);
+    assert!(help.contains("Exit codes:") && help.contains("3  daemon unreachable"));
+    assert!(help.contains("snctl token prod"));
+    assert!(!help.contains("generate"), "{help}");
+}
+
+#[test]
+fn bash_completes_authentication_names_from_the_daemon() {
+    use snctl_tests::harness::bin;
+    use std::process::Command;
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let sock = daemon.socket();
+    for name in ["prod", "preprod", "dev"] {
+        let out = crate::add_by_secret(sock, &fake.url(), name);
+        assert!(out.status.success(), "add: {}", text(&out.stderr));
+    }
+    let out = snctl(sock, &["list", "--names"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut names: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(names, ["dev", "preprod", "prod"]);
+
+    let script = Command::new(bin("snctl"))
+        .args(["generate", "completions", "bash"])
+        .output()
+        .unwrap()
+        .stdout;
+    let script_path = dir.path().join("snctl.bash");
+    std::fs::write(&script_path, script).unwrap();
+    // What bash offers for the words typed, as its completion would ask.
+    let complete = |words: &[&str]| -> Vec<String> {
+        let line = words.join(" ");
+        let program = format!(
+            r#"source "$1"
+COMP_WORDS=({line}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))
+[[ "{line}" == *" " ]] && {{ COMP_WORDS+=(""); COMP_CWORD=$(( COMP_CWORD + 1 )); }}
+cur="${{COMP_WORDS[COMP_CWORD]}}"; prev="${{COMP_WORDS[COMP_CWORD-1]}}"
+$(complete -p snctl | sed 's/.*-F \([^ ]*\).*/\1/') snctl "$cur" "$prev"
+printf '%s\n' "${{COMPREPLY[@]}}""#
+        );
+        let path = format!(
+            "{}:{}",
+            bin("snctl").parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = Command::new("bash")
+            .args(["-c", &program, "bash"])
+            .arg(&script_path)
+            .env("SNCTL_SOCKET", sock)
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let mut offered: Vec<String> = text(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        offered.sort();
+        offered
+    };
+    assert!(complete(&["snctl", "to"]).contains(&"token".to_string()));
+    assert_eq!(complete(&["snctl", "token", "pr"]), ["preprod", "prod"]);
+    assert_eq!(complete(&["snctl", "show", "d"]), ["dev"]);
+    let socket = sock.display().to_string();
+    assert_eq!(
+        complete(&["snctl", "--socket", &socket, "remove", "p"]),
+        ["preprod", "prod"]
+    );
+    // Options still complete as before.
+    assert!(complete(&["snctl", "token", "--mi"]).contains(&"--min-valid".to_string()));
+    // `list` takes no name.
+    assert!(!complete(&["snctl", "list", " "]).contains(&"prod".to_string()));
+}

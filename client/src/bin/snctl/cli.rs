@@ -12,9 +12,40 @@ use snctl::protocol::{ClientAuth, Grant, JwtSettings, Readers};
 use crate::failure::{usage, Failure};
 use crate::jwtkey;
 
+/// What each exit code means; `snctl --help` and snctl(1) list them.
+pub const EXIT_CODES: [(u8, &str); 8] = [
+    (0, "ok"),
+    (1, "other error"),
+    (2, "usage"),
+    (3, "daemon unreachable"),
+    (4, "not found"),
+    (5, "needs login"),
+    (6, "forbidden"),
+    (7, "upstream error"),
+];
+
+/// The example of `snctl --help` and snctl(1): a command line each.
+pub const EXAMPLES: [&str; 2] = [
+    "snctl add prod --instance https://acme.service-now.com --client-id ID",
+    "curl -H \"Authorization: Bearer $(snctl token prod)\" https://acme.service-now.com/api/now/table/incident",
+];
+
+/// What `snctl --help` shows below the commands and options.
+fn after_help() -> String {
+    let mut text = String::from("Exit codes:\n");
+    for (code, meaning) in EXIT_CODES {
+        text += &format!("  {code}  {meaning}\n");
+    }
+    text += "\nExample (the client secret is prompted for):\n";
+    for line in EXAMPLES {
+        text += &format!("  {line}\n");
+    }
+    text
+}
+
 /// Get ServiceNow access tokens from snctld, and manage the saved logins.
 #[derive(Parser, Debug)]
-#[command(version, about, propagate_version = true)]
+#[command(version, about, propagate_version = true, after_help = after_help())]
 pub struct Cli {
     /// Socket of the daemon [default: $SNCTL_SOCKET, the user daemon's, or /run/snctld/snctld.sock].
     #[arg(long, global = true, value_name = "PATH")]
@@ -55,6 +86,7 @@ pub enum Command {
 /// The arguments of `snctl add`.
 #[derive(clap::Args, Debug)]
 pub struct Add {
+    /// The authentication's name.
     pub name: String,
     /// Instance URL, e.g. https://acme.service-now.com.
     #[arg(long)]
@@ -70,7 +102,8 @@ pub struct Add {
     /// OAuth scope to request.
     #[arg(long)]
     pub scope: Option<String>,
-    /// How the client authenticates at the token endpoint.
+    /// How the client authenticates at the token endpoint: form (client ID
+    /// and secret in the request body) or basic (HTTP Basic).
     #[arg(long, value_enum, default_value = "form")]
     pub client_auth: ClientAuthArg,
     /// Read the client secret from standard input (its first line) instead of prompting.
@@ -95,6 +128,7 @@ pub struct Add {
 /// The arguments of `snctl login`.
 #[derive(clap::Args, Debug)]
 pub struct Login {
+    /// The authentication's name.
     pub name: String,
     #[command(flatten)]
     pub login: LoginArgs,
@@ -110,7 +144,9 @@ pub struct Login {
 /// The arguments of `snctl doctor`.
 #[derive(clap::Args, Debug)]
 pub struct Doctor {
+    /// The authentication's name.
     pub name: String,
+    /// Print the diagnosis as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -118,14 +154,20 @@ pub struct Doctor {
 /// The arguments of `snctl list`.
 #[derive(clap::Args, Debug)]
 pub struct List {
+    /// Print the list as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Print only the names, one a line (for scripts and completion).
+    #[arg(long, conflicts_with = "json")]
+    pub names: bool,
 }
 
 /// The arguments of `snctl show`.
 #[derive(clap::Args, Debug)]
 pub struct Show {
+    /// The authentication's name.
     pub name: String,
+    /// Print the authentication as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -133,6 +175,7 @@ pub struct Show {
 /// The arguments of `snctl token`.
 #[derive(clap::Args, Debug)]
 pub struct Token {
+    /// The authentication's name.
     pub name: String,
     /// Refresh first unless the token stays valid this many seconds;
     /// refused when the tokens do not live that long. Without it: 60 s,
@@ -147,15 +190,19 @@ pub struct Token {
 /// The arguments of `snctl refresh`.
 #[derive(clap::Args, Debug)]
 pub struct Refresh {
+    /// The authentication's name.
     pub name: String,
 }
 
 /// The arguments of `snctl update`.
 #[derive(clap::Args, Debug)]
 pub struct Update {
+    /// The authentication's name.
     pub name: String,
+    /// New instance URL, e.g. https://acme.service-now.com.
     #[arg(long)]
     pub instance: Option<String>,
+    /// New client ID (from System OAuth > Application Registry).
     #[arg(long)]
     pub client_id: Option<String>,
     /// Read a new client secret from standard input.
@@ -164,6 +211,7 @@ pub struct Update {
     /// Prompt for a new client secret.
     #[arg(long, conflicts_with = "client_secret_stdin")]
     pub client_secret_prompt: bool,
+    /// New way the client authenticates at the token endpoint: form or basic.
     #[arg(long, value_enum)]
     pub client_auth: Option<ClientAuthArg>,
     /// New scope ("" removes it).
@@ -186,6 +234,7 @@ pub struct Update {
 /// The arguments of `snctl remove`.
 #[derive(clap::Args, Debug)]
 pub struct Remove {
+    /// The authentication's name.
     pub name: String,
     /// Do not revoke at the instance.
     #[arg(long)]
@@ -195,12 +244,14 @@ pub struct Remove {
 /// The arguments of `snctl exec`.
 #[derive(clap::Args, Debug)]
 pub struct Exec {
+    /// The authentication's name.
     pub name: String,
     /// The token must stay valid this many seconds; refused when the
     /// tokens do not live that long. Without it: 300 s, or a quarter
     /// of the tokens' lifetime if that is shorter.
     #[arg(long, value_name = "SECS")]
     pub min_valid: Option<u32>,
+    /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
@@ -208,6 +259,7 @@ pub struct Exec {
 /// The arguments of `snctl status`.
 #[derive(clap::Args, Debug)]
 pub struct Status {
+    /// Print the state as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -215,6 +267,7 @@ pub struct Status {
 /// The arguments of `snctl backup`.
 #[derive(clap::Args, Debug)]
 pub struct Backup {
+    /// Where to write the copy (not replaced unless --force).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
     /// Replace FILE if it exists.
@@ -568,6 +621,48 @@ mod tests {
             let os: Vec<OsString> = common.iter().map(OsString::from).collect();
             assert!(TokenArgs::quick(os).is_some(), "{common:?}");
         }
+    }
+
+    /// Every argument of `cmd` and its subcommands, as "snctl add --scope".
+    fn undescribed(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            undescribed(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+
+    #[test]
+    fn every_argument_of_every_command_is_described() {
+        use clap::CommandFactory as _;
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = vec![];
+        undescribed(&cmd, "snctl", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn help_gives_the_exit_codes_and_an_example() {
+        use clap::CommandFactory as _;
+        let help = Cli::command().render_long_help().to_string();
+        for code in [
+            "0  ok",
+            "2  usage",
+            "3  daemon unreachable",
+            "4  not found",
+            "5  needs login",
+            "6  forbidden",
+            "7  upstream error",
+        ] {
+            assert!(help.contains(code), "{code:?} missing from:\n{help}");
+        }
+        assert!(help.contains("snctl add prod"), "no example in:\n{help}");
+        assert!(help.contains("snctl token prod"), "no example in:\n{help}");
     }
 
     #[test]

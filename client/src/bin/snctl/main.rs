@@ -7,12 +7,13 @@
 //!
 //! The rooms: [`cli`] defines the commands and options, [`commands`] does
 //! each, [`output`] prints what comes back, [`prompt`] reads secrets and
-//! writes files, [`failure`] is the one error and its exit code, [`login`]
+//! writes files, [`generate`] the man pages and completions, [`failure`] is the one error and its exit code, [`login`]
 //! is the browser login's loopback end, [`jwtkey`] the jwt-bearer key.
 
 mod cli;
 mod commands;
 mod failure;
+mod generate;
 mod jwtkey;
 mod login;
 mod output;
@@ -34,6 +35,11 @@ fn main() -> ExitCode {
             args.min_valid,
             args.json,
         ),
+        // `generate` is for packaging: apart, so that completions and
+        // --help do not offer it.
+        None if std::env::args_os().nth(1).is_some_and(|a| a == "generate") => {
+            generate::run(generate::Generate::parse_from(std::env::args_os().skip(1)))
+        }
         None => run(Cli::parse()),
     };
     match outcome {

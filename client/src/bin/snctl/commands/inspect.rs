@@ -14,6 +14,11 @@ pub fn list(socket: Option<&Path>, args: cli::List) -> Result<(), Failure> {
     let list = connect(socket)?.list()?;
     if args.json {
         print_json(&list)
+    } else if args.names {
+        for summary in &list {
+            println!("{}", summary.name);
+        }
+        Ok(())
     } else {
         print_list(&list);
         Ok(())
