@@ -87,11 +87,13 @@ pub fn is_journal_stream(journal_stream: Option<&str>, stderr: Option<(u64, u64)
 
 /// Whether stderr is the journal stream systemd connected.
 pub fn stderr_is_journal() -> bool {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::fd::AsFd;
     let variable = std::env::var("JOURNAL_STREAM").ok();
-    let stderr = std::fs::metadata("/proc/self/fd/2")
+    // fstat, not /proc/self/fd/2: once snctld is non-dumpable, its /proc
+    // entries belong to root and its own user cannot read them.
+    let stderr = nix::sys::stat::fstat(std::io::stderr().as_fd())
         .ok()
-        .map(|meta| (meta.dev(), meta.ino()));
+        .map(|stat| (stat.st_dev, stat.st_ino));
     is_journal_stream(variable.as_deref(), stderr)
 }
 
