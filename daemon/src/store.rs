@@ -510,8 +510,9 @@ impl UncheckedDb {
     /// one, and one would run on its own writes (the migration's
     /// included).
     pub fn prepare(self, key: Arc<MasterKey>) -> Result<Db, StoreError> {
-        let triggers: Vec<_> = self
-            .foreign_objects()?
+        // snctld creates no trigger: any there is foreign, no reference
+        // schema needed (that comparison is restore's).
+        let triggers: Vec<_> = objects_of(&self.conn)?
             .into_iter()
             .filter(|o| o.kind == "trigger")
             .collect();
