@@ -526,7 +526,7 @@ impl Client {
 
     fn auth_request(&mut self, request: Request) -> Result<AuthSummary, ClientError> {
         match self.request(&request)? {
-            Reply::Auth(summary) => Ok(summary),
+            Reply::Auth(summary) => Ok(*summary),
             other => Err(self.unexpected(other)),
         }
     }

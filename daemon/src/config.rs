@@ -36,7 +36,7 @@
 //!
 //! [proxy]
 //! names = ["prod"]        # serve DIR/prod.sock, an authenticating HTTP proxy to prod's instance
-//! all = false             # or every authentication there is when the daemon starts
+//! all = false             # or every authentication, later ones too
 //! dir = "/run/snctld/proxy"   # default: the socket's directory + "/proxy"
 //! on_rate_limit = "reject"  # while a 429 holds: answer 429 at once, or "hold" the request
 //! hold_max_secs = 30      # "hold" waits at most this long, else 429 at once

@@ -7,12 +7,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use snctl_shared::protocol::{
-    BackupRequest, DaemonStatus, NameRequest, Reply, Request, Response, TokenRequest,
+    AuthSummary, BackupRequest, DaemonStatus, NameRequest, Reply, Request, Response, TokenRequest,
 };
 use snctl_shared::PROTOCOL_VERSION;
 
 use crate::access::{Access, Peer};
 use crate::backup::Backups;
+use crate::proxy::sockets::ProxySockets;
 use crate::server::{Gauge, Handler};
 use crate::tokens::Tokens;
 
@@ -28,6 +29,7 @@ pub struct Dispatcher {
     /// Woken after admin requests, which may change the status summary.
     changed: tokio::sync::Notify,
     backups: Backups,
+    proxies: ProxySockets,
 }
 
 impl Dispatcher {
@@ -37,6 +39,7 @@ impl Dispatcher {
         socket: PathBuf,
         state_dir: PathBuf,
         backups: Backups,
+        proxies: ProxySockets,
     ) -> Dispatcher {
         Dispatcher {
             tokens,
@@ -47,6 +50,7 @@ impl Dispatcher {
             connections: Gauge::default(),
             changed: tokio::sync::Notify::new(),
             backups,
+            proxies,
         }
     }
 
@@ -65,6 +69,11 @@ impl Dispatcher {
 
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
+    }
+
+    /// The proxy sockets.
+    pub fn proxies(&self) -> &ProxySockets {
+        &self.proxies
     }
 
     /// Completes after the next admin request (which may have changed
@@ -103,19 +112,41 @@ impl Dispatcher {
             Request::List => self.list(access, peer),
             Request::Show(r) => self.show(access, peer, r),
             Request::Status => Ok(Reply::Status(self.status(access.is_admin(peer)))),
-            Request::Add(r) => self.tokens.add(r).await.map(Reply::Auth),
-            Request::Update(r) => self.tokens.update(r).await.map(Reply::Auth),
+            Request::Add(r) => self.tokens.add(r).await.map(auth),
+            Request::Update(r) => self.tokens.update(r).await.map(auth),
             Request::Remove(r) => self.tokens.remove(r).await.map(Reply::Removed),
-            Request::Refresh(r) => self.tokens.refresh(&r.name).await.map(Reply::Auth),
+            Request::Refresh(r) => self.tokens.refresh(&r.name).await.map(auth),
             Request::StartLogin(r) => self.tokens.start_login(r).await.map(Reply::LoginChallenge),
-            Request::Login(r) => self.tokens.login(r).await.map(Reply::Auth),
+            Request::Login(r) => self.tokens.login(r).await.map(auth),
             Request::Doctor(r) => self.tokens.doctor(&r.name).await.map(Reply::Diagnosis),
             Request::Backup(r) => self.backup(r).await,
         };
         if admin {
+            if changes_proxies(&response) {
+                // A proxy turned on answers once this reply is read; one
+                // turned off (or removed) is gone.
+                self.proxies.reconcile().await;
+            }
             self.changed.notify_one();
         }
-        response
+        response.map(|reply| self.with_proxy_sockets(reply))
+    }
+
+    /// `reply` with the proxy socket of each authentication in it.
+    fn with_proxy_sockets(&self, reply: Reply) -> Reply {
+        match reply {
+            Reply::Auth(mut auth) => {
+                auth.proxy_socket = self.proxies.socket_of(&auth.name);
+                Reply::Auth(auth)
+            }
+            Reply::List(mut list) => {
+                for auth in &mut list {
+                    auth.proxy_socket = self.proxies.socket_of(&auth.name);
+                }
+                Reply::List(list)
+            }
+            other => other,
+        }
     }
 
     async fn token(&self, access: &Access, peer: &Peer, r: TokenRequest) -> Response {
@@ -135,7 +166,7 @@ impl Dispatcher {
             .show(&r.name, |readers| {
                 access.require_reader(peer, &r.name, readers)
             })
-            .map(Reply::Auth)
+            .map(auth)
     }
 
     async fn backup(&self, r: BackupRequest) -> Response {
@@ -161,6 +192,17 @@ impl Dispatcher {
             next_login_deadline: named(overview.next_login_deadline),
         }
     }
+}
+
+fn auth(summary: AuthSummary) -> Reply {
+    Reply::Auth(Box::new(summary))
+}
+
+/// Whether a successful admin request may have changed which
+/// authentications have a proxy socket (one added, removed, or its
+/// setting changed).
+fn changes_proxies(response: &Response) -> bool {
+    matches!(response, Ok(Reply::Auth(_) | Reply::Removed(_)))
 }
 
 /// The requests only admins may make: all but reading tokens, the

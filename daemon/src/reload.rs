@@ -3,12 +3,13 @@
 //! [`Reload::between`] asks each section what changed and whether it
 //! applies now or at the next start; [`reload`] applies what can change
 //! while serving (`[log] filter`, `access.admin_group`, `[refresh]`,
-//! `[login]`) and logs every change and whether it applied. A file that
-//! does not load changes nothing.
+//! `[login]`, `[proxy] names` and `all`) and logs every change and whether
+//! it applied. A file that does not load changes nothing.
 
 use crate::access::Access;
 use crate::config::{Config, ConfigError};
 use crate::dispatch::Dispatcher;
+use crate::proxy::sockets::Wanted;
 use crate::settings::{Applies, Change, Changes};
 use crate::systemd::Service;
 
@@ -102,6 +103,11 @@ pub fn reload(
     if diff.access.any_now() {
         dispatcher.set_access(Access::new(&new.access));
         running.access.admin_group = new.access.admin_group.clone();
+    }
+    if diff.proxy.any_now() {
+        running.proxy.names = new.proxy.names.clone();
+        running.proxy.all = new.proxy.all;
+        dispatcher.proxies().configure(Wanted::of(&running.proxy));
     }
     if !diff.refresh.is_empty() || !diff.login.is_empty() {
         dispatcher

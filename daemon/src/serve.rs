@@ -3,12 +3,12 @@
 //!
 //! [`run_with`] goes through it in steps: bind the proxies' listeners
 //! (`bind_proxies`), start the token machinery and the dispatcher, spawn
-//! the socket server and the proxies (`spawn_servers`), tell systemd
+//! the socket server and the proxies' supervisor (`spawn_servers`, see
+//! [`crate::proxy::sockets`]), tell systemd
 //! (`announce`), serve until the shutdown future completes (reloading on
 //! SIGHUP), then stop (`stop`): stop accepting, answer the requests in
 //! flight, let running refreshes commit, close the database.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -22,7 +22,8 @@ use crate::access::Access;
 use crate::backup::Backups;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::proxy::{self, Proxy, Timeouts};
+use crate::proxy::sockets::{self, AtStart, ProxyParts, SocketSettings, Wanted};
+use crate::proxy::{self, Timeouts};
 use crate::reload::reload;
 use crate::server::{self, BindError, Listener};
 use crate::servicenow::{ClientError, ServiceNow};
@@ -91,7 +92,13 @@ pub async fn run_with(
         true => Some(signal(SignalKind::hangup()).map_err(ServeError::Hangup)?),
         false => None,
     };
-    let proxies = bind_proxies(&config, &records).await?;
+    let ProxyListeners {
+        settings,
+        wanted,
+        unix,
+        tcp,
+    } = bind_proxies(&config, &records).await?;
+    let (proxy_sockets, commands) = sockets::channel(settings, &unix);
     let http = upstream.http().clone();
     let count = records.len();
     let tokens = Tokens::start(
@@ -108,6 +115,7 @@ pub async fn run_with(
         listener.path().to_path_buf(),
         config.state_dir.clone(),
         Backups::new(store.clone(), &config.state_dir, key_source.path()),
+        proxy_sockets,
     ));
     tracing::info!(socket = %listener.path().display(), passed = listener.is_passed(), authentications = count, "serving");
     let stop_serving = CancellationToken::new();
@@ -115,7 +123,12 @@ pub async fn run_with(
     let tasks = spawn_servers(
         &config,
         listener,
-        proxies,
+        Proxies {
+            wanted,
+            unix,
+            commands,
+            tcp,
+        },
         &dispatcher,
         http,
         &stop_serving,
@@ -139,38 +152,37 @@ pub async fn run_with(
 }
 
 /// The proxies' listeners, bound before anything starts so that a socket
-/// that cannot be bound stops the start.
+/// the configuration names that cannot be bound stops the start.
 struct ProxyListeners {
-    unix: Vec<(String, Listener)>,
+    settings: SocketSettings,
+    wanted: Wanted,
+    unix: AtStart,
     tcp: Option<tokio::net::TcpListener>,
 }
 
-/// Binds `DIR/NAME.sock` for each proxied authentication (`[proxy] names`,
-/// or every one there is with `all`) and the TCP port when one is set.
+/// Binds `DIR/NAME.sock` for each proxied authentication (by its setting,
+/// `[proxy] names`, or every one with `all`) and the TCP port when one is
+/// set.
 async fn bind_proxies(config: &Config, records: &[Record]) -> Result<ProxyListeners, ServeError> {
-    let names: Vec<String> = if config.proxy.all {
-        records.iter().map(|r| r.auth.name.clone()).collect()
-    } else {
-        config.proxy.names.clone()
+    let settings = SocketSettings {
+        dir: config.proxy.dir_for(&config.socket),
+        mode: config.socket_mode,
+        dir_mode: config.socket_dir_mode,
+        group: config.access.socket_group.clone(),
     };
-    let dir = config.proxy.dir_for(&config.socket);
-    let mut unix = Vec::with_capacity(names.len());
-    for name in names {
-        let path = dir.join(format!("{name}.sock"));
-        let listener = match server::bind(
-            &path,
-            config.socket_mode,
-            config.socket_dir_mode,
-            config.access.socket_group.as_deref(),
-        ) {
-            Ok(listener) => listener,
-            Err(error) => return Err(ServeError::ProxySocket { name, error }),
-        };
-        if !records.iter().any(|r| r.auth.name == name) {
-            tracing::warn!(%name, "proxy: no such authentication yet; requests get 404 until it is added");
+    let wanted = Wanted::of(&config.proxy);
+    let all: Vec<String> = records.iter().map(|r| r.auth.name.clone()).collect();
+    let on: Vec<String> = records
+        .iter()
+        .filter(|r| r.auth.proxy)
+        .map(|r| r.auth.name.clone())
+        .collect();
+    let unix = sockets::bind_at_start(&settings, &wanted, &all, &on).map_err(|e| {
+        ServeError::ProxySocket {
+            name: e.name,
+            error: e.error,
         }
-        unix.push((name, listener));
-    }
+    })?;
     let tcp = match config.proxy.tcp_port {
         Some(port) => Some(
             tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
@@ -179,21 +191,27 @@ async fn bind_proxies(config: &Config, records: &[Record]) -> Result<ProxyListen
         ),
         None => None,
     };
-    Ok(ProxyListeners { unix, tcp })
+    Ok(ProxyListeners {
+        settings,
+        wanted,
+        unix,
+        tcp,
+    })
 }
 
 /// The tasks serving the socket and the proxies.
 struct Servers {
     server: JoinHandle<()>,
+    /// The proxy sockets' supervisor, and the TCP listener.
     proxies: Vec<JoinHandle<()>>,
 }
 
-/// Spawns the socket server (which says on `started` when it accepts) and
-/// one task per proxy listener, all until `stop`.
+/// Spawns the socket server (which says on `started` when it accepts),
+/// the proxy sockets' supervisor and the TCP proxy, all until `stop`.
 fn spawn_servers(
     config: &Config,
     listener: Listener,
-    proxies: ProxyListeners,
+    proxies: Proxies,
     dispatcher: &Arc<Dispatcher>,
     http: reqwest::Client,
     stop: &CancellationToken,
@@ -210,38 +228,31 @@ fn spawn_servers(
         read: config.limits.read_timeout,
         request: config.http.request_timeout,
     };
-    let mut tasks = Vec::with_capacity(proxies.unix.len() + 1);
-    let mut by_name = HashMap::new();
-    for (name, listener) in proxies.unix {
-        tracing::info!(%name, socket = %listener.path().display(), "proxy serving");
-        let one = Proxy::new(
-            name.clone(),
-            dispatcher.clone(),
-            http.clone(),
-            &config.proxy,
-            timeouts,
-        );
-        by_name.insert(name, one.clone());
-        let limits = config.limits.clone();
-        tasks.push(tokio::spawn(proxy::serve(
-            listener,
-            one,
-            limits,
-            stop.clone(),
-        )));
-    }
+    let routes = proxy::Routes::default();
+    let parts = ProxyParts {
+        http,
+        config: config.proxy.clone(),
+        timeouts,
+        limits: config.limits.clone(),
+    };
+    let mut tasks = vec![sockets::supervise(
+        dispatcher.clone(),
+        parts,
+        proxies.wanted,
+        proxies.unix,
+        proxies.commands,
+        routes.clone(),
+        stop.clone(),
+    )];
     if let Some(listener) = proxies.tcp {
         match listener.local_addr() {
-            Ok(addr) => {
-                tracing::info!(%addr, names = ?by_name.keys().collect::<Vec<_>>(), "proxy serving on TCP")
-            }
+            Ok(addr) => tracing::info!(%addr, "proxy serving on TCP"),
             Err(error) => tracing::warn!(%error, "proxy serving on TCP, address unknown"),
         }
-        let limits = config.limits.clone();
         tasks.push(tokio::spawn(proxy::serve_tcp(
             listener,
-            by_name,
-            limits,
+            routes,
+            config.limits.clone(),
             stop.clone(),
         )));
     }
@@ -249,6 +260,15 @@ fn spawn_servers(
         server,
         proxies: tasks,
     }
+}
+
+/// The proxies' listeners and the supervisor's end of the dispatcher's
+/// [`ProxySockets`].
+struct Proxies {
+    wanted: Wanted,
+    unix: AtStart,
+    commands: sockets::Commands,
+    tcp: Option<tokio::net::TcpListener>,
 }
 
 /// Starts the watchdog pings and the `STATUS=` reports systemd asked for;

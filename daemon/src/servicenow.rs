@@ -1,6 +1,6 @@
 //! The OAuth client for ServiceNow instances: every request the daemon
 //! makes of its own (tokens, revocation, the doctor's probes, who logged
-//! in) goes through here; the local proxy (`proxy.rs`) only forwards its
+//! in) goes through here; the local proxy (`proxy/`) only forwards its
 //! callers' requests, over the same pooled client.
 //!
 //! oauth2 builds the requests and parses successful token responses; the

@@ -37,7 +37,7 @@ use crate::access::ReaderIds;
 use crate::crypto::{self, CryptoError, MasterKey};
 
 /// The schema this build writes. See [`migrate`] for the history.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 /// The first schema whose settings carry a MAC: rows of an older database
 /// cannot be checked, and are signed as they are when it is migrated.
 pub const SIGNED_SCHEMA: i64 = 5;
@@ -200,11 +200,19 @@ fn foreign_objects(conn: &Connection) -> Result<Vec<SchemaObject>, StoreError> {
         .collect())
 }
 
-/// The columns [`Settings`] covers; `has_jwt_key` (`jwt_key IS NOT NULL`)
-/// stands for the sealed key (bound to its row by its own seal).
-const SETTINGS_COLUMNS: &str = "name, instance_url, grant_type, client_id, client_auth, scope, \
-     created_ms, username, redirect_port, refresh_lifespan_secs, allow_users, allow_groups, \
-     allow_units, jwt_key IS NOT NULL AS has_jwt_key, jwt_subject, jwt_kid";
+/// The columns [`Settings`] covers up to schema 5 (`proxy` came with 6);
+/// `has_jwt_key` (`jwt_key IS NOT NULL`) stands for the sealed key (bound
+/// to its row by its own seal).
+macro_rules! settings_columns_5 {
+    () => {
+        "name, instance_url, grant_type, client_id, client_auth, scope, created_ms, username, \
+         redirect_port, refresh_lifespan_secs, allow_users, allow_groups, allow_units, \
+         jwt_key IS NOT NULL AS has_jwt_key, jwt_subject, jwt_kid"
+    };
+}
+
+/// The columns [`Settings`] covers.
+const SETTINGS_COLUMNS: &str = concat!(settings_columns_5!(), ", proxy");
 
 /// Every setting of one authentication as stored: what its MAC covers.
 ///
@@ -212,7 +220,8 @@ const SETTINGS_COLUMNS: &str = "name, instance_url, grant_type, client_id, clien
 /// tokens, and the rest of what `add`, `update` and `login` write: name,
 /// instance URL, grant, client ID and authentication, scope, creation
 /// time, user name, redirect port, refresh-token lifespan, readers, and
-/// the JWT subject, key id and whether a JWT key is there. Not covered:
+/// the JWT subject, key id and whether a JWT key is there, and whether its
+/// proxy is on. Not covered:
 /// the sealed blobs, which their AEAD binds to their row and column, and
 /// the volatile columns (tokens' times, state, last error, `updated_ms`),
 /// written on every refresh; they send nothing anywhere.
@@ -234,6 +243,7 @@ struct Settings {
     has_jwt_key: bool,
     jwt_subject: Option<String>,
     jwt_kid: Option<String>,
+    proxy: bool,
 }
 
 /// A row of `authentications` as [`Db::load_all`] reads it, by column
@@ -309,6 +319,7 @@ impl Settings {
             has_jwt_key: auth.jwt.is_some(),
             jwt_subject: auth.jwt.as_ref().map(|j| j.subject.clone()),
             jwt_kid: auth.jwt.as_ref().and_then(|j| j.kid.clone()),
+            proxy: auth.proxy,
         }
     }
 
@@ -331,6 +342,7 @@ impl Settings {
             has_jwt_key: r.get("has_jwt_key")?,
             jwt_subject: r.get("jwt_subject")?,
             jwt_kid: r.get("jwt_kid")?,
+            proxy: r.get("proxy")?,
         })
     }
 
@@ -338,6 +350,11 @@ impl Settings {
     /// a fixed order, each a tag (0 absent, 1 text, 2 integer) followed by
     /// a text's length (u64 LE) and bytes or an integer (i64 LE). Lengths
     /// and tags make it unambiguous: no two settings encode alike.
+    ///
+    /// The proxy setting (schema 6) comes last and only when it is on, so
+    /// that a row signed before it existed (every proxy off) keeps its
+    /// MAC; on, it adds bytes after the last field, which no setting with
+    /// it off has.
     fn encode(&self) -> Vec<u8> {
         fn text(out: &mut Vec<u8>, value: Option<&str>) {
             match value {
@@ -375,6 +392,9 @@ impl Settings {
         int(&mut out, Some(i64::from(self.has_jwt_key)));
         text(&mut out, self.jwt_subject.as_deref());
         text(&mut out, self.jwt_kid.as_deref());
+        if self.proxy {
+            int(&mut out, Some(1));
+        }
         out
     }
 
@@ -428,6 +448,9 @@ pub struct Authentication {
     /// The signing key (sealed as `jwt_key`), subject and key id of the
     /// `jwt-bearer` grant.
     pub jwt: Option<JwtSettings>,
+    /// Whether it is served on a proxy socket of its own (`snctl add
+    /// --proxy`); the configuration's `[proxy]` may name it too.
+    pub proxy: bool,
 }
 
 /// Tokens obtained from the instance.
@@ -608,6 +631,8 @@ impl UncheckedDb {
 ///   The rows are signed as they are at that moment: the migration trusts
 ///   them (there was nothing to check them against), which is why
 ///   `snctld restore` wants an old backup vouched for.
+/// - 6: `proxy`, whether the authentication has a proxy socket of its own;
+///   off for every existing row, which keeps its MAC ([`Settings::encode`]).
 fn migrate(conn: &mut Connection, key: &MasterKey) -> Result<(), StoreError> {
     migrate_to(conn, key, SCHEMA_VERSION)
 }
@@ -682,8 +707,10 @@ fn migrate_to(conn: &mut Connection, key: &MasterKey, target: i64) -> Result<(),
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch("ALTER TABLE authentications ADD COLUMN settings_mac BLOB;")?;
         let rows: Vec<Settings> = tx
-            .prepare(&format!(
-                "SELECT {SETTINGS_COLUMNS} FROM authentications ORDER BY name"
+            .prepare(concat!(
+                "SELECT ",
+                settings_columns_5!(),
+                ", 0 AS proxy FROM authentications ORDER BY name"
             ))?
             .query_map([], Settings::from_row)?
             .collect::<Result<_, _>>()?;
@@ -707,6 +734,14 @@ fn migrate_to(conn: &mut Connection, key: &MasterKey, target: i64) -> Result<(),
                 names.join(", ")
             );
         }
+    }
+    if step(6) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "ALTER TABLE authentications ADD COLUMN proxy INTEGER NOT NULL DEFAULT 0;
+            PRAGMA user_version = 6;",
+        )?;
+        tx.commit()?;
     }
     Ok(())
 }
@@ -884,6 +919,7 @@ impl Db {
                     &settings.allow_units,
                 )?,
                 jwt,
+                proxy: settings.proxy,
             },
             tokens,
             state: spelled(state)?,
@@ -982,7 +1018,8 @@ impl Db {
                  scope = ?5, client_secret = ?6, updated_ms = ?7, username = ?8,
                  redirect_port = ?9, refresh_lifespan_secs = ?10, allow_users = ?11,
                  allow_groups = ?12, allow_units = ?13, jwt_key = ?14, jwt_subject = ?15,
-                 jwt_kid = ?16, grant_type = ?17, created_ms = ?18, settings_mac = ?19
+                 jwt_kid = ?16, grant_type = ?17, created_ms = ?18, settings_mac = ?19,
+                 proxy = ?20
              WHERE name = ?1",
             params![
                 auth.name,
@@ -1004,6 +1041,7 @@ impl Db {
                 auth.grant.as_str(),
                 auth.created_at_ms,
                 Settings::of(auth).sign(key),
+                auth.proxy,
             ],
         )?;
         Ok(changed > 0)
@@ -1337,6 +1375,7 @@ mod tests {
                     units: vec!["sync.service".into()],
                 },
                 jwt: None,
+                proxy: false,
             },
             TokenSet {
                 access_token: Secret::new("access-token-canary".into()),
@@ -1563,6 +1602,7 @@ mod tests {
             "jwt_key = client_secret",
             "jwt_subject = 'admin'",
             "jwt_kid = 'k1'",
+            "proxy = 1",
             "settings_mac = NULL",
             "settings_mac = x'00'",
         ];

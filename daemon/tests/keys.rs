@@ -73,6 +73,7 @@ fn sample(name: &str, with_refresh: bool) -> (Authentication, TokenSet) {
             refresh_lifespan_secs: snctld::store::DEFAULT_REFRESH_LIFESPAN_SECS,
             readers: Default::default(),
             jwt: None,
+            proxy: false,
         },
         TokenSet {
             access_token: Secret::new(format!("access-token-of-{name}")),

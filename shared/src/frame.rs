@@ -384,6 +384,7 @@ mod tests {
                     units: vec!["sync.service".into()],
                 },
                 jwt: None,
+                proxy: false,
             }),
             Request::Update(UpdateRequest {
                 name: "a".into(),
@@ -395,6 +396,7 @@ mod tests {
                 redirect_port: None,
                 refresh_lifespan_secs: Some(86_400),
                 readers: Some(Readers::default()),
+                proxy: Some(false),
             }),
             Request::Remove(RemoveRequest {
                 name: "a".into(),

@@ -24,7 +24,7 @@ use crate::Secret;
 
 /// The protocol version spoken by this build. Bumped on any change to the
 /// shape of a [`Request`] or [`Response`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// First frame of every connection, client to daemon. Frozen forever.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,8 +106,9 @@ pub enum Reply {
     List(Vec<AuthSummary>),
     /// Answer to [`Request::Show`], [`Request::Add`], [`Request::Update`],
     /// [`Request::Refresh`] and [`Request::Login`]: the authentication as it
-    /// now is.
-    Auth(AuthSummary),
+    /// now is. Boxed: a token reply, the common one, need not be as large
+    /// (the encoding is the same).
+    Auth(Box<AuthSummary>),
     /// Answer to [`Request::Remove`].
     Removed(RemoveReply),
     /// Answer to [`Request::Status`].
@@ -320,6 +321,8 @@ pub struct AddRequest {
     pub readers: Readers,
     /// The signing key and subject for the `jwt-bearer` grant.
     pub jwt: Option<JwtSettings>,
+    /// Serve it on a proxy socket (`DIR/NAME.sock`) as well.
+    pub proxy: bool,
 }
 
 /// What the `jwt-bearer` grant signs its assertions with.
@@ -429,6 +432,8 @@ pub struct UpdateRequest {
     pub refresh_lifespan_secs: Option<u64>,
     /// New readers, replacing the old list (empty: anyone with the socket).
     pub readers: Option<Readers>,
+    /// Turn its proxy socket on or off, at once.
+    pub proxy: Option<bool>,
 }
 
 /// Deletes an authentication.
@@ -528,6 +533,21 @@ pub struct AuthSummary {
     pub login: Option<LoginSummary>,
     /// Who may get its tokens besides admins (all empty: anyone).
     pub readers: Readers,
+    /// Whether its own setting turns its proxy on (`snctl add --proxy`,
+    /// `snctl update NAME --proxy on`).
+    pub proxy: bool,
+    /// Its proxy socket, when it has one (by its setting or the daemon's
+    /// configuration).
+    pub proxy_socket: Option<ProxySocket>,
+}
+
+/// An authentication's proxy socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxySocket {
+    /// Where it is (`DIR/NAME.sock`).
+    pub path: String,
+    /// Why it does not serve, when it does not (it could not be bound).
+    pub error: Option<String>,
 }
 
 /// The person's login behind an authentication, and how long it lasts.

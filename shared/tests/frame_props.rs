@@ -230,12 +230,13 @@ fn add_request() -> impl Strategy<Value = AddRequest> {
             option::of(any::<u64>()),
             readers(),
             option::of(jwt()),
+            any::<bool>(),
         ),
     )
         .prop_map(
             |(
                 (name, instance_url, grant, client_id, client_secret, client_auth),
-                (scope, user, redirect_port, refresh_lifespan_secs, readers, jwt),
+                (scope, user, redirect_port, refresh_lifespan_secs, readers, jwt, proxy),
             )| AddRequest {
                 name,
                 instance_url,
@@ -249,6 +250,7 @@ fn add_request() -> impl Strategy<Value = AddRequest> {
                 refresh_lifespan_secs,
                 readers,
                 jwt,
+                proxy,
             },
         )
 }
@@ -267,12 +269,13 @@ fn update_request() -> impl Strategy<Value = UpdateRequest> {
             option::of(any::<u16>()),
             option::of(any::<u64>()),
             option::of(readers()),
+            option::of(any::<bool>()),
         ),
     )
         .prop_map(
             |(
                 (name, instance_url, client_id, client_secret, client_auth),
-                (scope, redirect_port, refresh_lifespan_secs, readers),
+                (scope, redirect_port, refresh_lifespan_secs, readers, proxy),
             )| UpdateRequest {
                 name,
                 instance_url,
@@ -283,6 +286,7 @@ fn update_request() -> impl Strategy<Value = UpdateRequest> {
                 redirect_port,
                 refresh_lifespan_secs,
                 readers,
+                proxy,
             },
         )
 }
@@ -403,6 +407,8 @@ fn auth_summary() -> impl Strategy<Value = AuthSummary> {
             any::<i64>(),
             option::of(login_summary()),
             readers(),
+            any::<bool>(),
+            option::of(proxy_socket()),
         ),
     )
         .prop_map(
@@ -416,6 +422,8 @@ fn auth_summary() -> impl Strategy<Value = AuthSummary> {
                     created_at,
                     login,
                     readers,
+                    proxy,
+                    proxy_socket,
                 ),
             )| AuthSummary {
                 name,
@@ -432,8 +440,14 @@ fn auth_summary() -> impl Strategy<Value = AuthSummary> {
                 created_at,
                 login,
                 readers,
+                proxy,
+                proxy_socket,
             },
         )
+}
+
+fn proxy_socket() -> impl Strategy<Value = ProxySocket> {
+    (text(), option::of(text())).prop_map(|(path, error)| ProxySocket { path, error })
 }
 
 fn daemon_status() -> impl Strategy<Value = DaemonStatus> {
@@ -523,7 +537,7 @@ fn reply() -> impl Strategy<Value = Reply> {
             })
         }),
         vec(auth_summary(), 0..3).prop_map(Reply::List),
-        auth_summary().prop_map(Reply::Auth),
+        auth_summary().prop_map(|a| Reply::Auth(Box::new(a))),
         (any::<u32>(), option::of(text())).prop_map(|(revoked, revoke_error)| Reply::Removed(
             RemoveReply {
                 revoked,
@@ -607,13 +621,13 @@ fn response() -> impl Strategy<Value = Response> {
 /// A valid frame in either direction and what it was made from.
 #[derive(Debug, Clone)]
 enum Message {
-    Request(Request),
+    Request(Box<Request>),
     Response(Response),
 }
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        request().prop_map(Message::Request),
+        request().prop_map(|r| Message::Request(Box::new(r))),
         response().prop_map(Message::Response),
     ]
 }
@@ -621,7 +635,7 @@ fn message() -> impl Strategy<Value = Message> {
 impl Message {
     fn frame(&self) -> Vec<u8> {
         match self {
-            Message::Request(r) => encode(r, MAX_REQUEST_FRAME).unwrap(),
+            Message::Request(r) => encode(&**r, MAX_REQUEST_FRAME).unwrap(),
             Message::Response(r) => encode(r, MAX_RESPONSE_FRAME).unwrap(),
         }
     }
@@ -630,7 +644,7 @@ impl Message {
     /// is this very message.
     fn decodes_to_self(&self, payload: &[u8]) -> Result<bool, FrameError> {
         Ok(match self {
-            Message::Request(r) => decode_request::<Request>(payload)? == *r,
+            Message::Request(r) => decode_request::<Request>(payload)? == **r,
             Message::Response(r) => decode_response::<Response>(payload)? == *r,
         })
     }

@@ -510,6 +510,7 @@ pub fn seed_authentications(
                 refresh_lifespan_secs: 100 * 86_400,
                 readers: Default::default(),
                 jwt: None,
+                proxy: false,
             };
             let tokens = TokenSet {
                 access_token: Secret::new(format!("seeded-access-token-{i:05}")),
@@ -615,5 +616,6 @@ pub fn add_request(name: &str, instance: &str) -> snctl::protocol::AddRequest {
         refresh_lifespan_secs: None,
         readers: Default::default(),
         jwt: None,
+        proxy: false,
     }
 }

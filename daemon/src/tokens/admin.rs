@@ -151,6 +151,7 @@ impl Tokens {
             )?,
             readers: ReaderIds::resolve(&request.readers)?,
             jwt: check_jwt(request)?,
+            proxy: request.proxy,
         };
         check_auth(&auth)?;
         Ok(auth)
@@ -670,6 +671,10 @@ fn apply_update(auth: &mut Authentication, request: UpdateRequest) -> Result<Cha
         auth.readers = ReaderIds::resolve(readers)?;
         settings = true;
     }
+    if let Some(on) = request.proxy {
+        auth.proxy = on;
+        settings = true;
+    }
     let lifespan_changed = match request.refresh_lifespan_secs {
         Some(secs) => {
             let secs = check_lifespan(secs)?;
@@ -682,7 +687,7 @@ fn apply_update(auth: &mut Authentication, request: UpdateRequest) -> Result<Cha
         return Err(Error::invalid(
             "nothing to change: give --instance, --client-id, --client-secret-stdin or \
              --client-secret-prompt, --client-auth, --scope, --redirect-port, \
-             --refresh-token-lifespan or --allow-…",
+             --refresh-token-lifespan, --allow-… or --proxy",
         ));
     }
     Ok(Changed {

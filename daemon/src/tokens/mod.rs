@@ -308,6 +308,9 @@ impl Entry {
                     .flatten(),
             }),
             readers: auth.readers.names(),
+            proxy: auth.proxy,
+            // Known to the proxies, which fill it in (crate::dispatch).
+            proxy_socket: None,
         }
     }
 }
@@ -906,6 +909,21 @@ impl Tokens {
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
+    }
+
+    /// The names of the authentications `which` picks, by name: the ones
+    /// whose own setting turns their proxy on, say.
+    pub fn names(&self, which: impl Fn(&Authentication) -> bool) -> Vec<String> {
+        let entries: Vec<Arc<Entry>> = self.read_entries().values().cloned().collect();
+        let mut names: Vec<String> = entries
+            .iter()
+            .filter_map(|e| {
+                let auth = e.lock().auth.clone();
+                which(&auth).then(|| auth.name.clone())
+            })
+            .collect();
+        names.sort();
+        names
     }
 
     pub fn overview(&self) -> Overview {

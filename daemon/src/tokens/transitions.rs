@@ -239,6 +239,7 @@ fn client_credentials(name: &str) -> Authentication {
         refresh_lifespan_secs: 100 * 86_400,
         readers: ReaderIds::default(),
         jwt: None,
+        proxy: false,
     }
 }
 

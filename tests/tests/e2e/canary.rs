@@ -377,6 +377,7 @@ fn add_request(name: &str, instance: &str, secret: &str) -> AddRequest {
         refresh_lifespan_secs: None,
         readers: Readers::default(),
         jwt: None,
+        proxy: false,
     }
 }
 
@@ -391,6 +392,7 @@ fn update_secret(name: &str, secret: &str) -> UpdateRequest {
         redirect_port: None,
         refresh_lifespan_secs: None,
         readers: None,
+        proxy: None,
     }
 }
 

@@ -815,6 +815,7 @@ fn a_refused_credential_is_not_retried_until_an_admin_acts() {
         redirect_port: None,
         refresh_lifespan_secs: None,
         readers: None,
+        proxy: None,
     };
     client.update(update.clone()).unwrap();
     assert_eq!(client.show("prod").unwrap().state, AuthState::Ok);

@@ -946,3 +946,168 @@ fn proxy_refuses_request_targets_that_are_not_paths() {
     }
     assert_eq!(prod.fake.requests(), before, "nothing reached the instance");
 }
+
+/// `snctl` against `prod`'s daemon, asserting it exits 0; its stdout.
+fn snctl_ok(prod: &Prod, args: &[&str]) -> String {
+    let out = harness::snctl(prod.daemon.socket(), args, None);
+    assert!(
+        out.status.success(),
+        "snctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn shown(prod: &Prod) -> serde_json::Value {
+    serde_json::from_str(&snctl_ok(prod, &["show", "prod", "--json"])).unwrap()
+}
+
+#[test]
+fn proxy_turned_on_and_off_by_update_at_once() {
+    let prod = Prod::start();
+    let socket = proxy_socket(prod.dir.path());
+    assert!(!socket.exists());
+    assert_eq!(shown(&prod)["proxy"], false);
+    assert!(snctl_ok(&prod, &["show", "prod"]).contains("proxy:         off"));
+
+    let out = snctl_ok(&prod, &["update", "prod", "--proxy", "on"]);
+    let path = socket.display().to_string();
+    assert!(out.contains(&format!("proxy: {path}")), "{out}");
+    // Served as soon as the update is answered: no restart.
+    let answer = connect(&socket).request("GET", TABLE, &[], b"");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["result"][0]["number"], "INC0010001");
+    let json = shown(&prod);
+    assert_eq!(json["proxy"], true);
+    assert_eq!(json["proxy_socket"]["path"], path.as_str());
+    assert_eq!(json["proxy_socket"]["error"], serde_json::Value::Null);
+    let text = snctl_ok(&prod, &["show", "prod"]);
+    assert!(text.contains(&format!("proxy:         {path}\n")), "{text}");
+
+    let out = snctl_ok(&prod, &["update", "prod", "--proxy", "off"]);
+    assert!(out.contains("proxy: off"), "{out}");
+    assert!(
+        !socket.exists(),
+        "the socket file is gone when off is answered"
+    );
+    assert!(UnixStream::connect(&socket).is_err());
+    assert_eq!(shown(&prod)["proxy_socket"], serde_json::Value::Null);
+    // On again: the same path serves again.
+    snctl_ok(&prod, &["update", "prod", "--proxy", "on"]);
+    assert_eq!(connect(&socket).request("GET", TABLE, &[], b"").status, 200);
+}
+
+#[test]
+fn proxy_of_add_proxy_is_stored_serves_after_a_restart_and_goes_with_remove() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let daemon = TestDaemon::start(config.clone()).unwrap();
+    let mut args = vec!["add", "prod", "--instance"];
+    let url = fake.url();
+    args.extend([url.as_str(), "--client-id", harness::CLIENT_ID]);
+    args.extend(["--client-secret-stdin", "--proxy"]);
+    let stdin = format!("{}\n", harness::CLIENT_SECRET);
+    let out = harness::snctl(daemon.socket(), &args, Some(&stdin));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let socket = proxy_socket(dir.path());
+    assert!(
+        stdout.contains(&format!("proxy: {}", socket.display())),
+        "{stdout}"
+    );
+    assert_eq!(connect(&socket).request("GET", TABLE, &[], b"").status, 200);
+
+    daemon.stop().unwrap();
+    assert!(!socket.exists(), "closed with the daemon");
+    let daemon = TestDaemon::start(config).unwrap();
+    // Answered once the daemon serves (the proxies are bound before it
+    // does): the setting came back from the database.
+    let out = harness::snctl(daemon.socket(), &["show", "prod", "--json"], None);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["proxy"], true);
+    assert_eq!(json["proxy_socket"]["path"], socket.display().to_string());
+    assert_eq!(connect(&socket).request("GET", TABLE, &[], b"").status, 200);
+
+    let out = harness::snctl(
+        daemon.socket(),
+        &["remove", "prod", "--keep-upstream"],
+        None,
+    );
+    assert!(out.status.success());
+    assert!(
+        !socket.exists(),
+        "a removed authentication's proxy is closed"
+    );
+}
+
+#[test]
+fn proxy_socket_that_cannot_be_bound_is_reported_and_the_start_goes_on() {
+    let prod = Prod::with(
+        |_| {},
+        |config| {
+            // A file where the proxy directory should be.
+            let dir = config.socket.parent().unwrap().join("not-a-dir");
+            std::fs::write(&dir, b"").unwrap();
+            config.proxy.dir = Some(dir);
+        },
+    );
+    let out = harness::snctl(
+        prod.daemon.socket(),
+        &["update", "prod", "--proxy", "on"],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("prod's proxy is on but its socket")
+            && stderr.contains("--proxy off")
+            && stderr.trim_end().lines().count() == 1,
+        "{stderr}"
+    );
+    let json = shown(&prod);
+    assert_eq!(json["proxy"], true, "the setting is saved");
+    assert!(json["proxy_socket"]["error"].is_string(), "{json}");
+    // A restart with the setting on still serves the main socket.
+    let config = prod.daemon.config.clone();
+    let Prod { daemon, fake, dir } = prod;
+    daemon.stop().unwrap();
+    let daemon = TestDaemon::start(config).expect("starts although the proxy cannot be bound");
+    assert!(daemon.client().token("prod").is_ok());
+    let out = harness::snctl(daemon.socket(), &["update", "prod", "--proxy", "off"], None);
+    assert!(out.status.success());
+    drop((fake, dir));
+}
+
+#[test]
+fn proxy_names_in_the_configuration_apply_on_sighup() {
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("snctld.toml");
+    std::fs::write(&config_file, "").unwrap();
+    let config_arg = config_file.display().to_string();
+    let mut daemon = DaemonProcess::start(dir.path(), &["--config", &config_arg]).unwrap();
+    assert!(crate::add_by_secret(&daemon.socket, &fake.url(), "prod")
+        .status
+        .success());
+    let socket = dir.path().join("proxy").join("prod.sock");
+    assert!(!socket.exists());
+
+    std::fs::write(&config_file, "[proxy]\nnames = [\"prod\"]\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert!(harness::wait_until(Duration::from_secs(20), || socket.exists()));
+    assert_eq!(connect(&socket).request("GET", TABLE, &[], b"").status, 200);
+    let out = harness::snctl(&daemon.socket, &["show", "prod"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(named in snctld.toml's [proxy])"), "{text}");
+
+    std::fs::write(&config_file, "").unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert!(harness::wait_until(Duration::from_secs(20), || !socket.exists()));
+    assert!(daemon.stop());
+}

@@ -96,29 +96,53 @@ fn databases_of_every_earlier_schema_are_migrated_and_serve() {
     }
 }
 
-#[test]
-fn a_database_of_the_current_schema_serves_as_written() {
-    // Written by this schema's snctld with tokens that live for decades, so
-    // that it serves without its instance (which is gone: nothing may be
-    // asked of it, and its settings are signed, so it cannot be re-pointed).
+/// A fixture of a schema whose settings are signed, in a daemon of its own:
+/// it serves as written. Its tokens live for decades, so nothing is asked
+/// of the instance that wrote them (which is gone); and it cannot be
+/// re-pointed at a new one, its settings being signed.
+fn serves_as_written(version: u32) -> (tempfile::TempDir, TestDaemon) {
     let dir = tempfile::tempdir().unwrap();
-    state_of_schema(dir.path(), 5);
-    assert_eq!(
-        snctld::store::SCHEMA_VERSION,
-        5,
-        "add a fixture of the new schema"
-    );
+    state_of_schema(dir.path(), version);
     let daemon = TestDaemon::in_dir(dir.path());
-    assert_eq!(daemon.names(), ["desk", "prod"]);
+    assert_eq!(daemon.names(), ["desk", "prod"], "schema {version}");
     let mut client = daemon.client();
     for name in ["prod", "desk"] {
         let shown = client.show(name).unwrap();
         assert_eq!(shown.client_id, CLIENT_ID);
-        assert_eq!(shown.state, AuthState::Ok, "{name}");
+        assert_eq!(shown.state, AuthState::Ok, "schema {version}: {name}");
         let token = client.token(name).unwrap();
         assert!(!token.access_token.expose().is_empty());
         assert_eq!(token.instance_url, shown.instance_url);
     }
     let desk = client.show("desk").unwrap();
     assert_eq!(desk.login.unwrap().username.as_deref(), Some(USER));
+    (dir, daemon)
+}
+
+#[test]
+fn a_database_of_schema_5_keeps_its_signatures_through_the_migration() {
+    // Schema 6 added the proxy setting; a row signed before it (proxy off)
+    // keeps its MAC, so nothing is refused or signed again.
+    let (_dir, daemon) = serves_as_written(5);
+    assert!(!daemon.client().show("prod").unwrap().proxy);
+}
+
+#[test]
+fn a_database_of_the_current_schema_serves_as_written() {
+    assert_eq!(
+        snctld::store::SCHEMA_VERSION,
+        6,
+        "add a fixture of the new schema"
+    );
+    let (dir, daemon) = serves_as_written(6);
+    let mut client = daemon.client();
+    let prod = client.show("prod").unwrap();
+    assert!(prod.proxy, "prod was added with --proxy");
+    let socket = dir.path().join("proxy").join("prod.sock");
+    assert_eq!(
+        prod.proxy_socket.map(|s| (s.path, s.error)),
+        Some((socket.display().to_string(), None))
+    );
+    assert!(!client.show("desk").unwrap().proxy);
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
 }

@@ -123,6 +123,10 @@ pub struct Add {
     pub refresh_token_lifespan: Option<u64>,
     #[command(flatten)]
     pub readers: ReaderArgs,
+    /// Serve it on a proxy socket of its own as well (DIR/NAME.sock, see `snctl
+    /// show NAME`): plain HTTP there reaches the instance with its token added.
+    #[arg(long)]
+    pub proxy: bool,
 }
 
 /// The arguments of `snctl login`.
@@ -229,6 +233,23 @@ pub struct Update {
     /// Let anyone who can open the socket read its tokens (clears the readers).
     #[arg(long, conflicts_with_all = ["allow_user", "allow_group", "allow_unit"])]
     pub allow_anyone: bool,
+    /// Turn its proxy socket on or off, at once (no restart); `snctl show NAME`
+    /// says where it is.
+    #[arg(long, value_enum, value_name = "on|off")]
+    pub proxy: Option<Switch>,
+}
+
+/// `on` or `off`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    pub fn is_on(self) -> bool {
+        self == Switch::On
+    }
 }
 
 /// The arguments of `snctl remove`.

@@ -217,7 +217,54 @@ pub fn print_show(a: &AuthSummary) {
         }
     }
     println!("readers:       {}", describe_readers(&a.readers));
+    println!("proxy:         {}", describe_proxy(a));
     println!("added:         {}", time(Some(a.created_at)));
+}
+
+/// Where an authentication's proxy socket is, and why it does not serve
+/// when it does not.
+pub fn describe_proxy(a: &AuthSummary) -> String {
+    let Some(socket) = &a.proxy_socket else {
+        return match a.proxy {
+            true => "on (the daemon reports no socket)".into(),
+            false => "off".into(),
+        };
+    };
+    let by = match a.proxy {
+        true => "",
+        false => " (named in snctld.toml's [proxy])",
+    };
+    match &socket.error {
+        None => format!("{}{by}", socket.path),
+        Some(error) => format!("{}{by}, not serving: {error}", socket.path),
+    }
+}
+
+/// After `add --proxy` or `update --proxy`: where the proxy is and how to
+/// use it, or off. A socket that could not be bound is an error (the
+/// setting is saved all the same).
+pub fn print_proxy(a: &AuthSummary) -> Result<(), Failure> {
+    let name = &a.name;
+    match &a.proxy_socket {
+        Some(socket) if socket.error.is_none() => {
+            println!(
+                "proxy: {}{}; e.g. curl --unix-socket {} http://localhost/api/now/table/sys_user?sysparm_limit=1",
+                socket.path,
+                if a.proxy { "" } else { " (named in snctld.toml's [proxy], which keeps it on)" },
+                socket.path
+            );
+            Ok(())
+        }
+        Some(socket) => Err(other(format!(
+            "{name}'s proxy is on but its socket {} does not serve: {}; snctld tries again at              the next change or start (`snctl update {name} --proxy off` turns it off)",
+            socket.path,
+            socket.error.as_deref().unwrap_or_default()
+        ))),
+        None => {
+            println!("proxy: off");
+            Ok(())
+        }
+    }
 }
 
 pub fn describe_readers(r: &Readers) -> String {

@@ -9,7 +9,9 @@ use super::connect;
 use super::login::browser_login;
 use crate::cli;
 use crate::failure::{other, usage, Failure};
-use crate::output::{print_login_deadline, print_login_user, print_verifier_help, time_or_dash};
+use crate::output::{
+    print_login_deadline, print_login_user, print_proxy, print_verifier_help, time_or_dash,
+};
 use crate::prompt::{new_client_secret, read_secret, read_user, write_new_file, StdinLines};
 
 /// A lifespan under a day is legal but usually a unit mix-up.
@@ -39,6 +41,7 @@ pub fn add(socket: Option<&Path>, args: cli::Add) -> Result<(), Failure> {
         redirect_port,
         refresh_token_lifespan,
         readers,
+        proxy,
     } = args;
     snctl_shared::name::validate(&name).map_err(usage)?;
     note_short_lifespan(refresh_token_lifespan);
@@ -73,6 +76,7 @@ pub fn add(socket: Option<&Path>, args: cli::Add) -> Result<(), Failure> {
         refresh_lifespan_secs: refresh_token_lifespan,
         readers: readers.readers(),
         jwt: jwt.map(|(settings, _)| settings),
+        proxy,
     };
     let summary = match grant {
         Grant::ClientCredentials | Grant::JwtBearer => connect(socket)?.add(request)?,
@@ -101,7 +105,10 @@ pub fn add(socket: Option<&Path>, args: cli::Add) -> Result<(), Failure> {
     );
     print_login_user(&summary);
     print_login_deadline(&summary);
-    Ok(())
+    match proxy {
+        true => print_proxy(&summary),
+        false => Ok(()),
+    }
 }
 
 /// `snctl update`: the daemon changes the authentication once the new
@@ -119,6 +126,7 @@ pub fn update(socket: Option<&Path>, args: cli::Update) -> Result<(), Failure> {
         refresh_token_lifespan,
         readers,
         allow_anyone,
+        proxy,
     } = args;
     note_short_lifespan(refresh_token_lifespan);
     let readers = readers.readers();
@@ -139,6 +147,7 @@ pub fn update(socket: Option<&Path>, args: cli::Update) -> Result<(), Failure> {
         redirect_port,
         refresh_lifespan_secs: refresh_token_lifespan,
         readers,
+        proxy: proxy.map(cli::Switch::is_on),
     })?;
     if summary.state == AuthState::NeedsLogin {
         println!(
@@ -161,7 +170,10 @@ pub fn update(socket: Option<&Path>, args: cli::Update) -> Result<(), Failure> {
         println!("register this Redirect URL on the Application Registry record: {uri}");
     }
     print_login_deadline(&summary);
-    Ok(())
+    match proxy {
+        Some(_) => print_proxy(&summary),
+        None => Ok(()),
+    }
 }
 
 /// `snctl refresh`: a new access token now.

@@ -39,6 +39,8 @@
 //! [`Access::require_reader`]: crate::access::Access::require_reader
 //! [`Tokens::replace_refused`]: crate::tokens::Tokens::replace_refused
 
+pub mod sockets;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -76,7 +78,7 @@ use crate::settings::{debug, optional, Applies, Changes, InvalidSetting};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
     pub names: Vec<String>,
-    /// Every authentication there is when the daemon starts.
+    /// Every authentication there is, added later ones too.
     pub all: bool,
     /// Where the `NAME.sock` files go; `None`: the socket's directory +
     /// `/proxy`.
@@ -177,13 +179,14 @@ impl ProxyConfig {
         Ok(())
     }
 
-    /// What differs in `new`; the proxies are set up when the daemon starts.
+    /// What differs in `new`: which authentications are proxied applies at
+    /// once ([`sockets`]); where and how, at the next start.
     pub fn changes(&self, new: &ProxyConfig) -> Changes {
-        let next = Applies::NextStart;
+        let (now, next) = (Applies::Now, Applies::NextStart);
         let mut changes = Changes::default();
         changes
-            .compare("proxy.names", next, &self.names, &new.names, debug)
-            .compare("proxy.all", next, &self.all, &new.all, debug)
+            .compare("proxy.names", now, &self.names, &new.names, debug)
+            .compare("proxy.all", now, &self.all, &new.all, debug)
             .compare("proxy.dir", next, &self.dir, &new.dir, optional)
             .compare(
                 "proxy.on_rate_limit",
@@ -282,16 +285,17 @@ impl Proxy {
     }
 }
 
-/// Serves `proxy` on its Unix socket `listener` until `stop`, then lets
-/// the requests in flight finish.
+/// Serves `proxy` on its Unix socket `listener` until `stop`, its
+/// connections on `connections`. Returns once the listener is closed (its
+/// socket file gone); the requests in flight finish on `connections`.
 pub(crate) async fn serve(
     listener: Listener,
     proxy: Arc<Proxy>,
     limits: Limits,
     stop: CancellationToken,
+    connections: TaskTracker,
 ) {
     let gate = Gate::new(&limits);
-    let tracker = TaskTracker::new();
     while let Some((stream, peer)) = listener.next(&stop).await {
         // The main socket's limits, per proxy socket.
         let Some(admitted) = gate.admit(&peer, proxy.daemon.access().is_admin(&peer)) else {
@@ -299,7 +303,7 @@ pub(crate) async fn serve(
         };
         let proxy = proxy.clone();
         let peer = Arc::new(peer);
-        tracker.spawn(connection(
+        connections.spawn(connection(
             stream,
             limits.read_timeout,
             stop.clone(),
@@ -311,19 +315,20 @@ pub(crate) async fn serve(
         ));
     }
     drop(listener);
-    tracker.close();
-    tracker.wait().await;
 }
 
-/// Serves every proxy in `proxies` on one TCP `listener` (127.0.0.1), the
+/// The proxies serving now, by authentication name: what the TCP listener
+/// routes `/NAME/…` to. Kept by [`sockets`] as they are turned on and off.
+pub(crate) type Routes = Arc<std::sync::RwLock<HashMap<String, Arc<Proxy>>>>;
+
+/// Serves every proxy in `routes` on one TCP `listener` (127.0.0.1), the
 /// authentication named by the first path segment, until `stop`.
 pub(crate) async fn serve_tcp(
     listener: tokio::net::TcpListener,
-    proxies: HashMap<String, Arc<Proxy>>,
+    proxies: Routes,
     limits: Limits,
     stop: CancellationToken,
 ) {
-    let proxies = Arc::new(proxies);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = TaskTracker::new();
     loop {
@@ -405,10 +410,7 @@ async fn connection<S, A, F, Fut>(
 /// A request on the TCP listener: refused when it comes from a browser
 /// page (an `Origin`) or lacks `X-Snctl-Proxy: 1`; else `/NAME/rest` goes
 /// to `NAME`'s proxy as `/rest`.
-async fn over_tcp(
-    proxies: &HashMap<String, Arc<Proxy>>,
-    mut request: Request<Incoming>,
-) -> Response<Body> {
+async fn over_tcp(proxies: &Routes, mut request: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -461,7 +463,12 @@ async fn over_tcp(
     }
     let rest = path.strip_prefix('/').unwrap_or(&path);
     let (name, rest) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let Some(proxy) = proxies.get(name) else {
+    let proxy = proxies
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .cloned();
+    let Some(proxy) = proxy else {
         return refuse(
             StatusCode::NOT_FOUND,
             "not_found",
