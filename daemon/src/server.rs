@@ -388,10 +388,16 @@ fn check_dir(dir: &Path) -> Result<(), BindError> {
 /// `snctl`), so that its members may connect. A group that does not exist
 /// is skipped with a warning.
 fn give_group(path: &Path, name: &str) -> Result<(), BindError> {
+    use std::os::unix::fs::MetadataExt;
     let Some(gid) = crate::access::group_id(name) else {
         tracing::warn!(group = %name, "the socket group does not exist: only root, snctld's user and its primary group can connect");
         return Ok(());
     };
+    // Already its group when it is snctld's own (the shipped unit's
+    // Group=): no chown, which the unit's system call filter denies.
+    if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.gid() == gid) {
+        return Ok(());
+    }
     std::os::unix::fs::lchown(path, None, Some(gid)).map_err(|source| BindError::Group {
         path: path.to_path_buf(),
         group: name.to_string(),
