@@ -75,7 +75,8 @@ pub enum Command {
     Update(Update),
     /// Revoke the tokens at the instance (best effort), then delete.
     Remove(Remove),
-    /// Run a command with SN_INSTANCE_URL and SN_ACCESS_TOKEN set.
+    /// Run a command with SN_INSTANCE_URL (and SN_HOST, as Ansible's servicenow.itsm
+    /// reads it) and SN_ACCESS_TOKEN set.
     Exec(Exec),
     /// Show the daemon's state.
     Status(Status),
