@@ -3,7 +3,9 @@
 //! Every failure prints one line on stderr, `snctl: what happened: what to
 //! do`, and exits with the documented code: 0 ok, 1 other, 2 usage,
 //! 3 daemon unreachable, 4 not found, 5 needs login, 6 forbidden,
-//! 7 upstream error.
+//! 7 upstream error. `snctl check` alone follows the monitoring-plugins
+//! convention instead (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN), its verdict
+//! on standard output even for errors.
 //!
 //! The rooms: [`cli`] defines the commands and options, [`commands`] does
 //! each, [`output`] prints what comes back, [`prompt`] reads secrets and
