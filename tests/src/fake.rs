@@ -46,7 +46,9 @@
 //!   streaming tests.
 //! - `GET /api/now/attachment/<sys_id>/file` needs a valid bearer token and answers
 //!   [`DOWNLOAD_BYTES`] bytes, a download larger than any socket buffer.
-//! - Table responses carry ServiceNow's session cookies (`Set-Cookie: JSESSIONID=…`).
+//! - Table responses carry ServiceNow's session cookies (`Set-Cookie: JSESSIONID=…`)
+//!   and `X-Total-Count`; with `sysparm_display_value=all` each field is an object
+//!   of `value` and `display_value`, as pysnc asks by default.
 //! - A test can have the next table request answered `429` with `Retry-After`
 //!   ([`FakeInstance::rate_limit_next_table`]) and can revoke every access token
 //!   ([`FakeInstance::revoke_access_tokens`]).
@@ -990,12 +992,28 @@ impl State {
         if !token.is_some_and(|t| self.access_token_valid(t)) {
             return Response::new(401, JSON, NOT_AUTHENTICATED);
         }
-        let body = serde_json::json!({"result": [{
+        let mut record = serde_json::json!({
             "sys_id": format!("{:032x}", rand::random::<u128>()),
             "number": "INC0010001",
             "short_description": "fake incident",
-        }]});
+        });
+        // `sysparm_display_value=all` (pysnc's default) gives each field as
+        // its value and display value.
+        let query = parse_form(req.query().as_bytes());
+        if param(&query, "sysparm_display_value") == Some("all") {
+            for field in record
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|r| r.values_mut())
+            {
+                *field =
+                    serde_json::json!({"value": field.clone(), "display_value": field.clone()});
+            }
+        }
+        let body = serde_json::json!({"result": [record]});
         let mut response = Response::new(200, JSON, body.to_string());
+        // How many records match, as the Table API says; clients page by it.
+        response.headers.push(("X-Total-Count", "1".to_owned()));
         let session = format!("{:032x}", rand::random::<u128>());
         response.headers.push((
             "Set-Cookie",

@@ -36,6 +36,7 @@ fn after_help() -> String {
     for (code, meaning) in EXIT_CODES {
         text += &format!("  {code}  {meaning}\n");
     }
+    text += "  (snctl check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; see snctl check --help)\n";
     text += "\nExample (the client secret is prompted for):\n";
     for line in EXAMPLES {
         text += &format!("  {line}\n");
@@ -74,10 +75,16 @@ pub enum Command {
     Update(Update),
     /// Revoke the tokens at the instance (best effort), then delete.
     Remove(Remove),
-    /// Run a command with SN_INSTANCE_URL and SN_ACCESS_TOKEN set.
+    /// Run a command with SN_INSTANCE_URL (and SN_HOST, as Ansible's servicenow.itsm
+    /// reads it) and SN_ACCESS_TOKEN set.
     Exec(Exec),
     /// Show the daemon's state.
     Status(Status),
+    /// Check the authentications for a monitoring system (Nagios, Icinga,
+    /// Zabbix, Sensu): one status line with perfdata, exit 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN.
+    #[command(after_help = check_after_help())]
+    Check(Check),
     /// Write a consistent copy of the daemon's database to FILE (mode 0600):
     /// sealed secrets only; the master key is not in it.
     Backup(Backup),
@@ -281,6 +288,57 @@ pub struct Exec {
 #[derive(clap::Args, Debug)]
 pub struct Status {
     /// Print the state as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `snctl check`'s exit codes mean: the monitoring-plugins
+/// convention, not snctl's own.
+pub const CHECK_EXIT_CODES: [(u8, &str); 4] = [
+    (0, "OK: every authentication checked is healthy"),
+    (
+        1,
+        "WARNING: refreshes failing while a valid token is still in hand, \
+         or a login deadline within --warn-days",
+    ),
+    (
+        2,
+        "CRITICAL: an authentication rejected or needing a login, no valid token to be had, \
+         or the daemon unreachable (CRITICAL, not UNKNOWN: no process on the host gets a token then)",
+    ),
+    (
+        3,
+        "UNKNOWN: a usage error, a name that does not exist or may not be read, \
+         no authentication to check, or an answer check cannot read",
+    ),
+];
+
+/// What `snctl check --help` shows below the options.
+fn check_after_help() -> String {
+    let mut text = String::from(
+        "Exit codes (the monitoring-plugins convention, unlike snctl's other commands):\n",
+    );
+    for (code, meaning) in CHECK_EXIT_CODES {
+        text += &format!("  {code}  {meaning}\n");
+    }
+    text += "\nOutput: one line, e.g. `SNCTL WARNING - desk: login ends in 9d ...; 2 of 3 ok | \
+             'prod token'=1740s;;;0; ...`: per authentication the seconds its access token \
+             stays valid and, for a person's login, the days to its deadline.\n\
+             \nExample (a systemd timer, Nagios' check_by_ssh or a Zabbix UserParameter runs):\n  \
+             snctl check --warn-days 14\n";
+    text
+}
+
+/// The arguments of `snctl check`.
+#[derive(clap::Args, Debug)]
+pub struct Check {
+    /// Authentications to check [default: every one this user may read].
+    #[arg(id = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Warn when a login (refresh-token) deadline is this many days away or less.
+    #[arg(long, value_name = "DAYS", default_value_t = 14)]
+    pub warn_days: u32,
+    /// Print the verdict as JSON (status, exit_code, message, each authentication's findings).
     #[arg(long)]
     pub json: bool,
 }

@@ -3,7 +3,9 @@
 //! Every failure prints one line on stderr, `snctl: what happened: what to
 //! do`, and exits with the documented code: 0 ok, 1 other, 2 usage,
 //! 3 daemon unreachable, 4 not found, 5 needs login, 6 forbidden,
-//! 7 upstream error.
+//! 7 upstream error. `snctl check` alone follows the monitoring-plugins
+//! convention instead (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN), its verdict
+//! on standard output even for errors.
 //!
 //! The rooms: [`cli`] defines the commands and options, [`commands`] does
 //! each, [`output`] prints what comes back, [`prompt`] reads secrets and
@@ -40,8 +42,13 @@ fn main() -> ExitCode {
         None if std::env::args_os().nth(1).is_some_and(|a| a == "generate") => {
             generate::run(generate::Generate::parse_from(std::env::args_os().skip(1)))
         }
-        None => run(Cli::parse()),
+        None => return run(parse()),
     };
+    report(outcome)
+}
+
+/// The exit code of `outcome`, its error printed on stderr.
+fn report(outcome: Result<(), Failure>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -51,10 +58,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line, parsed; on a usage error clap explains and exits 2,
+/// except for `snctl check`, whose monitoring system reads one UNKNOWN line
+/// on standard output and exit code 3.
+fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if error.use_stderr() && invokes_check(std::env::args_os().skip(1)) => {
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            let message = first.strip_prefix("error: ").unwrap_or(first);
+            std::process::exit(i32::from(commands::unknown(&format!(
+                "{message}: see snctl check --help"
+            ))));
+        }
+        Err(error) => error.exit(),
+    }
+}
+
+/// Whether the command named is `check` (after any `--socket PATH`).
+fn invokes_check(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let mut args = args;
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--socket") => {
+                args.next();
+            }
+            Some(a) if a.starts_with('-') => {}
+            Some(a) => return a == "check",
+            None => return false,
+        }
+    }
+    false
+}
+
 /// Hands the parsed command to the function that does it.
-fn run(cli: Cli) -> Result<(), Failure> {
+fn run(cli: Cli) -> ExitCode {
     let socket = cli.socket.as_deref();
-    match cli.command {
+    let outcome = match cli.command {
+        // Its own exit codes, and its own output even for errors.
+        Command::Check(args) => return ExitCode::from(commands::check(socket, &args)),
         Command::Add(args) => commands::add(socket, args),
         Command::Login(args) => commands::login(socket, args),
         Command::Doctor(args) => commands::doctor(socket, args),
@@ -67,5 +110,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Exec(args) => commands::exec(socket, args),
         Command::Status(args) => commands::status(socket, args),
         Command::Backup(args) => commands::backup(socket, args),
-    }
+    };
+    report(outcome)
 }

@@ -2,6 +2,7 @@
 //! the daemon, asking, and printing the answer (with [`crate::output`]).
 //! `main` only dispatches to them.
 
+mod check;
 mod inspect;
 mod login;
 mod manage;
@@ -13,6 +14,7 @@ use snctl::Client;
 
 use crate::failure::Failure;
 
+pub use check::{check, unknown};
 pub use inspect::{doctor, list, show, status};
 pub use login::login;
 pub use manage::{add, backup, refresh, remove, update};

@@ -53,6 +53,9 @@ pub fn exec(socket: Option<&Path>, args: cli::Exec) -> Result<(), Failure> {
         .args(args)
         .env("SN_INSTANCE_URL", &token.instance_url)
         .env("SN_ACCESS_TOKEN", token.access_token.expose())
+        // Ansible's servicenow.itsm reads its instance from SN_HOST (a URL
+        // with its scheme) and its token from SN_ACCESS_TOKEN.
+        .env("SN_HOST", &token.instance_url)
         .exec();
     Err(Failure {
         // What a shell answers for a command it cannot find or run.
