@@ -390,6 +390,9 @@ async fn connection<S, A, F, Fut>(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
+        // A caller that shuts its write side once the request is sent
+        // (socat, `nc -N`) still gets the answer.
+        .half_close(true)
         .serve_connection(
             TokioIo::new(WriteBounded::new(stream, read_timeout)),
             service,

@@ -1111,3 +1111,20 @@ fn proxy_names_in_the_configuration_apply_on_sighup() {
     assert!(harness::wait_until(Duration::from_secs(20), || !socket.exists()));
     assert!(daemon.stop());
 }
+
+#[test]
+fn proxy_answers_a_caller_that_half_closes_after_its_request() {
+    // socat, `nc -N` and some scripts shut their write side once the
+    // request is sent, then read the answer.
+    let prod = proxied();
+    let mut stream = UnixStream::connect(proxy_socket(prod.dir.path())).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let request = format!("GET {TABLE} HTTP/1.1\r\nHost: sn\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut stream)).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("INC0010001"), "{answer}");
+}
