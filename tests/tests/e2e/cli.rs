@@ -372,3 +372,122 @@ printf '%s\n' "${{COMPREPLY[@]}}""#
     // `list` takes no name.
     assert!(!complete(&["snctl", "list", " "]).contains(&"prod".to_string()));
 }
+
+/// Whether `shell` is installed; says so when it is not.
+fn have_shell(shell: &str) -> bool {
+    let found = std::process::Command::new(shell)
+        .args(["-c", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("SNCTL_TEST_REQUIRE_CLIENTS").is_none(),
+            "{shell} is required here (SNCTL_TEST_REQUIRE_CLIENTS): apt-get install {shell}"
+        );
+        eprintln!("skipped for {shell}: not installed (apt-get install {shell})");
+    }
+    found
+}
+
+#[test]
+fn fish_and_zsh_complete_authentication_names_from_the_daemon() {
+    use snctl_tests::harness::bin;
+    use std::process::Command;
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::in_dir(dir.path());
+    let sock = daemon.socket();
+    for name in ["prod", "preprod", "dev"] {
+        let out = crate::add_by_secret(sock, &fake.url(), name);
+        assert!(out.status.success(), "add: {}", text(&out.stderr));
+    }
+    let path = format!(
+        "{}:{}",
+        bin("snctl").parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = |shell: &str| {
+        let out = Command::new(bin("snctl"))
+            .args(["generate", "completions", shell])
+            .output()
+            .unwrap();
+        let file = dir.path().join(format!("snctl.{shell}"));
+        std::fs::write(&file, out.stdout).unwrap();
+        file
+    };
+    let run = |shell: &str, program: &str, script: &std::path::Path| -> Vec<String> {
+        let mut command = Command::new(shell);
+        command.args(["-c", program]);
+        // zsh, like bash, takes the next word as $0; fish has no $0.
+        if shell == "zsh" {
+            command.arg(shell);
+        }
+        let out = command
+            .arg(script)
+            .env("SNCTL_SOCKET", sock)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let mut offered: Vec<String> = text(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        offered.sort();
+        offered
+    };
+
+    if have_shell("fish") {
+        let file = script("fish");
+        // fish's own completion of a command line, as a <TAB> would ask.
+        let complete = |line: &str| {
+            let program = format!("source $argv[1]; complete -C '{line}'");
+            run("fish", &program, &file)
+        };
+        assert_eq!(complete("snctl token pr"), ["preprod", "prod"]);
+        assert_eq!(complete("snctl show d"), ["dev"]);
+        let socket = sock.display().to_string();
+        assert_eq!(
+            complete(&format!("snctl --socket {socket} remove p")),
+            ["preprod", "prod"]
+        );
+        assert!(complete("snctl to").contains(&"token".to_string()));
+        assert!(!complete("snctl add ").contains(&"prod".to_string()));
+    }
+
+    if have_shell("zsh") {
+        let file = script("zsh");
+        // The script as zsh reads it, with compsys's helpers standing in:
+        // what `_snctl_auth_names` offers for the words typed.
+        let complete = |words: &str| {
+            let program = format!(
+                r#"compdef() {{ }}
+_call_program() {{ shift; "$@" }}
+_describe() {{ print -rl -- ${{(P)${{@[-1]}}}} }}
+source "$1"
+words=({words})
+_snctl_auth_names"#
+            );
+            run("zsh", &program, &file)
+        };
+        assert_eq!(complete("snctl token ''"), ["dev", "preprod", "prod"]);
+        let socket = sock.display().to_string();
+        assert_eq!(
+            complete(&format!("snctl --socket {socket} show ''")),
+            ["dev", "preprod", "prod"]
+        );
+        // The NAME of each command that takes an existing one, never add's.
+        let text = std::fs::read_to_string(&file).unwrap();
+        let uses = text.matches(":_snctl_auth_names'").count();
+        assert!(uses >= 8, "{uses} commands complete names");
+        let add = text
+            .split("(add)\n")
+            .nth(1)
+            .unwrap()
+            .split(";;")
+            .next()
+            .unwrap();
+        assert!(!add.contains("_snctl_auth_names"), "{add}");
+    }
+}

@@ -155,27 +155,104 @@ fn source() -> String {
     format!("snctl {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The completion script of `shell` for every command and option; bash's
-/// also completes the names of authentications, asking the daemon.
+/// The completion script of `shell` for every command and option; bash's,
+/// zsh's and fish's also complete the names of authentications, asking
+/// the daemon (`snctl list --names`).
 pub fn completions(shell: Shell, out: &mut dyn Write) {
     let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "snctl", out);
-    if shell == Shell::Bash {
-        let _ = out.write_all(bash_names(&cmd).as_bytes());
-    }
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "snctl", &mut script);
+    let script = String::from_utf8_lossy(&script);
+    let commands = taking_names(&cmd);
+    let script = match shell {
+        Shell::Bash => format!("{script}{}", bash_names(&commands)),
+        Shell::Zsh => zsh_names(&script, &commands),
+        Shell::Fish => format!("{script}{}", fish_names(&commands)),
+        _ => script.into_owned(),
+    };
+    let _ = out.write_all(script.as_bytes());
 }
 
-/// Bash: where a command takes the name of an existing authentication
-/// (every command with a NAME but `add`), the word right after it
-/// completes from `snctl list --names`, with the `--socket` typed before
-/// the command; everything else is clap's completion.
-fn bash_names(cmd: &clap::Command) -> String {
-    let commands: Vec<&str> = cmd
-        .get_subcommands()
+/// The commands whose first argument is the name of an existing
+/// authentication: every command with a NAME but `add`.
+fn taking_names(cmd: &clap::Command) -> Vec<&str> {
+    cmd.get_subcommands()
         .filter(|sub| sub.get_name() != "add")
         .filter(|sub| sub.get_positionals().any(|arg| arg.get_id() == "name"))
         .map(|sub| sub.get_name())
-        .collect();
+        .collect()
+}
+
+/// Zsh: clap's script with the NAME of those commands completed by
+/// `_snctl_auth_names` instead of file names (the socket is `--socket`
+/// when typed before the command, else `SNCTL_SOCKET` or the default).
+fn zsh_names(script: &str, commands: &[&str]) -> String {
+    const NAME: &str = "':name -- ";
+    let mut out = String::with_capacity(script.len() + 1024);
+    let mut command = "";
+    for line in script.lines() {
+        let trimmed = line.trim();
+        if let Some(label) = trimmed.strip_prefix('(').and_then(|l| l.strip_suffix(')')) {
+            command = label;
+        }
+        if trimmed.starts_with(NAME) && commands.contains(&command) {
+            out.push_str(&line.replace(":_default'", ":_snctl_auth_names'"));
+        } else {
+            if trimmed.starts_with("if [ \"$funcstack[1]\" = \"_snctl\" ]") {
+                out.push_str(ZSH_NAMES);
+            }
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+const ZSH_NAMES: &str = r#"(( $+functions[_snctl_auth_names] )) ||
+_snctl_auth_names() {
+    local -a names socket
+    local i
+    for (( i = 1; i < ${#words}; i++ )); do
+        case $words[i] in
+            --socket) socket=(--socket "$words[i+1]") ;;
+            --socket=*) socket=(--socket "${words[i]#--socket=}") ;;
+        esac
+    done
+    names=(${(f)"$(_call_program names snctl $socket list --names 2>/dev/null)"})
+    _describe -t names 'authentication' names
+}
+
+"#;
+
+/// Fish: after one of those commands, the names; the socket as for zsh.
+fn fish_names(commands: &[&str]) -> String {
+    format!(
+        r#"
+# Authentication names, from the daemon, right after the commands that take one.
+function __fish_snctl_auth_names
+    set -l words (commandline -opc)
+    set -l at (contains -i -- --socket $words)
+    if test -n "$at"
+        snctl --socket $words[(math $at + 1)] list --names 2>/dev/null
+    else
+        snctl list --names 2>/dev/null
+    end
+end
+function __fish_snctl_wants_name
+    set -l words (commandline -opc)
+    contains -- $words[-1] {commands}
+end
+complete -c snctl -n __fish_snctl_wants_name -f -a "(__fish_snctl_auth_names)"
+"#,
+        commands = commands.join(" ")
+    )
+}
+
+/// Bash: where a command takes the name of an existing authentication,
+/// the word right after it completes from `snctl list --names`, with the
+/// `--socket` typed before the command; everything else is clap's
+/// completion.
+fn bash_names(commands: &[&str]) -> String {
     format!(
         r#"
 # Authentication names, from the daemon, after the commands that take one.
