@@ -43,7 +43,7 @@
 //! tcp_port = 8752         # also serve http://127.0.0.1:8752/NAME/… (off by default)
 //!
 //! [metrics]
-//! listen = "127.0.0.1:9474"   # or "/run/snctld/metrics.sock": serve /metrics (off by default)
+//! listen = "127.0.0.1:9474"   # or "/run/snctld/metrics/metrics.sock": serve /metrics (off by default)
 //! ```
 //!
 //! Each section is defined by the module that uses it (`[server]`

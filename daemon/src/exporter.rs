@@ -90,7 +90,7 @@ fn parse_listen(listen: &str) -> Result<MetricsListen, InvalidSetting> {
     let addr: SocketAddr = listen.parse().map_err(|_| {
         InvalidSetting(format!(
             "metrics.listen: {listen:?} is neither an absolute socket path nor an address with \
-             a port, e.g. \"127.0.0.1:9474\" or \"/run/snctld/metrics.sock\""
+             a port, e.g. \"127.0.0.1:9474\" or \"/run/snctld/metrics/metrics.sock\""
         ))
     })?;
     if !addr.ip().is_loopback() {
@@ -283,8 +283,10 @@ mod tests {
             Ok(MetricsListen::Tcp(_))
         ));
         assert_eq!(
-            parse_listen("/run/snctld/metrics.sock"),
-            Ok(MetricsListen::Unix("/run/snctld/metrics.sock".into()))
+            parse_listen("/run/snctld/metrics/metrics.sock"),
+            Ok(MetricsListen::Unix(
+                "/run/snctld/metrics/metrics.sock".into()
+            ))
         );
         for bad in ["0.0.0.0:9474", "192.168.1.5:9474", "[::]:9474"] {
             let e = parse_listen(bad).unwrap_err().0;

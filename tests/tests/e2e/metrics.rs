@@ -377,6 +377,18 @@ fn metrics_on_a_unix_socket_have_the_families_of_tcp() {
     for daemon in [&tcp, &unix] {
         run_ok(daemon.socket(), &["token", "prod"]);
     }
+    // Requests through prod's proxy are counted by status class (and the
+    // token the proxy puts on one, as handed out).
+    let printed = run_ok(unix.socket(), &["update", "prod", "--proxy", "on"]);
+    let proxy = dir.path().join("proxy/prod.sock");
+    assert!(printed.contains(&proxy.display().to_string()), "{printed}");
+    let table = "/api/now/table/incident?sysparm_limit=1";
+    let stream = std::os::unix::net::UnixStream::connect(&proxy).unwrap();
+    let (status, body) = get(stream, table, "Host: localhost\r\n");
+    assert_eq!(status, 200, "{body}");
+    let stream = std::os::unix::net::UnixStream::connect(&proxy).unwrap();
+    let (status, _) = get(stream, "http://elsewhere/", "Host: localhost\r\n");
+    assert_eq!(status, 400);
     let (status, over_tcp) = get_tcp(port, "/metrics", "Host: 127.0.0.1\r\n");
     assert_eq!(status, 200, "{over_tcp}");
     let path = dir.path().join("metrics.sock");
@@ -387,15 +399,29 @@ fn metrics_on_a_unix_socket_have_the_families_of_tcp() {
     assert_eq!(status, 200, "{over_unix}");
     let (over_tcp, over_unix) = (parse(&over_tcp), parse(&over_unix));
     assert_eq!(shape(&over_unix), shape(&over_tcp));
-    for families in [&over_tcp, &over_unix] {
-        let handed = value(
+    let counted = |families: &BTreeMap<String, Value>, family: &str, labels: &[(&str, &str)]| {
+        value(families, family, &format!("{family}_total"), labels)
+    };
+    let handed = |families| {
+        counted(
             families,
             "snctl_auth_tokens_handed_out",
-            "snctl_auth_tokens_handed_out_total",
             &[("name", "prod")],
-        );
-        assert_eq!(handed, 1.0);
-    }
+        )
+    };
+    assert_eq!(handed(&over_tcp), 1.0);
+    assert_eq!(handed(&over_unix), 2.0);
+    let proxied = |class| {
+        counted(
+            &over_unix,
+            "snctl_auth_proxied_requests",
+            &[("name", "prod"), ("code", class)],
+        )
+    };
+    assert_eq!(
+        [proxied("2xx"), proxied("4xx"), proxied("5xx")],
+        [1.0, 1.0, 0.0]
+    );
 }
 
 /// promtool, when it is installed; else the skip (or the failure in CI).
