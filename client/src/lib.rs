@@ -426,6 +426,15 @@ impl Client {
         }
     }
 
+    /// The daemon's metrics as OpenMetrics text (ending with `# EOF`): its
+    /// own, and those of the authentications this caller may read.
+    pub fn metrics(&mut self) -> Result<String, ClientError> {
+        match self.request(&Request::Metrics)? {
+            Reply::Metrics(text) => Ok(text),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
     /// Registers an authentication; the daemon saves it only once it has
     /// obtained a token with it.
     pub fn add(&mut self, request: AddRequest) -> Result<AuthSummary, ClientError> {

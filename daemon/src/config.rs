@@ -41,13 +41,16 @@
 //! on_rate_limit = "reject"  # while a 429 holds: answer 429 at once, or "hold" the request
 //! hold_max_secs = 30      # "hold" waits at most this long, else 429 at once
 //! tcp_port = 8752         # also serve http://127.0.0.1:8752/NAME/… (off by default)
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9474"   # or "/run/snctld/metrics/metrics.sock": serve /metrics (off by default)
 //! ```
 //!
 //! Each section is defined by the module that uses it (`[server]`
 //! [`crate::server`], `[refresh]` and `[login]` [`crate::tokens`],
 //! `[access]` [`crate::access`], `[master_key]` [`crate::crypto`], `[http]`
 //! [`crate::servicenow`], `[log]` [`crate::logging`], `[proxy]`
-//! [`crate::proxy`]). This module finds the file and assembles the
+//! [`crate::proxy`], `[metrics]` [`crate::exporter`]). This module finds the file and assembles the
 //! sections.
 //!
 //! SIGHUP reads the file again ([`Config::reload`]) and compares it with the
@@ -62,6 +65,8 @@ use snctl_shared::paths::{self, APP_DIR, SOCKET_FILE};
 
 use crate::access::{AccessConfig, AccessSection};
 use crate::crypto::{KeySources, MasterKeyConfig};
+use crate::exporter::MetricsSection;
+pub use crate::exporter::{MetricsConfig, MetricsListen};
 use crate::logging::{LogConfig, LogSection};
 use crate::ownership::{self, UnsafeFile};
 use crate::proxy::ProxySection;
@@ -95,6 +100,8 @@ pub struct Config {
     pub origin: Option<Origin>,
     /// `[proxy]`: the local authenticating proxies.
     pub proxy: ProxyConfig,
+    /// `[metrics]`: where `/metrics` is served, if anywhere.
+    pub metrics: MetricsConfig,
 }
 
 /// The inputs of [`Config::load`], kept for [`Config::reload`].
@@ -168,6 +175,8 @@ struct File {
     log: LogSection,
     #[serde(default)]
     proxy: ProxySection,
+    #[serde(default)]
+    metrics: MetricsSection,
 }
 
 fn env_dir(var: &str) -> Option<PathBuf> {
@@ -200,6 +209,7 @@ impl Config {
             log: LogConfig::default(),
             origin: None,
             proxy: ProxyConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 
@@ -287,7 +297,8 @@ impl Config {
         self.login.apply(file.login)?;
         self.http.apply(file.http);
         self.log.apply(file.log)?;
-        self.proxy.apply(file.proxy)
+        self.proxy.apply(file.proxy)?;
+        self.metrics.apply(file.metrics)
     }
 
     /// Where the master key may be.

@@ -11,8 +11,9 @@ use snctl_shared::protocol::{
 };
 use snctl_shared::PROTOCOL_VERSION;
 
-use crate::access::{Access, Peer};
+use crate::access::{Access, Peer, ReaderIds};
 use crate::backup::Backups;
+use crate::metrics::DaemonSample;
 use crate::proxy::sockets::ProxySockets;
 use crate::server::{Gauge, Handler};
 use crate::tokens::Tokens;
@@ -120,6 +121,9 @@ impl Dispatcher {
             Request::Login(r) => self.tokens.login(r).await.map(auth),
             Request::Doctor(r) => self.tokens.doctor(&r.name).await.map(Reply::Diagnosis),
             Request::Backup(r) => self.backup(r).await,
+            Request::Metrics => Ok(Reply::Metrics(
+                self.metrics(|readers| access.may_read(peer, readers)),
+            )),
         };
         if admin {
             if changes_proxies(&response) {
@@ -173,6 +177,19 @@ impl Dispatcher {
         self.backups.chunk(r).await.map(Reply::Backup)
     }
 
+    /// The OpenMetrics text: the daemon's own metrics, and those of the
+    /// authentications whose readers `visible` accepts.
+    pub fn metrics(&self, visible: impl Fn(&ReaderIds) -> bool) -> String {
+        let daemon = DaemonSample {
+            version: env!("CARGO_PKG_VERSION"),
+            protocol: PROTOCOL_VERSION,
+            uptime: self.started.elapsed(),
+            connections_open: u64::from(self.connections.get()),
+            connections_total: self.connections.total(),
+        };
+        self.tokens.metrics(&daemon, visible)
+    }
+
     /// How the daemon is doing; authentication names only for admins.
     fn status(&self, admin: bool) -> DaemonStatus {
         let overview = self.tokens.overview();
@@ -206,10 +223,15 @@ fn changes_proxies(response: &Response) -> bool {
 }
 
 /// The requests only admins may make: all but reading tokens, the
-/// authentications one may read, and the status.
+/// authentications one may read, the status and the metrics (of the
+/// authentications one may read).
 fn is_admin_request(request: &Request) -> bool {
     match request {
-        Request::Token(_) | Request::List | Request::Show(_) | Request::Status => false,
+        Request::Token(_)
+        | Request::List
+        | Request::Show(_)
+        | Request::Status
+        | Request::Metrics => false,
         Request::Add(_)
         | Request::Update(_)
         | Request::Remove(_)

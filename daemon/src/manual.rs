@@ -114,7 +114,15 @@ mod tests {
     #[test]
     fn the_configuration_page_describes_every_setting_the_readme_shows() {
         let settings = readme_settings();
-        for must in ["[server]", "[proxy]", "tcp_port", "admin_group", "filter"] {
+        for must in [
+            "[server]",
+            "[proxy]",
+            "tcp_port",
+            "admin_group",
+            "filter",
+            "[metrics]",
+            "listen",
+        ] {
             assert!(settings.iter().any(|s| s == must), "README lost {must}");
         }
         for setting in settings {

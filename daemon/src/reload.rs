@@ -30,6 +30,7 @@ pub struct Reload {
     pub master_key: Changes,
     pub http: Changes,
     pub proxy: Changes,
+    pub metrics: Changes,
 }
 
 impl Reload {
@@ -45,6 +46,7 @@ impl Reload {
             master_key: old.master_key.changes(&new.master_key),
             http: old.http.changes(&new.http),
             proxy: old.proxy.changes(&new.proxy),
+            metrics: old.metrics.changes(&new.metrics),
         }
     }
 
@@ -65,6 +67,7 @@ impl Reload {
             &self.login,
             &self.http,
             &self.proxy,
+            &self.metrics,
         ]
         .into_iter()
         .flat_map(Changes::iter)

@@ -22,6 +22,7 @@ use crate::access::Access;
 use crate::backup::Backups;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::exporter::{self, MetricsBindError};
 use crate::proxy::sockets::{self, AtStart, ProxyParts, SocketSettings, Wanted};
 use crate::proxy::{self, Timeouts};
 use crate::reload::reload;
@@ -53,6 +54,8 @@ pub enum ServeError {
     ProxySocket { name: String, error: BindError },
     #[error("proxy on 127.0.0.1:{port}: {error}")]
     ProxyTcp { port: u16, error: std::io::Error },
+    #[error(transparent)]
+    Metrics(#[from] MetricsBindError),
     #[error("the store thread did not stop: {0}")]
     StoreThread(#[from] tokio::task::JoinError),
 }
@@ -98,6 +101,18 @@ pub async fn run_with(
         unix,
         tcp,
     } = bind_proxies(&config, &records).await?;
+    let metrics = match &config.metrics.listen {
+        Some(listen) => Some(
+            exporter::bind(
+                listen,
+                config.socket_mode,
+                config.socket_dir_mode,
+                config.access.socket_group.as_deref(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let (proxy_sockets, commands) = sockets::channel(settings, &unix);
     let http = upstream.http().clone();
     let count = records.len();
@@ -128,6 +143,7 @@ pub async fn run_with(
             unix,
             commands,
             tcp,
+            metrics,
         },
         &dispatcher,
         http,
@@ -202,12 +218,13 @@ async fn bind_proxies(config: &Config, records: &[Record]) -> Result<ProxyListen
 /// The tasks serving the socket and the proxies.
 struct Servers {
     server: JoinHandle<()>,
-    /// The proxy sockets' supervisor, and the TCP listener.
+    /// The proxy sockets' supervisor, the TCP listener and `/metrics`.
     proxies: Vec<JoinHandle<()>>,
 }
 
 /// Spawns the socket server (which says on `started` when it accepts),
-/// the proxy sockets' supervisor and the TCP proxy, all until `stop`.
+/// the proxy sockets' supervisor, the TCP proxy and `/metrics`, all until
+/// `stop`.
 fn spawn_servers(
     config: &Config,
     listener: Listener,
@@ -256,6 +273,14 @@ fn spawn_servers(
             stop.clone(),
         )));
     }
+    if let Some(bound) = proxies.metrics {
+        tasks.push(tokio::spawn(exporter::serve(
+            bound,
+            dispatcher.clone(),
+            config.limits.clone(),
+            stop.clone(),
+        )));
+    }
     Servers {
         server,
         proxies: tasks,
@@ -269,6 +294,8 @@ struct Proxies {
     unix: AtStart,
     commands: sockets::Commands,
     tcp: Option<tokio::net::TcpListener>,
+    /// `/metrics`, when `[metrics] listen` is set.
+    metrics: Option<exporter::Bound>,
 }
 
 /// Starts the watchdog pings and the `STATUS=` reports systemd asked for;

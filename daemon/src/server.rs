@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -509,9 +509,10 @@ impl Drop for UidSlot {
     }
 }
 
-/// Counts open connections for `snctl status`.
+/// Counts open connections for `snctl status`, and every one accepted
+/// for `snctl metrics`.
 #[derive(Default)]
-pub struct Gauge(AtomicU32);
+pub struct Gauge(AtomicU32, AtomicU64);
 
 /// What answers the requests [`serve`] reads: the dispatcher
 /// ([`crate::dispatch::Dispatcher`]), which the server does not know.
@@ -528,6 +529,11 @@ impl Gauge {
     pub fn get(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// How many were accepted since the start.
+    pub fn total(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
+    }
 }
 
 struct Open<'a>(&'a Gauge);
@@ -535,6 +541,7 @@ struct Open<'a>(&'a Gauge);
 impl<'a> Open<'a> {
     fn new(gauge: &'a Gauge) -> Self {
         gauge.0.fetch_add(1, Ordering::Relaxed);
+        gauge.1.fetch_add(1, Ordering::Relaxed);
         Open(gauge)
     }
 }

@@ -426,6 +426,7 @@ mod tests {
                 snapshot: Some(u64::MAX),
                 offset: 1 << 40,
             }),
+            Request::Metrics,
         ];
         for request in requests {
             let frame = encode(&request, MAX_REQUEST_FRAME).unwrap();

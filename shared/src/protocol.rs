@@ -72,6 +72,9 @@ pub enum Request {
     Doctor(NameRequest),
     /// One chunk of an online copy of the database (admins only).
     Backup(BackupRequest),
+    /// The daemon's metrics as OpenMetrics text: the daemon's own, and
+    /// those of each authentication the caller may read.
+    Metrics,
 }
 
 impl Request {
@@ -90,6 +93,7 @@ impl Request {
             Request::Login(_) => "login",
             Request::Doctor(_) => "doctor",
             Request::Backup(_) => "backup",
+            Request::Metrics => "metrics",
         }
     }
 }
@@ -119,6 +123,9 @@ pub enum Reply {
     Diagnosis(Diagnosis),
     /// Answer to [`Request::Backup`].
     Backup(BackupChunk),
+    /// Answer to [`Request::Metrics`]: OpenMetrics text, ending with
+    /// `# EOF`. Never a secret: names, states, times and counts.
+    Metrics(String),
 }
 
 /// Asks for an access token.

@@ -337,6 +337,7 @@ fn request() -> impl Strategy<Value = Request> {
         text().prop_map(|name| Request::Doctor(NameRequest { name })),
         (option::of(any::<u64>()), any::<u64>())
             .prop_map(|(snapshot, offset)| Request::Backup(BackupRequest { snapshot, offset })),
+        Just(Request::Metrics),
     ]
 }
 
@@ -572,6 +573,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                     key,
                 })
             ),
+        text().prop_map(Reply::Metrics),
     ]
 }
 

@@ -161,6 +161,7 @@ fn requests() -> Vec<(Request, &'static str)> {
             }),
             "060000000b0107fb0010",
         ),
+        (Request::Metrics, "010000000c"),
     ];
     // Fails to compile when a request kind is added without a case above.
     let covered: Vec<usize> = cases
@@ -178,9 +179,10 @@ fn requests() -> Vec<(Request, &'static str)> {
             Request::Login(_) => 9,
             Request::Doctor(_) => 10,
             Request::Backup(_) => 11,
+            Request::Metrics => 12,
         })
         .collect();
-    assert_eq!(covered, (0..12).collect::<Vec<_>>());
+    assert_eq!(covered, (0..13).collect::<Vec<_>>());
     cases
 }
 
@@ -255,6 +257,7 @@ fn responses() -> Vec<(Response, &'static str)> {
             }),
             "28000000000707fb0020fb0010030102031a2f7661722f6c69622f736e63746c642f736e63746c642e6b6579",
         ),
+        (Reply::Metrics("# EOF\n".into()), "090000000008062320454f460a"),
     ];
     let errors = vec![
         (Error::NotFound { name: "x".into() }, "0400000001000178"),
@@ -305,9 +308,10 @@ fn responses() -> Vec<(Response, &'static str)> {
             Reply::LoginChallenge(_) => 5,
             Reply::Diagnosis(_) => 6,
             Reply::Backup(_) => 7,
+            Reply::Metrics(_) => 8,
         })
         .collect();
-    assert_eq!(replies_covered, (0..8).collect::<Vec<_>>());
+    assert_eq!(replies_covered, (0..9).collect::<Vec<_>>());
     let errors_covered: Vec<usize> = errors
         .iter()
         .map(|(e, _)| match e {

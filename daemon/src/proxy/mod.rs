@@ -214,7 +214,7 @@ impl ProxyConfig {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The largest request body kept in memory so that it can be sent again
 /// after a refresh; larger ones stream and are not retried.
@@ -371,7 +371,7 @@ pub(crate) async fn serve_tcp(
 /// gracefully on `stop`; `admitted` is held until it ends. The head of a
 /// request must arrive within `read_timeout`, and a write that makes no
 /// progress for as long ends the connection.
-async fn connection<S, A, F, Fut>(
+pub(crate) async fn connection<S, A, F, Fut>(
     stream: S,
     read_timeout: Duration,
     stop: CancellationToken,
@@ -495,6 +495,7 @@ async fn over_tcp(proxies: &Routes, mut request: Request<Incoming>) -> Response<
     }
     let response = proxy.forward(Caller::Tcp, request).await;
     audit(name, rest, response.status());
+    proxy.count(response.status());
     response
 }
 
@@ -520,7 +521,15 @@ impl Proxy {
             duration_ms = started.elapsed().as_millis() as u64,
             "proxied"
         );
+        self.count(response.status());
         response
+    }
+
+    /// Counts an answer for `snctl metrics`.
+    fn count(&self, status: StatusCode) {
+        self.daemon
+            .tokens()
+            .count_proxied(&self.name, status.as_u16());
     }
 
     async fn forward(&self, caller: Caller<'_>, request: Request<Incoming>) -> Response<Body> {

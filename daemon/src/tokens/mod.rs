@@ -45,6 +45,7 @@ use snctl_shared::{Error, Secret};
 
 use crate::access::ReaderIds;
 use crate::clock::Clock;
+use crate::metrics::{AuthCounters, AuthSample, DaemonSample, FailureKind};
 use crate::servicenow::{Failure, Proof, Step, Upstream};
 use crate::store::{Authentication, Record, Store, StoreError, TokenSet};
 
@@ -162,6 +163,8 @@ struct Entry {
     /// Tells the scheduler that its plan changed.
     wake: Notify,
     cancel: CancellationToken,
+    /// For `snctl metrics`: atomics, so the token path takes no lock more.
+    counters: AuthCounters,
 }
 
 impl Entry {
@@ -544,6 +547,7 @@ impl Tokens {
             flight: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             cancel: self.inner.stop.child_token(),
+            counters: AuthCounters::default(),
         })
     }
 
@@ -633,7 +637,10 @@ impl Tokens {
             Some(held) => Proof::Refresh(&held.token),
             None => unattended(&auth),
         };
-        match self.ask(&auth, proof).await? {
+        let asked = std::time::Instant::now();
+        let answer = self.ask(&auth, proof).await?;
+        entry.counters.refresh_attempted(asked.elapsed());
+        match answer {
             Ok(mut tokens) => {
                 carry_issue_time(&mut tokens, refresh.as_ref());
                 let name = auth.name.clone();
@@ -659,6 +666,9 @@ impl Tokens {
                 Ok(())
             }
             Err(failure) => {
+                entry
+                    .counters
+                    .refresh_failed(FailureKind::Upstream(failure.kind));
                 // The new state is persisted only when it changes, so a long
                 // outage does not write on every retry.
                 let (error, state, changed) = {
@@ -722,6 +732,7 @@ impl Tokens {
     /// once the new one is used), and the next try waits a backoff instead
     /// of asking the instance again at once.
     fn unsaved(&self, entry: &Entry, tokens: TokenSet, error: StoreError) -> Error {
+        entry.counters.refresh_failed(FailureKind::Database);
         let mut shared = entry.lock();
         if let Some(refresh) = HeldRefresh::of(&tokens) {
             shared.refresh = Some(refresh);
@@ -792,6 +803,21 @@ impl Tokens {
         allowed: impl FnOnce(&ReaderIds) -> Result<(), Error>,
     ) -> Result<TokenReply, Error> {
         let entry = self.entry(name)?;
+        let token = self.token_of(&entry, name, min_valid, allowed).await;
+        if token.is_ok() {
+            entry.counters.handed_out();
+        }
+        token
+    }
+
+    /// [`Tokens::token`] of `entry`, uncounted.
+    async fn token_of(
+        &self,
+        entry: &Arc<Entry>,
+        name: &str,
+        min_valid: MinValid,
+        allowed: impl FnOnce(&ReaderIds) -> Result<(), Error>,
+    ) -> Result<TokenReply, Error> {
         let auth = entry.lock().auth.clone();
         allowed(&auth.readers)?;
         let min_valid_ms = wanted_ms(min_valid, entry.lifetime_ms());
@@ -807,7 +833,7 @@ impl Tokens {
         {
             return Err(too_long(name, lifetime, min_valid_ms));
         }
-        let _flight = self.lock_flight(&entry).await?;
+        let _flight = self.lock_flight(entry).await?;
         if let Some(reply) = entry.fresh(min_valid_ms) {
             return Ok(reply);
         }
@@ -817,7 +843,7 @@ impl Tokens {
             // the lifetime would otherwise make every call an upstream
             // request. The freshest token there is will have to do.
             None if entry.just_obtained() => return entry.fresh(0).ok_or_else(vanished),
-            None => self.fetch(&entry).await,
+            None => self.fetch(entry).await,
         };
         match outcome {
             // The new token tells the lifetime a default bends to.
@@ -924,6 +950,50 @@ impl Tokens {
             .collect();
         names.sort();
         names
+    }
+
+    /// The OpenMetrics text of `daemon` and of the authentications whose
+    /// readers `visible` accepts, by name.
+    pub fn metrics(
+        &self,
+        daemon: &DaemonSample<'_>,
+        visible: impl Fn(&ReaderIds) -> bool,
+    ) -> String {
+        let mut entries: Vec<Arc<Entry>> = self.read_entries().values().cloned().collect();
+        entries.retain(|e| visible(&e.lock().auth.readers));
+        let seen: Vec<(Arc<Authentication>, AuthState, [Option<i64>; 3])> = entries
+            .iter()
+            .map(|e| {
+                let shared = e.lock();
+                let times = [
+                    shared.token.as_ref().map(|t| t.expires_at_ms / 1000),
+                    shared.refresh_deadline_ms().map(|t| t / 1000),
+                    shared.last_refresh_ms.map(|t| t / 1000),
+                ];
+                (shared.auth.clone(), shared.state, times)
+            })
+            .collect();
+        let mut samples: Vec<AuthSample<'_>> = entries
+            .iter()
+            .zip(&seen)
+            .map(|(entry, (auth, state, times))| AuthSample {
+                name: &auth.name,
+                state: *state,
+                access_expires_at: times[0],
+                login_deadline: times[1],
+                last_refresh_at: times[2],
+                counters: &entry.counters,
+            })
+            .collect();
+        samples.sort_by(|a, b| a.name.cmp(b.name));
+        crate::metrics::render(daemon, &samples)
+    }
+
+    /// Counts a request `name`'s proxy answered with `status`.
+    pub fn count_proxied(&self, name: &str, status: u16) {
+        if let Some(entry) = self.read_entries().get(name) {
+            entry.counters.proxied(status);
+        }
     }
 
     pub fn overview(&self) -> Overview {

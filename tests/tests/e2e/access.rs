@@ -465,6 +465,57 @@ fn readers_by_uid_get_tokens_and_others_neither_get_nor_see_them() {
     world.assert_valid_token(&world.snctl(&Caller::user(0), &["token", "prod"], None));
 }
 
+/// `GET /metrics` on the Unix socket `socket`, as `caller`: the body.
+fn metrics_over_http(socket: &Path, caller: &Caller) -> String {
+    const GET: &str = "import socket, sys\n\
+        s = socket.socket(socket.AF_UNIX)\n\
+        s.connect(sys.argv[1])\n\
+        s.sendall(b'GET /metrics HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n')\n\
+        answer = b''\n\
+        while chunk := s.recv(65536):\n    answer += chunk\n\
+        sys.stdout.write(answer.decode())\n";
+    let mut command = Command::new("python3");
+    command.args(["-c", GET]).arg(socket).current_dir("/");
+    caller.apply(&mut command);
+    let out = command.output().expect("python3 runs");
+    assert!(out.status.success(), "{out:?}");
+    let answer = String::from_utf8(out.stdout).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+}
+
+#[test]
+fn metrics_show_each_caller_only_what_it_may_read() {
+    if !can_switch_users("metrics_show_each_caller_only_what_it_may_read") {
+        return;
+    }
+    let world = World::start(|c| {
+        let path = c.socket.with_file_name("metrics.sock");
+        c.metrics.listen = Some(snctld::config::MetricsListen::Unix(path));
+    });
+    world.add("prod", users(&["4001"]));
+    world.add("open", Readers::default());
+    let metrics_socket = world.socket().with_file_name("metrics.sock");
+    let shown = |text: &str| -> Vec<&str> {
+        ["open", "prod"]
+            .into_iter()
+            .filter(|name| text.contains(&format!("snctl_auth_state{{name=\"{name}\"")))
+            .collect()
+    };
+    for (caller, sees) in [
+        (Caller::user(4001), &["open", "prod"][..]),
+        (Caller::user(4002), &["open"][..]),
+        (Caller::user(0), &["open", "prod"][..]),
+    ] {
+        let ran = world.snctl(&caller, &["metrics"], None);
+        assert_eq!(shown(ran.ok()), sees, "{caller:?}: {ran:#?}");
+        // The daemon's own metrics are everyone's.
+        assert!(ran.ok().contains("snctl_build_info{"), "{ran:#?}");
+        let served = metrics_over_http(&metrics_socket, &caller);
+        assert_eq!(shown(&served), sees, "{caller:?} over /metrics: {served}");
+    }
+}
+
 #[test]
 fn readers_by_group_count_supplementary_and_primary_groups() {
     if !can_switch_users("readers_by_group_count_supplementary_and_primary_groups") {

@@ -12,6 +12,7 @@ mod faults;
 mod jwt;
 mod load;
 mod logins;
+mod metrics;
 mod monitor;
 mod proxy;
 mod recipes;

@@ -88,6 +88,10 @@ pub enum Command {
     /// Write a consistent copy of the daemon's database to FILE (mode 0600):
     /// sealed secrets only; the master key is not in it.
     Backup(Backup),
+    /// Print the daemon's metrics (OpenMetrics text), or write them for
+    /// node_exporter's textfile collector.
+    #[command(after_help = METRICS_AFTER_HELP)]
+    Metrics(Metrics),
 }
 
 /// The arguments of `snctl add`.
@@ -283,6 +287,25 @@ pub struct Exec {
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
+
+/// The arguments of `snctl metrics`.
+#[derive(clap::Args, Debug)]
+pub struct Metrics {
+    /// Write them to FILE instead, in the Prometheus text format that
+    /// node_exporter's textfile collector reads, replacing it atomically
+    /// (a temporary file in the same directory, then a rename; mode 0644).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+}
+
+const METRICS_AFTER_HELP: &str = "\
+Per authentication (label name): state, access-token expiry, login deadline, last \
+refresh, refresh attempts and failures by kind, tokens handed out, proxied requests \
+by status class, token-endpoint latency; the daemon's connections, uptime and \
+build. Admins see every authentication, others those they may read.
+
+Example:
+  snctl metrics --output /var/lib/prometheus/node-exporter/snctl.prom";
 
 /// The arguments of `snctl status`.
 #[derive(clap::Args, Debug)]

@@ -110,6 +110,7 @@ fn run(cli: Cli) -> ExitCode {
         Command::Exec(args) => commands::exec(socket, args),
         Command::Status(args) => commands::status(socket, args),
         Command::Backup(args) => commands::backup(socket, args),
+        Command::Metrics(args) => commands::metrics(socket, args),
     };
     report(outcome)
 }

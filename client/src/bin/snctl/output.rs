@@ -284,6 +284,32 @@ pub fn describe_readers(r: &Readers) -> String {
     format!("{}; and admins", parts.join("; "))
 }
 
+/// OpenMetrics text as the Prometheus text format that node_exporter's
+/// textfile collector reads: a counter's `TYPE` and `HELP` name its
+/// samples (`…_total`), and there is no `UNIT` or `# EOF`.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut counter: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let mut words = line.splitn(4, ' ');
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("#"), Some("TYPE"), Some(name), Some("counter")) => {
+                counter = Some(name);
+                out.push_str(&format!("# TYPE {name}_total counter"));
+            }
+            (Some("#"), Some("HELP"), Some(name), help) if counter == Some(name) => {
+                out.push_str(&format!("# HELP {name}_total {}", help.unwrap_or("")));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 pub fn print_status(s: &DaemonStatus) {
     println!(
         "snctld {} (protocol {}), pid {}",
@@ -316,5 +342,18 @@ mod tests {
         assert_eq!(human(Duration::from_secs(272)), "4m 32s");
         assert_eq!(human(Duration::from_secs(300)), "5m");
         assert_eq!(human(Duration::from_millis(8_100)), "9s");
+    }
+
+    #[test]
+    fn the_textfile_format_names_counters_by_their_samples() {
+        let openmetrics = "# TYPE up_seconds gauge\n# UNIT up_seconds seconds\n\
+                           # HELP up_seconds Up.\nup_seconds 1.5\n\
+                           # TYPE hits counter\n# HELP hits Hits so far.\nhits_total{a=\"b\"} 2\n\
+                           # EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# TYPE up_seconds gauge\n# HELP up_seconds Up.\nup_seconds 1.5\n\
+             # TYPE hits_total counter\n# HELP hits_total Hits so far.\nhits_total{a=\"b\"} 2\n"
+        );
     }
 }

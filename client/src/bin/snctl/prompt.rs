@@ -14,7 +14,17 @@ use crate::failure::{other, usage, Failure};
 /// the same directory, so that `path` is never half written; an existing
 /// `path` is replaced only when `replace`.
 pub fn write_new_file(path: &std::path::Path, bytes: &[u8], replace: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    write_file(path, bytes, replace, 0o600)
+}
+
+/// [`write_new_file`] with the file's `mode`.
+pub fn write_file(
+    path: &std::path::Path,
+    bytes: &[u8],
+    replace: bool,
+    mode: u32,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => std::path::Path::new("."),
@@ -31,8 +41,10 @@ pub fn write_new_file(path: &std::path::Path, bytes: &[u8], replace: bool) -> st
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)?;
+        // The umask may have cut the mode.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()?;
         if replace {

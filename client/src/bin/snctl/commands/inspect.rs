@@ -1,4 +1,5 @@
-//! The commands that only look: `list`, `show`, `status` and `doctor`.
+//! The commands that only look: `list`, `show`, `status`, `metrics` and
+//! `doctor`.
 
 use std::path::Path;
 
@@ -6,8 +7,11 @@ use snctl::ErrorKind;
 
 use super::connect;
 use crate::cli;
-use crate::failure::Failure;
-use crate::output::{print_diagnosis, print_json, print_list, print_show, print_status};
+use crate::failure::{other, Failure};
+use crate::output::{
+    print_diagnosis, print_json, print_list, print_show, print_status, prometheus_text,
+};
+use crate::prompt::write_file;
 
 /// `snctl list`: the table, or JSON.
 pub fn list(socket: Option<&Path>, args: cli::List) -> Result<(), Failure> {
@@ -33,6 +37,22 @@ pub fn show(socket: Option<&Path>, args: cli::Show) -> Result<(), Failure> {
     } else {
         print_show(&summary);
         Ok(())
+    }
+}
+
+/// `snctl metrics`: the OpenMetrics text on standard output, or the
+/// Prometheus text format written atomically to `--output`.
+pub fn metrics(socket: Option<&Path>, args: cli::Metrics) -> Result<(), Failure> {
+    let text = connect(socket)?.metrics()?;
+    match args.output {
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+        // node_exporter reads the file whenever it is scraped: never half
+        // of one, and readable by its user.
+        Some(file) => write_file(&file, prometheus_text(&text).as_bytes(), true, 0o644)
+            .map_err(|e| other(format!("cannot write {}: {e}", file.display()))),
     }
 }
 

@@ -15,7 +15,7 @@ use snctl::Client;
 use crate::failure::Failure;
 
 pub use check::{check, unknown};
-pub use inspect::{doctor, list, show, status};
+pub use inspect::{doctor, list, metrics, show, status};
 pub use login::login;
 pub use manage::{add, backup, refresh, remove, update};
 pub use token::{exec, token};
