@@ -14,6 +14,7 @@ mod load;
 mod logins;
 mod monitor;
 mod proxy;
+mod pyclient;
 mod recipes;
 mod refresh;
 mod service;
