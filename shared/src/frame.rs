@@ -20,6 +20,10 @@
 //! with the same limit so that a length *inside* the payload cannot make it
 //! allocate more. A payload must be consumed exactly; trailing bytes are an
 //! error.
+//!
+//! `PROTOCOL.md` at the repository root lays every message out as bytes for
+//! clients in other languages; `shared/tests/protocol_doc.rs` holds it to
+//! this encoder.
 
 use std::io::{self, Read};
 

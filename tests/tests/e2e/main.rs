@@ -15,6 +15,7 @@ mod logins;
 mod metrics;
 mod monitor;
 mod proxy;
+mod pyclient;
 mod recipes;
 mod refresh;
 mod service;
