@@ -199,6 +199,31 @@ fn python_standard_library_reads_an_incident_through_the_proxy_socket() {
 }
 
 #[test]
+fn python_requests_reads_an_incident_through_the_proxy_socket() {
+    let python = python();
+    if !available(
+        &python,
+        &["-c", "import requests"],
+        "no requests for python",
+    ) {
+        return;
+    }
+    let prod = proxied();
+    let socket = prod.dir.path().join("proxy").join("prod.sock");
+    let out = run(Command::new(&python)
+        .arg(recipes().join("requests_proxy.py"))
+        .arg(&socket)
+        .arg("INC0010001"));
+    assert_eq!(text(&out.stdout), "INC0010001 fake incident\n");
+    assert_eq!(prod.fake.table_requests(), 1);
+    let sent = prod.fake.last_table_authorization().unwrap();
+    assert!(
+        sent.starts_with("Bearer "),
+        "the proxy put the token on: {sent}"
+    );
+}
+
+#[test]
 fn node_reads_an_incident_through_the_proxy_socket() {
     if !available(Path::new("node"), &["--version"], "no node") {
         return;
