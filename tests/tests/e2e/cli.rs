@@ -491,3 +491,38 @@ _snctl_auth_names"#
         assert!(!add.contains("_snctl_auth_names"), "{add}");
     }
 }
+
+#[test]
+fn exec_exits_126_and_127_as_a_shell_does_and_else_with_the_commands_status() {
+    use std::os::unix::fs::PermissionsExt;
+    let prod = crate::Prod::start();
+    let sock = prod.daemon.socket();
+    let exec = |command: &str| snctl(sock, &["exec", "prod", "--", command], None);
+
+    let out = snctl(sock, &["exec", "prod", "--", "sh", "-c", "exit 42"], None);
+    assert_eq!(out.status.code(), Some(42), "{}", text(&out.stderr));
+
+    let out = exec("snctl-no-such-command");
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot run snctl-no-such-command"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("PATH"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("not-executable.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = exec(script.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("chmod +x"), "{stderr}");
+
+    let help = text(&snctl(sock, &["exec", "--help"], None).stdout);
+    assert!(
+        help.contains("126") && help.contains("127") && help.contains("the command's own"),
+        "{help}"
+    );
+}

@@ -24,6 +24,11 @@ pub const EXIT_CODES: [(u8, &str); 8] = [
     (7, "upstream error"),
 ];
 
+/// `snctl exec --help`: once the command runs, its status is snctl's.
+const EXEC_EXIT_CODES: &str = "Exit codes: the command's own status once it runs; 126 when it \
+     cannot be run (not executable), 127 when it is not found, as a shell does; before it runs \
+     (no token, say), those of snctl --help.";
+
 /// The example of `snctl --help` and snctl(1): a command line each.
 pub const EXAMPLES: [&str; 2] = [
     "snctl add prod --instance https://acme.service-now.com --client-id ID",
@@ -37,6 +42,7 @@ fn after_help() -> String {
         text += &format!("  {code}  {meaning}\n");
     }
     text += "  (snctl check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; see snctl check --help)\n";
+    text += "  (snctl exec: the command's own status; 126 cannot run it, 127 not found)\n";
     text += "\nExample (the client secret is prompted for):\n";
     for line in EXAMPLES {
         text += &format!("  {line}\n");
@@ -77,6 +83,7 @@ pub enum Command {
     Remove(Remove),
     /// Run a command with SN_INSTANCE_URL (and SN_HOST, as Ansible's servicenow.itsm
     /// reads it) and SN_ACCESS_TOKEN set.
+    #[command(after_help = EXEC_EXIT_CODES)]
     Exec(Exec),
     /// Show the daemon's state.
     Status(Status),
