@@ -174,7 +174,11 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
         None => {
             let (writer, guard) = non_blocking().finish(std::io::stderr());
             // Colours for a terminal only; journald stamps lines itself.
-            let ansi = std::io::stderr().is_terminal() && !journal;
+            let ansi = snctld::logging::colours(
+                std::io::stderr().is_terminal(),
+                journal,
+                std::env::var_os("NO_COLOR").as_deref(),
+            );
             let lines = tracing_subscriber::fmt::layer()
                 .with_writer(writer)
                 .with_ansi(ansi);
