@@ -526,3 +526,40 @@ fn exec_exits_126_and_127_as_a_shell_does_and_else_with_the_commands_status() {
         "{help}"
     );
 }
+
+#[test]
+fn versions_name_the_git_revision_they_were_built_from() {
+    use snctl_tests::harness::bin;
+    use std::process::Command;
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let head = Command::new("git")
+        .args(["-C", checkout, "rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| text(&out.stdout).trim().to_string());
+    for program in ["snctl", "snctld"] {
+        let out = Command::new(bin(program))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let line = text(&out.stdout);
+        let line = line.trim_end();
+        let rest = line
+            .strip_prefix(&format!("{program} {}", env!("CARGO_PKG_VERSION")))
+            .unwrap_or_else(|| panic!("{line}"));
+        match &head {
+            // e.g. `snctl 0.1.0 (abc1234)`, or `(abc1234-dirty)`.
+            Some(head) => {
+                let rev = rest
+                    .strip_prefix(" (")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .unwrap_or_else(|| panic!("no revision: {line}"));
+                assert_eq!(rev.strip_suffix("-dirty").unwrap_or(rev), head, "{line}");
+            }
+            // Not built from a git checkout: the crate's version alone.
+            None => assert_eq!(rest, "", "{line}"),
+        }
+    }
+}

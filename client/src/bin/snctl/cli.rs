@@ -12,6 +12,10 @@ use snctl::protocol::{ClientAuth, Grant, JwtSettings, Readers};
 use crate::failure::{usage, Failure};
 use crate::jwtkey;
 
+/// `snctl --version`: the crate's version and, when built from a git
+/// checkout, the revision (build.rs), so that a bug report names the build.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("SNCTL_BUILD_REVISION"));
+
 /// What each exit code means; `snctl --help` and snctl(1) list them.
 pub const EXIT_CODES: [(u8, &str); 8] = [
     (0, "ok"),
@@ -52,7 +56,7 @@ fn after_help() -> String {
 
 /// Get ServiceNow access tokens from snctld, and manage the saved logins.
 #[derive(Parser, Debug)]
-#[command(version, about, propagate_version = true, after_help = after_help())]
+#[command(version = VERSION, about, propagate_version = true, after_help = after_help())]
 pub struct Cli {
     /// Socket of the daemon [default: $SNCTL_SOCKET, the user daemon's, or /run/snctld/snctld.sock].
     #[arg(long, global = true, value_name = "PATH")]
