@@ -327,6 +327,9 @@ impl AccessConfig {
 pub struct Access {
     daemon_uid: u32,
     admin_group: Option<(String, u32)>,
+    /// The admin group configured but not found on the host: a refusal
+    /// says to create it.
+    missing_group: Option<String>,
 }
 
 impl Access {
@@ -346,9 +349,11 @@ impl Access {
                     None
                 }
             });
+        let missing_group = config.admin_group.clone().filter(|_| admin_group.is_none());
         Access {
             daemon_uid: nix::unistd::geteuid().as_raw(),
             admin_group,
+            missing_group,
         }
     }
 
@@ -367,12 +372,24 @@ impl Access {
         if self.is_admin(peer) {
             return Ok(());
         }
-        let (group, join) = match &self.admin_group {
-            Some((name, _)) => (
+        let (group, join) = match (&self.admin_group, &self.missing_group) {
+            (Some((name, _)), _) => (
                 format!(" and members of group {name}"),
                 format!(", or to add you to group {name}"),
             ),
-            None => Default::default(),
+            (None, Some(name)) => (
+                String::new(),
+                format!(
+                    ", or to create group {name} (the admin group of snctld.toml), add you to \
+                     it and reload snctld"
+                ),
+            ),
+            (None, None) => (
+                String::new(),
+                ", or to name an admin group ([access] admin_group in snctld.toml) and add you \
+                 to it"
+                    .to_string(),
+            ),
         };
         let daemon = match (self.daemon_uid, user_name(self.daemon_uid)) {
             (0, _) => String::new(),
@@ -467,10 +484,44 @@ mod tests {
     }
 
     #[test]
+    fn an_admin_refusal_without_an_admin_group_says_how_to_get_one() {
+        let stranger = peer(65534, &[65534], None);
+        // None configured (a user's daemon, or `admin_group = ""`).
+        let err = Access::new(&AccessConfig::default())
+            .require_admin(&stranger, "refresh")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with(
+                "ask an admin to do it, or to name an admin group ([access] admin_group in \
+                 snctld.toml) and add you to it"
+            ),
+            "{err}"
+        );
+        // Configured, but no such group on the host.
+        let config = AccessConfig {
+            admin_group: Some("snctl-no-such-group".into()),
+            socket_group: None,
+        };
+        let err = Access::new(&config)
+            .require_admin(&stranger, "refresh")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with(
+                "ask an admin to do it, or to create group snctl-no-such-group (the admin \
+                 group of snctld.toml), add you to it and reload snctld"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn admins_are_root_the_daemon_user_and_the_admin_group() {
         let access = Access {
             daemon_uid: 990,
             admin_group: Some(("snctl-admin".into(), 3000)),
+            missing_group: None,
         };
         assert!(access.is_admin(&peer(0, &[0], None)));
         assert!(access.is_admin(&peer(990, &[990], None)));

@@ -85,6 +85,13 @@ pub fn is_journal_stream(journal_stream: Option<&str>, stderr: Option<(u64, u64)
     }
 }
 
+/// Whether log lines on stderr get ANSI colours: on a terminal only, never
+/// for the journal, and not when `NO_COLOR` is set to anything but the
+/// empty string (<https://no-color.org>), as `snctl` does.
+pub fn colours(terminal: bool, journal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && !journal && no_color.is_none_or(|value| value.is_empty())
+}
+
 /// Whether stderr is the journal stream systemd connected.
 pub fn stderr_is_journal() -> bool {
     use std::os::fd::AsFd;
@@ -361,6 +368,16 @@ mod tests {
         assert!(!is_journal_stream(None, Some((8, 42))));
         assert!(!is_journal_stream(Some("garbage"), Some((8, 42))));
         assert!(is_journal_stream(Some("8:42"), None));
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours(true, false, None));
+        assert!(colours(true, false, Some(OsStr::new(""))));
+        assert!(!colours(true, false, Some(OsStr::new("1"))));
+        assert!(!colours(false, false, None));
+        assert!(!colours(true, true, None));
     }
 
     #[test]

@@ -17,9 +17,13 @@ use snctld::config::{Config, Mode, PathOverrides};
 use snctld::logging::{LogFilterError, SetLogFilter};
 use snctld::systemd::{self, Forked, PassedSocket, Service};
 
+/// `snctld --version`: the crate's version and, when built from a git
+/// checkout, the revision (build.rs), so that a bug report names the build.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("SNCTL_BUILD_REVISION"));
+
 /// Keeps ServiceNow OAuth tokens fresh and serves them over a Unix socket.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -174,7 +178,11 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
         None => {
             let (writer, guard) = non_blocking().finish(std::io::stderr());
             // Colours for a terminal only; journald stamps lines itself.
-            let ansi = std::io::stderr().is_terminal() && !journal;
+            let ansi = snctld::logging::colours(
+                std::io::stderr().is_terminal(),
+                journal,
+                std::env::var_os("NO_COLOR").as_deref(),
+            );
             let lines = tracing_subscriber::fmt::layer()
                 .with_writer(writer)
                 .with_ansi(ansi);

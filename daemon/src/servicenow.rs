@@ -194,6 +194,9 @@ pub enum Unnamed {
 /// ServiceNow's UI API path that says who the bearer token acts for
 /// (`{"result":{"user_name":..,"user_sys_id":..}}`). Every session's UI
 /// uses it, so it needs no role beyond logging in.
+/// What a 5xx from the instance means, in every message that reports one.
+pub const UNAVAILABLE: &str = "down, being upgraded or overloaded";
+
 const CURRENT_USER_PATH: &str = "/api/now/ui/user/current_user";
 /// How long the question of who logged in may take: the login stands
 /// whatever the answer, so it is not worth the whole request timeout.
@@ -288,8 +291,8 @@ impl Failure {
                     .unwrap_or_default()
             ),
             UpstreamKind::ServerError => format!(
-                "{instance} answered the token request with HTTP {} ({}): the instance may be down or \
-                 upgrading; snctld retries with backoff",
+                "{instance} answered the token request with HTTP {} ({}): the instance may be {UNAVAILABLE}; \
+                 snctld retries with backoff",
                 self.status.unwrap_or(500),
                 self.detail
             ),

@@ -643,6 +643,13 @@ fn migrate_to(conn: &mut Connection, key: &MasterKey, target: i64) -> Result<(),
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     // Whether step `n` is to run.
     let step = |n: i64| version < n && n <= target;
+    // Said of an existing database only: a new one (and the in-memory
+    // reference of `schema_matches`) starts at 0 and is created, not moved.
+    let migrated = |n: i64| {
+        if version > 0 {
+            tracing::info!(from = n - 1, to = n, "database schema migrated");
+        }
+    };
     if step(1) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(
@@ -670,6 +677,7 @@ fn migrate_to(conn: &mut Connection, key: &MasterKey, target: i64) -> Result<(),
             PRAGMA user_version = 1;",
         )?;
         tx.commit()?;
+        migrated(1);
     }
     if step(2) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -682,6 +690,7 @@ fn migrate_to(conn: &mut Connection, key: &MasterKey, target: i64) -> Result<(),
             PRAGMA user_version = 2;"
         ))?;
         tx.commit()?;
+        migrated(2);
     }
     if step(3) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -692,6 +701,7 @@ fn migrate_to(conn: &mut Connection, key: &MasterKey, target: i64) -> Result<(),
             PRAGMA user_version = 3;",
         )?;
         tx.commit()?;
+        migrated(3);
     }
     if step(4) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -702,6 +712,7 @@ fn migrate_to(conn: &mut Connection, key: &MasterKey, target: i64) -> Result<(),
             PRAGMA user_version = 4;",
         )?;
         tx.commit()?;
+        migrated(4);
     }
     if step(5) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -722,6 +733,7 @@ fn migrate_to(conn: &mut Connection, key: &MasterKey, target: i64) -> Result<(),
         }
         tx.execute_batch("PRAGMA user_version = 5;")?;
         tx.commit()?;
+        migrated(5);
         if !rows.is_empty() {
             // Whatever they say is trusted from now on: said once, where the
             // administrator looks.
@@ -742,6 +754,7 @@ fn migrate_to(conn: &mut Connection, key: &MasterKey, target: i64) -> Result<(),
             PRAGMA user_version = 6;",
         )?;
         tx.commit()?;
+        migrated(6);
     }
     Ok(())
 }

@@ -550,6 +550,17 @@ impl Proxy {
             Ok(token) => token,
             Err(error) => return refused(&error),
         };
+        // A dead login is answered here (503 needs_login), not with the
+        // instance's 401 for the token still in hand: a caller must be able
+        // to tell "log in again" from "the instance refused this request".
+        let needs_login = tokens
+            .show(&self.name, |_| Ok(()))
+            .is_ok_and(|summary| summary.state == snctl_shared::protocol::AuthState::NeedsLogin);
+        if needs_login {
+            return refused(&Error::NeedsLogin {
+                name: self.name.clone(),
+            });
+        }
         if self.held().is_some() {
             if let Err(left) = self.wait_out_hold().await {
                 return rate_limited(left);
@@ -614,6 +625,7 @@ impl Proxy {
                 let token = match renewed.await {
                     Ok(Some(token)) => token,
                     Ok(None) => return self.relay(Ok(response)),
+                    Err(error @ Error::NeedsLogin { .. }) => return refused(&error),
                     // The instance's 401 says more than why no new token came.
                     Err(error) => {
                         tracing::warn!(name = %self.name, %error, "proxy: no new token after a 401");

@@ -15,7 +15,7 @@ use snctl_shared::time::span;
 use snctl_shared::{Error, Secret};
 
 use super::Tokens;
-use crate::servicenow::{Failure, Seen};
+use crate::servicenow::{Failure, Seen, UNAVAILABLE};
 use crate::store::Authentication;
 
 /// What the probes found, in the order they ran.
@@ -190,6 +190,34 @@ impl Tokens {
                     CheckOutcome::Fail,
                     format!("HTTP {} ({})", seen.status, seen.detail),
                 );
+                // A server error or a rate limit says nothing about OAuth:
+                // the same endpoint may answer properly in a minute.
+                let again = format!(
+                    "wait, then run `snctl doctor {}` again; snctld retries by itself",
+                    auth.name
+                );
+                if seen.status >= 500 {
+                    found.blame(
+                        format!(
+                            "{} answered HTTP {} at /oauth_token.do: it is {UNAVAILABLE}",
+                            auth.instance_url, seen.status
+                        ),
+                        again,
+                        false,
+                    );
+                    return;
+                }
+                if seen.status == 429 {
+                    found.blame(
+                        format!(
+                            "{} is rate limiting requests to /oauth_token.do (HTTP 429)",
+                            auth.instance_url
+                        ),
+                        again,
+                        false,
+                    );
+                    return;
+                }
                 found.blame(
                     format!(
                         "{} does not serve OAuth at /oauth_token.do (HTTP {})",

@@ -491,3 +491,75 @@ _snctl_auth_names"#
         assert!(!add.contains("_snctl_auth_names"), "{add}");
     }
 }
+
+#[test]
+fn exec_exits_126_and_127_as_a_shell_does_and_else_with_the_commands_status() {
+    use std::os::unix::fs::PermissionsExt;
+    let prod = crate::Prod::start();
+    let sock = prod.daemon.socket();
+    let exec = |command: &str| snctl(sock, &["exec", "prod", "--", command], None);
+
+    let out = snctl(sock, &["exec", "prod", "--", "sh", "-c", "exit 42"], None);
+    assert_eq!(out.status.code(), Some(42), "{}", text(&out.stderr));
+
+    let out = exec("snctl-no-such-command");
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot run snctl-no-such-command"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("PATH"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("not-executable.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = exec(script.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("chmod +x"), "{stderr}");
+
+    let help = text(&snctl(sock, &["exec", "--help"], None).stdout);
+    assert!(
+        help.contains("126") && help.contains("127") && help.contains("the command's own"),
+        "{help}"
+    );
+}
+
+#[test]
+fn versions_name_the_git_revision_they_were_built_from() {
+    use snctl_tests::harness::bin;
+    use std::process::Command;
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let head = Command::new("git")
+        .args(["-C", checkout, "rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| text(&out.stdout).trim().to_string());
+    for program in ["snctl", "snctld"] {
+        let out = Command::new(bin(program))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let line = text(&out.stdout);
+        let line = line.trim_end();
+        let rest = line
+            .strip_prefix(&format!("{program} {}", env!("CARGO_PKG_VERSION")))
+            .unwrap_or_else(|| panic!("{line}"));
+        match &head {
+            // e.g. `snctl 0.1.0 (abc1234)`, or `(abc1234-dirty)`.
+            Some(head) => {
+                let rev = rest
+                    .strip_prefix(" (")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .unwrap_or_else(|| panic!("no revision: {line}"));
+                assert_eq!(rev.strip_suffix("-dirty").unwrap_or(rev), head, "{line}");
+            }
+            // Not built from a git checkout: the crate's version alone.
+            None => assert_eq!(rest, "", "{line}"),
+        }
+    }
+}

@@ -97,6 +97,36 @@ fn doctor_sees_a_hibernating_instance() {
     assert!(d.cause.unwrap().contains("hibernating"), "{human}");
 }
 
+#[test]
+fn doctor_tells_an_unavailable_token_endpoint_from_one_without_oauth() {
+    let prod = Prod::start();
+    // Down, being upgraded or overloaded: a 503, not a missing OAuth plugin.
+    prod.fake
+        .set_standing_fault(Some(snctl_tests::fake::Fault::status(503)));
+    let (code, d, human) = doctor(prod.daemon.socket(), "prod");
+    assert_eq!(code, Some(7), "{human}");
+    assert_eq!(outcome(&d, "token endpoint"), CheckOutcome::Fail);
+    let (cause, fix) = (d.cause.unwrap(), d.fix.unwrap());
+    assert!(
+        cause.contains("HTTP 503")
+            && cause.contains("down, being upgraded or overloaded")
+            && !cause.contains("does not serve OAuth"),
+        "{human}"
+    );
+    assert!(
+        !fix.contains("plugin") && fix.contains("snctl doctor prod"),
+        "{human}"
+    );
+
+    // A web page with 200 really is not OAuth.
+    prod.fake
+        .set_standing_fault(Some(snctl_tests::fake::Fault::Html));
+    let (code, d, human) = doctor(prod.daemon.socket(), "prod");
+    assert_eq!(code, Some(7), "{human}");
+    assert!(d.cause.unwrap().contains("does not serve OAuth"), "{human}");
+    assert!(d.fix.unwrap().contains("OAuth 2.0 plugin"), "{human}");
+}
+
 /// A daemon process (its log is read) with `desk` added by password.
 fn desk(fake: &FakeInstance, dir: &Path, lifespan: &str) -> DaemonProcess {
     let daemon = DaemonProcess::start(dir, &[]).unwrap();

@@ -1128,3 +1128,64 @@ fn proxy_answers_a_caller_that_half_closes_after_its_request() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert!(answer.contains("INC0010001"), "{answer}");
 }
+
+/// `desk`, a person's login by the password grant, proxied; requests that
+/// get a 401 may refresh at once.
+fn proxied_login() -> Prod {
+    use snctl::protocol::{Grant, UserLogin};
+    let fake = fake();
+    fake.add_user("abel.tuter", "proxy-password");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.proxy.names = vec!["desk".into()];
+    config.refresh.refused_floor = Duration::ZERO;
+    let daemon = TestDaemon::start(config).unwrap();
+    let mut request = add_request("desk", &fake.url());
+    request.grant = Grant::Password;
+    request.user = Some(UserLogin {
+        username: "abel.tuter".into(),
+        password: snctl::Secret::new("proxy-password".into()),
+    });
+    daemon.client().add(request).unwrap();
+    Prod { daemon, dir, fake }
+}
+
+fn assert_needs_login(answer: &Answer) {
+    assert_eq!(answer.status, 503, "{answer:?}");
+    let body = answer.json();
+    assert_eq!(body["error"], "needs_login", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("snctl login desk"), "{message}");
+}
+
+#[test]
+fn proxy_answers_503_needs_login_not_the_instances_401() {
+    let desk = proxied_login();
+    let socket = desk.dir.path().join("proxy").join("desk.sock");
+    let mut http = connect(&socket);
+    assert_eq!(http.request("GET", TABLE, &[], b"").status, 200);
+
+    // An admin deletes the user's tokens in ServiceNow: the proxy learns it
+    // from the instance's 401 and a refused refresh, and says so.
+    desk.fake.revoke_refresh_tokens();
+    desk.fake.revoke_access_tokens();
+    assert_needs_login(&http.request("GET", TABLE, &[], b""));
+
+    // From then on nothing reaches the instance until `snctl login`.
+    let forwarded = desk.fake.table_requests();
+    assert_needs_login(&http.request("GET", TABLE, &[], b""));
+    assert_eq!(desk.fake.table_requests(), forwarded);
+}
+
+#[test]
+fn proxy_on_an_authentication_needing_a_login_does_not_forward() {
+    let desk = proxied_login();
+    let socket = desk.dir.path().join("proxy").join("desk.sock");
+    // The refresh token dies; the access token in hand is still valid.
+    desk.fake.revoke_refresh_tokens();
+    let err = desk.daemon.client().refresh("desk").unwrap_err();
+    assert_eq!(err.kind().exit_code(), 5, "{err}");
+    let answer = connect(&socket).request("GET", TABLE, &[], b"");
+    assert_needs_login(&answer);
+    assert_eq!(desk.fake.table_requests(), 0);
+}

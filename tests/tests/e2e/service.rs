@@ -999,3 +999,51 @@ fn under_systemd_warnings_reach_the_journal_at_their_priority_with_the_name() {
     );
     assert!(daemon.stop(), "{}", daemon.log_text());
 }
+
+/// What snctld writes on a terminal (a pseudo-terminal under `script`)
+/// from its start until SIGTERM once it serves, with `NO_COLOR` as given;
+/// `None` when `script` is not installed.
+fn on_a_terminal(no_color: Option<&str>) -> Option<String> {
+    if Command::new("script").arg("--version").output().is_err() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("snctld.sock");
+    let state = dir.path().join("state");
+    // The shell waits (at most 20 s) for the socket, then stops snctld.
+    let line = format!(
+        "'{snctld}' --socket '{sock}' --state-dir '{state}' & p=$!; i=0; \
+         while [ ! -S '{sock}' ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; \
+         kill $p; wait $p",
+        snctld = bin("snctld").display(),
+        sock = socket.display(),
+        state = state.display(),
+    );
+    let mut command = Command::new("script");
+    command
+        .args(["-qec", &line, "/dev/null"])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null());
+    if let Some(value) = no_color {
+        command.env("NO_COLOR", value);
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = text(&out.stdout);
+    assert!(written.contains("serving"), "{written}");
+    Some(written)
+}
+
+#[test]
+fn no_color_turns_the_colours_off_on_a_terminal() {
+    let Some(coloured) = on_a_terminal(None) else {
+        eprintln!("skipped: needs script (util-linux) for a pseudo-terminal");
+        return;
+    };
+    assert!(coloured.contains("\x1b["), "{coloured}");
+    // https://no-color.org: any value but the empty one.
+    let plain = on_a_terminal(Some("1")).unwrap();
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+    assert!(on_a_terminal(Some("")).unwrap().contains("\x1b["));
+}

@@ -146,3 +146,29 @@ fn a_database_of_the_current_schema_serves_as_written() {
     assert!(!client.show("desk").unwrap().proxy);
     assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
 }
+
+#[test]
+fn each_migration_step_is_logged_with_its_versions() {
+    use snctl_tests::harness::DaemonProcess;
+    let dir = tempfile::tempdir().unwrap();
+    state_of_schema(dir.path(), 3);
+    let daemon = DaemonProcess::start_with_log_filter(dir.path(), &[], "info").unwrap();
+    let log = daemon.log_text();
+    for (from, to) in [(3, 4), (4, 5), (5, 6)] {
+        assert!(
+            log.contains(&format!("database schema migrated from={from} to={to}")),
+            "{from} -> {to}: {log}"
+        );
+    }
+    assert!(!log.contains("from=2"), "{log}");
+    drop(daemon);
+
+    // A new database is created, not migrated: nothing to say.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start_with_log_filter(dir.path(), &[], "info").unwrap();
+    assert!(
+        !daemon.log_text().contains("migrated"),
+        "{}",
+        daemon.log_text()
+    );
+}

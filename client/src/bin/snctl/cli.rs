@@ -12,6 +12,10 @@ use snctl::protocol::{ClientAuth, Grant, JwtSettings, Readers};
 use crate::failure::{usage, Failure};
 use crate::jwtkey;
 
+/// `snctl --version`: the crate's version and, when built from a git
+/// checkout, the revision (build.rs), so that a bug report names the build.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("SNCTL_BUILD_REVISION"));
+
 /// What each exit code means; `snctl --help` and snctl(1) list them.
 pub const EXIT_CODES: [(u8, &str); 8] = [
     (0, "ok"),
@@ -23,6 +27,11 @@ pub const EXIT_CODES: [(u8, &str); 8] = [
     (6, "forbidden"),
     (7, "upstream error"),
 ];
+
+/// `snctl exec --help`: once the command runs, its status is snctl's.
+const EXEC_EXIT_CODES: &str = "Exit codes: the command's own status once it runs; 126 when it \
+     cannot be run (not executable), 127 when it is not found, as a shell does; before it runs \
+     (no token, say), those of snctl --help.";
 
 /// The example of `snctl --help` and snctl(1): a command line each.
 pub const EXAMPLES: [&str; 2] = [
@@ -37,6 +46,7 @@ fn after_help() -> String {
         text += &format!("  {code}  {meaning}\n");
     }
     text += "  (snctl check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; see snctl check --help)\n";
+    text += "  (snctl exec: the command's own status; 126 cannot run it, 127 not found)\n";
     text += "\nExample (the client secret is prompted for):\n";
     for line in EXAMPLES {
         text += &format!("  {line}\n");
@@ -46,7 +56,7 @@ fn after_help() -> String {
 
 /// Get ServiceNow access tokens from snctld, and manage the saved logins.
 #[derive(Parser, Debug)]
-#[command(version, about, propagate_version = true, after_help = after_help())]
+#[command(version = VERSION, about, propagate_version = true, after_help = after_help())]
 pub struct Cli {
     /// Socket of the daemon [default: $SNCTL_SOCKET, the user daemon's, or /run/snctld/snctld.sock].
     #[arg(long, global = true, value_name = "PATH")]
@@ -77,6 +87,7 @@ pub enum Command {
     Remove(Remove),
     /// Run a command with SN_INSTANCE_URL (and SN_HOST, as Ansible's servicenow.itsm
     /// reads it) and SN_ACCESS_TOKEN set.
+    #[command(after_help = EXEC_EXIT_CODES)]
     Exec(Exec),
     /// Show the daemon's state.
     Status(Status),

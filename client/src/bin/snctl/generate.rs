@@ -126,6 +126,11 @@ fn main_page(cmd: &clap::Command) -> std::io::Result<Vec<u8>> {
         .text([roman(
             "Errors are one line on standard error saying what happened and what to do.",
         )])
+        .control("PP", [])
+        .text([roman(
+            "snctl exec exits with the command's own status once it runs: 126 when the \
+             command cannot be run (not executable), 127 when it is not found, as a shell does.",
+        )])
         .control("SH", ["EXAMPLES"])
         .text([roman(
             "Register a client (the secret is prompted for), then use a token:",

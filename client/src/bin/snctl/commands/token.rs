@@ -57,13 +57,19 @@ pub fn exec(socket: Option<&Path>, args: cli::Exec) -> Result<(), Failure> {
         // with its scheme) and its token from SN_ACCESS_TOKEN.
         .env("SN_HOST", &token.instance_url)
         .exec();
-    Err(Failure {
-        // What a shell answers for a command it cannot find or run.
-        code: if error.kind() == std::io::ErrorKind::NotFound {
-            127
-        } else {
-            126
+    // What a shell answers for a command it cannot find (127) or run (126).
+    Err(match error.kind() {
+        std::io::ErrorKind::NotFound => Failure {
+            code: 127,
+            message: format!("cannot run {program}: {error}: check its name, or give its path or fix PATH"),
         },
-        message: format!("cannot run {program}: {error}"),
+        std::io::ErrorKind::PermissionDenied => Failure {
+            code: 126,
+            message: format!("cannot run {program}: {error}: make it executable (chmod +x) or run it through its interpreter"),
+        },
+        _ => Failure {
+            code: 126,
+            message: format!("cannot run {program}: {error}"),
+        },
     })
 }
