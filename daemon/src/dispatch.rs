@@ -181,7 +181,7 @@ impl Dispatcher {
     /// authentications whose readers `visible` accepts.
     pub fn metrics(&self, visible: impl Fn(&ReaderIds) -> bool) -> String {
         let daemon = DaemonSample {
-            version: env!("CARGO_PKG_VERSION"),
+            version: crate::VERSION,
             protocol: PROTOCOL_VERSION,
             uptime: self.started.elapsed(),
             connections_open: u64::from(self.connections.get()),
@@ -195,7 +195,7 @@ impl Dispatcher {
         let overview = self.tokens.overview();
         let named = |pair: Option<(String, i64)>| pair.filter(|_| admin);
         DaemonStatus {
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::VERSION.to_string(),
             protocol_version: PROTOCOL_VERSION,
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),

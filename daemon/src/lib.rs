@@ -59,6 +59,11 @@ pub mod store;
 pub mod systemd;
 pub mod tokens;
 
+/// snctld's version and, when built from a git checkout, the revision
+/// (build.rs): what `--version`, the hello, `snctl status` and the metrics'
+/// build info say, so that a bug report names the build.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("SNCTL_BUILD_REVISION"));
+
 pub use backup::BACKUP_TMP_FILE;
 pub use config::Config;
 pub use serve::{run, run_with, ServeError, SHUTDOWN_GRACE};

@@ -17,9 +17,7 @@ use snctld::config::{Config, Mode, PathOverrides};
 use snctld::logging::{LogFilterError, SetLogFilter};
 use snctld::systemd::{self, Forked, PassedSocket, Service};
 
-/// `snctld --version`: the crate's version and, when built from a git
-/// checkout, the revision (build.rs), so that a bug report names the build.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("SNCTL_BUILD_REVISION"));
+use snctld::VERSION;
 
 /// Keeps ServiceNow OAuth tokens fresh and serves them over a Unix socket.
 #[derive(Parser, Debug)]

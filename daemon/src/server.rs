@@ -721,7 +721,7 @@ fn connection<H: Handler>(
     };
     let reply = HelloReply {
         protocol_version: PROTOCOL_VERSION,
-        daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+        daemon_version: crate::VERSION.to_string(),
     };
     conn.write(&reply)?;
     if hello.protocol_version != PROTOCOL_VERSION {

@@ -222,7 +222,7 @@ fn metrics_parse_carry_what_show_says_and_count_tokens_and_failures() {
         assert!(families.contains_key(family), "no {family} in\n{text}");
     }
     let build = &families["snctl_build_info"]["samples"][0][1];
-    assert_eq!(build["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(build["version"], snctld::VERSION);
     assert_eq!(
         build["protocol"],
         snctl::protocol::PROTOCOL_VERSION.to_string()
