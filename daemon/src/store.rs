@@ -1015,6 +1015,15 @@ impl Db {
         Ok(found)
     }
 
+    /// Makes every later write fail as on a read-only filesystem
+    /// (SQLite's `query_only`), or lets writes through again: the tests'
+    /// stand-in for a full, broken or read-only disk.
+    #[cfg(test)]
+    pub fn refuse_writes(&mut self, refuse: bool) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "query_only", refuse)?;
+        Ok(())
+    }
+
     /// Writes every setting of `auth` and their MAC; returns whether the
     /// row exists. The grant and creation time are written too (they do
     /// not change: `auth` comes from the stored row) so that the row holds

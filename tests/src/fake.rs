@@ -504,6 +504,13 @@ impl FakeInstance {
         s.refresh_grants.get(token).map(|grant| grant.user.clone())
     }
 
+    /// The refresh token `token` was rotated from (the one presented to get
+    /// it), if it came from a refresh.
+    pub fn refresh_token_parent(&self, token: &str) -> Option<String> {
+        let s = self.lock();
+        s.refresh_grants.get(token).and_then(|g| g.parent.clone())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }

@@ -337,6 +337,16 @@ impl Tokens {
                 shared.warned = 0;
             }
             if let Some(tokens) = tokens {
+                // Unsaved tokens still to save: these are newer, but only
+                // a refresh token among them makes the one in hand moot.
+                if tokens.refresh_token.is_some() {
+                    shared.unsaved = None;
+                } else if let Some(unsaved) = shared.unsaved.take() {
+                    shared.unsaved = Some(super::Unsaved {
+                        tokens: super::with_unsaved_refresh(tokens.clone(), Some(&unsaved)),
+                        ..unsaved
+                    });
+                }
                 self.install(&mut shared, tokens);
             }
         }
@@ -610,6 +620,8 @@ impl Tokens {
             let mut shared = entry.lock();
             shared.auth = Arc::new(auth);
             shared.refresh = None;
+            // A new login: whatever the old one left unsaved is moot.
+            shared.unsaved = None;
             self.install(&mut shared, tokens);
         }
         entry.wake.notify_one();

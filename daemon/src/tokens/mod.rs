@@ -15,6 +15,15 @@
 //! tokens (and any refresh token that comes with them) are committed to the
 //! store before anyone receives them.
 //!
+//! When that commit fails (a full disk, an I/O error, a read-only remount, a
+//! state directory gone), the tokens are served from memory all the same
+//! and their save is retried with backoff ([`Unsaved`]): an instance that
+//! rotates refresh tokens has already superseded the one on disk, so the
+//! one in memory is the only one left, and presenting the old one again
+//! could end the login. Refreshes due meanwhile present the one in memory.
+//! A restart before the save works loses it; the instance then refuses the
+//! one on disk and the authentication needs a login.
+//!
 //! Refresh tokens keep the expiry of their first issue on ServiceNow: the
 //! scheduler logs a warning 14, 7 and 1 days before the recorded deadline.
 //!
@@ -118,6 +127,39 @@ impl HeldRefresh {
     }
 }
 
+/// Tokens in service whose commit failed: saved by a later try.
+struct Unsaved {
+    /// What to commit: the newest tokens, with the refresh token in hand.
+    tokens: TokenSet,
+    /// Why the last try failed.
+    reason: String,
+    /// Failed tries so far.
+    tries: u32,
+    retry_at_ms: i64,
+}
+
+impl Unsaved {
+    /// For `snctl show` and `snctl check`.
+    fn describe(&self) -> String {
+        format!(
+            "new tokens not yet saved ({}): served from memory, saving tried {} times so far \
+             and again shortly; make room in or repair the state directory's filesystem \
+             (a restart before then loses them and may need a new login)",
+            self.reason, self.tries
+        )
+    }
+}
+
+/// `tokens`, with the refresh token of `unsaved` when they came without
+/// one, so that committing them saves the refresh token in hand.
+fn with_unsaved_refresh(mut tokens: TokenSet, unsaved: Option<&Unsaved>) -> TokenSet {
+    if let (None, Some(unsaved)) = (&tokens.refresh_token, unsaved) {
+        tokens.refresh_token = unsaved.tokens.refresh_token.clone();
+        tokens.refresh_issued_ms = unsaved.tokens.refresh_issued_ms;
+    }
+    tokens
+}
+
 struct Shared {
     auth: Arc<Authentication>,
     token: Option<Token>,
@@ -133,6 +175,8 @@ struct Shared {
     refused_refresh_ms: Option<i64>,
     /// How many of [`WARN_BEFORE_DAYS`] have been logged for this refresh token.
     warned: usize,
+    /// Tokens in service that the store could not commit yet.
+    unsaved: Option<Unsaved>,
 }
 
 impl Shared {
@@ -205,12 +249,6 @@ impl Entry {
                 ..error
             })),
             (AuthState::Failing, Some(error)) if waiting => Some(Error::Upstream(error)),
-            // The last tokens could not be saved; see `Tokens::unsaved`.
-            (AuthState::Ok, _) if waiting => Some(Error::Internal {
-                message: format!(
-                    "the database could not save {name}'s last tokens; snctld tries again shortly"
-                ),
-            }),
             _ => None,
         }
     }
@@ -280,9 +318,15 @@ impl Entry {
         }
     }
 
+    /// When the next try to save unsaved tokens is due.
+    fn save_due_ms(&self) -> Option<i64> {
+        self.lock().unsaved.as_ref().map(|u| u.retry_at_ms)
+    }
+
     fn summary(&self) -> AuthSummary {
         let shared = self.lock();
         let auth = &shared.auth;
+        let unsaved = shared.unsaved.as_ref().map(Unsaved::describe);
         AuthSummary {
             name: auth.name.clone(),
             instance_url: auth.instance_url.clone(),
@@ -291,7 +335,11 @@ impl Entry {
             client_auth: auth.client_auth,
             scope: auth.scope.clone(),
             state: shared.state,
-            last_error: shared.last_error.as_ref().map(|e| e.message.clone()),
+            last_error: match (shared.last_error.as_ref(), unsaved) {
+                (Some(error), Some(unsaved)) => Some(format!("{}; {unsaved}", error.message)),
+                (Some(error), None) => Some(error.message.clone()),
+                (None, unsaved) => unsaved,
+            },
             access_expires_at: shared.token.as_ref().map(|t| t.expires_at_ms / 1000),
             last_refresh_at: shared.last_refresh_ms.map(|t| t / 1000),
             next_refresh_at: match shared.state {
@@ -378,6 +426,12 @@ fn internal(error: StoreError) -> Error {
     Error::Internal {
         message: format!("the database failed: {error}"),
     }
+}
+
+/// One line when unsaved tokens are saved at last.
+fn saved_at_last(name: &str, earlier: &Unsaved) {
+    tracing::info!(%name, failed_tries = earlier.tries,
+        "saved {name}'s new tokens after {} failed tries", earlier.tries);
 }
 
 fn shutting_down() -> Error {
@@ -534,6 +588,7 @@ impl Tokens {
             last_refresh_ms: None,
             refused_refresh_ms: None,
             warned: 0,
+            unsaved: None,
         };
         if let Some(tokens) = tokens {
             self.install(&mut shared, tokens);
@@ -643,6 +698,7 @@ impl Tokens {
         match answer {
             Ok(mut tokens) => {
                 carry_issue_time(&mut tokens, refresh.as_ref());
+                let tokens = with_unsaved_refresh(tokens, entry.lock().unsaved.as_ref());
                 let name = auth.name.clone();
                 let to_store = tokens.clone();
                 let saved = self
@@ -650,19 +706,31 @@ impl Tokens {
                     .store
                     .call(move |db| db.save_tokens(&name, &to_store))
                     .await;
-                let found = match saved {
-                    Ok(found) => found,
-                    Err(e) => return Err(self.unsaved(entry, tokens, e)),
-                };
-                if !found {
-                    return Err(Error::NotFound {
-                        name: auth.name.clone(),
-                    });
-                }
                 let expires_in = (tokens.expires_at_ms - self.now_ms()) / 1000;
-                self.install(&mut entry.lock(), tokens);
+                match saved {
+                    Ok(true) => {
+                        let earlier = {
+                            let mut shared = entry.lock();
+                            self.install(&mut shared, tokens);
+                            shared.unsaved.take()
+                        };
+                        if let Some(earlier) = earlier {
+                            saved_at_last(&auth.name, &earlier);
+                        }
+                        tracing::info!(name = %auth.name, expires_in, "access token refreshed");
+                    }
+                    Ok(false) => {
+                        return Err(Error::NotFound {
+                            name: auth.name.clone(),
+                        })
+                    }
+                    Err(error) => {
+                        self.keep_unsaved(entry, tokens, error);
+                        tracing::info!(name = %auth.name, expires_in,
+                            "access token refreshed, not yet saved");
+                    }
+                }
                 entry.wake.notify_one();
-                tracing::info!(name = %auth.name, expires_in, "access token refreshed");
                 Ok(())
             }
             Err(failure) => {
@@ -686,6 +754,8 @@ impl Tokens {
                     } else if failure.step == Step::Refresh {
                         shared.state = AuthState::NeedsLogin;
                         shared.retry_at_ms = None;
+                        // Its refresh token is dead: nothing left worth saving.
+                        shared.unsaved = None;
                     } else {
                         shared.state = AuthState::Rejected;
                         shared.retry_at_ms = None;
@@ -727,25 +797,79 @@ impl Tokens {
         Ok(self.inner.upstream.request_token(auth, proof).await)
     }
 
-    /// New tokens that could not be committed are not handed out. A rotated
-    /// refresh token is kept in memory (the one on disk may be superseded
-    /// once the new one is used), and the next try waits a backoff instead
-    /// of asking the instance again at once.
-    fn unsaved(&self, entry: &Entry, tokens: TokenSet, error: StoreError) -> Error {
+    /// New tokens the store could not commit: they go into service all the
+    /// same (the instance may have superseded the refresh token on disk
+    /// already) and their save is retried with backoff. One error line
+    /// when saving starts failing; each later failure only at debug level.
+    fn keep_unsaved(&self, entry: &Entry, tokens: TokenSet, error: StoreError) {
         entry.counters.refresh_failed(FailureKind::Database);
         let mut shared = entry.lock();
-        if let Some(refresh) = HeldRefresh::of(&tokens) {
-            shared.refresh = Some(refresh);
-        }
-        shared.failures += 1;
-        let delay = self.backoff(shared.failures, None);
-        let at = self.now_ms() + delay.as_millis() as i64;
-        // Whichever the state, the scheduler's next try is not before `at`.
-        shared.next_refresh_ms = Some(at);
-        shared.retry_at_ms = Some(at);
+        let earlier = shared.unsaved.take();
+        let tries = earlier.as_ref().map_or(0, |u| u.tries) + 1;
+        self.install(&mut shared, tokens.clone());
+        shared.unsaved = Some(Unsaved {
+            tokens,
+            reason: error.to_string(),
+            tries,
+            retry_at_ms: self.now_ms() + self.backoff(tries, None).as_millis() as i64,
+        });
+        let name = shared.auth.name.clone();
         drop(shared);
+        if earlier.is_none() {
+            tracing::error!(%name, %error,
+                "cannot save {name}'s new tokens ({error}): serving them from memory and retrying \
+                 the save; a restart before it works loses them");
+        } else {
+            tracing::debug!(%name, %error, tries, "the newer tokens of {name} are not saved either");
+        }
+    }
+
+    /// Tries again to commit `entry`'s unsaved tokens. The caller holds the
+    /// entry's flight lock, so no refresh replaces them meanwhile.
+    async fn retry_save(&self, entry: &Entry) {
+        let (name, tokens) = {
+            let shared = entry.lock();
+            let Some(unsaved) = shared.unsaved.as_ref() else {
+                return;
+            };
+            (shared.auth.name.clone(), unsaved.tokens.clone())
+        };
+        let to_store = name.clone();
+        let saved = self
+            .inner
+            .store
+            .call(move |db| db.save_tokens(&to_store, &tokens))
+            .await;
+        let health = {
+            let mut shared = entry.lock();
+            match saved {
+                Ok(_) => {
+                    if let Some(earlier) = shared.unsaved.take() {
+                        saved_at_last(&name, &earlier);
+                    }
+                    // The commit marked the row healthy; a refresh failing
+                    // since says otherwise.
+                    let message = shared.last_error.as_ref().map(|e| e.message.clone());
+                    message.map(|m| (shared.state, m))
+                }
+                Err(error) => {
+                    entry.counters.refresh_failed(FailureKind::Database);
+                    if let Some(unsaved) = shared.unsaved.as_mut() {
+                        unsaved.tries += 1;
+                        unsaved.retry_at_ms =
+                            self.now_ms() + self.backoff(unsaved.tries, None).as_millis() as i64;
+                        unsaved.reason = error.to_string();
+                        tracing::debug!(%name, %error, tries = unsaved.tries,
+                            "the tokens of {name} are still not saved");
+                    }
+                    None
+                }
+            }
+        };
+        if let Some((state, message)) = health.filter(|(s, _)| *s != AuthState::Ok) {
+            self.record_health(&name, state, &message).await;
+        }
         entry.wake.notify_one();
-        internal(error)
     }
 
     /// A login by a person without a refresh token (the instance gave none,
@@ -1014,6 +1138,7 @@ impl Tokens {
             {
                 let shared = entry.lock();
                 match shared.state {
+                    AuthState::Ok if shared.unsaved.is_some() => overview.unhealthy += 1,
                     AuthState::Ok => {}
                     AuthState::NeedsLogin => {
                         overview.unhealthy += 1;
@@ -1047,10 +1172,8 @@ impl Tokens {
             entry.warn_if_due();
             let warning = entry.lock().warning_due_ms();
             let refresh = entry.due_ms();
-            let due = match (refresh, warning) {
-                (Some(r), Some(w)) => Some(r.min(w)),
-                (r, w) => r.or(w),
-            };
+            let save = entry.save_due_ms();
+            let due = [refresh, warning, save].into_iter().flatten().min();
             let sleep = async {
                 match due {
                     Some(at) => tokio::time::sleep(entry.clock.until(at)).await,
@@ -1078,6 +1201,9 @@ impl Tokens {
                         // an idle scheduler (one per authentication) should
                         // not carry room for it.
                         let _ = Box::pin(self.fetch(&entry)).await;
+                    } else if entry.save_due_ms().is_some_and(|at| at <= self.now_ms()) {
+                        // A refresh would save its tokens too; none is due.
+                        self.retry_save(&entry).await;
                     }
                 }
             }

@@ -66,10 +66,12 @@ fn failure(kind: UpstreamKind, status: u16, retry_after: Option<Duration>) -> An
 }
 
 /// A token request the scripted instance received.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Asked {
     at_ms: i64,
     step: Step,
+    /// The refresh token presented, if any.
+    refresh: Option<String>,
 }
 
 /// An instance that answers token requests from a script, then with
@@ -81,6 +83,9 @@ struct Script {
     asked: Mutex<Vec<Asked>>,
     /// When set, each request waits for a permit before it is answered.
     gate: Option<Semaphore>,
+    /// Answer a refresh with a new refresh token (`refresh-N`), as an
+    /// instance that rotates them does, instead of the one presented.
+    rotate: bool,
 }
 
 impl Script {
@@ -91,6 +96,7 @@ impl Script {
             lifetime_ms,
             asked: Mutex::new(Vec::new()),
             gate: None,
+            rotate: false,
         }
     }
 
@@ -123,7 +129,11 @@ impl Upstream for Arc<Script> {
             let at_ms = self.clock.now_ms();
             let n = {
                 let mut asked = lock(&self.asked);
-                asked.push(Asked { at_ms, step });
+                asked.push(Asked {
+                    at_ms,
+                    step,
+                    refresh: refresh.as_ref().map(|r| r.expose().to_string()),
+                });
                 asked.len()
             };
             if let Some(gate) = &self.gate {
@@ -135,7 +145,10 @@ impl Upstream for Arc<Script> {
                     access_token: Secret::new(format!("access-{n}")),
                     expires_at_ms: at_ms + lifetime_ms,
                     obtained_at_ms: at_ms,
-                    refresh_token: refresh,
+                    refresh_token: match refresh {
+                        Some(_) if self.rotate => Some(Secret::new(format!("refresh-{n}"))),
+                        presented => presented,
+                    },
                     refresh_issued_ms: None,
                 }),
             }
@@ -385,6 +398,38 @@ impl Bench {
             .token(name, min_valid, |_| Ok(()))
             .await
             .map(|reply| reply.access_token.expose().to_string())
+    }
+
+    /// Makes the database refuse every write from now on (as a full,
+    /// broken or read-only disk would), or accept them again.
+    async fn refuse_writes(&self, refuse: bool) {
+        self.tokens
+            .inner
+            .store
+            .call(move |db| db.refuse_writes(refuse))
+            .await
+            .expect("the store answers");
+    }
+
+    /// The access and refresh tokens the database holds for `name`.
+    async fn stored(&self, name: &str) -> (String, Option<String>) {
+        let name = name.to_string();
+        let records = self
+            .tokens
+            .inner
+            .store
+            .call(|db| db.load_all())
+            .await
+            .expect("the store answers");
+        let tokens = records
+            .into_iter()
+            .find(|r| r.auth.name == name)
+            .and_then(|r| r.tokens)
+            .expect("tokens are stored");
+        (
+            tokens.access_token.expose().to_string(),
+            tokens.refresh_token.map(|r| r.expose().to_string()),
+        )
     }
 
     /// Moves to the first refresh of a token of `lifetime_ms` planned at
@@ -777,4 +822,128 @@ async fn a_start_past_several_thresholds_warns_once_for_the_tightest() {
     let lines = warnings(&b);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("dies in 5d 0h"), "{}", lines[0]);
+}
+
+/// A login whose instance rotates refresh tokens (each refresh answers
+/// `refresh-N` and supersedes the one presented); access tokens live
+/// 10,000 s, so a refresh is planned every 7,500 s.
+fn rotating_login() -> Bench {
+    Bench::start(
+        vec![(
+            password_login("a", 100 * DAY),
+            held(EPOCH_MS, 10_000 * SEC, Some(EPOCH_MS)),
+        )],
+        policy(),
+        |clock| Script {
+            rotate: true,
+            ..Script::new(clock, 10_000 * SEC, vec![])
+        },
+    )
+}
+
+/// How many times `snctl show` says the save of `name`'s tokens was tried.
+fn save_tries(b: &Bench, name: &str) -> usize {
+    let said = b.show(name).last_error.unwrap_or_default();
+    said.split("tried ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_tokens_the_disk_refuses_are_served_and_their_save_retried_not_the_refresh() {
+    let b = rotating_login();
+    b.refuse_writes(true).await;
+    b.first_refresh(10_000 * SEC).await;
+    assert_eq!(b.asked()[0].refresh.as_deref(), Some("refresh-0"));
+
+    // Only memory holds refresh-1 now: the instance has superseded
+    // refresh-0, which the disk still holds. The new access token is served.
+    assert_eq!(
+        b.token("a", MinValid::Default(60)).await.unwrap(),
+        "access-1"
+    );
+    let shown = b.show("a");
+    assert_eq!(shown.state, AuthState::Ok);
+    let said = shown.last_error.expect("show says the tokens are unsaved");
+    assert!(said.contains("not yet saved"), "{said}");
+    assert!(said.contains("readonly"), "names the cause: {said}");
+    assert_eq!(b.stored("a").await.1.as_deref(), Some("refresh-0"));
+    assert_eq!(b.tokens.overview().unhealthy, 1, "status counts it");
+
+    // Twenty minutes of failing saves, retried with backoff: no refresh,
+    // one error line.
+    for step in 1..=120 {
+        b.advance_to(7_500 * SEC + step * 10 * SEC).await;
+    }
+    b.until("the save is retried", |b| save_tries(b, "a") >= 4)
+        .await;
+    assert_eq!(b.asked().len(), 1, "the save is retried, not the refresh");
+    let errors = b.log.lines_with("cannot save a's new tokens");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("ERROR"), "{}", errors[0]);
+
+    // The disk recovers: the next try saves the newest tokens, one line says so.
+    b.refuse_writes(false).await;
+    b.advance_to(7_500 * SEC + 20 * MIN + 301 * SEC).await;
+    b.until("the save works", |b| b.show("a").last_error.is_none())
+        .await;
+    assert_eq!(
+        b.stored("a").await,
+        ("access-1".to_string(), Some("refresh-1".to_string()))
+    );
+    let saved = b.log.lines_with("saved a's new tokens");
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(saved[0].contains("INFO"), "{}", saved[0]);
+    assert_eq!(b.tokens.overview().unhealthy, 0);
+    assert_eq!(b.asked().len(), 1);
+    assert_eq!(
+        b.token("a", MinValid::Default(60)).await.unwrap(),
+        "access-1"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_due_while_tokens_are_unsaved_presents_the_newest_refresh_token_and_saves_its_answer(
+) {
+    let b = rotating_login();
+    b.refuse_writes(true).await;
+    b.first_refresh(10_000 * SEC).await;
+    assert_eq!(
+        b.token("a", MinValid::Default(60)).await.unwrap(),
+        "access-1"
+    );
+
+    b.advance_to(15_000 * SEC).await;
+    b.until("the next refresh is asked", |b| b.asked().len() == 2)
+        .await;
+    assert_eq!(
+        b.asked()[1].refresh.as_deref(),
+        Some("refresh-1"),
+        "the refresh token in memory, never the superseded one on disk"
+    );
+    b.until("its answer is in hand", |b| {
+        b.show("a").last_refresh_at == Some((EPOCH_MS + 15_000 * SEC) / SEC)
+    })
+    .await;
+    assert_eq!(
+        b.token("a", MinValid::Default(60)).await.unwrap(),
+        "access-2"
+    );
+    assert!(b
+        .show("a")
+        .last_error
+        .is_some_and(|e| e.contains("not yet saved")));
+    assert_eq!(b.log.lines_with("cannot save a's new tokens").len(), 1);
+
+    b.refuse_writes(false).await;
+    b.advance_to(15_000 * SEC + 301 * SEC).await;
+    b.until("the save works", |b| b.show("a").last_error.is_none())
+        .await;
+    assert_eq!(
+        b.stored("a").await,
+        ("access-2".to_string(), Some("refresh-2".to_string()))
+    );
+    assert_eq!(b.asked().len(), 2);
 }

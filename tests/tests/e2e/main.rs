@@ -7,6 +7,7 @@ mod backup;
 mod canary;
 mod cli;
 mod crash;
+mod disk;
 mod doctor;
 mod faults;
 mod jwt;

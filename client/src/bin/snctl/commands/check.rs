@@ -138,7 +138,12 @@ pub fn check_one(summary: &AuthSummary, now: i64, warn_days: u32) -> AuthReport 
     let mut findings = vec![];
     let mut say = |status, message: String| findings.push(Finding { status, message });
     match summary.state {
-        AuthState::Ok => {}
+        // Ok with an error: snctld serves tokens it could not save yet.
+        AuthState::Ok => {
+            if let Some(error) = &summary.last_error {
+                say(Status::Warning, format!("{name}: {}", clean(error)));
+            }
+        }
         AuthState::Failing if valid > 0 => say(
             Status::Warning,
             format!(
@@ -377,6 +382,25 @@ mod tests {
         assert_eq!(status_of(&[ok.clone(), rejected]), Status::Critical);
         let login = auth("a", AuthState::NeedsLogin, Some(600));
         assert_eq!(status_of(&[login]), Status::Critical);
+    }
+
+    #[test]
+    fn tokens_in_service_but_not_saved_are_a_warning() {
+        let mut unsaved = auth("a", AuthState::Ok, Some(600));
+        unsaved.last_error = Some(
+            "new tokens not yet saved (database error: database or disk is full): \
+             served from memory"
+                .into(),
+        );
+        let report = check_one(&unsaved, NOW, 14);
+        assert_eq!(report.status, Status::Warning);
+        assert!(
+            report.findings[0]
+                .message
+                .starts_with("a: new tokens not yet saved"),
+            "{:?}",
+            report.findings
+        );
     }
 
     #[test]
