@@ -16,7 +16,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -29,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::Peer;
 use crate::dispatch::Dispatcher;
-use crate::proxy::{connection, Body};
+use crate::proxy::{accept_tcp, connection, Body};
 use crate::server::{self, BindError, Gate, Limits, Listener};
 use crate::settings::{optional, Applies, Changes, InvalidSetting};
 
@@ -168,25 +167,9 @@ pub async fn serve(bound: Bound, daemon: Arc<Dispatcher>, limits: Limits, stop: 
                 Err(error) => tracing::warn!(%error, "metrics served, address unknown"),
             }
             let permits = Arc::new(Semaphore::new(limits.max_connections));
-            loop {
-                let stream = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(error) => {
-                            tracing::warn!(%error, "metrics: accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    tracing::warn!(
-                        limit = limits.max_connections,
-                        "metrics: connection limit reached; closing a new connection"
-                    );
-                    continue;
-                };
+            while let Some((stream, permit)) =
+                accept_tcp(&listener, &permits, &limits, &stop, "metrics").await
+            {
                 let daemon = daemon.clone();
                 tracker.spawn(connection(
                     stream,

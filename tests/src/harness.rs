@@ -619,3 +619,16 @@ pub fn add_request(name: &str, instance: &str) -> snctl::protocol::AddRequest {
         proxy: false,
     }
 }
+
+/// The Python the client tests run: `SNCTL_TEST_PYTHON`, else the venv
+/// `.ci/run` makes under target/, else `python3` from PATH.
+pub fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("SNCTL_TEST_PYTHON") {
+        return python.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    if venv.exists() {
+        return venv;
+    }
+    "python3".into()
+}

@@ -331,25 +331,9 @@ pub(crate) async fn serve_tcp(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = TaskTracker::new();
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "proxy: TCP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(
-                limit = limits.max_connections,
-                "proxy: TCP connection limit reached; closing a new connection"
-            );
-            continue;
-        };
+    while let Some((stream, permit)) =
+        accept_tcp(&listener, &permits, &limits, &stop, "proxy").await
+    {
         let proxies = proxies.clone();
         tracker.spawn(connection(
             stream,
@@ -365,6 +349,39 @@ pub(crate) async fn serve_tcp(
     drop(listener);
     tracker.close();
     tracker.wait().await;
+}
+
+/// The next connection on a TCP `listener` with its permit, until `stop`
+/// (`None`). An accept that fails is logged and retried; a connection past
+/// `limits.max_connections` is closed at once. `what` names the listener
+/// in the log lines.
+pub(crate) async fn accept_tcp(
+    listener: &tokio::net::TcpListener,
+    permits: &Arc<Semaphore>,
+    limits: &Limits,
+    stop: &CancellationToken,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "{what}: TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => return Some((stream, permit)),
+            Err(_) => tracing::warn!(
+                limit = limits.max_connections,
+                "{what}: TCP connection limit reached; closing a new connection"
+            ),
+        }
+    }
 }
 
 /// One HTTP/1.1 connection, each request answered by `handle`, closed

@@ -39,14 +39,7 @@ print(json.dumps(families))
 "#;
 
 fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("SNCTL_TEST_PYTHON") {
-        return python.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
-    if venv.exists() {
-        return venv;
-    }
-    "python3".into()
+    snctl_tests::harness::python()
 }
 
 fn required() -> bool {

@@ -51,14 +51,7 @@ fn available(program: &Path, args: &[&str], why: &str) -> bool {
 }
 
 fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("SNCTL_TEST_PYTHON") {
-        return python.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
-    if venv.exists() {
-        return venv;
-    }
-    "python3".into()
+    snctl_tests::harness::python()
 }
 
 /// PATH with the built `snctl` first, as a recipe's user has it installed.
