@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use snctl_shared::frame::{self, MAX_RESPONSE_FRAME};
 use snctl_shared::protocol::{
     AuthSummary, BackupRequest, DaemonStatus, NameRequest, Reply, Request, Response, TokenRequest,
+    TokenRequestRef, TokenResponseRef,
 };
 use snctl_shared::PROTOCOL_VERSION;
 
@@ -254,5 +256,28 @@ impl Handler for Dispatcher {
 
     async fn handle(&self, peer: &Peer, request: Request) -> Response {
         Dispatcher::handle(self, peer, request).await
+    }
+
+    fn token_now(
+        &self,
+        peer: &Peer,
+        request: &TokenRequestRef<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<i64> {
+        // The rules are read in place: no reference taken on them.
+        let access = self.access.read().unwrap_or_else(|p| p.into_inner());
+        self.tokens
+            .token_now(
+                request.name,
+                request.min_valid,
+                |readers| access.may_read(peer, readers),
+                |token| {
+                    let response = TokenResponseRef::token(token);
+                    frame::encode_into(&response, MAX_RESPONSE_FRAME, out)
+                        .ok()
+                        .map(|()| token.expires_at)
+                },
+            )
+            .flatten()
     }
 }

@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use snctl_shared::frame::{self, FrameBuf, FrameError, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
-use snctl_shared::protocol::{Hello, HelloReply, Reply, Request, Response};
+use snctl_shared::protocol::{
+    Hello, HelloReply, Reply, Request, RequestRef, Response, TokenRequestRef,
+};
 use snctl_shared::Error;
 use snctl_shared::PROTOCOL_VERSION;
 
@@ -523,6 +525,17 @@ pub trait Handler: Send + Sync + 'static {
     fn connections(&self) -> &Gauge;
     /// Answers one request from `peer`.
     fn handle(&self, peer: &Peer, request: Request) -> impl Future<Output = Response>;
+    /// Answers a token request at once when a token valid long enough is
+    /// in hand and `peer` may read it: the answer encoded into `out` (a
+    /// whole frame), and the token's expiry in seconds since the epoch.
+    /// `None` sends the request the whole way ([`Handler::handle`]), which
+    /// refreshes, waits or refuses.
+    fn token_now(
+        &self,
+        peer: &Peer,
+        request: &TokenRequestRef<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<i64>;
 }
 
 impl Gauge {
@@ -732,26 +745,31 @@ fn connection<H: Handler>(
     // caller is fixed for the connection's life, so a process asking again
     // on it adds nothing to the record, only volume to the log (a service
     // asking per API call would write thousands of lines a second).
-    let mut audited: Vec<String> = Vec::new();
-    while let Some(request) = conn.read::<Request>()? {
+    let mut audited = Audited::default();
+    while conn.next()? {
+        // The warm path: a token request read in place and answered from
+        // the token in hand, on this thread, into the connection's own
+        // buffer: one read, one write, nothing allocated.
+        let payload = conn.frames.front()?.unwrap_or_default();
+        if let Ok(RequestRef::Token(r)) = frame::decode_request_ref(payload) {
+            if let Some(expires_at) = daemon.token_now(&peer, &r, &mut conn.out) {
+                audited.handed_out(r.name, &peer, expires_at);
+                conn.frames.pop();
+                conn.send_out()?;
+                continue;
+            }
+        }
+        let request = frame::decode_request::<Request>(payload);
+        conn.frames.pop();
+        let request = request?;
         let kind = request.kind();
-        let audit = match &request {
-            Request::Token(r) if !audited.contains(&r.name) => Some(r.name.clone()),
+        let name = match &request {
+            Request::Token(r) => Some(r.name.clone()),
             _ => None,
         };
         let response: Response = runtime.block_on(daemon.handle(&peer, request));
-        if let (Some(name), Ok(Reply::Token(token))) = (audit, &response) {
-            tracing::info!(
-                %name,
-                uid = peer.uid,
-                pid = peer.pid,
-                unit = peer.unit.as_deref(),
-                valid_secs = token.expires_at - crate::clock::now_ms() / 1000,
-                "token handed out"
-            );
-            if audited.len() < MAX_AUDITED_NAMES {
-                audited.push(name);
-            }
+        if let (Some(name), Ok(Reply::Token(token))) = (name, &response) {
+            audited.handed_out(&name, &peer, token.expires_at);
         }
         match &response {
             Err(error @ Error::Forbidden { .. }) => {
@@ -771,6 +789,37 @@ fn connection<H: Handler>(
     Ok(())
 }
 
+/// The authentications whose tokens a connection was given, for its audit
+/// lines.
+#[derive(Default)]
+struct Audited(Vec<String>);
+
+impl Audited {
+    /// Logs the handout of `name`'s token (expiring at `expires_at`, in
+    /// seconds since the epoch) unless this connection was given one
+    /// before.
+    fn handed_out(&mut self, name: &str, peer: &Peer, expires_at: i64) {
+        if self.0.iter().any(|n| n == name) {
+            return;
+        }
+        tracing::info!(
+            %name,
+            uid = peer.uid,
+            pid = peer.pid,
+            unit = peer.unit.as_deref(),
+            valid_secs = expires_at - crate::clock::now_ms() / 1000,
+            "token handed out"
+        );
+        if self.0.len() < MAX_AUDITED_NAMES {
+            self.0.push(name.to_string());
+        }
+    }
+}
+
+/// Capacity of a connection's reply buffer kept between replies: a large
+/// one (a listing of thousands) is given back once sent.
+const KEPT_REPLY_BUFFER: usize = 16 * 1024;
+
 /// One connection's socket, read a frame at a time ([`FrameBuf`]). A
 /// connection waiting for its next request may idle for `idle_timeout`;
 /// once a frame has started it must arrive whole within `read_timeout`, and
@@ -779,6 +828,8 @@ struct Conn<'a> {
     stream: &'a UnixStream,
     limits: &'a Limits,
     frames: FrameBuf,
+    /// The reply being sent, encoded: one buffer for the connection's life.
+    out: Vec<u8>,
     /// The socket's receive timeout now: set only when it changes, so a
     /// frame that arrives whole costs one read and no other call.
     timeout: Duration,
@@ -794,24 +845,26 @@ impl<'a> Conn<'a> {
             stream,
             limits,
             frames: FrameBuf::new(MAX_REQUEST_FRAME),
+            out: Vec::with_capacity(frame::READ_CHUNK),
             timeout: limits.idle_timeout,
         })
     }
 
-    /// Reads one frame; `None` when the client closed the connection, or
-    /// the daemon is stopping, between requests.
-    fn read<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, ConnError> {
+    /// Waits until a whole frame is at the front of [`Conn::frames`];
+    /// `false` when the client closed the connection, or the daemon is
+    /// stopping, between requests.
+    fn next(&mut self) -> Result<bool, ConnError> {
         if self.frames.is_empty() {
             self.set_timeout(self.limits.idle_timeout)?;
             if self.fill(ConnError::Idle)? == 0 {
-                return Ok(None);
+                return Ok(false);
             }
         }
-        let deadline = std::time::Instant::now() + self.limits.read_timeout;
-        loop {
-            if let Some(message) = self.frames.take(frame::decode_request)? {
-                return Ok(Some(message));
-            }
+        // Read only once a frame came in pieces.
+        let mut deadline = None;
+        while self.frames.front()?.is_none() {
+            let deadline = *deadline
+                .get_or_insert_with(|| std::time::Instant::now() + self.limits.read_timeout);
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(ConnError::Slow);
@@ -821,6 +874,16 @@ impl<'a> Conn<'a> {
                 return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()).into());
             }
         }
+        Ok(true)
+    }
+
+    /// Reads one frame; `None` when the client closed the connection, or
+    /// the daemon is stopping, between requests.
+    fn read<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, ConnError> {
+        if !self.next()? {
+            return Ok(None);
+        }
+        Ok(self.frames.take(frame::decode_request)?)
     }
 
     /// One read; a timeout is `late`.
@@ -843,15 +906,20 @@ impl<'a> Conn<'a> {
     }
 
     fn write<T: Serialize>(&mut self, message: &T) -> Result<(), ConnError> {
+        frame::encode_into(message, MAX_RESPONSE_FRAME, &mut self.out)?;
+        self.send_out()
+    }
+
+    /// Sends the frame in [`Conn::out`].
+    fn send_out(&mut self) -> Result<(), ConnError> {
         use nix::sys::socket::{send, MsgFlags};
-        let bytes = frame::encode(message, MAX_RESPONSE_FRAME)?;
         let mut sent = 0;
-        while sent < bytes.len() {
+        while sent < self.out.len() {
             // MSG_NOSIGNAL: a caller that went away is an error here, not a
             // SIGPIPE for the whole daemon.
             match send(
                 self.stream.as_raw_fd(),
-                &bytes[sent..],
+                &self.out[sent..],
                 MsgFlags::MSG_NOSIGNAL,
             ) {
                 Ok(n) => sent += n,
@@ -864,6 +932,9 @@ impl<'a> Conn<'a> {
                     });
                 }
             }
+        }
+        if self.out.capacity() > KEPT_REPLY_BUFFER {
+            self.out = Vec::with_capacity(frame::READ_CHUNK);
         }
         Ok(())
     }

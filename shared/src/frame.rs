@@ -28,7 +28,7 @@
 use std::io::{self, Read};
 
 use bincode::config::{Configuration, Limit};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Largest frame a client may send to the daemon.
 pub const MAX_REQUEST_FRAME: usize = 64 * 1024;
@@ -73,15 +73,41 @@ pub enum FrameError {
 ///
 /// Fails when the payload would exceed `max` bytes.
 pub fn encode<T: Serialize>(message: &T, max: usize) -> Result<Vec<u8>, FrameError> {
-    let mut frame = vec![0u8; HEADER_LEN];
-    bincode::serde::encode_into_std_write(message, &mut frame, config::<MAX_RESPONSE_FRAME>())
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
-    let len = frame.len() - HEADER_LEN;
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
-    }
-    frame[..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    let mut frame = Vec::new();
+    encode_into(message, max, &mut frame)?;
     Ok(frame)
+}
+
+/// Encodes `message` as a whole frame into `frame`, replacing what it held:
+/// a connection that keeps one buffer for its frames allocates nothing for
+/// a frame no larger than the ones before.
+///
+/// Fails when the payload would exceed `max` bytes (`frame` is then
+/// cleared).
+pub fn encode_into<T: Serialize>(
+    message: &T,
+    max: usize,
+    frame: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    frame.clear();
+    frame.extend_from_slice(&[0; HEADER_LEN]);
+    let encoded =
+        bincode::serde::encode_into_std_write(message, &mut *frame, config::<MAX_RESPONSE_FRAME>())
+            .map_err(|e| FrameError::Encode(e.to_string()))
+            .and_then(|len| match len > max {
+                true => Err(FrameError::TooLarge { len, max }),
+                false => Ok(len),
+            });
+    match encoded {
+        Ok(len) => {
+            frame[..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+            Ok(())
+        }
+        Err(error) => {
+            frame.clear();
+            Err(error)
+        }
+    }
 }
 
 /// Reads the payload length from a frame header, refusing lengths above `max`.
@@ -101,6 +127,22 @@ pub fn decode_request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameErr
 /// Decodes a response-direction payload (daemon to client).
 pub fn decode_response<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     decode_with(payload, config::<MAX_RESPONSE_FRAME>())
+}
+
+/// Decodes a request-direction payload into a message that borrows from
+/// it (its strings read in place, nothing allocated), such as
+/// [`crate::protocol::RequestRef`].
+pub fn decode_request_ref<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, FrameError> {
+    let (message, used) =
+        bincode::serde::borrow_decode_from_slice(payload, config::<MAX_REQUEST_FRAME>())
+            .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != payload.len() {
+        return Err(FrameError::Decode(format!(
+            "{} trailing bytes after the message",
+            payload.len() - used
+        )));
+    }
+    Ok(message)
 }
 
 fn decode_with<T: DeserializeOwned, const N: usize>(
@@ -203,20 +245,38 @@ impl FrameBuf {
         &mut self,
         decode: impl FnOnce(&[u8]) -> Result<T, FrameError>,
     ) -> Result<Option<T>, FrameError> {
-        let Some(len) = self.front_len()? else {
+        let Some(payload) = self.front()? else {
             return Ok(None);
         };
+        let message = decode(payload);
+        self.pop();
+        message.map(Some)
+    }
+
+    /// The payload of the frame at the front once it is whole, to be read
+    /// in place; `None` while it is not. [`FrameBuf::pop`] then takes it.
+    pub fn front(&self) -> Result<Option<&[u8]>, FrameError> {
+        Ok(self
+            .front_len()?
+            .filter(|len| self.filled >= *len)
+            .map(|len| &self.buf[HEADER_LEN..len]))
+    }
+
+    /// Drops the whole frame at the front ([`FrameBuf::front`]); nothing
+    /// when there is none.
+    pub fn pop(&mut self) {
+        let Ok(Some(len)) = self.front_len() else {
+            return;
+        };
         if self.filled < len {
-            return Ok(None);
+            return;
         }
-        let message = decode(&self.buf[HEADER_LEN..len]);
         self.buf.copy_within(len..self.filled, 0);
         self.filled -= len;
         if self.buf.len() > READ_CHUNK && self.filled <= READ_CHUNK {
             self.buf.truncate(READ_CHUNK);
             self.buf.shrink_to_fit();
         }
-        message.map(Some)
     }
 
     /// Reads from a blocking `reader` until a frame is whole, and takes
@@ -357,6 +417,71 @@ mod tests {
         let response: Response = Err(Error::NotFound { name: "x".into() });
         let frame = encode(&response, MAX_RESPONSE_FRAME).unwrap();
         assert_eq!(hex(&frame), "0400000001000178");
+    }
+
+    #[test]
+    fn the_borrowed_token_exchange_is_byte_for_byte_the_owned_one() {
+        for (name, min_valid) in [
+            ("prod", MinValid::Default(60)),
+            ("", MinValid::Required(0)),
+            ("ünïcode-név", MinValid::Required(u32::MAX)),
+        ] {
+            let owned = encode(
+                &Request::Token(TokenRequest {
+                    name: name.into(),
+                    min_valid,
+                }),
+                MAX_REQUEST_FRAME,
+            )
+            .unwrap();
+            let borrowed = RequestRef::Token(TokenRequestRef { name, min_valid });
+            assert_eq!(encode(&borrowed, MAX_REQUEST_FRAME).unwrap(), owned);
+            let read: RequestRef<'_> = decode_request_ref(&owned[HEADER_LEN..]).unwrap();
+            assert_eq!(read, borrowed);
+        }
+        for (token, expires_at, url) in [
+            ("eyJ0", 1_700_000_000, "https://acme.service-now.com"),
+            ("", -1, ""),
+            ("x".repeat(5000).as_str(), i64::MAX, "http://127.0.0.1:1"),
+        ] {
+            let owned: Response = Ok(Reply::Token(TokenReply {
+                access_token: Secret::new(token.into()),
+                expires_at,
+                instance_url: url.into(),
+            }));
+            let borrowed = TokenResponseRef::token(TokenReplyRef {
+                access_token: token,
+                expires_at,
+                instance_url: url,
+            });
+            let mut frame = b"left over from the last frame".to_vec();
+            encode_into(&borrowed, MAX_RESPONSE_FRAME, &mut frame).unwrap();
+            assert_eq!(frame, encode(&owned, MAX_RESPONSE_FRAME).unwrap());
+            assert!(!format!("{borrowed:?}").contains(token) || token.is_empty());
+        }
+        // Any other request is not a token request, and is read whole.
+        let list = encode(&Request::List, MAX_REQUEST_FRAME).unwrap();
+        assert!(decode_request_ref::<RequestRef<'_>>(&list[HEADER_LEN..]).is_err());
+        let show = encode(
+            &Request::Show(NameRequest { name: "a".into() }),
+            MAX_REQUEST_FRAME,
+        )
+        .unwrap();
+        assert!(decode_request_ref::<RequestRef<'_>>(&show[HEADER_LEN..]).is_err());
+    }
+
+    #[test]
+    fn a_frame_too_large_leaves_the_buffer_empty() {
+        let mut frame = vec![1, 2, 3];
+        let big = Hello {
+            protocol_version: 1,
+            client_version: "v".repeat(100),
+        };
+        assert!(matches!(
+            encode_into(&big, 10, &mut frame),
+            Err(FrameError::TooLarge { max: 10, .. })
+        ));
+        assert!(frame.is_empty());
     }
 
     #[test]

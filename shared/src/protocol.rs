@@ -172,6 +172,73 @@ pub struct TokenReply {
     pub instance_url: String,
 }
 
+/// The token exchange with its strings borrowed, for the path every warm
+/// token takes: the daemon reads a token request in place from its frame
+/// and writes the answer straight from where the token is kept, and the
+/// client library writes its request without copying the name. Each type
+/// encodes exactly as its owned twin does: [`Request::Token`] and
+/// [`Reply::Token`] are the first variants of their enums (index 0), and
+/// `Ok` is the first of a `Result`'s. Other requests do not decode as a
+/// [`RequestRef`]: the daemon then reads them as a [`Request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestRef<'a> {
+    /// [`Request::Token`].
+    #[serde(borrow)]
+    Token(TokenRequestRef<'a>),
+}
+
+/// [`TokenRequest`], its name borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRequestRef<'a> {
+    /// The authentication's name.
+    pub name: &'a str,
+    /// How long the token must stay valid.
+    pub min_valid: MinValid,
+}
+
+/// `Ok(Reply::Token(…))`, the answer to [`RequestRef::Token`], written from
+/// borrowed strings (see [`RequestRef`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum TokenResponseRef<'a> {
+    /// `Result::Ok`.
+    Ok(ReplyRef<'a>),
+}
+
+/// [`Reply::Token`], borrowed.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum ReplyRef<'a> {
+    /// [`Reply::Token`].
+    Token(TokenReplyRef<'a>),
+}
+
+/// [`TokenReply`], its strings borrowed.
+#[derive(Clone, Copy, Serialize)]
+pub struct TokenReplyRef<'a> {
+    /// The bearer token.
+    pub access_token: &'a str,
+    /// Seconds since the Unix epoch after which the token is no longer valid.
+    pub expires_at: i64,
+    /// The instance the token is for.
+    pub instance_url: &'a str,
+}
+
+impl fmt::Debug for TokenReplyRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenReplyRef")
+            .field("access_token", &format_args!("[redacted]"))
+            .field("expires_at", &self.expires_at)
+            .field("instance_url", &self.instance_url)
+            .finish()
+    }
+}
+
+impl<'a> TokenResponseRef<'a> {
+    /// The answer carrying `token`.
+    pub fn token(token: TokenReplyRef<'a>) -> Self {
+        TokenResponseRef::Ok(ReplyRef::Token(token))
+    }
+}
+
 /// How the OAuth client proves who it is at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

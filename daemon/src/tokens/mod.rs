@@ -47,7 +47,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use snctl_shared::protocol::{
-    AuthState, AuthSummary, Grant, LoginSummary, MinValid, TokenReply, UpstreamError, UpstreamKind,
+    AuthState, AuthSummary, Grant, LoginSummary, MinValid, TokenReply, TokenReplyRef,
+    UpstreamError, UpstreamKind,
 };
 use snctl_shared::time::span;
 use snctl_shared::{Error, Secret};
@@ -932,6 +933,40 @@ impl Tokens {
             entry.counters.handed_out();
         }
         token
+    }
+
+    /// [`Tokens::token`]'s answer when it needs nothing but what is in
+    /// memory: a token valid for at least `min_valid` more, which `allowed`
+    /// (seeing the readers) lets the caller have. `answer` sees it borrowed,
+    /// under the authentication's lock, and writes it where it goes; then
+    /// it is counted as handed out. `None` when a refresh, a wait or a
+    /// refusal is due: [`Tokens::token`] then does what is due.
+    pub fn token_now<R>(
+        &self,
+        name: &str,
+        min_valid: MinValid,
+        allowed: impl FnOnce(&ReaderIds) -> bool,
+        answer: impl FnOnce(TokenReplyRef<'_>) -> R,
+    ) -> Option<R> {
+        let entries = self.read_entries();
+        let entry = entries.get(name)?;
+        let shared = entry.lock();
+        if !allowed(&shared.auth.readers) {
+            return None;
+        }
+        let token = shared.token.as_ref()?;
+        let lifetime_ms = token.expires_at_ms - token.obtained_at_ms;
+        let min_valid_ms = wanted_ms(min_valid, Some(lifetime_ms));
+        if token.expires_at_ms - entry.now_ms() <= min_valid_ms {
+            return None;
+        }
+        let answered = answer(TokenReplyRef {
+            access_token: token.access.expose(),
+            expires_at: token.expires_at_ms / 1000,
+            instance_url: &shared.auth.instance_url,
+        });
+        entry.counters.handed_out();
+        Some(answered)
     }
 
     /// [`Tokens::token`] of `entry`, uncounted.
