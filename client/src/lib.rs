@@ -28,7 +28,7 @@ use snctl_shared::frame::{self, FrameBuf, FrameError, MAX_REQUEST_FRAME, MAX_RES
 use snctl_shared::protocol::{
     AddRequest, AuthSummary, BackupRequest, DaemonStatus, Diagnosis, Hello, HelloReply,
     LoginChallenge, LoginRequest, NameRequest, RemoveReply, RemoveRequest, Reply, Request,
-    Response, StartLoginRequest, TokenRequest, UpdateRequest,
+    RequestRef, Response, StartLoginRequest, TokenRequestRef, UpdateRequest,
 };
 
 /// The protocol types, for callers that build admin requests.
@@ -192,6 +192,9 @@ pub struct Client {
     unsent_hello: Vec<u8>,
     /// The hello's answer is still to be read.
     hello_pending: bool,
+    /// The request being sent, encoded: one buffer for the connection's
+    /// life.
+    out: Vec<u8>,
 }
 
 impl Client {
@@ -261,6 +264,7 @@ impl Client {
             daemon_version: String::new(),
             unsent_hello,
             hello_pending: true,
+            out: Vec::new(),
         })
     }
 
@@ -333,7 +337,22 @@ impl Client {
 
     /// Sends one request and waits for its answer.
     pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
-        let written = frame::encode(request, MAX_REQUEST_FRAME).and_then(|frame| self.send(&frame));
+        self.exchange(|out| frame::encode_into(request, MAX_REQUEST_FRAME, out))
+    }
+
+    /// Sends the request `encode` writes (a [`Request`], or its borrowed
+    /// form) and waits for its answer.
+    fn exchange(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), FrameError>,
+    ) -> Result<Reply, ClientError> {
+        let mut out = std::mem::take(&mut self.out);
+        let written = encode(&mut out).and_then(|()| self.send(&out));
+        // Kept for the next request unless a large one (an add with a
+        // long key) grew it.
+        if out.capacity() <= frame::READ_CHUNK {
+            self.out = out;
+        }
         // A refused handshake explains a failed write better than the write.
         self.finish_hello()?;
         written.map_err(|e| self.lost(e))?;
@@ -393,11 +412,9 @@ impl Client {
     /// [`Client::token_with`], [`MinValid::Default`] bends to a short
     /// lifetime as [`Client::token`] does.
     pub fn token_valid(&mut self, name: &str, min_valid: MinValid) -> Result<Token, ClientError> {
-        let request = Request::Token(TokenRequest {
-            name: name.to_string(),
-            min_valid,
-        });
-        match self.request(&request)? {
+        // The borrowed form: the same bytes, without copying the name.
+        let request = RequestRef::Token(TokenRequestRef { name, min_valid });
+        match self.exchange(|out| frame::encode_into(&request, MAX_REQUEST_FRAME, out))? {
             Reply::Token(token) => Ok(token),
             other => Err(self.unexpected(other)),
         }

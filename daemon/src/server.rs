@@ -759,34 +759,49 @@ fn connection<H: Handler>(
                 continue;
             }
         }
-        let request = frame::decode_request::<Request>(payload);
-        conn.frames.pop();
-        let request = request?;
-        let kind = request.kind();
-        let name = match &request {
-            Request::Token(r) => Some(r.name.clone()),
-            _ => None,
-        };
-        let response: Response = runtime.block_on(daemon.handle(&peer, request));
-        if let (Some(name), Ok(Reply::Token(token))) = (name, &response) {
-            audited.handed_out(&name, &peer, token.expires_at);
-        }
-        match &response {
-            Err(error @ Error::Forbidden { .. }) => {
-                tracing::warn!(
-                    request = kind,
-                    uid = peer.uid,
-                    pid = peer.pid,
-                    unit = peer.unit.as_deref(),
-                    "refused: {error}"
-                )
-            }
-            Err(error) => tracing::debug!(request = kind, %error, "request failed"),
-            Ok(_) => {}
-        }
-        conn.write(&response)?;
+        answer(&mut conn, &peer, daemon, runtime, &mut audited)?;
     }
     Ok(())
+}
+
+/// Answers the request at the front of `conn` the whole way
+/// ([`Handler::handle`]). Kept out of [`connection`]'s loop: the handler's
+/// future lives in this function's stack frame, not in the one the warm
+/// path runs in.
+#[inline(never)]
+fn answer<H: Handler>(
+    conn: &mut Conn<'_>,
+    peer: &Peer,
+    daemon: &H,
+    runtime: &tokio::runtime::Handle,
+    audited: &mut Audited,
+) -> Result<(), ConnError> {
+    let request = frame::decode_request::<Request>(conn.frames.front()?.unwrap_or_default());
+    conn.frames.pop();
+    let request = request?;
+    let kind = request.kind();
+    let name = match &request {
+        Request::Token(r) => Some(r.name.clone()),
+        _ => None,
+    };
+    let response: Response = runtime.block_on(daemon.handle(peer, request));
+    if let (Some(name), Ok(Reply::Token(token))) = (name, &response) {
+        audited.handed_out(&name, peer, token.expires_at);
+    }
+    match &response {
+        Err(error @ Error::Forbidden { .. }) => {
+            tracing::warn!(
+                request = kind,
+                uid = peer.uid,
+                pid = peer.pid,
+                unit = peer.unit.as_deref(),
+                "refused: {error}"
+            )
+        }
+        Err(error) => tracing::debug!(request = kind, %error, "request failed"),
+        Ok(_) => {}
+    }
+    conn.write(&response)
 }
 
 /// The authentications whose tokens a connection was given, for its audit
