@@ -45,6 +45,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How long a started frame may take to arrive, and a reply to be taken.
     pub read_timeout: Duration,
+    /// How long a connection waits for its next request on a thread of its
+    /// own; past this it waits on the runtime's poller and its thread goes
+    /// back to the pool (an idle connection holds no thread).
+    pub park_after: Duration,
 }
 
 impl Default for Limits {
@@ -54,6 +58,7 @@ impl Default for Limits {
             max_per_uid: 64,
             idle_timeout: Duration::from_secs(120),
             read_timeout: Duration::from_secs(10),
+            park_after: Duration::from_secs(1),
         }
     }
 }
@@ -69,6 +74,12 @@ pub struct ServerSection {
 }
 
 impl Limits {
+    /// How long a connection's thread waits for its next request: until
+    /// it parks, or its idle time is over if that comes first.
+    fn between_requests(&self) -> Duration {
+        self.park_after.min(self.idle_timeout)
+    }
+
     /// Reads `[server]` over these limits.
     pub fn apply(&mut self, s: ServerSection) -> Result<(), InvalidSetting> {
         if let Some(n) = s.max_connections {
@@ -571,10 +582,14 @@ impl Drop for Open<'_> {
 ///
 /// Each connection is served by a thread of its own from the runtime's
 /// blocking pool (reused once idle: a new connection costs no new thread),
-/// which reads its frames and drives the (async) request handlers on the
-/// runtime's handle: a warm token never leaves that thread. The pool must
-/// have room for `max_connections` + [`ADMIN_RESERVE`] besides its other
-/// work ([`blocking_threads`]). Served as tasks on the runtime's
+/// which reads its frames, answers a warm token itself and drives the
+/// (async) request handlers on the runtime's handle for the rest. A
+/// connection that waits longer than [`Limits::park_after`] for its next
+/// request gives its thread back and waits on the runtime's poller, its
+/// buffers released ([`Session`]): an idle connection costs a few KiB, not
+/// a thread (BENCHMARKS.md); its next request takes a thread again. The
+/// pool must have room for `max_connections` + [`ADMIN_RESERVE`] besides
+/// its other work ([`blocking_threads`]). Served as tasks on the runtime's
 /// workers instead, a burst of callers woke one task each on two workers,
 /// and the kernel, which shares the CPU per thread, gave those two the
 /// share of two callers: at 64 callers one request in a hundred waited
@@ -613,14 +628,49 @@ pub async fn serve<H: Handler>(
             live.clone(),
             runtime.clone(),
         );
-        tracker.spawn_blocking(move || {
+        tracker.spawn(async move {
             let _open = Open::new(daemon.connections());
-            // Registered after `stream`, so deregistered before it closes.
-            let Some(_registered) = live.register(&stream) else {
+            let conn = match Conn::new(stream, &limits) {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::debug!(%error, "connection ended");
+                    return;
+                }
+            };
+            let Some(registered) = live.register(&conn.stream) else {
                 return; // stopping
             };
-            if let Err(error) = connection(&stream, peer, &*daemon, &limits, &runtime) {
-                tracing::debug!(%error, "connection ended");
+            let mut session = Some(Session {
+                _registered: registered,
+                conn,
+                peer,
+                audited: Audited::default(),
+                greeted: false,
+            });
+            // On a thread until it ends or parks; parked on the poller
+            // until its next request.
+            while let Some(mut serving) = session.take() {
+                let (daemon, runtime) = (daemon.clone(), runtime.clone());
+                let served = tokio::task::spawn_blocking(move || {
+                    let result = connection(&mut serving, &*daemon, &runtime);
+                    (serving, result)
+                })
+                .await;
+                // A thread that panicked took the session with it.
+                let Ok((back, result)) = served else { break };
+                match result {
+                    Err(ConnError::Park(left)) => {
+                        let mut parked = back;
+                        parked.conn.release();
+                        match parked.conn.readable_within(left).await {
+                            Ok(true) => session = Some(parked),
+                            Ok(false) => tracing::debug!(error = %ConnError::Idle, "connection ended"),
+                            Err(error) => tracing::debug!(%error, "connection ended"),
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "connection ended"),
+                    Ok(()) => {}
+                }
             }
             drop(admitted);
         });
@@ -662,8 +712,8 @@ struct LiveInner {
 
 /// A connection's place in [`Live`], given up (before its socket closes)
 /// when dropped.
-struct Registered<'a> {
-    live: &'a Live,
+struct Registered {
+    live: Arc<Live>,
     id: u64,
 }
 
@@ -673,7 +723,7 @@ impl Live {
     }
 
     /// Registers `stream`, unless the daemon is stopping.
-    fn register(&self, stream: &UnixStream) -> Option<Registered<'_>> {
+    fn register(self: &Arc<Self>, stream: &UnixStream) -> Option<Registered> {
         let mut inner = self.lock();
         if inner.stopping {
             return None;
@@ -681,7 +731,10 @@ impl Live {
         inner.next += 1;
         let id = inner.next;
         inner.sockets.insert(id, stream.as_raw_fd());
-        Some(Registered { live: self, id })
+        Some(Registered {
+            live: self.clone(),
+            id,
+        })
     }
 
     /// Shuts the reading side of every connection: a wait for a next
@@ -697,7 +750,7 @@ impl Live {
     }
 }
 
-impl Drop for Registered<'_> {
+impl Drop for Registered {
     fn drop(&mut self) {
         self.live.lock().sockets.remove(&self.id);
     }
@@ -717,49 +770,74 @@ enum ConnError {
     Frame(#[from] FrameError),
     #[error("client speaks protocol {0}")]
     Version(u32),
+    /// Waited [`Limits::park_after`] for a next request: to wait on the
+    /// runtime's poller for the rest of its idle time.
+    #[error("parked")]
+    Park(Duration),
 }
 
-fn connection<H: Handler>(
-    stream: &UnixStream,
+/// A connection between two stretches on a thread: what its thread hands
+/// to the poller when it parks, and takes back when a request comes.
+struct Session {
+    /// Its place in [`Live`]: given up (dropped first) before the socket
+    /// closes.
+    _registered: Registered,
+    conn: Conn,
     peer: Peer,
+    /// Authentications whose tokens this connection has been given: the
+    /// audit line is written once per connection and authentication. The
+    /// caller is fixed for the connection's life, so a process asking
+    /// again on it adds nothing to the record, only volume to the log (a
+    /// service asking per API call would write thousands of lines a
+    /// second).
+    audited: Audited,
+    /// The hello was answered.
+    greeted: bool,
+}
+
+/// Serves `session` on this thread until it ends (`Ok`, or the error that
+/// ended it) or parks ([`ConnError::Park`]).
+fn connection<H: Handler>(
+    session: &mut Session,
     daemon: &H,
-    limits: &Limits,
     runtime: &tokio::runtime::Handle,
 ) -> Result<(), ConnError> {
-    tracing::debug!(%peer, "connection");
-    let mut conn = Conn::new(stream, limits)?;
-
-    let Some(hello) = conn.read::<Hello>()? else {
-        return Ok(());
-    };
-    let reply = HelloReply {
-        protocol_version: PROTOCOL_VERSION,
-        daemon_version: crate::VERSION.to_string(),
-    };
-    conn.write(&reply)?;
-    if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(ConnError::Version(hello.protocol_version));
+    let Session {
+        conn,
+        peer,
+        audited,
+        greeted,
+        ..
+    } = session;
+    if !*greeted {
+        tracing::debug!(%peer, "connection");
+        let Some(hello) = conn.read::<Hello>()? else {
+            return Ok(());
+        };
+        let reply = HelloReply {
+            protocol_version: PROTOCOL_VERSION,
+            daemon_version: crate::VERSION.to_string(),
+        };
+        conn.write(&reply)?;
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(ConnError::Version(hello.protocol_version));
+        }
+        *greeted = true;
     }
-    // Authentications whose tokens this connection has been given: the
-    // audit line is written once per connection and authentication. The
-    // caller is fixed for the connection's life, so a process asking again
-    // on it adds nothing to the record, only volume to the log (a service
-    // asking per API call would write thousands of lines a second).
-    let mut audited = Audited::default();
     while conn.next()? {
         // The warm path: a token request read in place and answered from
         // the token in hand, on this thread, into the connection's own
         // buffer: one read, one write, nothing allocated.
         let payload = conn.frames.front()?.unwrap_or_default();
         if let Ok(RequestRef::Token(r)) = frame::decode_request_ref(payload) {
-            if let Some(expires_at) = daemon.token_now(&peer, &r, &mut conn.out) {
-                audited.handed_out(r.name, &peer, expires_at);
+            if let Some(expires_at) = daemon.token_now(peer, &r, &mut conn.out) {
+                audited.handed_out(r.name, peer, expires_at);
                 conn.frames.pop();
                 conn.send_out()?;
                 continue;
             }
         }
-        answer(&mut conn, &peer, daemon, runtime, &mut audited)?;
+        answer(conn, peer, daemon, runtime, audited)?;
     }
     Ok(())
 }
@@ -770,7 +848,7 @@ fn connection<H: Handler>(
 /// path runs in.
 #[inline(never)]
 fn answer<H: Handler>(
-    conn: &mut Conn<'_>,
+    conn: &mut Conn,
     peer: &Peer,
     daemon: &H,
     runtime: &tokio::runtime::Handle,
@@ -839,9 +917,9 @@ const KEPT_REPLY_BUFFER: usize = 16 * 1024;
 /// connection waiting for its next request may idle for `idle_timeout`;
 /// once a frame has started it must arrive whole within `read_timeout`, and
 /// a reply must be taken within `read_timeout`.
-struct Conn<'a> {
-    stream: &'a UnixStream,
-    limits: &'a Limits,
+struct Conn {
+    stream: UnixStream,
+    limits: Limits,
     frames: FrameBuf,
     /// The reply being sent, encoded: one buffer for the connection's life.
     out: Vec<u8>,
@@ -850,28 +928,64 @@ struct Conn<'a> {
     timeout: Duration,
 }
 
-impl<'a> Conn<'a> {
-    fn new(stream: &'a UnixStream, limits: &'a Limits) -> Result<Conn<'a>, ConnError> {
+impl Conn {
+    fn new(stream: UnixStream, limits: &Limits) -> Result<Conn, ConnError> {
+        let wait = limits.between_requests();
         stream
-            .set_read_timeout(Some(limits.idle_timeout))
+            .set_read_timeout(Some(wait))
             .and_then(|()| stream.set_write_timeout(Some(limits.read_timeout)))
             .map_err(FrameError::Io)?;
         Ok(Conn {
             stream,
-            limits,
+            limits: limits.clone(),
             frames: FrameBuf::new(MAX_REQUEST_FRAME),
             out: Vec::with_capacity(frame::READ_CHUNK),
-            timeout: limits.idle_timeout,
+            timeout: wait,
         })
+    }
+
+    /// Gives back the buffers while the connection is parked between
+    /// requests; they come back with its next request.
+    fn release(&mut self) {
+        self.frames.release();
+        self.out = Vec::new();
+    }
+
+    /// Waits on the runtime's poller, for at most `left`, until the
+    /// connection has something to read (a request, its end, or the stop
+    /// that shut its reading side); `false` when `left` ran out first.
+    async fn readable_within(&self, left: Duration) -> io::Result<bool> {
+        use std::os::fd::AsFd;
+        // SAFETY: the descriptor is borrowed from the connection's socket,
+        // which stays open while this registration lives (it ends with
+        // this function).
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                self.stream.as_fd(),
+                tokio::io::Interest::READABLE,
+            )
+        }?;
+        match tokio::time::timeout(left, fd.readable()).await {
+            Ok(ready) => ready.map(|_| true),
+            Err(_) => Ok(false),
+        }
     }
 
     /// Waits until a whole frame is at the front of [`Conn::frames`];
     /// `false` when the client closed the connection, or the daemon is
     /// stopping, between requests.
+    /// A connection still waiting after [`Limits::park_after`] ends with
+    /// [`ConnError::Park`], or [`ConnError::Idle`] when that was its whole
+    /// `idle_timeout`.
     fn next(&mut self) -> Result<bool, ConnError> {
         if self.frames.is_empty() {
-            self.set_timeout(self.limits.idle_timeout)?;
-            if self.fill(ConnError::Idle)? == 0 {
+            let wait = self.limits.between_requests();
+            self.set_timeout(wait)?;
+            let idle = match self.limits.idle_timeout.checked_sub(wait) {
+                Some(left) if !left.is_zero() => ConnError::Park(left),
+                _ => ConnError::Idle,
+            };
+            if self.fill(idle)? == 0 {
                 return Ok(false);
             }
         }
@@ -903,7 +1017,7 @@ impl<'a> Conn<'a> {
 
     /// One read; a timeout is `late`.
     fn fill(&mut self, late: ConnError) -> Result<usize, ConnError> {
-        let mut stream = self.stream;
+        let mut stream = &self.stream;
         match self.frames.read_from(&mut stream) {
             Err(FrameError::Io(e)) if timed_out(&e) => Err(late),
             read => Ok(read?),
@@ -979,6 +1093,7 @@ mod tests {
         Limits {
             idle_timeout: idle,
             read_timeout: read,
+            park_after: idle,
             ..Limits::default()
         }
     }
@@ -988,7 +1103,7 @@ mod tests {
         use std::io::Write;
         let limits = limits(Duration::from_secs(30), Duration::from_secs(30));
         let (mut client, daemon) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(&daemon, &limits).unwrap();
+        let mut conn = Conn::new(daemon, &limits).unwrap();
         // Two frames in one write (a hello sent with the first request).
         let mut both = frame::encode(&hello("one"), MAX_REQUEST_FRAME).unwrap();
         both.extend(frame::encode(&hello("two"), MAX_REQUEST_FRAME).unwrap());
@@ -1018,14 +1133,14 @@ mod tests {
         use std::io::Write;
         let limits = limits(Duration::from_millis(200), Duration::from_millis(200));
         let (mut client, daemon) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(&daemon, &limits).unwrap();
+        let mut conn = Conn::new(daemon, &limits).unwrap();
         assert!(matches!(conn.read::<Hello>(), Err(ConnError::Idle)));
         let one = frame::encode(&hello("late"), MAX_REQUEST_FRAME).unwrap();
         client.write_all(&one[..3]).unwrap();
         assert!(matches!(conn.read::<Hello>(), Err(ConnError::Slow)));
         // Cut off mid-frame.
         let (mut client, daemon) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(&daemon, &limits).unwrap();
+        let mut conn = Conn::new(daemon, &limits).unwrap();
         client.write_all(&one[..6]).unwrap();
         drop(client);
         assert!(matches!(
@@ -1034,7 +1149,7 @@ mod tests {
         ));
         // A header claiming more than a request may hold.
         let (mut client, daemon) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(&daemon, &limits).unwrap();
+        let mut conn = Conn::new(daemon, &limits).unwrap();
         client.write_all(&u32::MAX.to_le_bytes()).unwrap();
         assert!(matches!(
             conn.read::<Hello>(),
@@ -1051,7 +1166,7 @@ mod tests {
             let live = live.clone();
             std::thread::spawn(move || {
                 let _registered = live.register(&daemon).expect("not stopping yet");
-                let mut conn = Conn::new(&daemon, &limits).unwrap();
+                let mut conn = Conn::new(daemon, &limits).unwrap();
                 conn.read::<Hello>().map(|h| h.is_none())
             })
         };
@@ -1066,6 +1181,45 @@ mod tests {
             live.register(&late).is_none(),
             "no new connection once stopping"
         );
+    }
+
+    #[test]
+    fn an_idle_connection_parks_and_wakes_on_a_request_or_a_stop() {
+        use std::io::Write;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let limits = Limits {
+            park_after: Duration::from_millis(50),
+            ..limits(Duration::from_secs(60), Duration::from_secs(60))
+        };
+        let live = Arc::new(Live::default());
+        let (mut client, daemon) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(daemon, &limits).unwrap();
+        let _registered = live.register(&conn.stream).unwrap();
+        // Nothing within `park_after`: it parks with the rest of its idle
+        // time, its buffers given back.
+        match conn.read::<Hello>() {
+            Err(ConnError::Park(left)) => {
+                assert_eq!(left, Duration::from_secs(60) - Duration::from_millis(50))
+            }
+            other => panic!("expected to park, got {other:?}"),
+        }
+        conn.release();
+        assert_eq!(conn.out.capacity(), 0);
+        // A request wakes it, and is read whole.
+        client
+            .write_all(&frame::encode(&hello("after"), MAX_REQUEST_FRAME).unwrap())
+            .unwrap();
+        assert!(runtime.block_on(conn.readable_within(Duration::from_secs(60))).unwrap());
+        assert_eq!(conn.read::<Hello>().unwrap().unwrap().client_version, "after");
+        // Nothing more: the rest of its idle time runs out.
+        assert!(!runtime.block_on(conn.readable_within(Duration::from_millis(50))).unwrap());
+        // A stop wakes a parked connection, which then reads the end.
+        live.stop();
+        assert!(runtime.block_on(conn.readable_within(Duration::from_secs(60))).unwrap());
+        assert!(conn.read::<Hello>().unwrap().is_none());
     }
 
     fn refusal(fd: BorrowedFd<'_>) -> String {

@@ -253,6 +253,14 @@ impl FrameBuf {
         message.map(Some)
     }
 
+    /// Gives back the buffer while nothing is in it (a connection parked
+    /// between requests); the next read takes a new one.
+    pub fn release(&mut self) {
+        if self.filled == 0 {
+            self.buf = Vec::new();
+        }
+    }
+
     /// The payload of the frame at the front once it is whole, to be read
     /// in place; `None` while it is not. [`FrameBuf::pop`] then takes it.
     pub fn front(&self) -> Result<Option<&[u8]>, FrameError> {

@@ -3,7 +3,7 @@
 //! run, on this machine, as ratios against figures measured in the same run.
 //!
 //! Run it with `cargo run --release -p snctl-tests --bin snctl-bench`
-//! (`-- --quick` for a short smoke run; `-- --part round-trips|herd|steady|stored`
+//! (`-- --quick` for a short smoke run; `-- --part round-trips|herd|steady|stored|idle|proxy`
 //! for some parts only; `--clients N` for some round-trip levels only and
 //! `--level-secs S` for the time each runs, to profile one). BENCHMARKS.md explains the method.
 //!
@@ -19,6 +19,9 @@
 //!    and a steady run with short token lifetimes.
 //! 3. 10,000 authentications stored: time from starting `snctld` to the
 //!    first token served, and its resident memory.
+//! 4. 1,000 idle connections: what each costs the daemon once parked.
+//! 5. The proxy: table GETs through it beside the same GETs straight to
+//!    the fake instance, at 1 and 16 clients.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -926,6 +929,230 @@ fn stored(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Part 4: what an idle connection costs the daemon: `IDLE` connections
+/// opened (each greeted and given a token), then left idle until they are
+/// parked and the threads that served them have left the pool.
+fn idle(verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
+    const IDLE: usize = 1000;
+    // `park_after` (1 s) and the blocking pool's keep-alive (tokio's 10 s),
+    // with a margin.
+    const SETTLE: Duration = Duration::from_secs(13);
+    println!("\n== {IDLE} idle connections: the daemon's memory");
+    let fake = fake_with_client()?;
+    let dir = tempfile::tempdir()?;
+    let daemon = start_daemon(dir.path(), 2 * IDLE)?;
+    add(&daemon.socket, &fake, "prod")?;
+    let pid = daemon.pid().ok_or_else(|| anyhow::anyhow!("no daemon pid"))?;
+    // Warm: a token served, a connection's thread made and gone.
+    snctl::Client::connect(&daemon.socket)?.token("prod")?;
+    std::thread::sleep(SETTLE);
+    let status = |key| harness::proc_status_kib(pid, key);
+    let (rss0, anon0, threads0) = (status("VmRSS:"), status("RssAnon:"), status("Threads:"));
+    let mut clients = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        let mut client = snctl::Client::connect(&daemon.socket)?;
+        client.token("prod")?;
+        clients.push(client);
+    }
+    let threads_busy = status("Threads:");
+    std::thread::sleep(SETTLE);
+    let (rss1, anon1, threads1) = (status("VmRSS:"), status("RssAnon:"), status("Threads:"));
+    // Still served: each connection asks once more.
+    let failed = clients
+        .iter_mut()
+        .map(|c| c.token("prod"))
+        .filter(Result::is_err)
+        .count();
+    let per = |before: u64, after: u64| after.saturating_sub(before) as f64 / IDLE as f64;
+    println!(
+        "before: RSS {:.1} MiB, {threads0} threads; {IDLE} connections open: {threads_busy} threads; \
+         idle {:.0} s: RSS {:.1} MiB, {threads1} threads: {:.1} KiB RSS per connection ({:.1} KiB of it heap and stacks); \
+         {failed} failed to ask again",
+        rss0 as f64 / 1024.0,
+        SETTLE.as_secs_f64(),
+        rss1 as f64 / 1024.0,
+        per(rss0, rss1),
+        per(anon0, anon1),
+    );
+    verdicts.push(verdict(
+        format!(
+            "an idle connection costs ≤ 8 KiB: {:.1} KiB (RSS over {IDLE})",
+            per(rss0, rss1)
+        ),
+        per(rss0, rss1) <= 8.0 && failed == 0,
+    ));
+    Ok(())
+}
+
+/// A keep-alive HTTP/1.1 connection sending one fixed request: the
+/// benchmark's client of the instance and of the proxy.
+struct HttpConn<S> {
+    stream: S,
+    request: Arc<[u8]>,
+    buf: Vec<u8>,
+}
+
+impl<S: Read + Write> HttpConn<S> {
+    /// Sends the request and reads the answer whole (its head, then a
+    /// `Content-Length` body or a chunked one); its status.
+    fn once(&mut self) -> std::io::Result<u16> {
+        self.stream.write_all(&self.request)?;
+        self.buf.clear();
+        let (status, head, length, chunked) = loop {
+            self.fill()?;
+            let mut slots = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Response::new(&mut slots);
+            if let Ok(httparse::Status::Complete(n)) = parsed.parse(&self.buf) {
+                let header = |name: &str| {
+                    parsed
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                };
+                let length: Option<usize> =
+                    header("content-length").and_then(|l| l.trim().parse().ok());
+                let chunked = header("transfer-encoding").is_some_and(|t| t.contains("chunked"));
+                break (parsed.code.unwrap_or(0), n, length, chunked);
+            }
+        };
+        match (length, chunked) {
+            (Some(length), _) => {
+                while self.buf.len() < head + length {
+                    self.fill()?;
+                }
+            }
+            // The chunked body ends with its last (empty) chunk.
+            (None, true) => {
+                while !self.buf[head..].ends_with(b"0\r\n\r\n") {
+                    self.fill()?;
+                }
+            }
+            (None, false) => {}
+        }
+        Ok(status)
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk)? {
+            0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Part 5: table GETs through the proxy beside the same GETs straight to
+/// the (fake) instance with the daemon's token, each client on a
+/// keep-alive connection of its own.
+fn proxy(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
+    const TABLE: &str = "/api/now/table/incident?sysparm_limit=1";
+    println!("\n== table GETs through the proxy, beside the same GETs straight to the instance");
+    let fake = fake_with_client()?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("snctld.toml");
+    std::fs::write(
+        &config,
+        "[server]\nmax_connections = 256\nmax_connections_per_user = 256\n[proxy]\nnames = [\"prod\"]\n",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let daemon = DaemonProcess::start_with_log_filter(dir.path(), &["--config", &config], "info")?;
+    add(&daemon.socket, &fake, "prod")?;
+    let socket = daemon
+        .socket
+        .parent()
+        .map(|d| d.join("proxy").join("prod.sock"))
+        .ok_or_else(|| anyhow::anyhow!("no socket directory"))?;
+    let began = Instant::now();
+    while UnixStream::connect(&socket).is_err() {
+        anyhow::ensure!(began.elapsed() < Duration::from_secs(10), "the proxy did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let token = snctl::Client::connect(&daemon.socket)?.token("prod")?;
+    let direct_request: Arc<[u8]> = format!(
+        "GET {TABLE} HTTP/1.1\r\nHost: sn\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.access_token.expose()
+    )
+    .into_bytes()
+    .into();
+    let proxy_request: Arc<[u8]> = format!("GET {TABLE} HTTP/1.1\r\nHost: sn\r\n\r\n")
+        .into_bytes()
+        .into();
+    let failures = Arc::new(AtomicU64::new(0));
+    let port = fake.port();
+    let direct = {
+        let failures = failures.clone();
+        Side::<HttpConn<std::net::TcpStream>> {
+            connect: Arc::new(move || {
+                let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the instance");
+                stream.set_nodelay(true).expect("nodelay");
+                HttpConn { stream, request: direct_request.clone(), buf: Vec::new() }
+            }),
+            once: Arc::new(move |c| {
+                if c.once().map_or(true, |status| status != 200) {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }),
+            server: None,
+        }
+    };
+    let proxied = {
+        let failures = failures.clone();
+        Side::<HttpConn<UnixStream>> {
+            connect: Arc::new(move || HttpConn {
+                stream: UnixStream::connect(&socket).expect("connect to the proxy"),
+                request: proxy_request.clone(),
+                buf: Vec::new(),
+            }),
+            once: Arc::new(move |c| {
+                if c.once().map_or(true, |status| status != 200) {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }),
+            server: daemon.pid(),
+        }
+    };
+    println!(
+        "{:>7} | {:>10} {:>10} {:>7} | {:>10} {:>10} {:>7} | {:>8} {:>5} | daemon CPU per request",
+        "clients", "direct p50", "p99", "req/s", "proxy p50", "p99", "req/s", "added", "thr"
+    );
+    for clients in [1, 16] {
+        let row = side_by_side(clients, options.level_time, std::slice::from_ref(&direct), &proxied);
+        let (d, p) = (row.run(0), row.run(1));
+        // The median over the slices of what the proxy added to a GET.
+        let added = median(
+            row.slices
+                .iter()
+                .map(|s| s[1].p50.as_secs_f64() - s[0].p50.as_secs_f64())
+                .collect(),
+        );
+        let thr = row.ratio(0, |r| r.per_sec) * 100.0;
+        println!(
+            "{clients:>7} | {:>10} {:>10} {:>7.0} | {:>10} {:>10} {:>7.0} | {:>5.3} ms {thr:>4.0}% | {:.1} µs",
+            micros(d.p50), micros(d.p99), d.per_sec,
+            micros(p.p50), micros(p.p99), p.per_sec,
+            added * 1e3,
+            p.server_cpu.unwrap_or_default().as_secs_f64() * 1e6,
+        );
+        match clients {
+            1 => verdicts.push(verdict(
+                format!("the proxy adds ≤ 0.1 ms to a table GET: {:.3} ms", added * 1e3),
+                added <= 0.1e-3,
+            )),
+            _ => verdicts.push(verdict(
+                format!("proxy throughput at 16 clients ≥ 80 % of direct: {thr:.0} %"),
+                thr >= 80.0,
+            )),
+        }
+    }
+    let failed = failures.load(Ordering::Relaxed);
+    verdicts.push(verdict(format!("table GETs that failed: {failed}"), failed == 0));
+    Ok(())
+}
+
 fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -963,6 +1190,12 @@ fn main() -> anyhow::Result<()> {
     }
     if options.runs("stored") {
         stored(&options, &mut verdicts)?;
+    }
+    if options.runs("idle") {
+        idle(&mut verdicts)?;
+    }
+    if options.runs("proxy") {
+        proxy(&options, &mut verdicts)?;
     }
     println!("\n== targets");
     for v in &verdicts {

@@ -106,6 +106,42 @@ fn slow_and_idle_clients_do_not_block_others_and_time_out() {
 }
 
 #[test]
+fn a_connection_idle_between_requests_is_parked_then_served_and_still_times_out() {
+    let Prod {
+        dir: _dir,
+        fake,
+        daemon,
+    } = Prod::with(
+        |_| {},
+        |c| {
+            c.limits.park_after = Duration::from_millis(100);
+            c.limits.idle_timeout = Duration::from_secs(2);
+        },
+    );
+    let mut client = daemon.client();
+    let first = client.token("prod").unwrap();
+    // Idle past `park_after`: the connection waits on the poller, its
+    // thread given back; the next request on it is served as before,
+    // twice (parked once more in between).
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(400));
+        let again = client.token("prod").unwrap();
+        assert_eq!(again.access_token.expose(), first.access_token.expose());
+    }
+    assert_eq!(fake.tokens_issued(), 1, "answered from the token in hand");
+    // Greeted, then silent: parked, and closed once its idle time is over.
+    let mut idle = UnixStream::connect(daemon.socket()).unwrap();
+    idle.write_all(&hello_bytes()).unwrap();
+    assert!(closed_by_daemon(&mut idle), "a parked connection times out");
+    // A parked connection ends with the daemon.
+    let mut parked = UnixStream::connect(daemon.socket()).unwrap();
+    parked.write_all(&hello_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    drop(daemon);
+    assert!(closed_by_daemon(&mut parked), "a stop ends parked connections");
+}
+
+#[test]
 fn connections_past_the_cap_are_closed_and_the_rest_served() {
     let fake = fake();
     let dir = tempfile::tempdir().unwrap();
