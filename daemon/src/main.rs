@@ -125,6 +125,9 @@ enum Generate {
 /// up front: tracing-appender's default of 128k takes 4 MiB.
 const LOG_LINES_QUEUED: usize = 4096;
 
+/// The buffer the log thread gathers stderr lines in between flushes.
+const LOG_BATCH_BYTES: usize = 64 * 1024;
+
 /// Logs go to stderr, or straight to the journal when stderr is the
 /// journal stream systemd connected (`JOURNAL_STREAM`), with priorities and
 /// fields of their own ([`snctld::logging::JournalLayer`]).
@@ -136,7 +139,10 @@ const LOG_LINES_QUEUED: usize = 4096;
 /// it when dropped): a request never waits for the disk or for a journal
 /// that is slow to read, and an audit line costs the request path a
 /// queue push. Nothing is dropped: once
-/// [`LOG_LINES_QUEUED`] lines wait, writers wait too.
+/// [`LOG_LINES_QUEUED`] lines wait, writers wait too. The thread takes
+/// what has queued, writes it (stderr lines in one write), and waits
+/// [`snctld::logging::LOG_PACE`] before taking more
+/// ([`snctld::logging::Paced`]).
 fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::WorkerGuard) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -166,7 +172,8 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
         .flatten();
     let guard = match socket {
         Some(socket) => {
-            let (writer, guard) = non_blocking().finish(socket);
+            // One datagram per entry: paced, never merged.
+            let (writer, guard) = non_blocking().finish(snctld::logging::Paced(socket));
             tracing_subscriber::registry()
                 .with(filter)
                 .with(snctld::logging::JournalLayer::new(writer))
@@ -174,7 +181,10 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
             guard
         }
         None => {
-            let (writer, guard) = non_blocking().finish(std::io::stderr());
+            // A batch of lines in one write.
+            let (writer, guard) = non_blocking().finish(snctld::logging::Paced(
+                std::io::BufWriter::with_capacity(LOG_BATCH_BYTES, std::io::stderr()),
+            ));
             // Colours for a terminal only; journald stamps lines itself.
             let ansi = snctld::logging::colours(
                 std::io::stderr().is_terminal(),

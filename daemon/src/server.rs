@@ -664,7 +664,9 @@ pub async fn serve<H: Handler>(
                         parked.conn.release();
                         match parked.conn.readable_within(left).await {
                             Ok(true) => session = Some(parked),
-                            Ok(false) => tracing::debug!(error = %ConnError::Idle, "connection ended"),
+                            Ok(false) => {
+                                tracing::debug!(error = %ConnError::Idle, "connection ended")
+                            }
                             Err(error) => tracing::debug!(%error, "connection ended"),
                         }
                     }
@@ -1212,13 +1214,22 @@ mod tests {
         client
             .write_all(&frame::encode(&hello("after"), MAX_REQUEST_FRAME).unwrap())
             .unwrap();
-        assert!(runtime.block_on(conn.readable_within(Duration::from_secs(60))).unwrap());
-        assert_eq!(conn.read::<Hello>().unwrap().unwrap().client_version, "after");
+        assert!(runtime
+            .block_on(conn.readable_within(Duration::from_secs(60)))
+            .unwrap());
+        assert_eq!(
+            conn.read::<Hello>().unwrap().unwrap().client_version,
+            "after"
+        );
         // Nothing more: the rest of its idle time runs out.
-        assert!(!runtime.block_on(conn.readable_within(Duration::from_millis(50))).unwrap());
+        assert!(!runtime
+            .block_on(conn.readable_within(Duration::from_millis(50)))
+            .unwrap());
         // A stop wakes a parked connection, which then reads the end.
         live.stop();
-        assert!(runtime.block_on(conn.readable_within(Duration::from_secs(60))).unwrap());
+        assert!(runtime
+            .block_on(conn.readable_within(Duration::from_secs(60)))
+            .unwrap());
         assert!(conn.read::<Hello>().unwrap().is_none());
     }
 

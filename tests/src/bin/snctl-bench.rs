@@ -942,7 +942,9 @@ fn idle(verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let daemon = start_daemon(dir.path(), 2 * IDLE)?;
     add(&daemon.socket, &fake, "prod")?;
-    let pid = daemon.pid().ok_or_else(|| anyhow::anyhow!("no daemon pid"))?;
+    let pid = daemon
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("no daemon pid"))?;
     // Warm: a token served, a connection's thread made and gone.
     snctl::Client::connect(&daemon.socket)?.token("prod")?;
     std::thread::sleep(SETTLE);
@@ -1068,7 +1070,10 @@ fn proxy(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no socket directory"))?;
     let began = Instant::now();
     while UnixStream::connect(&socket).is_err() {
-        anyhow::ensure!(began.elapsed() < Duration::from_secs(10), "the proxy did not start");
+        anyhow::ensure!(
+            began.elapsed() < Duration::from_secs(10),
+            "the proxy did not start"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let token = snctl::Client::connect(&daemon.socket)?.token("prod")?;
@@ -1087,9 +1092,14 @@ fn proxy(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
         let failures = failures.clone();
         Side::<HttpConn<std::net::TcpStream>> {
             connect: Arc::new(move || {
-                let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the instance");
+                let stream = std::net::TcpStream::connect(("127.0.0.1", port))
+                    .expect("connect to the instance");
                 stream.set_nodelay(true).expect("nodelay");
-                HttpConn { stream, request: direct_request.clone(), buf: Vec::new() }
+                HttpConn {
+                    stream,
+                    request: direct_request.clone(),
+                    buf: Vec::new(),
+                }
             }),
             once: Arc::new(move |c| {
                 if c.once().map_or(true, |status| status != 200) {
@@ -1120,7 +1130,12 @@ fn proxy(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
         "clients", "direct p50", "p99", "req/s", "proxy p50", "p99", "req/s", "added", "thr"
     );
     for clients in [1, 16] {
-        let row = side_by_side(clients, options.level_time, std::slice::from_ref(&direct), &proxied);
+        let row = side_by_side(
+            clients,
+            options.level_time,
+            std::slice::from_ref(&direct),
+            &proxied,
+        );
         let (d, p) = (row.run(0), row.run(1));
         // The median over the slices of what the proxy added to a GET.
         let added = median(
@@ -1139,7 +1154,10 @@ fn proxy(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
         );
         match clients {
             1 => verdicts.push(verdict(
-                format!("the proxy adds ≤ 0.1 ms to a table GET: {:.3} ms", added * 1e3),
+                format!(
+                    "the proxy adds ≤ 0.1 ms to a table GET: {:.3} ms",
+                    added * 1e3
+                ),
                 added <= 0.1e-3,
             )),
             _ => verdicts.push(verdict(
@@ -1149,7 +1167,10 @@ fn proxy(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
         }
     }
     let failed = failures.load(Ordering::Relaxed);
-    verdicts.push(verdict(format!("table GETs that failed: {failed}"), failed == 0));
+    verdicts.push(verdict(
+        format!("table GETs that failed: {failed}"),
+        failed == 0,
+    ));
     Ok(())
 }
 

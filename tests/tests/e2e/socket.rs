@@ -138,7 +138,10 @@ fn a_connection_idle_between_requests_is_parked_then_served_and_still_times_out(
     parked.write_all(&hello_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(400));
     drop(daemon);
-    assert!(closed_by_daemon(&mut parked), "a stop ends parked connections");
+    assert!(
+        closed_by_daemon(&mut parked),
+        "a stop ends parked connections"
+    );
 }
 
 #[test]
