@@ -42,6 +42,20 @@ pub fn tune_allocator() {
     }
 }
 
+/// Gives the allocator's free pages back to the system (glibc's
+/// `malloc_trim`): called after a large reply is sent (a listing of
+/// thousands), whose many small pieces, freed, would otherwise stay in the
+/// process's resident memory between the blocks still in use. Measured
+/// with 10,000 authentications: 1.1 MiB more resident after a full listing
+/// without it (BENCHMARKS.md).
+pub fn give_back_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes an integer and only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -881,7 +881,16 @@ fn answer<H: Handler>(
         Err(error) => tracing::debug!(request = kind, %error, "request failed"),
         Ok(_) => {}
     }
-    conn.write(&response)
+    frame::encode_into(&response, MAX_RESPONSE_FRAME, &mut conn.out)?;
+    let large = conn.out.len() > KEPT_REPLY_BUFFER;
+    drop(response);
+    let sent = conn.send_out();
+    if large {
+        // A large reply (a listing of thousands) was built of many small
+        // pieces, all freed now.
+        crate::process::give_back_free_memory();
+    }
+    sent
 }
 
 /// The authentications whose tokens a connection was given, for its audit

@@ -156,6 +156,7 @@ pub fn open_state(config: &Config) -> Result<State, StateError> {
     // Migrated: from here on, an older schema in its place is refused.
     mark_signed(dir)?;
     let (records, unreadable) = db.load_readable()?;
+    db.release_cache()?;
     for error in &unreadable {
         match error {
             store::RowError::Sealed(CryptoError::Open { name, field }) => {

@@ -342,10 +342,10 @@ impl Tokens {
                 if tokens.refresh_token.is_some() {
                     shared.unsaved = None;
                 } else if let Some(unsaved) = shared.unsaved.take() {
-                    shared.unsaved = Some(super::Unsaved {
+                    shared.unsaved = Some(Box::new(super::Unsaved {
                         tokens: super::with_unsaved_refresh(tokens.clone(), Some(&unsaved)),
-                        ..unsaved
-                    });
+                        ..*unsaved
+                    }));
                 }
                 self.install(&mut shared, tokens);
             }

@@ -176,8 +176,9 @@ struct Shared {
     refused_refresh_ms: Option<i64>,
     /// How many of [`WARN_BEFORE_DAYS`] have been logged for this refresh token.
     warned: usize,
-    /// Tokens in service that the store could not commit yet.
-    unsaved: Option<Unsaved>,
+    /// Tokens in service that the store could not commit yet (boxed: rare,
+    /// and every authentication carries the field).
+    unsaved: Option<Box<Unsaved>>,
 }
 
 impl Shared {
@@ -321,13 +322,13 @@ impl Entry {
 
     /// When the next try to save unsaved tokens is due.
     fn save_due_ms(&self) -> Option<i64> {
-        self.lock().unsaved.as_ref().map(|u| u.retry_at_ms)
+        self.lock().unsaved.as_deref().map(|u| u.retry_at_ms)
     }
 
     fn summary(&self) -> AuthSummary {
         let shared = self.lock();
         let auth = &shared.auth;
-        let unsaved = shared.unsaved.as_ref().map(Unsaved::describe);
+        let unsaved = shared.unsaved.as_deref().map(Unsaved::describe);
         AuthSummary {
             name: auth.name.clone(),
             instance_url: auth.instance_url.clone(),
@@ -699,7 +700,7 @@ impl Tokens {
         match answer {
             Ok(mut tokens) => {
                 carry_issue_time(&mut tokens, refresh.as_ref());
-                let tokens = with_unsaved_refresh(tokens, entry.lock().unsaved.as_ref());
+                let tokens = with_unsaved_refresh(tokens, entry.lock().unsaved.as_deref());
                 let name = auth.name.clone();
                 let to_store = tokens.clone();
                 let saved = self
@@ -808,12 +809,12 @@ impl Tokens {
         let earlier = shared.unsaved.take();
         let tries = earlier.as_ref().map_or(0, |u| u.tries) + 1;
         self.install(&mut shared, tokens.clone());
-        shared.unsaved = Some(Unsaved {
+        shared.unsaved = Some(Box::new(Unsaved {
             tokens,
             reason: error.to_string(),
             tries,
             retry_at_ms: self.now_ms() + self.backoff(tries, None).as_millis() as i64,
-        });
+        }));
         let name = shared.auth.name.clone();
         drop(shared);
         if earlier.is_none() {
@@ -1238,7 +1239,8 @@ impl Tokens {
                         let _ = Box::pin(self.fetch(&entry)).await;
                     } else if entry.save_due_ms().is_some_and(|at| at <= self.now_ms()) {
                         // A refresh would save its tokens too; none is due.
-                        self.retry_save(&entry).await;
+                        // Boxed as the fetch is: rare, and large.
+                        Box::pin(self.retry_save(&entry)).await;
                     }
                 }
             }
