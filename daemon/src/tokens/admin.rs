@@ -397,7 +397,7 @@ impl Tokens {
             Ok(_) => {
                 // Still under the flight lock: work queued behind it finds
                 // the authentication gone.
-                entry.cancel.cancel();
+                entry.remove();
                 tracing::info!(name = %request.name, revoked = reply.revoked, "authentication removed");
                 Ok(reply)
             }
