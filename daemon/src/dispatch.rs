@@ -3,6 +3,7 @@
 //! proxies ([`crate::proxy`]) share one [`Dispatcher`].
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -18,13 +19,16 @@ use crate::backup::Backups;
 use crate::metrics::DaemonSample;
 use crate::proxy::sockets::ProxySockets;
 use crate::server::{Gauge, Handler};
-use crate::tokens::Tokens;
+use crate::tokens::{Tokens, Warm};
 
 /// What request handlers share.
 pub struct Dispatcher {
     tokens: Tokens,
     /// Replaced when SIGHUP changes the admin group.
     access: RwLock<Arc<Access>>,
+    /// Moves on (under `access`'s lock) when the rules are replaced: the
+    /// connections' warm copies made under the old rules are out of date.
+    access_generation: AtomicU64,
     started: Instant,
     socket: PathBuf,
     state_dir: PathBuf,
@@ -47,6 +51,7 @@ impl Dispatcher {
         Dispatcher {
             tokens,
             access: RwLock::new(Arc::new(access)),
+            access_generation: AtomicU64::new(0),
             started: Instant::now(),
             socket,
             state_dir,
@@ -67,7 +72,9 @@ impl Dispatcher {
 
     /// Puts new access rules in force (SIGHUP).
     pub fn set_access(&self, access: Access) {
-        *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
+        let mut rules = self.access.write().unwrap_or_else(|p| p.into_inner());
+        *rules = Arc::new(access);
+        self.access_generation.fetch_add(1, Ordering::Release);
     }
 
     pub fn tokens(&self) -> &Tokens {
@@ -262,22 +269,28 @@ impl Handler for Dispatcher {
         &self,
         peer: &Peer,
         request: &TokenRequestRef<'_>,
+        warm: &mut Warm,
         out: &mut Vec<u8>,
     ) -> Option<i64> {
-        // The rules are read in place: no reference taken on them.
-        let access = self.access.read().unwrap_or_else(|p| p.into_inner());
-        self.tokens
-            .token_now(
-                request.name,
-                request.min_valid,
-                |readers| access.may_read(peer, readers),
-                |token| {
-                    let response = TokenResponseRef::token(token);
-                    frame::encode_into(&response, MAX_RESPONSE_FRAME, out)
-                        .ok()
-                        .map(|()| token.expires_at)
-                },
-            )
-            .flatten()
+        // Read before the rules: see Tokens::token_now.
+        let rules = self.access_generation.load(Ordering::Acquire);
+        let (reply, expires_at) = self.tokens.token_now(
+            request.name,
+            request.min_valid,
+            rules,
+            warm,
+            |readers| {
+                // Read in place: no reference taken on them.
+                let access = self.access.read().unwrap_or_else(|p| p.into_inner());
+                access.may_read(peer, readers)
+            },
+            |token, reply| {
+                frame::encode_into(&TokenResponseRef::token(token), MAX_RESPONSE_FRAME, reply)
+                    .is_ok()
+            },
+        )?;
+        out.clear();
+        out.extend_from_slice(reply);
+        Some(expires_at)
     }
 }

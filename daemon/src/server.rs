@@ -34,6 +34,7 @@ use snctl_shared::PROTOCOL_VERSION;
 
 use crate::access::Peer;
 use crate::settings::{debug, Applies, Changes, InvalidSetting};
+use crate::tokens::Warm;
 
 /// Limits on connections.
 #[derive(Debug, Clone)]
@@ -539,12 +540,14 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers a token request at once when a token valid long enough is
     /// in hand and `peer` may read it: the answer encoded into `out` (a
     /// whole frame), and the token's expiry in seconds since the epoch.
-    /// `None` sends the request the whole way ([`Handler::handle`]), which
-    /// refreshes, waits or refuses.
+    /// `warm` is the connection's copy of its last answer, which it may
+    /// answer from. `None` sends the request the whole way
+    /// ([`Handler::handle`]), which refreshes, waits or refuses.
     fn token_now(
         &self,
         peer: &Peer,
         request: &TokenRequestRef<'_>,
+        warm: &mut Warm,
         out: &mut Vec<u8>,
     ) -> Option<i64>;
 }
@@ -645,6 +648,7 @@ pub async fn serve<H: Handler>(
                 conn,
                 peer,
                 audited: Audited::default(),
+                warm: Warm::default(),
                 greeted: false,
             });
             // On a thread until it ends or parks; parked on the poller
@@ -662,6 +666,7 @@ pub async fn serve<H: Handler>(
                     Err(ConnError::Park(left)) => {
                         let mut parked = back;
                         parked.conn.release();
+                        parked.warm.release();
                         match parked.conn.readable_within(left).await {
                             Ok(true) => session = Some(parked),
                             Ok(false) => {
@@ -793,6 +798,8 @@ struct Session {
     /// service asking per API call would write thousands of lines a
     /// second).
     audited: Audited,
+    /// Its copy of the last token it was answered.
+    warm: Warm,
     /// The hello was answered.
     greeted: bool,
 }
@@ -808,6 +815,7 @@ fn connection<H: Handler>(
         conn,
         peer,
         audited,
+        warm,
         greeted,
         ..
     } = session;
@@ -832,7 +840,7 @@ fn connection<H: Handler>(
         // buffer: one read, one write, nothing allocated.
         let payload = conn.frames.front()?.unwrap_or_default();
         if let Ok(RequestRef::Token(r)) = frame::decode_request_ref(payload) {
-            if let Some(expires_at) = daemon.token_now(peer, &r, &mut conn.out) {
+            if let Some(expires_at) = daemon.token_now(peer, &r, warm, &mut conn.out) {
                 audited.handed_out(r.name, peer, expires_at);
                 conn.frames.pop();
                 conn.send_out()?;

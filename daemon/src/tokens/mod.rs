@@ -38,6 +38,7 @@ mod sections;
 mod transitions;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -216,6 +217,42 @@ struct Entry {
     removed: std::sync::atomic::AtomicBool,
     /// For `snctl metrics`: atomics, so the token path takes no lock more.
     counters: AuthCounters,
+    /// Moves on whenever [`Entry::lock`] is taken: a connection's [`Warm`]
+    /// copy made at another generation is out of date.
+    generation: AtomicU64,
+}
+
+/// A connection's copy of the last token it was answered, and of what
+/// that answer was made from ([`Tokens::token_now`]): a service asking for
+/// the same token per API call is answered from it without a lock. It
+/// holds the token only as the encoded answer the connection sends anyway.
+#[derive(Default)]
+pub struct Warm {
+    copy: Option<WarmCopy>,
+    /// The encoded answer: kept for the connection's life.
+    reply: Vec<u8>,
+}
+
+impl Warm {
+    /// Forgets the copy and gives back its buffer (a connection parked
+    /// between requests).
+    pub fn release(&mut self) {
+        *self = Warm::default();
+    }
+}
+
+struct WarmCopy {
+    name: Box<str>,
+    entry: Arc<Entry>,
+    /// The generations it was made at: [`Inner::entries_generation`],
+    /// [`Entry::generation`] and the caller's access rules.
+    entries: u64,
+    generation: u64,
+    rules: u64,
+    /// Whether the connection's caller may read the token.
+    allowed: bool,
+    expires_at_ms: i64,
+    obtained_at_ms: i64,
 }
 
 impl Entry {
@@ -232,7 +269,20 @@ impl Entry {
         self.wake.notify_one();
     }
 
+    /// The authentication's state, to read or change. Every taking counts
+    /// as a change for the connections' [`Warm`] copies (taken here, under
+    /// the lock, before the holder can change anything): whatever changes
+    /// what a token request is answered (the token, the readers, the
+    /// instance) is done under this lock, and no path has to remember to
+    /// say so.
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        let shared = self.lock_to_read();
+        self.generation.fetch_add(1, Ordering::Release);
+        shared
+    }
+
+    /// The state, only to read: the connections' copies stay valid.
+    fn lock_to_read(&self) -> std::sync::MutexGuard<'_, Shared> {
         // A panic while holding this lock leaves plain data behind; keep going.
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -413,6 +463,8 @@ fn carry_issue_time(tokens: &mut TokenSet, held: Option<&HeldRefresh>) {
 
 struct Inner {
     entries: RwLock<HashMap<String, Arc<Entry>>>,
+    /// Moves on whenever `entries` is taken to write ([`Warm`]).
+    entries_generation: AtomicU64,
     store: Store,
     clock: Arc<dyn Clock>,
     upstream: Box<dyn Upstream>,
@@ -513,6 +565,7 @@ impl Tokens {
         let tokens = Tokens {
             inner: Arc::new(Inner {
                 entries: RwLock::new(HashMap::with_capacity(records.len())),
+                entries_generation: AtomicU64::new(0),
                 store,
                 clock: Arc::new(clock),
                 upstream: Box::new(upstream),
@@ -574,10 +627,16 @@ impl Tokens {
     }
 
     fn write_entries(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Entry>>> {
-        self.inner
+        let entries = self
+            .inner
             .entries
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(|p| p.into_inner());
+        // Under the lock: a copy made after this sees the change.
+        self.inner
+            .entries_generation
+            .fetch_add(1, Ordering::Release);
+        entries
     }
 
     fn entry(&self, name: &str) -> Result<Arc<Entry>, Error> {
@@ -623,6 +682,7 @@ impl Tokens {
             wake: Notify::new(),
             removed: std::sync::atomic::AtomicBool::new(false),
             counters: AuthCounters::default(),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -956,36 +1016,92 @@ impl Tokens {
 
     /// [`Tokens::token`]'s answer when it needs nothing but what is in
     /// memory: a token valid for at least `min_valid` more, which `allowed`
-    /// (seeing the readers) lets the caller have. `answer` sees it borrowed,
-    /// under the authentication's lock, and writes it where it goes; then
-    /// it is counted as handed out. `None` when a refresh, a wait or a
-    /// refusal is due: [`Tokens::token`] then does what is due.
-    pub fn token_now<R>(
+    /// (seeing the readers) lets the caller have, encoded by `encode` and
+    /// counted as handed out; with its expiry in seconds since the epoch.
+    /// `None` when a refresh, a wait or a refusal is due: [`Tokens::token`]
+    /// then does what is due.
+    ///
+    /// `warm` is the asking connection's copy of its last answer. While
+    /// nothing it was made from has changed (the authentication's state,
+    /// the set of authentications, and the access rules as `rules` counts
+    /// them), it is answered from that copy and no lock is taken: the
+    /// connections of a busy host then share no cache line that is written
+    /// per token but the counter's. `allowed` and `encode` run only to make
+    /// a new copy. The caller's `rules` must be read before the rules
+    /// `allowed` reads, and move on (under their lock) when they change.
+    pub fn token_now<'w>(
         &self,
         name: &str,
         min_valid: MinValid,
+        rules: u64,
+        warm: &'w mut Warm,
         allowed: impl FnOnce(&ReaderIds) -> bool,
-        answer: impl FnOnce(TokenReplyRef<'_>) -> R,
-    ) -> Option<R> {
-        let entries = self.read_entries();
-        let entry = entries.get(name)?;
-        let shared = entry.lock();
-        if !allowed(&shared.auth.readers) {
-            return None;
-        }
-        let token = shared.token.as_ref()?;
-        let lifetime_ms = token.expires_at_ms - token.obtained_at_ms;
-        let min_valid_ms = wanted_ms(min_valid, Some(lifetime_ms));
-        if token.expires_at_ms - entry.now_ms() <= min_valid_ms {
-            return None;
-        }
-        let answered = answer(TokenReplyRef {
-            access_token: token.access.expose(),
-            expires_at: token.expires_at_ms / 1000,
-            instance_url: &shared.auth.instance_url,
+        encode: impl FnOnce(TokenReplyRef<'_>, &mut Vec<u8>) -> bool,
+    ) -> Option<(&'w [u8], i64)> {
+        let entries = self.inner.entries_generation.load(Ordering::Acquire);
+        let current = warm.copy.as_ref().is_some_and(|copy| {
+            *copy.name == *name
+                && copy.rules == rules
+                && copy.entries == entries
+                && copy.generation == copy.entry.generation.load(Ordering::Acquire)
         });
-        entry.counters.handed_out();
-        Some(answered)
+        if !current {
+            warm.copy = self.copy(name, rules, &mut warm.reply, allowed, encode);
+        }
+        let copy = warm.copy.as_ref()?;
+        let min_valid_ms = wanted_ms(min_valid, Some(copy.expires_at_ms - copy.obtained_at_ms));
+        if !copy.allowed || copy.expires_at_ms - copy.entry.now_ms() <= min_valid_ms {
+            return None;
+        }
+        copy.entry.counters.handed_out();
+        Some((&warm.reply, copy.expires_at_ms / 1000))
+    }
+
+    /// A new [`Warm`] copy of `name`'s token, its answer encoded into
+    /// `reply`; `None` when there is no token to copy.
+    fn copy(
+        &self,
+        name: &str,
+        rules: u64,
+        reply: &mut Vec<u8>,
+        allowed: impl FnOnce(&ReaderIds) -> bool,
+        encode: impl FnOnce(TokenReplyRef<'_>, &mut Vec<u8>) -> bool,
+    ) -> Option<WarmCopy> {
+        let entries = self.read_entries();
+        // Read under the lock its writers hold when they move it on.
+        let entries_generation = self.inner.entries_generation.load(Ordering::Acquire);
+        let entry = entries.get(name)?.clone();
+        drop(entries);
+        let shared = entry.lock_to_read();
+        let generation = entry.generation.load(Ordering::Acquire);
+        let token = shared.token.as_ref()?;
+        let allowed = allowed(&shared.auth.readers);
+        reply.clear();
+        if allowed {
+            let encoded = encode(
+                TokenReplyRef {
+                    access_token: token.access.expose(),
+                    expires_at: token.expires_at_ms / 1000,
+                    instance_url: &shared.auth.instance_url,
+                },
+                reply,
+            );
+            if !encoded {
+                return None;
+            }
+        }
+        let (expires_at_ms, obtained_at_ms) = (token.expires_at_ms, token.obtained_at_ms);
+        drop(shared);
+        Some(WarmCopy {
+            name: name.into(),
+            entry,
+            entries: entries_generation,
+            generation,
+            rules,
+            allowed,
+            expires_at_ms,
+            obtained_at_ms,
+        })
     }
 
     /// [`Tokens::token`] of `entry`, uncounted.

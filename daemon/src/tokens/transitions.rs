@@ -947,3 +947,77 @@ async fn a_refresh_due_while_tokens_are_unsaved_presents_the_newest_refresh_toke
     );
     assert_eq!(b.asked().len(), 2);
 }
+
+/// A connection's warm copy ([`super::Warm`]): answered from while nothing
+/// it was made from changed, without asking the rules again; made again
+/// after new rules, a refresh and the authentication's removal, and never
+/// serving a token too close to its expiry.
+#[tokio::test(start_paused = true)]
+async fn a_connections_warm_copy_is_made_again_whenever_what_it_copied_changes() {
+    let b = Bench::one(1000 * SEC, policy(), vec![]);
+    let mut warm = super::Warm::default();
+    let rules_read = std::cell::Cell::new(0);
+    let now = |warm: &mut super::Warm, rules: u64, allow: bool, min_valid: MinValid| {
+        b.tokens
+            .token_now(
+                "a",
+                min_valid,
+                rules,
+                warm,
+                |_| {
+                    rules_read.set(rules_read.get() + 1);
+                    allow
+                },
+                |token, out| {
+                    out.extend_from_slice(token.access_token.as_bytes());
+                    true
+                },
+            )
+            .map(|(reply, _)| String::from_utf8(reply.to_vec()).expect("the token"))
+    };
+    let default = MinValid::Default(60);
+    assert_eq!(
+        now(&mut warm, 0, true, default).as_deref(),
+        Some("access-0")
+    );
+    assert_eq!(
+        now(&mut warm, 0, true, default).as_deref(),
+        Some("access-0")
+    );
+    assert_eq!(rules_read.get(), 1, "the second answer came from the copy");
+
+    // The rules changed: read again; a refusal is kept in the copy too.
+    assert_eq!(now(&mut warm, 1, false, default), None);
+    assert_eq!(now(&mut warm, 1, false, default), None);
+    assert_eq!(rules_read.get(), 2);
+
+    // More than the token has left: not from the copy either.
+    let long = MinValid::Required(1000);
+    assert_eq!(now(&mut warm, 2, true, long), None);
+    assert_eq!(
+        now(&mut warm, 2, true, default).as_deref(),
+        Some("access-0")
+    );
+    assert_eq!(rules_read.get(), 3);
+
+    // A refresh replaces the token: the copy is made again.
+    b.advance_to(750 * SEC).await;
+    b.until("the refresh is committed", |b| {
+        b.show("a").last_refresh_at == Some((EPOCH_MS + 750 * SEC) / SEC)
+    })
+    .await;
+    assert_eq!(
+        now(&mut warm, 2, true, default).as_deref(),
+        Some("access-1")
+    );
+
+    // Removed: nothing to answer from, whatever the copy held.
+    b.tokens
+        .remove(snctl_shared::protocol::RemoveRequest {
+            name: "a".into(),
+            keep_upstream: true,
+        })
+        .await
+        .expect("removed");
+    assert_eq!(now(&mut warm, 2, true, default), None);
+}
