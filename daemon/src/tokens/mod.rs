@@ -222,6 +222,17 @@ struct Entry {
     generation: AtomicU64,
 }
 
+/// [`Entry::lock_to_read`]'s guard: the state, not to be changed.
+struct ReadGuard<'a>(std::sync::MutexGuard<'a, Shared>);
+
+impl std::ops::Deref for ReadGuard<'_> {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 /// A connection's copy of the last token it was answered, and of what
 /// that answer was made from ([`Tokens::token_now`]): a service asking for
 /// the same token per API call is answered from it without a lock. It
@@ -276,13 +287,18 @@ impl Entry {
     /// instance) is done under this lock, and no path has to remember to
     /// say so.
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        let shared = self.lock_to_read();
+        let shared = self.locked();
         self.generation.fetch_add(1, Ordering::Release);
         shared
     }
 
-    /// The state, only to read: the connections' copies stay valid.
-    fn lock_to_read(&self) -> std::sync::MutexGuard<'_, Shared> {
+    /// The state, only to read (the guard gives no `&mut`): the
+    /// connections' copies stay valid.
+    fn lock_to_read(&self) -> ReadGuard<'_> {
+        ReadGuard(self.locked())
+    }
+
+    fn locked(&self) -> std::sync::MutexGuard<'_, Shared> {
         // A panic while holding this lock leaves plain data behind; keep going.
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -301,14 +317,14 @@ impl Entry {
 
     /// A token valid for at least `min_valid_ms` more.
     fn fresh(&self, min_valid_ms: i64) -> Option<TokenReply> {
-        let shared = self.lock();
+        let shared = self.lock_to_read();
         let token = shared.token.as_ref()?;
         (token.expires_at_ms - self.now_ms() > min_valid_ms).then(|| Self::reply(&shared, token))
     }
 
     /// Why no upstream call should be made now, if there is a reason.
     fn holdoff(&self, name: &str) -> Option<Error> {
-        let shared = self.lock();
+        let shared = self.lock_to_read();
         let waiting = shared.failures > 0 && shared.retry_at_ms.is_some_and(|t| t > self.now_ms());
         match (shared.state, shared.last_error.clone()) {
             (AuthState::NeedsLogin, _) => Some(Error::NeedsLogin {
@@ -326,7 +342,7 @@ impl Entry {
     /// Whether the token in hand is valid and less than a tenth of its
     /// lifetime old.
     fn just_obtained(&self) -> bool {
-        let shared = self.lock();
+        let shared = self.lock_to_read();
         let now = self.now_ms();
         shared.token.as_ref().is_some_and(|t| {
             now < t.expires_at_ms
@@ -335,7 +351,7 @@ impl Entry {
     }
 
     fn lifetime_ms(&self) -> Option<i64> {
-        let shared = self.lock();
+        let shared = self.lock_to_read();
         shared
             .token
             .as_ref()
@@ -1112,7 +1128,7 @@ impl Tokens {
         min_valid: MinValid,
         allowed: impl FnOnce(&ReaderIds) -> Result<(), Error>,
     ) -> Result<TokenReply, Error> {
-        let auth = entry.lock().auth.clone();
+        let auth = entry.lock_to_read().auth.clone();
         allowed(&auth.readers)?;
         let min_valid_ms = wanted_ms(min_valid, entry.lifetime_ms());
         if let Some(reply) = entry.fresh(min_valid_ms) {
