@@ -65,8 +65,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    #[error("the database has schema version {found}, newer than this snctld supports ({supported}): install a newer snctld")]
+    #[error("the database has schema version {found}, newer than this snctld supports ({supported}): install a newer snctld (the release that wrote it, or a later one), or restore a backup made by this one (snctld restore FILE); nothing was changed")]
     SchemaTooNew { found: i64, supported: i64 },
+    #[error("the database has schema version {found}, which no snctld writes: it is not an snctld database, or it was edited; restore a backup (snctld restore FILE); nothing was changed")]
+    SchemaUnknown { found: i64 },
     #[error("the database holds an unknown {what} {value:?}: it was written by a newer snctld")]
     Unknown { what: &'static str, value: String },
     #[error("an authentication with this name already exists")]
@@ -510,6 +512,14 @@ impl UncheckedDb {
                 found: version,
                 supported: SCHEMA_VERSION,
             });
+        }
+        // Below 1 with something in it: the migration would stumble on the
+        // tables it finds (0 and empty is a new database).
+        let objects: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if version < 0 || (version == 0 && objects > 0) {
+            return Err(StoreError::SchemaUnknown { found: version });
         }
         Ok(UncheckedDb { conn })
     }

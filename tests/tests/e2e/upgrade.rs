@@ -172,3 +172,149 @@ fn each_migration_step_is_logged_with_its_versions() {
         daemon.log_text()
     );
 }
+
+/// What is on disk under `dir`: every entry's path, mode and SHA-256 (a
+/// directory's as `dir`), sorted, so that two snapshots compare byte for
+/// byte.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, u32, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode();
+            let what = if meta.is_dir() {
+                stack.push(path.clone());
+                "dir".to_string()
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+                digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+            };
+            out.push((path, mode, what));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The schema-6 fixture under `dir/state`, its version set to `version` as
+/// if a newer snctld had written it; checkpointed, no `-wal` left.
+fn state_of_future_schema(dir: &Path, version: i64) -> std::path::PathBuf {
+    let state = state_of_schema(dir, 6);
+    set_version(&state.join("snctld.db"), version);
+    state
+}
+
+fn set_version(db: &Path, version: i64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch(&format!("PRAGMA user_version = {version}"))
+        .unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(conn);
+    let _ = std::fs::remove_file(db.with_extension("db-wal"));
+}
+
+/// Runs the built `snctld` with `args` on `dir`'s socket and state
+/// directory; its exit code and stderr.
+fn snctld(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(snctl_tests::harness::bin("snctld"))
+        .arg("--socket")
+        .arg(dir.join("snctld.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The one error line of a refusal: names the version found and the one
+/// this snctld supports, and says what to do.
+fn assert_refused_for(version: i64, code: Option<i32>, stderr: &str, what: &str) {
+    assert_eq!(code, Some(1), "{what} {version}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what} {version}: one line: {stderr}");
+    let line = lines[0];
+    assert!(
+        line.contains(&format!("schema version {version}"))
+            && line.contains(&format!("({})", snctld::store::SCHEMA_VERSION))
+            && line.contains("install a newer snctld"),
+        "{what} {version}: {line}"
+    );
+}
+
+/// Versions no snctld of today writes: the next one, and far ones.
+const FUTURE: [i64; 3] = [7, 1000, i32::MAX as i64];
+
+#[test]
+fn a_database_of_a_newer_schema_is_refused_by_start_and_rekey_and_nothing_changes() {
+    assert_eq!(snctld::store::SCHEMA_VERSION, 6, "move FUTURE on");
+    for version in FUTURE {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state_of_future_schema(dir.path(), version);
+        let before = snapshot(dir.path());
+        assert_eq!(before.len(), 3, "{before:?}");
+
+        let (code, stderr) = snctld(dir.path(), &[]);
+        assert_refused_for(version, code, &stderr, "start");
+        assert_eq!(snapshot(dir.path()), before, "start {version}");
+
+        let (code, stderr) = snctld(dir.path(), &["rekey"]);
+        assert_refused_for(version, code, &stderr, "rekey");
+        assert_eq!(snapshot(dir.path()), before, "rekey {version}");
+        assert!(state.join("snctld.key").exists());
+    }
+}
+
+#[test]
+fn a_backup_of_a_newer_schema_is_refused_by_restore_and_nothing_changes() {
+    for version in FUTURE {
+        let dir = tempfile::tempdir().unwrap();
+        state_of_schema(dir.path(), 6);
+        let backup = dir.path().join("newer.db");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/schema-6/snctld.db"),
+            &backup,
+        )
+        .unwrap();
+        set_version(&backup, version);
+        let before = snapshot(dir.path());
+
+        let (code, stderr) = snctld(dir.path(), &["restore", backup.to_str().unwrap()]);
+        assert_refused_for(version, code, &stderr, "restore");
+        assert_eq!(snapshot(dir.path()), before, "restore {version}");
+    }
+}
+
+#[test]
+fn a_database_of_a_version_no_snctld_writes_is_refused_in_one_line_and_nothing_changes() {
+    // Below 1 with tables in it: not made by snctld, or its version was
+    // edited. (0 with no table is a new database.)
+    for version in [-1, 0, i64::from(i32::MIN)] {
+        let dir = tempfile::tempdir().unwrap();
+        state_of_future_schema(dir.path(), version);
+        let before = snapshot(dir.path());
+        for args in [&[][..], &["rekey"]] {
+            let (code, stderr) = snctld(dir.path(), args);
+            assert_eq!(code, Some(1), "{args:?} {version}: {stderr}");
+            let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+            assert_eq!(lines.len(), 1, "{args:?} {version}: {stderr}");
+            assert!(
+                lines[0].contains(&format!("schema version {version}"))
+                    && lines[0].contains("not an snctld database")
+                    && lines[0].contains("snctld restore"),
+                "{args:?} {version}: {stderr}"
+            );
+            assert_eq!(snapshot(dir.path()), before, "{args:?} {version}");
+        }
+    }
+}
