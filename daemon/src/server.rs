@@ -822,6 +822,13 @@ fn connection<H: Handler>(
         };
         conn.write(&reply)?;
         if hello.protocol_version != PROTOCOL_VERSION {
+            // Once per connection: a warning an admin sees, since the
+            // client's user only gets its own message. The version string
+            // is the client's to choose: cut short, and quoted (escaped).
+            let client_version: String = hello.client_version.chars().take(64).collect();
+            tracing::warn!(%peer, client_version = ?client_version,
+                "a client speaks protocol {} but snctld speaks {}: refused; snctl and snctld must be of the same release (README, \"Versions\")",
+                hello.protocol_version, PROTOCOL_VERSION);
             return Err(ConnError::Version(hello.protocol_version));
         }
         *greeted = true;

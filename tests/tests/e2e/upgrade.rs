@@ -318,3 +318,161 @@ fn a_database_of_a_version_no_snctld_writes_is_refused_in_one_line_and_nothing_c
         }
     }
 }
+
+/// The hello of protocol `version` as every snctl so far has written it,
+/// by hand: a u32 little-endian length, then bincode 2's varint of the
+/// version and the client's version string (a varint length, its bytes).
+/// These bytes were the same in protocols 1 to 5 and must stay so.
+fn hello_frame(version: u8, client_version: &str) -> Vec<u8> {
+    assert!(
+        version < 251 && client_version.len() < 251,
+        "one-byte varints"
+    );
+    let mut payload = vec![version, client_version.len() as u8];
+    payload.extend_from_slice(client_version.as_bytes());
+    let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// A `HelloReply` frame decoded by hand, as an snctl of any protocol
+/// does: (protocol_version, daemon_version).
+fn decode_hello_reply(frame: &[u8]) -> (u32, String) {
+    let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+    let payload = &frame[4..];
+    assert_eq!(payload.len(), len, "one whole frame: {frame:02x?}");
+    assert!(payload[0] < 251 && payload[1] < 251, "{frame:02x?}");
+    let text = std::str::from_utf8(&payload[2..]).unwrap();
+    assert_eq!(text.len(), usize::from(payload[1]), "{frame:02x?}");
+    (u32::from(payload[0]), text.to_string())
+}
+
+#[test]
+fn the_hello_has_had_one_wire_form_in_every_protocol_version() {
+    use snctl_shared::frame::{self, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
+    use snctl_shared::protocol::{Hello, HelloReply};
+    // Golden: protocol 1's hello from snctl 0.1.0, as sent since the first
+    // commit. A change here strands every older snctl without a message.
+    assert_eq!(
+        hello_frame(1, "0.1.0"),
+        [0x07, 0, 0, 0, 0x01, 0x05, b'0', b'.', b'1', b'.', b'0']
+    );
+    for version in 1..=snctl::PROTOCOL_VERSION + 1 {
+        let v = u8::try_from(version).unwrap();
+        let hello = Hello {
+            protocol_version: version,
+            client_version: "0.1.0".into(),
+        };
+        let bytes = hello_frame(v, "0.1.0");
+        assert_eq!(frame::encode(&hello, MAX_REQUEST_FRAME).unwrap(), bytes);
+        assert_eq!(frame::decode_request::<Hello>(&bytes[4..]).unwrap(), hello);
+        let reply = HelloReply {
+            protocol_version: version,
+            daemon_version: "0.1.0 (49fc8a9)".into(),
+        };
+        let bytes = frame::encode(&reply, MAX_RESPONSE_FRAME).unwrap();
+        assert_eq!(bytes, hello_frame(v, "0.1.0 (49fc8a9)"), "same shape");
+        assert_eq!(decode_hello_reply(&bytes), (version, reply.daemon_version));
+    }
+}
+
+#[test]
+fn a_client_of_another_protocol_gets_the_daemons_version_and_the_daemon_logs_one_line() {
+    use snctl_tests::harness::DaemonProcess;
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start_with_log_filter(dir.path(), &[], "warn").unwrap();
+    let current = snctl::PROTOCOL_VERSION;
+    // Every older protocol, and a newer one.
+    for version in (1..current).chain([current + 1]) {
+        let client_version = format!("0.0.{version}");
+        let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+        // An snctl sends its hello and first request in one write (here
+        // variant 0, a token request, for "prod"): it is never read.
+        let mut bytes = hello_frame(u8::try_from(version).unwrap(), &client_version);
+        bytes.extend_from_slice(&[0x07, 0, 0, 0, 0x00, 0x04, b'p', b'r', b'o', b'd', 0x3c]);
+        stream.write_all(&bytes).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        // Only the hello's answer, then the end of the stream.
+        let (daemon_protocol, daemon_version) = decode_hello_reply(&answer);
+        assert_eq!(daemon_protocol, current, "to protocol {version}");
+        assert!(
+            daemon_version.starts_with(env!("CARGO_PKG_VERSION")),
+            "{daemon_version}"
+        );
+        // What that snctl prints with it (its own message, the same text
+        // in every protocol so far).
+        let printed = snctl::Error::ProtocolMismatch {
+            daemon: daemon_protocol,
+            client: version,
+        }
+        .to_string();
+        assert!(
+            printed.starts_with(&format!(
+                "snctl speaks protocol {version} but snctld speaks {current}:"
+            )),
+            "{printed}"
+        );
+
+        // The log is written off the connection's thread.
+        let quoted = format!("\"{client_version}\"");
+        snctl_tests::harness::wait_until(std::time::Duration::from_secs(10), || {
+            daemon.log_text().contains(&quoted)
+        });
+        let log = daemon.log_text();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&quoted)).collect();
+        assert_eq!(lines.len(), 1, "{log}");
+        assert!(
+            lines[0].contains(&format!("speaks protocol {version}"))
+                && lines[0].contains(&format!("snctld speaks {current}")),
+            "{}",
+            lines[0]
+        );
+    }
+    // The daemon still serves a client of its own protocol.
+    let mut client = snctl::Client::connect(&daemon.socket).unwrap();
+    assert!(client.list().unwrap().is_empty());
+}
+
+#[test]
+fn snctl_against_an_snctld_of_every_older_protocol_says_which_goes_with_which() {
+    use std::io::{Read, Write};
+    let current = snctl::PROTOCOL_VERSION;
+    for version in 1..current {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("old.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        // An snctld of that protocol: reads the hello, answers with its
+        // own (same bytes in every version), closes.
+        let old = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut hello = [0u8; 4];
+            stream.read_exact(&mut hello).unwrap();
+            let mut rest = vec![0u8; u32::from_le_bytes(hello) as usize];
+            stream.read_exact(&mut rest).unwrap();
+            stream
+                .write_all(&hello_frame(u8::try_from(version).unwrap(), "0.1.0"))
+                .unwrap();
+            (
+                u32::from(rest[0]),
+                String::from_utf8(rest[2..].to_vec()).unwrap(),
+            )
+        });
+        let out = snctl_tests::harness::snctl(&socket, &["token", "prod"], None);
+        let (client_protocol, client_version) = old.join().unwrap();
+        assert_eq!(client_protocol, current);
+        assert!(client_version.starts_with(env!("CARGO_PKG_VERSION")));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "snctl speaks protocol {current} but snctld speaks {version}:"
+            )) && stderr.contains("same release")
+                && stderr.contains("Versions")
+                && stderr.contains("restart snctld"),
+            "{stderr}"
+        );
+    }
+}
