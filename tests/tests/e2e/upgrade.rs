@@ -476,3 +476,26 @@ fn snctl_against_an_snctld_of_every_older_protocol_says_which_goes_with_which() 
         );
     }
 }
+
+#[test]
+fn every_schema_so_far_has_a_fixture_and_each_opens_in_this_daemon() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let current = u32::try_from(snctld::store::SCHEMA_VERSION).unwrap();
+    assert!(
+        !data.join(format!("schema-{}", current + 1)).exists(),
+        "a fixture of a schema this snctld does not know"
+    );
+    for version in 1..=current {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state_of_schema(dir.path(), version);
+        let conn = rusqlite::Connection::open(state.join("snctld.db")).unwrap();
+        let found: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(found, version, "tests/data/schema-{version}");
+        drop(conn);
+        let daemon = TestDaemon::in_dir(dir.path());
+        assert!(!daemon.names().is_empty(), "schema {version}");
+        daemon.stop().unwrap();
+    }
+}
