@@ -75,6 +75,10 @@ pub enum StoreError {
     AlreadyExists,
     #[error("the store has shut down")]
     Closed,
+    #[error("the database {} is gone, its state directory deleted or moved while snctld runs: nothing is saved until it is back; create the directory again (mode 0700, with snctld.key if the key was kept there) and snctld writes the database into it, or put the old one back", path.display())]
+    Gone { path: PathBuf },
+    #[error("the database {} is not the one snctld opened, and the master key does not open it: nothing is saved into it; put snctld's database back, or restart snctld to use this one", path.display())]
+    Replaced { path: PathBuf },
     #[error("cannot make the backup copy {path}: {source}")]
     Backup {
         path: PathBuf,
@@ -479,6 +483,18 @@ pub struct Record {
 /// A database connection that has not yet been checked against a key.
 pub struct UncheckedDb {
     conn: Connection,
+    path: PathBuf,
+    /// Which file was opened ([`file_id`]).
+    file: Option<FileId>,
+}
+
+/// A file's device and inode: which file a path named when it was opened.
+type FileId = (u64, u64);
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 impl UncheckedDb {
@@ -502,6 +518,7 @@ impl UncheckedDb {
                 })?;
         }
         let conn = Connection::open(path).map_err(open_err)?;
+        let file = file_id(path).ok();
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         let version: i64 = conn
@@ -521,7 +538,11 @@ impl UncheckedDb {
         if version < 0 || (version == 0 && objects > 0) {
             return Err(StoreError::SchemaUnknown { found: version });
         }
-        Ok(UncheckedDb { conn })
+        Ok(UncheckedDb {
+            conn,
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     /// The stored key check value; `None` for a new database.
@@ -552,13 +573,18 @@ impl UncheckedDb {
         if !triggers.is_empty() {
             return Err(StoreError::Trigger(ObjectList(triggers)));
         }
-        let conn = self.conn;
+        let UncheckedDb { conn, path, file } = self;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if mode != "wal" {
             tracing::warn!(mode, "the database could not be switched to WAL mode");
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-        let mut db = Db { conn, key };
+        let mut db = Db {
+            conn,
+            key,
+            path,
+            file,
+        };
         migrate(&mut db.conn, &db.key)?;
         if UncheckedDb::key_check_of(&db.conn)?.is_none() {
             let check = crypto::key_check(&db.key)?;
@@ -809,6 +835,10 @@ pub const DEFAULT_REFRESH_LIFESPAN_SECS: u64 = 100 * 24 * 60 * 60;
 pub struct Db {
     conn: Connection,
     key: Arc<MasterKey>,
+    /// Where it was opened, and which file that was: every write first
+    /// checks that it is still there ([`Db::in_place`]).
+    path: PathBuf,
+    file: Option<FileId>,
 }
 
 /// A grant, client authentication or state as the database spells it
@@ -863,6 +893,98 @@ fn readers_from(users: &str, groups: &str, units: &str) -> Result<ReaderIds, Sto
 }
 
 impl Db {
+    /// Before a write: whether the database is still the file at the path
+    /// it was opened from. SQLite goes on writing a file that was unlinked
+    /// (its state directory deleted) and nothing says so until the next
+    /// start finds the older database, or none: such a write is refused
+    /// ([`StoreError::Gone`]) and the caller keeps what it meant to save.
+    /// Once the directory is back without a database, the open copy is
+    /// written into it and used; a database put back in its place is used
+    /// if the master key opens it.
+    fn in_place(&mut self) -> Result<(), StoreError> {
+        let Some(opened) = self.file else {
+            return Ok(());
+        };
+        let gone = || StoreError::Gone {
+            path: self.path.clone(),
+        };
+        match file_id(&self.path) {
+            Ok(found) if found == opened => Ok(()),
+            Ok(_) => self.reopen(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if !self.path.parent().is_some_and(Path::is_dir) {
+                    return Err(gone());
+                }
+                self.write_copy().map_err(|error| {
+                    tracing::debug!(%error, "cannot write the database again");
+                    gone()
+                })?;
+                self.reopen()
+            }
+            Err(_) => Err(gone()),
+        }
+    }
+
+    /// Writes the open (unlinked) database to its path: a private copy
+    /// under another name first, renamed into place, the directory synced.
+    fn write_copy(&self) -> Result<(), StoreError> {
+        let staged = self.path.with_extension("db.rewrite");
+        let _ = std::fs::remove_file(&staged);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staged)
+            .map_err(|source| StoreError::Create {
+                path: staged.clone(),
+                source,
+            })?;
+        let copied = (|| {
+            let mut target = Connection::open(&staged)?;
+            let backup = rusqlite::backup::Backup::new(&self.conn, &mut target)?;
+            backup.run_to_completion(256, std::time::Duration::ZERO, None)?;
+            drop(backup);
+            target.execute_batch("PRAGMA journal_mode = DELETE")?;
+            Ok::<_, rusqlite::Error>(())
+        })();
+        if let Err(error) = copied {
+            let _ = std::fs::remove_file(&staged);
+            return Err(error.into());
+        }
+        let placed = std::fs::rename(&staged, &self.path)
+            .and_then(|()| self.path.parent().map_or(Ok(()), crypto::sync_dir));
+        placed.map_err(|source| StoreError::Create {
+            path: self.path.clone(),
+            source,
+        })?;
+        tracing::warn!(path = %self.path.display(),
+            "the database was gone: written again from the copy snctld had open");
+        Ok(())
+    }
+
+    /// Opens the database now at the path, as at start, if the master key
+    /// opens it, and uses it from here on.
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        let unchecked = UncheckedDb::open(&self.path)?;
+        let opens = unchecked
+            .key_check()?
+            .is_some_and(|check| crypto::opens_check(&self.key, &check));
+        if !opens {
+            return Err(StoreError::Replaced {
+                path: self.path.clone(),
+            });
+        }
+        *self = unchecked.prepare(self.key.clone())?;
+        if let Some(dir) = self.path.parent() {
+            // The marker went with the directory.
+            if let Err(error) = crate::state::mark_signed(dir) {
+                tracing::warn!(%error, "cannot mark the state directory signed");
+            }
+        }
+        tracing::info!(path = %self.path.display(), "the database is in place again: reopened");
+        Ok(())
+    }
+
     /// Every stored authentication, settings checked (their MAC and
     /// instance URL, see [`Settings::check`]) before its secrets are
     /// opened. The first row that fails fails the whole load.
@@ -961,6 +1083,7 @@ impl Db {
         &mut self,
         items: impl IntoIterator<Item = (&'a Authentication, &'a TokenSet)>,
     ) -> Result<(), StoreError> {
+        self.in_place()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -999,6 +1122,7 @@ impl Db {
         tokens: Option<&TokenSet>,
         new_login: bool,
     ) -> Result<bool, StoreError> {
+        self.in_place()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1017,6 +1141,7 @@ impl Db {
     /// A refresh token in `tokens` replaces the stored one (with its issue
     /// time); without one the stored one stays.
     pub fn save_tokens(&mut self, name: &str, tokens: &TokenSet) -> Result<bool, StoreError> {
+        self.in_place()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1125,6 +1250,7 @@ impl Db {
         state: AuthState,
         last_error: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.in_place()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1138,6 +1264,7 @@ impl Db {
 
     /// Deletes an authentication. Returns whether it existed.
     pub fn delete(&mut self, name: &str) -> Result<bool, StoreError> {
+        self.in_place()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -252,3 +252,104 @@ fn a_full_disk_during_rotating_refreshes_loses_no_refresh_token() {
         fake.superseded_refresh_tokens().len()
     );
 }
+
+/// The state directory deleted under a running snctld (`rm -rf`, no
+/// mount needed): SQLite would go on writing the unlinked file, and the
+/// tokens would be gone at the next start. Each commit checks that the
+/// database is still where it was opened; once the directory is back, the
+/// database is written again from the open copy and the save goes on.
+#[test]
+fn a_state_directory_deleted_under_snctld_fails_the_saves_until_it_is_back() {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let runtime = snctl_tests::harness::runtime();
+    let fake = runtime.block_on(FakeInstance::start()).unwrap();
+    fake.add_client(CLIENT_ID, CLIENT_SECRET);
+    fake.add_user(USER, PASSWORD);
+    fake.set_rotate_refresh_tokens(true);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("snctld.toml");
+    std::fs::write(
+        &config,
+        "[refresh]\nbackoff_min_secs = 1\nbackoff_max_secs = 2\n",
+    )
+    .unwrap();
+    let config = ["--config", config.to_str().unwrap()];
+    let mut daemon = DaemonProcess::start_with_log_filter(dir.path(), &config, "info").unwrap();
+    let add = crate::add_by_password(
+        &daemon.socket,
+        &fake.url(),
+        "desk",
+        Some(USER),
+        PASSWORD,
+        &[],
+    );
+    assert!(add.status.success(), "{add:?}");
+    // The admin keeps the key elsewhere, as `snctl backup` tells them to.
+    let state = daemon.state_dir.clone();
+    let key = std::fs::read(state.join("snctld.key")).unwrap();
+    let log_before = daemon.log_text().len();
+
+    std::fs::remove_dir_all(&state).unwrap();
+    refresh(&daemon.socket);
+    let unsaved = newest_refresh_token(&fake);
+    let served = token(&daemon.socket);
+    assert_eq!(fake.issued_access_tokens().last(), Some(&served));
+    let shown = show(&daemon.socket);
+    let db = state.join("snctld.db");
+    assert!(
+        shown.contains("not yet saved") && shown.contains(&db.display().to_string()),
+        "{shown}"
+    );
+    let check = snctl(&daemon.socket, &["check", "desk"], None);
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "WARNING: {said}");
+    assert!(said.contains("not yet saved"), "{said}");
+    let status = snctl(&daemon.socket, &["status"], None);
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(said.contains("1 unhealthy"), "{said}");
+    // A refresh meanwhile presents the unsaved refresh token.
+    refresh(&daemon.socket);
+    let newest = newest_refresh_token(&fake);
+    assert_eq!(
+        fake.refresh_token_parent(&newest).as_deref(),
+        Some(unsaved.as_str())
+    );
+    assert!(
+        !state.exists(),
+        "nothing is created while the directory is gone"
+    );
+
+    // The directory back, with the key: the database is written again
+    // from the open copy, and the tokens saved into it.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&state)
+        .unwrap();
+    std::fs::write(state.join("snctld.key"), &key).unwrap();
+    std::fs::set_permissions(state.join("snctld.key"), PermissionsExt::from_mode(0o600)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || !show(&daemon.socket)
+            .contains("not yet saved")),
+        "the save never worked after the directory came back"
+    );
+    let log = daemon.log_text()[log_before..].to_string();
+    let failed = log.matches("cannot save desk's new tokens").count();
+    let saved = log.matches("saved desk's new tokens").count();
+    assert_eq!((failed, saved), (1, 1), "{log}");
+    assert!(db.exists());
+
+    // kill -9, restart: the newest login serves, no login asked for.
+    daemon.kill();
+    let daemon = DaemonProcess::start_with_log_filter(dir.path(), &config, "info").unwrap();
+    let served = token(&daemon.socket);
+    assert!(fake.is_access_token_valid(&served));
+    refresh(&daemon.socket);
+    assert_eq!(
+        fake.refresh_token_parent(&newest_refresh_token(&fake))
+            .as_deref(),
+        Some(newest.as_str()),
+        "after the restart the saved refresh token is the newest"
+    );
+    let shown = show(&daemon.socket);
+    assert!(shown.contains("status:        ok"), "{shown}");
+}
