@@ -1859,6 +1859,50 @@ mod tests {
     }
 
     #[test]
+    fn a_database_deleted_under_it_is_not_written_until_it_is_back_and_opens_with_the_key() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        let key = Arc::new(MasterKey::generate().unwrap().0);
+        let mut db = open(&dir, &key);
+        let (auth, tokens) = sample("prod");
+        db.insert(&auth, &tokens).unwrap();
+
+        std::fs::remove_dir_all(&dir).unwrap();
+        let newer = TokenSet {
+            access_token: Secret::new("newer".into()),
+            ..tokens.clone()
+        };
+        assert!(matches!(
+            db.save_tokens("prod", &newer),
+            Err(StoreError::Gone { .. })
+        ));
+        assert!(matches!(db.delete("prod"), Err(StoreError::Gone { .. })));
+        assert!(!dir.exists(), "nothing created");
+
+        // The directory back, empty: the open copy is written into it.
+        std::fs::create_dir(&dir).unwrap();
+        assert!(db.save_tokens("prod", &newer).unwrap());
+        drop(db);
+        let mut db = open(&dir, &key);
+        let loaded = db.load_all().unwrap();
+        assert_eq!(
+            loaded[0].tokens.as_ref().unwrap().access_token.expose(),
+            "newer"
+        );
+
+        // Another database in its place, under another key: not written.
+        let other = root.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        drop(open(&other, &Arc::new(MasterKey::generate().unwrap().0)));
+        std::fs::rename(other.join(DB_FILE), dir.join(DB_FILE)).unwrap();
+        assert!(matches!(
+            db.save_tokens("prod", &tokens),
+            Err(StoreError::Replaced { .. })
+        ));
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
