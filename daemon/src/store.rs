@@ -1880,6 +1880,21 @@ mod tests {
         assert!(matches!(db.delete("prod"), Err(StoreError::Gone { .. })));
         assert!(!dir.exists(), "nothing created");
 
+        // Moved away and back: the same file, written as ever.
+        let away = root.path().join("away");
+        std::fs::create_dir(&dir).unwrap();
+        drop(open(&dir, &key));
+        let mut moved = open(&dir, &key);
+        std::fs::rename(&dir, &away).unwrap();
+        assert!(matches!(
+            moved.save_tokens("x", &tokens),
+            Err(StoreError::Gone { .. })
+        ));
+        std::fs::rename(&away, &dir).unwrap();
+        assert!(!moved.save_tokens("x", &tokens).unwrap());
+        drop(moved);
+        std::fs::remove_dir_all(&dir).unwrap();
+
         // The directory back, empty: the open copy is written into it.
         std::fs::create_dir(&dir).unwrap();
         assert!(db.save_tokens("prod", &newer).unwrap());
