@@ -1140,14 +1140,18 @@ impl Db {
     /// Commits freshly obtained tokens and marks the authentication healthy.
     /// A refresh token in `tokens` replaces the stored one (with its issue
     /// time); without one the stored one stays.
+    /// Where the database is gone ([`Db::in_place`]), the tokens are
+    /// written into the copy still open all the same, and the error
+    /// returned: the save is retried, and meanwhile `snctl backup`, which
+    /// reads that copy, holds the newest tokens.
     pub fn save_tokens(&mut self, name: &str, tokens: &TokenSet) -> Result<bool, StoreError> {
-        self.in_place()?;
+        let placed = self.in_place();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let found = Self::write_tokens(&tx, &self.key, name, tokens, now_ms(), true)?;
         tx.commit()?;
-        Ok(found)
+        placed.map(|()| found)
     }
 
     /// Makes every later write fail as on a read-only filesystem
@@ -1277,8 +1281,31 @@ impl Db {
     /// self-contained database file (rollback journal mode, no `-wal` to go
     /// with it). Made with SQLite's online backup API into `tmp` (created
     /// 0600, removed before returning); on the store thread no write can
-    /// interleave. Sealed blobs stay sealed: no secret is in clear.
+    /// interleave. Sealed blobs stay sealed: no secret is in clear. Where
+    /// `tmp`'s directory is gone or read-only (a state directory deleted
+    /// under snctld: then the backup is the way to keep what it holds),
+    /// the copy is made in the temporary directory instead, under a new
+    /// name.
     pub fn backup(&mut self, tmp: &Path) -> Result<Vec<u8>, StoreError> {
+        match self.backup_in(tmp) {
+            Err(StoreError::Backup { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let elsewhere = std::env::temp_dir()
+                    .join(format!("snctld-backup-{}-{nanos}.db", std::process::id()));
+                self.backup_in(&elsewhere)
+            }
+            done => done,
+        }
+    }
+
+    fn backup_in(&mut self, tmp: &Path) -> Result<Vec<u8>, StoreError> {
         let io_err = |source| StoreError::Backup {
             path: tmp.to_path_buf(),
             source,

@@ -333,6 +333,35 @@ fn a_state_directory_deleted_under_snctld_fails_the_saves_until_it_is_back() {
         !state.exists(),
         "nothing is created while the directory is gone"
     );
+    // Where the directory cannot be made again for the running snctld (the
+    // shipped unit's ProtectSystem=strict shows it a directory made again
+    // read-only), `snctl backup` saves the newest tokens all the same: it
+    // reads the copy snctld has open.
+    let backup = dir.path().join("while-gone.db");
+    let out = snctl(&daemon.socket, &["backup", backup.to_str().unwrap()], None);
+    assert!(out.status.success(), "{out:?}");
+    let restored = dir.path().join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    std::fs::copy(&backup, restored.join("snctld.db")).unwrap();
+    std::fs::write(restored.join("snctld.key"), &key).unwrap();
+    std::fs::set_permissions(
+        restored.join("snctld.key"),
+        PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let records = snctl_tests::harness::open_db(&restored)
+        .unwrap()
+        .load_all()
+        .unwrap();
+    let stored = records[0].tokens.as_ref().unwrap();
+    assert_eq!(
+        stored
+            .refresh_token
+            .as_ref()
+            .map(|t| t.expose().to_string()),
+        Some(newest.clone()),
+        "the backup holds the newest refresh token"
+    );
 
     // The directory back, with the key: the database is written again
     // from the open copy, and the tokens saved into it.
