@@ -240,6 +240,10 @@ fn a_full_disk_during_rotating_refreshes_loses_no_refresh_token() {
                 .contains("not yet saved")),
             "round {round}: the save never worked after the disk recovered"
         );
+        // The log thread may lag behind the state `show` reports.
+        wait_until(Duration::from_secs(10), || {
+            daemon.log_text()[log_before..].contains("saved desk's new tokens")
+        });
         let log = daemon.log_text()[log_before..].to_string();
         let failed = log.matches("cannot save desk's new tokens").count();
         let saved = log.matches("saved desk's new tokens").count();
@@ -376,6 +380,9 @@ fn a_state_directory_deleted_under_snctld_fails_the_saves_until_it_is_back() {
             .contains("not yet saved")),
         "the save never worked after the directory came back"
     );
+    wait_until(Duration::from_secs(10), || {
+        daemon.log_text()[log_before..].contains("saved desk's new tokens")
+    });
     let log = daemon.log_text()[log_before..].to_string();
     let failed = log.matches("cannot save desk's new tokens").count();
     let saved = log.matches("saved desk's new tokens").count();
@@ -547,6 +554,10 @@ fn an_io_error_keeps_the_new_tokens_in_memory_until_the_device_works_again() {
             "round {round}: the save never worked after the device recovered: {}",
             show(&daemon.socket)
         );
+        // The log thread may lag behind the state `show` reports.
+        wait_until(Duration::from_secs(10), || {
+            daemon.log_text()[log_before..].contains("saved desk's new tokens")
+        });
         let log = daemon.log_text()[log_before..].to_string();
         let failed = log.matches("cannot save desk's new tokens").count();
         let saved = log.matches("saved desk's new tokens").count();
@@ -590,6 +601,9 @@ fn a_read_only_remount_keeps_the_new_tokens_in_memory_and_says_so() {
     free(&ns, &back);
     let newest = refresh_unsaved(&daemon, &fake, "still read-only");
     assert!(fake.is_refresh_token_valid(&newest));
+    wait_until(Duration::from_secs(10), || {
+        daemon.log_text()[log_before..].contains("cannot save desk's new tokens")
+    });
     let log = daemon.log_text()[log_before..].to_string();
     assert_eq!(
         log.matches("cannot save desk's new tokens").count(),
