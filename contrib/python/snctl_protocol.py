@@ -214,6 +214,7 @@ def _read_error(r):
     if variant == 7:
         daemon, client = r.uint(4), r.uint(4)
         return (f"snctl speaks protocol {client} but snctld speaks {daemon}: "
+                "snctl and snctld must come from the same release (README, \"Versions\"); "
                 "install matching versions and restart snctld", 1)
     if variant == 8:
         return f"internal daemon error: {r.string()} (see the snctld log)", 1
@@ -274,7 +275,9 @@ def get_token(name, path=None, min_valid=None):
             reply.end()
             if daemon_version != PROTOCOL_VERSION:
                 raise SnctlError(f"snctl speaks protocol {PROTOCOL_VERSION} but snctld speaks "
-                                 f"{daemon_version}: install matching versions and restart snctld", 1)
+                                 f"{daemon_version}: snctl and snctld must come from the same "
+                                 "release (README, \"Versions\"); install matching versions and "
+                                 "restart snctld", 1)
             r = _read_frame(sock, buffered, path)
             outcome = r.uint(4)
             if outcome == 1:

@@ -311,7 +311,10 @@ fn trusted_file(path: &Path, meta: &fs::Metadata) -> Result<(), RestoreError> {
 /// The checks before anything is replaced: schema, integrity, objects,
 /// key, settings.
 fn check(config: &Config, staged: &Path, trust_old_backup: bool) -> Result<(), RestoreError> {
-    let db = UncheckedDb::open(staged)?;
+    let db = UncheckedDb::open(staged).map_err(|error| match error {
+        StoreError::SchemaUnknown { .. } => RestoreError::NotSnctld,
+        error => error.into(),
+    })?;
     let integrity = db.integrity_check()?;
     if integrity != "ok" {
         return Err(RestoreError::Damaged(integrity));

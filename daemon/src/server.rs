@@ -830,6 +830,17 @@ fn connection<H: Handler>(
         };
         conn.write(&reply)?;
         if hello.protocol_version != PROTOCOL_VERSION {
+            // A warning an admin sees, since the client's user only gets
+            // its own message; once per user, protocol and client version
+            // in a while, so that a client retrying in a loop does not
+            // flood the log. The version string is the client's to
+            // choose: cut short, and quoted (escaped).
+            let client_version: String = hello.client_version.chars().take(64).collect();
+            if mismatch_is_news(peer.uid, hello.protocol_version, &client_version) {
+                tracing::warn!(%peer, client_version = ?client_version,
+                    "a client speaks protocol {} but snctld speaks {}: refused; snctl and snctld must be of the same release (README, \"Versions\")",
+                    hello.protocol_version, PROTOCOL_VERSION);
+            }
             return Err(ConnError::Version(hello.protocol_version));
         }
         *greeted = true;
@@ -851,6 +862,39 @@ fn connection<H: Handler>(
     }
     Ok(())
 }
+
+/// Whether a protocol mismatch of this user, protocol and client version
+/// is to be logged: the first time, and again after
+/// [`MISMATCH_LOG_EVERY`]. Remembers at most [`MAX_AUDITED_NAMES`] kinds.
+fn mismatch_is_news(uid: u32, protocol: u32, client_version: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Seen = HashMap<(u32, u32, String), std::time::Instant>;
+    static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    let key = (uid, protocol, client_version.to_string());
+    if seen
+        .get(&key)
+        .is_some_and(|&at| now.duration_since(at) < MISMATCH_LOG_EVERY)
+    {
+        return false;
+    }
+    if seen.len() >= MAX_AUDITED_NAMES {
+        seen.retain(|_, &mut at| now.duration_since(at) < MISMATCH_LOG_EVERY);
+        if seen.len() >= MAX_AUDITED_NAMES {
+            return false;
+        }
+    }
+    seen.insert(key, now);
+    true
+}
+
+/// How often one kind of protocol mismatch is logged again.
+const MISMATCH_LOG_EVERY: Duration = Duration::from_secs(600);
 
 /// Answers the request at the front of `conn` the whole way
 /// ([`Handler::handle`]). Kept out of [`connection`]'s loop: the handler's

@@ -65,14 +65,20 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    #[error("the database has schema version {found}, newer than this snctld supports ({supported}): install a newer snctld")]
+    #[error("the database has schema version {found}, newer than this snctld supports ({supported}): install a newer snctld (the release that wrote it, or a later one), or restore a backup made by this one (snctld restore FILE); nothing was changed")]
     SchemaTooNew { found: i64, supported: i64 },
+    #[error("the database has schema version {found}, which no snctld writes: it is not an snctld database, or it was edited; restore a backup (snctld restore FILE); nothing was changed")]
+    SchemaUnknown { found: i64 },
     #[error("the database holds an unknown {what} {value:?}: it was written by a newer snctld")]
     Unknown { what: &'static str, value: String },
     #[error("an authentication with this name already exists")]
     AlreadyExists,
     #[error("the store has shut down")]
     Closed,
+    #[error("the database {} is gone, its state directory deleted or moved while snctld runs: nothing is saved until it is back; create the directory again (mode 0700, with snctld.key if the key was kept there) and snctld writes the database into it, or put the old one back", path.display())]
+    Gone { path: PathBuf },
+    #[error("the database {} is not the one snctld opened, and the master key does not open it: nothing is saved into it; put snctld's database back, or restart snctld to use this one", path.display())]
+    Replaced { path: PathBuf },
     #[error("cannot make the backup copy {path}: {source}")]
     Backup {
         path: PathBuf,
@@ -477,6 +483,18 @@ pub struct Record {
 /// A database connection that has not yet been checked against a key.
 pub struct UncheckedDb {
     conn: Connection,
+    path: PathBuf,
+    /// Which file was opened ([`file_id`]).
+    file: Option<FileId>,
+}
+
+/// A file's device and inode: which file a path named when it was opened.
+type FileId = (u64, u64);
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 impl UncheckedDb {
@@ -500,6 +518,7 @@ impl UncheckedDb {
                 })?;
         }
         let conn = Connection::open(path).map_err(open_err)?;
+        let file = file_id(path).ok();
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         let version: i64 = conn
@@ -511,7 +530,19 @@ impl UncheckedDb {
                 supported: SCHEMA_VERSION,
             });
         }
-        Ok(UncheckedDb { conn })
+        // Below 1 with something in it: the migration would stumble on the
+        // tables it finds (0 and empty is a new database).
+        let objects: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if version < 0 || (version == 0 && objects > 0) {
+            return Err(StoreError::SchemaUnknown { found: version });
+        }
+        Ok(UncheckedDb {
+            conn,
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     /// The stored key check value; `None` for a new database.
@@ -542,13 +573,18 @@ impl UncheckedDb {
         if !triggers.is_empty() {
             return Err(StoreError::Trigger(ObjectList(triggers)));
         }
-        let conn = self.conn;
+        let UncheckedDb { conn, path, file } = self;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if mode != "wal" {
             tracing::warn!(mode, "the database could not be switched to WAL mode");
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-        let mut db = Db { conn, key };
+        let mut db = Db {
+            conn,
+            key,
+            path,
+            file,
+        };
         migrate(&mut db.conn, &db.key)?;
         if UncheckedDb::key_check_of(&db.conn)?.is_none() {
             let check = crypto::key_check(&db.key)?;
@@ -799,6 +835,10 @@ pub const DEFAULT_REFRESH_LIFESPAN_SECS: u64 = 100 * 24 * 60 * 60;
 pub struct Db {
     conn: Connection,
     key: Arc<MasterKey>,
+    /// Where it was opened, and which file that was: every write first
+    /// checks that it is still there ([`Db::in_place`]).
+    path: PathBuf,
+    file: Option<FileId>,
 }
 
 /// A grant, client authentication or state as the database spells it
@@ -853,6 +893,98 @@ fn readers_from(users: &str, groups: &str, units: &str) -> Result<ReaderIds, Sto
 }
 
 impl Db {
+    /// Before a write: whether the database is still the file at the path
+    /// it was opened from. SQLite goes on writing a file that was unlinked
+    /// (its state directory deleted) and nothing says so until the next
+    /// start finds the older database, or none: such a write is refused
+    /// ([`StoreError::Gone`]) and the caller keeps what it meant to save.
+    /// Once the directory is back without a database, the open copy is
+    /// written into it and used; a database put back in its place is used
+    /// if the master key opens it.
+    fn in_place(&mut self) -> Result<(), StoreError> {
+        let Some(opened) = self.file else {
+            return Ok(());
+        };
+        let gone = || StoreError::Gone {
+            path: self.path.clone(),
+        };
+        match file_id(&self.path) {
+            Ok(found) if found == opened => Ok(()),
+            Ok(_) => self.reopen(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if !self.path.parent().is_some_and(Path::is_dir) {
+                    return Err(gone());
+                }
+                self.write_copy().map_err(|error| {
+                    tracing::debug!(%error, "cannot write the database again");
+                    gone()
+                })?;
+                self.reopen()
+            }
+            Err(_) => Err(gone()),
+        }
+    }
+
+    /// Writes the open (unlinked) database to its path: a private copy
+    /// under another name first, renamed into place, the directory synced.
+    fn write_copy(&self) -> Result<(), StoreError> {
+        let staged = self.path.with_extension("db.rewrite");
+        let _ = std::fs::remove_file(&staged);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staged)
+            .map_err(|source| StoreError::Create {
+                path: staged.clone(),
+                source,
+            })?;
+        let copied = (|| {
+            let mut target = Connection::open(&staged)?;
+            let backup = rusqlite::backup::Backup::new(&self.conn, &mut target)?;
+            backup.run_to_completion(256, std::time::Duration::ZERO, None)?;
+            drop(backup);
+            target.execute_batch("PRAGMA journal_mode = DELETE")?;
+            Ok::<_, rusqlite::Error>(())
+        })();
+        if let Err(error) = copied {
+            let _ = std::fs::remove_file(&staged);
+            return Err(error.into());
+        }
+        let placed = std::fs::rename(&staged, &self.path)
+            .and_then(|()| self.path.parent().map_or(Ok(()), crypto::sync_dir));
+        placed.map_err(|source| StoreError::Create {
+            path: self.path.clone(),
+            source,
+        })?;
+        tracing::warn!(path = %self.path.display(),
+            "the database was gone: written again from the copy snctld had open");
+        Ok(())
+    }
+
+    /// Opens the database now at the path, as at start, if the master key
+    /// opens it, and uses it from here on.
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        let unchecked = UncheckedDb::open(&self.path)?;
+        let opens = unchecked
+            .key_check()?
+            .is_some_and(|check| crypto::opens_check(&self.key, &check));
+        if !opens {
+            return Err(StoreError::Replaced {
+                path: self.path.clone(),
+            });
+        }
+        *self = unchecked.prepare(self.key.clone())?;
+        if let Some(dir) = self.path.parent() {
+            // The marker went with the directory.
+            if let Err(error) = crate::state::mark_signed(dir) {
+                tracing::warn!(%error, "cannot mark the state directory signed");
+            }
+        }
+        tracing::info!(path = %self.path.display(), "the database is in place again: reopened");
+        Ok(())
+    }
+
     /// Every stored authentication, settings checked (their MAC and
     /// instance URL, see [`Settings::check`]) before its secrets are
     /// opened. The first row that fails fails the whole load.
@@ -951,6 +1083,7 @@ impl Db {
         &mut self,
         items: impl IntoIterator<Item = (&'a Authentication, &'a TokenSet)>,
     ) -> Result<(), StoreError> {
+        self.in_place()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -989,6 +1122,7 @@ impl Db {
         tokens: Option<&TokenSet>,
         new_login: bool,
     ) -> Result<bool, StoreError> {
+        self.in_place()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1006,13 +1140,18 @@ impl Db {
     /// Commits freshly obtained tokens and marks the authentication healthy.
     /// A refresh token in `tokens` replaces the stored one (with its issue
     /// time); without one the stored one stays.
+    /// Where the database is gone ([`Db::in_place`]), the tokens are
+    /// written into the copy still open all the same, and the error
+    /// returned: the save is retried, and meanwhile `snctl backup`, which
+    /// reads that copy, holds the newest tokens.
     pub fn save_tokens(&mut self, name: &str, tokens: &TokenSet) -> Result<bool, StoreError> {
+        let placed = self.in_place();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let found = Self::write_tokens(&tx, &self.key, name, tokens, now_ms(), true)?;
         tx.commit()?;
-        Ok(found)
+        placed.map(|()| found)
     }
 
     /// Makes every later write fail as on a read-only filesystem
@@ -1115,6 +1254,7 @@ impl Db {
         state: AuthState,
         last_error: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.in_place()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1128,6 +1268,7 @@ impl Db {
 
     /// Deletes an authentication. Returns whether it existed.
     pub fn delete(&mut self, name: &str) -> Result<bool, StoreError> {
+        self.in_place()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1140,8 +1281,31 @@ impl Db {
     /// self-contained database file (rollback journal mode, no `-wal` to go
     /// with it). Made with SQLite's online backup API into `tmp` (created
     /// 0600, removed before returning); on the store thread no write can
-    /// interleave. Sealed blobs stay sealed: no secret is in clear.
+    /// interleave. Sealed blobs stay sealed: no secret is in clear. Where
+    /// `tmp`'s directory is gone or read-only (a state directory deleted
+    /// under snctld: then the backup is the way to keep what it holds),
+    /// the copy is made in the temporary directory instead, under a new
+    /// name.
     pub fn backup(&mut self, tmp: &Path) -> Result<Vec<u8>, StoreError> {
+        match self.backup_in(tmp) {
+            Err(StoreError::Backup { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let elsewhere = std::env::temp_dir()
+                    .join(format!("snctld-backup-{}-{nanos}.db", std::process::id()));
+                self.backup_in(&elsewhere)
+            }
+            done => done,
+        }
+    }
+
+    fn backup_in(&mut self, tmp: &Path) -> Result<Vec<u8>, StoreError> {
         let io_err = |source| StoreError::Backup {
             path: tmp.to_path_buf(),
             source,
@@ -1719,6 +1883,65 @@ mod tests {
             err.contains("trigger undo") && err.contains("nothing was changed"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_database_deleted_under_it_is_not_written_until_it_is_back_and_opens_with_the_key() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        let key = Arc::new(MasterKey::generate().unwrap().0);
+        let mut db = open(&dir, &key);
+        let (auth, tokens) = sample("prod");
+        db.insert(&auth, &tokens).unwrap();
+
+        std::fs::remove_dir_all(&dir).unwrap();
+        let newer = TokenSet {
+            access_token: Secret::new("newer".into()),
+            ..tokens.clone()
+        };
+        assert!(matches!(
+            db.save_tokens("prod", &newer),
+            Err(StoreError::Gone { .. })
+        ));
+        assert!(matches!(db.delete("prod"), Err(StoreError::Gone { .. })));
+        assert!(!dir.exists(), "nothing created");
+
+        // Moved away and back: the same file, written as ever.
+        let away = root.path().join("away");
+        std::fs::create_dir(&dir).unwrap();
+        drop(open(&dir, &key));
+        let mut moved = open(&dir, &key);
+        std::fs::rename(&dir, &away).unwrap();
+        assert!(matches!(
+            moved.save_tokens("x", &tokens),
+            Err(StoreError::Gone { .. })
+        ));
+        std::fs::rename(&away, &dir).unwrap();
+        assert!(!moved.save_tokens("x", &tokens).unwrap());
+        drop(moved);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // The directory back, empty: the open copy is written into it.
+        std::fs::create_dir(&dir).unwrap();
+        assert!(db.save_tokens("prod", &newer).unwrap());
+        drop(db);
+        let mut db = open(&dir, &key);
+        let loaded = db.load_all().unwrap();
+        assert_eq!(
+            loaded[0].tokens.as_ref().unwrap().access_token.expose(),
+            "newer"
+        );
+
+        // Another database in its place, under another key: not written.
+        let other = root.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        drop(open(&other, &Arc::new(MasterKey::generate().unwrap().0)));
+        std::fs::rename(other.join(DB_FILE), dir.join(DB_FILE)).unwrap();
+        assert!(matches!(
+            db.save_tokens("prod", &tokens),
+            Err(StoreError::Replaced { .. })
+        ));
     }
 
     #[test]

@@ -862,7 +862,7 @@ pub enum Error {
         message: String,
     },
     /// Client and daemon speak different protocol versions.
-    #[error("snctl speaks protocol {client} but snctld speaks {daemon}: install matching versions and restart snctld")]
+    #[error("snctl speaks protocol {client} but snctld speaks {daemon}: snctl and snctld must come from the same release (README, \"Versions\"); install matching versions and restart snctld")]
     ProtocolMismatch {
         /// The daemon's version.
         daemon: u32,
