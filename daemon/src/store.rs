@@ -1491,13 +1491,40 @@ pub struct Store {
 
 /// The store thread; [`StoreThread::join`] waits until every job sent
 /// before [`Store::close`] has run.
-pub struct StoreThread(JoinHandle<()>);
+/// The store thread. Joined when dropped, after the jobs already queued:
+/// whoever drops it (a start that failed, a test) finds the database
+/// closed, its journal folded back, and nothing left writing to it.
+pub struct StoreThread {
+    thread: Option<JoinHandle<()>>,
+    jobs: mpsc::Sender<Job>,
+}
 
 impl StoreThread {
-    pub fn join(self) {
-        if self.0.join().is_err() {
+    /// Waits until the queued jobs have run and the database is closed.
+    pub fn join(mut self) {
+        self.stop_and_join();
+    }
+
+    /// Lets the thread run on, unjoined, until the last [`Store`] handle
+    /// is dropped.
+    pub fn detach(mut self) {
+        self.thread.take();
+    }
+
+    fn stop_and_join(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let _ = self.jobs.send(Box::new(|_| Flow::Stop));
+        if thread.join().is_err() {
             tracing::error!("the store thread panicked");
         }
+    }
+}
+
+impl Drop for StoreThread {
+    fn drop(&mut self) {
+        self.stop_and_join();
     }
 }
 
@@ -1514,7 +1541,11 @@ impl Store {
                     }
                 }
             })?;
-        Ok((Store { jobs }, StoreThread(thread)))
+        let thread = StoreThread {
+            thread: Some(thread),
+            jobs: jobs.clone(),
+        };
+        Ok((Store { jobs }, thread))
     }
 
     /// Runs `f` on the store thread and returns its result.

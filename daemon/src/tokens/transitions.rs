@@ -315,7 +315,8 @@ impl Bench {
         }
         let records = db.load_all().expect("load");
         // The thread ends once the last handle to the store is dropped.
-        let (store, _thread): (Store, _) = Store::spawn(db).expect("store thread");
+        let (store, thread): (Store, _) = Store::spawn(db).expect("store thread");
+        thread.detach();
         let script = Arc::new(script(clock));
         let tokens = Tokens::start(
             records,
