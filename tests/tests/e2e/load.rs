@@ -5,6 +5,12 @@
 //! Size: `SNCTL_LOAD_AUTHS` (default 10000), `SNCTL_LOAD_CLIENTS` (default
 //! 64, half of them reconnecting for every request), `SNCTL_LOAD_SECS`
 //! (default 4).
+//!
+//! And admins at work meanwhile: authentications added, updated and removed,
+//! people logging in, backups taken, while 64 clients fetch tokens; no
+//! error for anyone, an upstream request held at the instance holds up
+//! nobody else, and memory flat. `SNCTL_CHURN_SECS` (default: 30 rounds of
+//! add, update, remove, a few seconds).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -226,12 +232,23 @@ fn update_of(name: &str) -> snctl::protocol::UpdateRequest {
     }
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// What a fetching client counted.
 #[derive(Default)]
 struct Fetcher {
     tokens: AtomicU64,
     /// Longest wait for one token, in microseconds.
     longest_us: AtomicU64,
+    /// Waits longer than 50 ms.
+    slow: AtomicU64,
 }
 
 /// What the admins did, and what went wrong for anyone.
@@ -291,6 +308,9 @@ fn fetch_loop(
         let answer = client.token(&names[i]);
         let waited = asked.elapsed().as_micros() as u64;
         me.longest_us.fetch_max(waited, Ordering::Relaxed);
+        if waited > 50_000 {
+            me.slow.fetch_add(1, Ordering::Relaxed);
+        }
         match answer {
             // The seeded ones are served as stored; the held one's is the
             // instance's.
@@ -451,6 +471,8 @@ fn admins_at_work_under_load_stop_no_client_and_leave_memory_flat() {
             .collect(),
     );
     let stop = Arc::new(AtomicBool::new(false));
+    // A failed check stops every thread too.
+    let _stop_on_panic = StopOnDrop(stop.clone());
     let churned = Arc::new(Churned::default());
     let fetchers: Arc<Vec<Fetcher>> = Arc::new((0..clients).map(|_| Fetcher::default()).collect());
     let started = Instant::now();
@@ -514,6 +536,10 @@ fn admins_at_work_under_load_stop_no_client_and_leave_memory_flat() {
                 }
                 churned.admin("list", client.list());
                 churned.admin("status", client.status());
+                churned.admin("metrics", client.metrics());
+                if round.is_multiple_of(4) {
+                    churned.admin("doctor", client.doctor("person"));
+                }
                 let mut update = update_of(&seeded_name(round % WARM));
                 update.readers = Some(Readers {
                     users: if round.is_multiple_of(2) {
@@ -548,7 +574,10 @@ fn admins_at_work_under_load_stop_no_client_and_leave_memory_flat() {
             None => churned.removes.load(Ordering::Relaxed) as f64 / cycles as f64,
         }
     };
+    // The churn goes on at least until the hold below is over.
+    let holding = Arc::new(AtomicBool::new(true));
     let churner = {
+        let (holding, stop) = (holding.clone(), stop.clone());
         let (socket, churned, instance, progress) = (
             socket.clone(),
             churned.clone(),
@@ -559,7 +588,9 @@ fn admins_at_work_under_load_stop_no_client_and_leave_memory_flat() {
             let mut client = snctl::Client::connect(&socket).unwrap();
             let mut i = 0u64;
             let mut rss_first = None;
-            while progress() < 1.0 {
+            while !stop.load(Ordering::Relaxed)
+                && (progress() < 1.0 || holding.load(Ordering::Relaxed))
+            {
                 i += 1;
                 let name = format!("churn-{i}");
                 let mut add = add_request(&name, &instance);
@@ -571,8 +602,15 @@ fn admins_at_work_under_load_stop_no_client_and_leave_memory_flat() {
                         kid: None,
                     });
                 }
-                if churned.admin("add", client.add(add)).is_some() {
+                // Every fourth with its proxy socket, which goes with it.
+                add.proxy = i % 4 == 1;
+                let mut proxy_socket = None;
+                if let Some(added) = churned.admin("add", client.add(add)) {
                     churned.adds.fetch_add(1, Ordering::Relaxed);
+                    proxy_socket = added.proxy_socket.map(|p| std::path::PathBuf::from(p.path));
+                    if (i % 4 == 1) != proxy_socket.as_ref().is_some_and(|p| p.exists()) {
+                        churned.admin_error(format!("{name}: proxy socket {proxy_socket:?}"));
+                    }
                 }
                 churned.admin("token of an added one", client.token(&name));
                 let mut update = update_of(&name);
@@ -590,6 +628,10 @@ fn admins_at_work_under_load_stop_no_client_and_leave_memory_flat() {
                 match churned.admin("remove", client.remove(&name, false)) {
                     Some(reply) if reply.revoke_error.is_none() => {
                         churned.removes.fetch_add(1, Ordering::Relaxed);
+                        if let Some(socket) = proxy_socket.filter(|p| p.exists()) {
+                            churned
+                                .admin_error(format!("{name} removed, its proxy {socket:?} not"));
+                        }
                     }
                     Some(reply) => churned.admin_error(format!("remove {name}: {reply:?}")),
                     None => {}
@@ -667,6 +709,7 @@ fn admins_at_work_under_load_stop_no_client_and_leave_memory_flat() {
         .unwrap()
         .expect("the held refresh completes once answered");
     admin_client.remove("held", false).unwrap();
+    holding.store(false, Ordering::Relaxed);
 
     let rss_first = churner.join().unwrap();
     let rss_last = settled_rss(pid);
@@ -684,6 +727,7 @@ fn admins_at_work_under_load_stop_no_client_and_leave_memory_flat() {
         .unwrap() as f64
         / 1000.0;
     let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let slow: u64 = fetchers.iter().map(|f| count(&f.slow)).sum();
     assert_eq!(
         (count(&churned.client_errors), count(&churned.admin_errors)),
         (0, 0),
@@ -709,7 +753,7 @@ fn admins_at_work_under_load_stop_no_client_and_leave_memory_flat() {
     let rss_first = rss_first.expect("sampled after the first quarter");
     println!(
         "churn: {clients} clients, {:.1} s: {tokens} tokens ({:.0}/s), longest wait {longest_ms:.1} ms, \
-         0 client errors; {} adds, {} removes, {} updates, {} logins, {} backups, {} reloads, \
+         {slow} waits over 50 ms, 0 client errors; {} adds, {} removes, {} updates, {} logins, {} backups, {} reloads, \
          0 admin errors; RSS after the first quarter {rss_first} KiB, after the last {rss_last} KiB",
         elapsed.as_secs_f64(),
         tokens as f64 / elapsed.as_secs_f64(),
