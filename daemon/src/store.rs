@@ -1328,8 +1328,20 @@ impl Db {
                 .mode(0o600)
                 .open(tmp)
                 .map_err(io_err)?;
+            // The copy is read back and deleted at once: nothing of it
+            // needs to reach the disk, and every commit waits behind this
+            // thread, so it is never synced (a busy disk takes seconds per
+            // sync) and keeps no journal file.
+            let unsynced = |conn: &Connection| -> rusqlite::Result<()> {
+                conn.pragma_update(None, "synchronous", "OFF")?;
+                conn.query_row("PRAGMA journal_mode = MEMORY", [], |r| {
+                    r.get::<_, String>(0)
+                })?;
+                Ok(())
+            };
             {
                 let mut dst = Connection::open(tmp)?;
+                unsynced(&dst)?;
                 // Every page in one step: one read transaction, one snapshot.
                 rusqlite::backup::Backup::new(&self.conn, &mut dst)?.run_to_completion(
                     i32::MAX,
@@ -1339,6 +1351,7 @@ impl Db {
             }
             // The copy says WAL, like its source: make it a single file.
             let dst = Connection::open(tmp)?;
+            dst.pragma_update(None, "synchronous", "OFF")?;
             dst.query_row("PRAGMA journal_mode = DELETE", [], |r| {
                 r.get::<_, String>(0)
             })?;

@@ -56,7 +56,9 @@
 //! - A hibernating developer instance ([`FakeInstance::set_hibernating`]) answers every
 //!   request with a 200 HTML page.
 //!
-//! Faults (see [`Fault`]) only ever apply to `POST /oauth_token.do`.
+//! Faults (see [`Fault`]) only ever apply to `POST /oauth_token.do`. So does a hold
+//! ([`FakeInstance::hold_token_requests`]): one client's token requests wait, unanswered,
+//! until the test releases them.
 //!
 //! [`FakeInstance::start_tls`] serves the same instance over HTTPS, with a certificate
 //! for `127.0.0.1` signed by a CA generated at start ([`FakeInstance::ca_pem`], what
@@ -372,6 +374,25 @@ impl FakeInstance {
         self.lock().standing_fault = fault;
     }
 
+    /// From now on, token requests authenticated as `client_id` are read and
+    /// then held, unanswered, until [`FakeInstance::release_token_requests`]:
+    /// an upstream request that takes as long as the test wants, without a
+    /// clock. Other clients' requests are answered as usual.
+    pub fn hold_token_requests(&self, client_id: &str) {
+        self.lock().held_clients.insert(client_id.to_owned());
+    }
+
+    /// Lets every held token request of `client_id` go on (answered as
+    /// usual), and no longer holds new ones.
+    pub fn release_token_requests(&self, client_id: &str) {
+        self.lock().held_clients.remove(client_id);
+    }
+
+    /// Token requests being held right now.
+    pub fn held_token_requests(&self) -> u64 {
+        self.lock().held_now
+    }
+
     pub fn token_requests(&self) -> u64 {
         self.lock().token_requests
     }
@@ -623,6 +644,10 @@ struct State {
     jwt_keys: HashMap<String, Vec<JwtVerifier>>,
     seen_jtis: HashSet<String>,
     jwt_grants: u64,
+    /// Clients whose token requests wait until released ([`FakeInstance::hold_token_requests`]).
+    held_clients: HashSet<String>,
+    /// Token requests waiting for their release right now.
+    held_now: u64,
 }
 
 /// Field order matches ServiceNow's answer, which is easier to compare by eye in logs.
@@ -1455,6 +1480,7 @@ async fn handle(state: &Shared, req: &Request) -> Reply {
 }
 
 async fn token_endpoint(state: &Shared, req: &Request) -> Reply {
+    hold_while_asked(state, req).await;
     let fault = {
         let mut s = lock(state);
         s.token_requests += 1;
@@ -1498,6 +1524,25 @@ async fn token_endpoint(state: &Shared, req: &Request) -> Reply {
             Reply::Full(response)
         }
     }
+}
+
+/// Waits while the request's client is held ([`FakeInstance::hold_token_requests`]).
+async fn hold_while_asked(state: &Shared, req: &Request) {
+    let form = parse_form(&req.body);
+    let Some((client_id, _)) = client_credentials(req, &form) else {
+        return;
+    };
+    {
+        let mut s = lock(state);
+        if !s.held_clients.contains(&client_id) {
+            return;
+        }
+        s.held_now += 1;
+    }
+    while lock(state).held_clients.contains(&client_id) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    lock(state).held_now -= 1;
 }
 
 fn issue(state: &Shared, req: &Request) -> Response {

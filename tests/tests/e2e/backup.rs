@@ -718,3 +718,67 @@ fn a_backup_whose_schema_does_not_match_its_version_is_refused_in_one_line() {
         "{stderr}"
     );
 }
+
+/// A backup is read from a copy the daemon makes on its store thread,
+/// where every commit (a refresh's new tokens, an admin's change) waits its
+/// turn: that copy is thrown away once read, so it is never synced to disk,
+/// and a backup on a busy disk holds nobody up for the disk's sake. Seen by
+/// tracing the daemon's `fsync`/`fdatasync` calls while five backups are
+/// taken and nothing else happens: none. Needs `strace` and the right to
+/// trace (root here); skips with a reason otherwise.
+#[test]
+fn a_backup_syncs_nothing_to_disk_on_the_store_thread() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        println!("skipped: strace is not installed");
+        return;
+    }
+    let fake = fake();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(dir.path(), &[]).unwrap();
+    let mut client = snctl::Client::connect(&daemon.socket).unwrap();
+    client.add(add_request("prod", &fake.url())).unwrap();
+    let pid = daemon.pid().unwrap();
+    let trace = dir.path().join("syncs.txt");
+    let mut strace = Command::new("strace")
+        .args([
+            "-f",
+            "-y",
+            "-e",
+            "trace=fsync,fdatasync,sync_file_range",
+            "-o",
+        ])
+        .arg(&trace)
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let traced = wait_until(Duration::from_secs(20), || {
+        harness::proc_status_kib(pid, "TracerPid:") == u64::from(strace.id())
+    });
+    if !traced {
+        let _ = strace.kill();
+        let _ = strace.wait();
+        println!("skipped: strace cannot trace snctld here");
+        return;
+    }
+    for _ in 0..5 {
+        let backup = client.backup().unwrap();
+        assert!(backup.bytes.starts_with(b"SQLite format 3\0"));
+    }
+    // SAFETY: SIGINT to the strace this test spawned: it detaches and ends.
+    unsafe { libc::kill(strace.id() as libc::pid_t, libc::SIGINT) };
+    strace.wait().unwrap();
+    let syncs: Vec<String> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("sync"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        syncs.is_empty(),
+        "five backups synced {} times: {syncs:#?}",
+        syncs.len()
+    );
+    assert_eq!(client.token("prod").unwrap().instance_url, fake.url());
+}
