@@ -9,9 +9,12 @@
 //!
 //! Each authentication has a scheduler task that refreshes ahead of expiry
 //! (at a jittered fraction of the lifetime) and retries failures with
-//! exponential backoff, honouring `Retry-After`. A credential the instance
-//! refuses is not retried until an admin acts; a refresh token it refuses
-//! makes the authentication "needs login" until a person logs in again. New
+//! exponential backoff, honouring `Retry-After`. Validity and plans count on
+//! the boot clock, so that a suspend or a wall-clock step neither hands out
+//! an expired token nor oversleeps a refresh ([`crate::clock`]). A
+//! credential the instance refuses is not retried until an admin acts; a
+//! refresh token it refuses makes the authentication "needs login" until a
+//! person logs in again. New
 //! tokens (and any refresh token that comes with them) are committed to the
 //! store before anyone receives them.
 //!

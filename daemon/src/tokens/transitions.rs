@@ -1098,3 +1098,29 @@ async fn a_stored_token_obtained_after_the_wall_clock_at_start_is_not_trusted() 
     assert_eq!(token, "access-1");
     assert_eq!(b.asked().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_suspends_and_wall_clock_steps_hand_out_no_expired_token() {
+    let b = Bench::one(1000 * SEC, policy(), vec![]);
+    let mut expired = 0;
+    for i in 0..100i64 {
+        b.advance_to((i + 1) * 10 * SEC).await;
+        let before = b.asked().len();
+        match i % 3 {
+            // Suspended past the token's life, by a different span each time.
+            0 => b.clock.suspend(1000 * SEC + i * MIN),
+            1 => b.clock.step_wall(HOUR + i * SEC),
+            _ => b.clock.step_wall(-2 * HOUR - i * SEC),
+        }
+        let token = b.token("a", MinValid::Default(60)).await.unwrap();
+        if really_valid_ms(&b, &token).await <= 60 * SEC {
+            expired += 1;
+        }
+        let asked = b.asked().len() - before;
+        match i % 3 {
+            0 => assert_eq!(asked, 1, "event {i}: one refresh after a resume"),
+            _ => assert_eq!(asked, 0, "event {i}: a step alone refreshes nothing"),
+        }
+    }
+    assert_eq!(expired, 0);
+}
