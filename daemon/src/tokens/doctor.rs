@@ -76,7 +76,7 @@ impl Tokens {
             let access = shared
                 .token
                 .as_ref()
-                .filter(|t| t.expires_at_ms > self.now_ms())
+                .filter(|t| t.expires_boot_ms > self.boot_ms())
                 .map(|t| t.access.clone());
             (
                 shared.auth.clone(),
@@ -392,7 +392,7 @@ impl Tokens {
         let entry = self.entry(name).ok()?;
         let shared = entry.lock();
         let error = shared.last_error.as_ref()?;
-        let waiting = shared.retry_at_ms.is_some_and(|t| t > self.now_ms());
+        let waiting = shared.retry_at_boot_ms.is_some_and(|t| t > self.boot_ms());
         (waiting && error.kind == UpstreamKind::RateLimited).then(|| error.clone())
     }
 }

@@ -9,9 +9,12 @@
 //!
 //! Each authentication has a scheduler task that refreshes ahead of expiry
 //! (at a jittered fraction of the lifetime) and retries failures with
-//! exponential backoff, honouring `Retry-After`. A credential the instance
-//! refuses is not retried until an admin acts; a refresh token it refuses
-//! makes the authentication "needs login" until a person logs in again. New
+//! exponential backoff, honouring `Retry-After`. Validity and plans count on
+//! the boot clock, so that a suspend or a wall-clock step neither hands out
+//! an expired token nor oversleeps a refresh ([`crate::clock`]). A
+//! credential the instance refuses is not retried until an admin acts; a
+//! refresh token it refuses makes the authentication "needs login" until a
+//! person logs in again. New
 //! tokens (and any refresh token that comes with them) are committed to the
 //! store before anyone receives them.
 //!
@@ -68,6 +71,14 @@ pub use sections::{LoginSection, RefreshSection};
 const WARN_BEFORE_DAYS: [i64; 4] = [14, 7, 1, 0];
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// How often the clock watch compares the clocks ([`Tokens::watch_clocks`]):
+/// the longest a schedule runs late after a resume.
+const CLOCK_WATCH_PERIOD: Duration = Duration::from_secs(5);
+/// How far the clocks may drift apart over one period before it counts as
+/// a suspend or a step (a loaded host runs the watch late, but all the
+/// clocks run on meanwhile).
+const CLOCK_JUMP_MS: i64 = 2_000;
+
 /// When to refresh and how to back off.
 #[derive(Debug, Clone)]
 pub struct RefreshPolicy {
@@ -106,10 +117,19 @@ impl Default for RefreshPolicy {
     }
 }
 
+/// An access token in hand. Its validity is counted on the boot clock
+/// from when it was asked for (see [`crate::clock`]): the instance decides
+/// expiry, and all it told is "expires in so many seconds".
 struct Token {
     access: Secret,
-    expires_at_ms: i64,
-    obtained_at_ms: i64,
+    expires_boot_ms: i64,
+    obtained_boot_ms: i64,
+}
+
+impl Token {
+    fn lifetime_ms(&self) -> i64 {
+        self.expires_boot_ms - self.obtained_boot_ms
+    }
 }
 
 /// A login's refresh token, and when it was first issued.
@@ -137,7 +157,8 @@ struct Unsaved {
     reason: String,
     /// Failed tries so far.
     tries: u32,
-    retry_at_ms: i64,
+    /// On the boot clock.
+    retry_at_boot_ms: i64,
 }
 
 impl Unsaved {
@@ -170,11 +191,14 @@ struct Shared {
     state: AuthState,
     last_error: Option<UpstreamError>,
     failures: u32,
-    retry_at_ms: Option<i64>,
-    next_refresh_ms: Option<i64>,
+    /// The schedule, on the boot clock: it neither stops in a suspend nor
+    /// steps with the wall clock.
+    retry_at_boot_ms: Option<i64>,
+    next_refresh_boot_ms: Option<i64>,
+    /// Wall-clock, for display.
     last_refresh_ms: Option<i64>,
-    /// When a 401 on a proxied request last caused a refresh.
-    refused_refresh_ms: Option<i64>,
+    /// When a 401 on a proxied request last caused a refresh (boot clock).
+    refused_refresh_boot_ms: Option<i64>,
     /// How many of [`WARN_BEFORE_DAYS`] have been logged for this refresh token.
     warned: usize,
     /// Tokens in service that the store could not commit yet (boxed: rare,
@@ -262,8 +286,15 @@ struct WarmCopy {
     rules: u64,
     /// Whether the connection's caller may read the token.
     allowed: bool,
-    expires_at_ms: i64,
-    obtained_at_ms: i64,
+    /// The expiry in the answer: seconds since the epoch.
+    expires_at: i64,
+    /// The token's life on the boot clock.
+    expires_boot_ms: i64,
+    obtained_boot_ms: i64,
+    /// When it was made, on the boot clock, and the wall clock's lead
+    /// over the boot clock then.
+    made_boot_ms: i64,
+    wall_minus_boot_ms: i64,
 }
 
 impl Entry {
@@ -307,10 +338,19 @@ impl Entry {
         self.clock.now_ms()
     }
 
-    fn reply(shared: &Shared, token: &Token) -> TokenReply {
+    fn boot_ms(&self) -> i64 {
+        self.clock.boot_ms()
+    }
+
+    /// The wall-clock time of `boot_ms`, by the wall clock as it is now.
+    fn wall_of(&self, boot_ms: i64) -> i64 {
+        self.clock.wall_of(boot_ms)
+    }
+
+    fn reply(&self, shared: &Shared, token: &Token) -> TokenReply {
         TokenReply {
             access_token: token.access.clone(),
-            expires_at: token.expires_at_ms / 1000,
+            expires_at: self.wall_of(token.expires_boot_ms) / 1000,
             instance_url: shared.auth.instance_url.clone(),
         }
     }
@@ -319,13 +359,14 @@ impl Entry {
     fn fresh(&self, min_valid_ms: i64) -> Option<TokenReply> {
         let shared = self.lock_to_read();
         let token = shared.token.as_ref()?;
-        (token.expires_at_ms - self.now_ms() > min_valid_ms).then(|| Self::reply(&shared, token))
+        (token.expires_boot_ms - self.boot_ms() > min_valid_ms).then(|| self.reply(&shared, token))
     }
 
     /// Why no upstream call should be made now, if there is a reason.
     fn holdoff(&self, name: &str) -> Option<Error> {
         let shared = self.lock_to_read();
-        let waiting = shared.failures > 0 && shared.retry_at_ms.is_some_and(|t| t > self.now_ms());
+        let waiting =
+            shared.failures > 0 && shared.retry_at_boot_ms.is_some_and(|t| t > self.boot_ms());
         match (shared.state, shared.last_error.clone()) {
             (AuthState::NeedsLogin, _) => Some(Error::NeedsLogin {
                 name: name.to_string(),
@@ -343,28 +384,25 @@ impl Entry {
     /// lifetime old.
     fn just_obtained(&self) -> bool {
         let shared = self.lock_to_read();
-        let now = self.now_ms();
+        let now = self.boot_ms();
         shared.token.as_ref().is_some_and(|t| {
-            now < t.expires_at_ms
-                && now - t.obtained_at_ms < (t.expires_at_ms - t.obtained_at_ms) / 10
+            now < t.expires_boot_ms && now - t.obtained_boot_ms < t.lifetime_ms() / 10
         })
     }
 
     fn lifetime_ms(&self) -> Option<i64> {
         let shared = self.lock_to_read();
-        shared
-            .token
-            .as_ref()
-            .map(|t| t.expires_at_ms - t.obtained_at_ms)
+        shared.token.as_ref().map(Token::lifetime_ms)
     }
 
-    /// When the next refresh is due; `None` means wait to be woken.
-    fn due_ms(&self) -> Option<i64> {
+    /// When the next refresh is due, on the boot clock; `None` means wait
+    /// to be woken.
+    fn due_boot_ms(&self) -> Option<i64> {
         let shared = self.lock();
         match shared.state {
             AuthState::Rejected | AuthState::NeedsLogin => None,
-            AuthState::Failing => shared.retry_at_ms.or(Some(self.now_ms())),
-            AuthState::Ok => shared.next_refresh_ms.or(Some(self.now_ms())),
+            AuthState::Failing => shared.retry_at_boot_ms.or(Some(self.boot_ms())),
+            AuthState::Ok => shared.next_refresh_boot_ms.or(Some(self.boot_ms())),
         }
     }
 
@@ -404,9 +442,19 @@ impl Entry {
         }
     }
 
-    /// When the next try to save unsaved tokens is due.
-    fn save_due_ms(&self) -> Option<i64> {
-        self.lock().unsaved.as_deref().map(|u| u.retry_at_ms)
+    /// When the next try to save unsaved tokens is due (boot clock).
+    fn save_due_boot_ms(&self) -> Option<i64> {
+        self.lock().unsaved.as_deref().map(|u| u.retry_at_boot_ms)
+    }
+
+    /// When the next deadline warning is due, on the boot clock as the
+    /// wall clock says now (the deadline is the instance's, wall-clock).
+    fn warning_due_boot_ms(&self) -> Option<i64> {
+        let due = self.lock().warning_due_ms()?;
+        Some(
+            self.boot_ms()
+                .saturating_add(due.saturating_sub(self.now_ms())),
+        )
     }
 
     fn summary(&self) -> AuthSummary {
@@ -426,14 +474,17 @@ impl Entry {
                 (Some(error), None) => Some(error.message.clone()),
                 (None, unsaved) => unsaved,
             },
-            access_expires_at: shared.token.as_ref().map(|t| t.expires_at_ms / 1000),
+            access_expires_at: shared
+                .token
+                .as_ref()
+                .map(|t| self.wall_of(t.expires_boot_ms) / 1000),
             last_refresh_at: shared.last_refresh_ms.map(|t| t / 1000),
             next_refresh_at: match shared.state {
-                AuthState::Ok => shared.next_refresh_ms,
-                AuthState::Failing => shared.retry_at_ms,
+                AuthState::Ok => shared.next_refresh_boot_ms,
+                AuthState::Failing => shared.retry_at_boot_ms,
                 AuthState::Rejected | AuthState::NeedsLogin => None,
             }
-            .map(|t| t / 1000),
+            .map(|t| self.wall_of(t) / 1000),
             created_at: auth.created_at_ms / 1000,
             login: auth.grant.needs_person().then(|| LoginSummary {
                 username: auth.username.clone(),
@@ -608,11 +659,64 @@ impl Tokens {
             tokens.write_entries().insert(name, entry.clone());
             tokens.spawn_scheduler(entry);
         }
+        tokens.watch_clocks();
         tokens
+    }
+
+    /// Wakes every scheduler when the clocks jump apart: the boot clock
+    /// ahead of tokio's timer (the host was suspended, and every sleep
+    /// begun before stood still) or the wall clock apart from the boot
+    /// clock (a step, which moves the deadline warnings). One line says
+    /// which; each scheduler then plans again from the clocks as they are.
+    fn watch_clocks(&self) {
+        let tokens = self.clone();
+        self.inner.tasks.spawn(async move {
+            let clock = &tokens.inner.clock;
+            let read = || (tokio::time::Instant::now(), clock.boot_ms(), clock.now_ms());
+            let mut last = read();
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = tokens.inner.stop.cancelled() => break,
+                    _ = tokio::time::sleep(CLOCK_WATCH_PERIOD) => {}
+                }
+                let now = read();
+                let timer_ms = now.0.duration_since(last.0).as_millis() as i64;
+                let (boot_ms, wall_ms) = (now.1 - last.1, now.2 - last.2);
+                last = now;
+                let suspended_ms = boot_ms - timer_ms;
+                let stepped_ms = wall_ms - boot_ms;
+                if suspended_ms > CLOCK_JUMP_MS {
+                    tracing::info!(
+                        suspended_secs = suspended_ms / 1000,
+                        "the host was suspended for about {}: planning every refresh again",
+                        span(suspended_ms)
+                    );
+                }
+                if stepped_ms.abs() > CLOCK_JUMP_MS {
+                    tracing::info!(
+                        stepped_secs = stepped_ms / 1000,
+                        "the wall clock stepped {} by {}: token lifetimes count on the boot \
+                         clock and stand; planning every refresh again",
+                        if stepped_ms > 0 { "forward" } else { "back" },
+                        span(stepped_ms.abs())
+                    );
+                }
+                if suspended_ms > CLOCK_JUMP_MS || stepped_ms.abs() > CLOCK_JUMP_MS {
+                    for entry in tokens.read_entries().values() {
+                        entry.wake.notify_one();
+                    }
+                }
+            }
+        });
     }
 
     fn now_ms(&self) -> i64 {
         self.inner.clock.now_ms()
+    }
+
+    fn boot_ms(&self) -> i64 {
+        self.inner.clock.boot_ms()
     }
 
     fn policy(&self) -> RefreshPolicy {
@@ -678,10 +782,10 @@ impl Tokens {
             state,
             last_error: last_error.clone(),
             failures: 0,
-            retry_at_ms: None,
-            next_refresh_ms: None,
+            retry_at_boot_ms: None,
+            next_refresh_boot_ms: None,
             last_refresh_ms: None,
-            refused_refresh_ms: None,
+            refused_refresh_boot_ms: None,
             warned: 0,
             unsaved: None,
         };
@@ -703,8 +807,17 @@ impl Tokens {
     }
 
     /// Puts new tokens in place and plans the next refresh. A refresh
-    /// token in `tokens` replaces the one in hand.
+    /// token in `tokens` replaces the one in hand. When they were obtained
+    /// on the boot clock is unknown (stored ones, say): only wall-clock
+    /// times say, as of now.
     fn install(&self, shared: &mut Shared, tokens: TokenSet) {
+        let obtained_boot_ms = self.inner.clock.boot_of_obtained(&tokens);
+        self.install_at(shared, tokens, obtained_boot_ms);
+    }
+
+    /// [`Tokens::install`] of tokens asked for at `obtained_boot_ms` on the
+    /// boot clock.
+    fn install_at(&self, shared: &mut Shared, tokens: TokenSet, obtained_boot_ms: i64) {
         if let Some(refresh) = HeldRefresh::of(&tokens) {
             if shared
                 .refresh
@@ -722,24 +835,22 @@ impl Tokens {
         } else {
             0.0
         };
-        let at = tokens.obtained_at_ms + (lifetime * (policy.ahead + jitter)).round() as i64;
+        let expires_boot_ms = obtained_boot_ms + lifetime as i64;
+        let at = obtained_boot_ms + (lifetime * (policy.ahead + jitter)).round() as i64;
         // Never plan sooner than a second after the last token, whatever
         // lifetime the instance claims, so a bogus `expires_in` cannot turn
         // the scheduler into a loop.
-        shared.next_refresh_ms = Some(
-            at.min(tokens.expires_at_ms)
-                .max(tokens.obtained_at_ms + 1000),
-        );
+        shared.next_refresh_boot_ms = Some(at.min(expires_boot_ms).max(obtained_boot_ms + 1000));
         shared.last_refresh_ms = Some(tokens.obtained_at_ms);
         shared.token = Some(Token {
             access: tokens.access_token,
-            expires_at_ms: tokens.expires_at_ms,
-            obtained_at_ms: tokens.obtained_at_ms,
+            expires_boot_ms,
+            obtained_boot_ms,
         });
         shared.state = AuthState::Ok;
         shared.last_error = None;
         shared.failures = 0;
-        shared.retry_at_ms = None;
+        shared.retry_at_boot_ms = None;
     }
 
     fn backoff(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
@@ -789,7 +900,7 @@ impl Tokens {
             None => unattended(&auth),
         };
         let asked = std::time::Instant::now();
-        let answer = self.ask(&auth, proof).await?;
+        let (asked_boot_ms, answer) = self.ask_at(&auth, proof).await?;
         entry.counters.refresh_attempted(asked.elapsed());
         match answer {
             Ok(mut tokens) => {
@@ -802,12 +913,14 @@ impl Tokens {
                     .store
                     .call(move |db| db.save_tokens(&name, &to_store))
                     .await;
-                let expires_in = (tokens.expires_at_ms - self.now_ms()) / 1000;
+                let expires_in =
+                    (asked_boot_ms + tokens.expires_at_ms - tokens.obtained_at_ms - self.boot_ms())
+                        / 1000;
                 match saved {
                     Ok(true) => {
                         let earlier = {
                             let mut shared = entry.lock();
-                            self.install(&mut shared, tokens);
+                            self.install_at(&mut shared, tokens, asked_boot_ms);
                             shared.unsaved.take()
                         };
                         if let Some(earlier) = earlier {
@@ -821,7 +934,7 @@ impl Tokens {
                         })
                     }
                     Err(error) => {
-                        self.keep_unsaved(entry, tokens, error);
+                        self.keep_unsaved(entry, tokens, asked_boot_ms, error);
                         tracing::info!(name = %auth.name, expires_in,
                             "access token refreshed, not yet saved");
                     }
@@ -841,22 +954,23 @@ impl Tokens {
                     let before = shared.state;
                     if failure.is_transient() {
                         shared.state = AuthState::Failing;
-                        shared.retry_at_ms = Some(
-                            self.now_ms()
+                        shared.retry_at_boot_ms = Some(
+                            self.boot_ms()
                                 + self
                                     .backoff(shared.failures, failure.retry_after)
                                     .as_millis() as i64,
                         );
                     } else if failure.step == Step::Refresh {
                         shared.state = AuthState::NeedsLogin;
-                        shared.retry_at_ms = None;
+                        shared.retry_at_boot_ms = None;
                         // Its refresh token is dead: nothing left worth saving.
                         shared.unsaved = None;
                     } else {
                         shared.state = AuthState::Rejected;
-                        shared.retry_at_ms = None;
+                        shared.retry_at_boot_ms = None;
                     }
-                    let error = upstream_error(&failure, &auth.instance_url, shared.retry_at_ms);
+                    let retry_at_ms = shared.retry_at_boot_ms.map(|t| entry.wall_of(t));
+                    let error = upstream_error(&failure, &auth.instance_url, retry_at_ms);
                     shared.last_error = Some(error.clone());
                     let changed = before != shared.state || shared.failures == 1;
                     (error, shared.state, changed)
@@ -884,30 +998,50 @@ impl Tokens {
         auth: &Authentication,
         proof: Proof<'_>,
     ) -> Result<Result<TokenSet, Failure>, Error> {
+        Ok(self.ask_at(auth, proof).await?.1)
+    }
+
+    /// [`Tokens::ask`], saying also when it asked, on the boot clock: the
+    /// token's life counts from then.
+    async fn ask_at(
+        &self,
+        auth: &Authentication,
+        proof: Proof<'_>,
+    ) -> Result<(i64, Result<TokenSet, Failure>), Error> {
         let _permit = self
             .inner
             .permits
             .acquire()
             .await
             .map_err(|_| shutting_down())?;
-        Ok(self.inner.upstream.request_token(auth, proof).await)
+        let asked_boot_ms = self.boot_ms();
+        Ok((
+            asked_boot_ms,
+            self.inner.upstream.request_token(auth, proof).await,
+        ))
     }
 
     /// New tokens the store could not commit: they go into service all the
     /// same (the instance may have superseded the refresh token on disk
     /// already) and their save is retried with backoff. One error line
     /// when saving starts failing; each later failure only at debug level.
-    fn keep_unsaved(&self, entry: &Entry, tokens: TokenSet, error: StoreError) {
+    fn keep_unsaved(
+        &self,
+        entry: &Entry,
+        tokens: TokenSet,
+        obtained_boot_ms: i64,
+        error: StoreError,
+    ) {
         entry.counters.refresh_failed(FailureKind::Database);
         let mut shared = entry.lock();
         let earlier = shared.unsaved.take();
         let tries = earlier.as_ref().map_or(0, |u| u.tries) + 1;
-        self.install(&mut shared, tokens.clone());
+        self.install_at(&mut shared, tokens.clone(), obtained_boot_ms);
         shared.unsaved = Some(Box::new(Unsaved {
             tokens,
             reason: error.to_string(),
             tries,
-            retry_at_ms: self.now_ms() + self.backoff(tries, None).as_millis() as i64,
+            retry_at_boot_ms: self.boot_ms() + self.backoff(tries, None).as_millis() as i64,
         }));
         let name = shared.auth.name.clone();
         drop(shared);
@@ -952,8 +1086,8 @@ impl Tokens {
                     entry.counters.refresh_failed(FailureKind::Database);
                     if let Some(unsaved) = shared.unsaved.as_mut() {
                         unsaved.tries += 1;
-                        unsaved.retry_at_ms =
-                            self.now_ms() + self.backoff(unsaved.tries, None).as_millis() as i64;
+                        unsaved.retry_at_boot_ms =
+                            self.boot_ms() + self.backoff(unsaved.tries, None).as_millis() as i64;
                         unsaved.reason = error.to_string();
                         tracing::debug!(%name, %error, tries = unsaved.tries,
                             "the tokens of {name} are still not saved");
@@ -979,7 +1113,7 @@ impl Tokens {
             let mut shared = entry.lock();
             let changed = shared.state != AuthState::NeedsLogin;
             shared.state = AuthState::NeedsLogin;
-            shared.retry_at_ms = None;
+            shared.retry_at_boot_ms = None;
             shared.last_error = Some(UpstreamError {
                 kind: UpstreamKind::AccessDenied,
                 status: None,
@@ -1055,22 +1189,35 @@ impl Tokens {
         encode: impl FnOnce(TokenReplyRef<'_>, &mut Vec<u8>) -> bool,
     ) -> Option<(&'w [u8], i64)> {
         let entries = self.inner.entries_generation.load(Ordering::Acquire);
-        let current = warm.copy.as_ref().is_some_and(|copy| {
+        let mut current = warm.copy.as_ref().is_some_and(|copy| {
             *copy.name == *name
                 && copy.rules == rules
                 && copy.entries == entries
                 && copy.generation == copy.entry.generation.load(Ordering::Acquire)
         });
+        // The expiry in the copy's answer is by the wall clock when it was
+        // made: a wall clock stepped since (more than the second the
+        // answer counts in) makes it wrong.
+        let mut boot_ms = 0;
+        if let Some(copy) = warm.copy.as_ref().filter(|_| current) {
+            boot_ms = copy.entry.boot_ms();
+            let offset_ms = copy.entry.now_ms() - boot_ms;
+            current = (offset_ms - copy.wall_minus_boot_ms).abs() < 1000;
+        }
         if !current {
             warm.copy = self.copy(name, rules, &mut warm.reply, allowed, encode);
+            boot_ms = warm.copy.as_ref().map_or(0, |copy| copy.made_boot_ms);
         }
         let copy = warm.copy.as_ref()?;
-        let min_valid_ms = wanted_ms(min_valid, Some(copy.expires_at_ms - copy.obtained_at_ms));
-        if !copy.allowed || copy.expires_at_ms - copy.entry.now_ms() <= min_valid_ms {
+        let min_valid_ms = wanted_ms(
+            min_valid,
+            Some(copy.expires_boot_ms - copy.obtained_boot_ms),
+        );
+        if !copy.allowed || copy.expires_boot_ms - boot_ms <= min_valid_ms {
             return None;
         }
         copy.entry.counters.handed_out();
-        Some((&warm.reply, copy.expires_at_ms / 1000))
+        Some((&warm.reply, copy.expires_at))
     }
 
     /// A new [`Warm`] copy of `name`'s token, its answer encoded into
@@ -1092,12 +1239,15 @@ impl Tokens {
         let generation = entry.generation.load(Ordering::Acquire);
         let token = shared.token.as_ref()?;
         let allowed = allowed(&shared.auth.readers);
+        let (boot_ms, wall_ms) = (entry.boot_ms(), entry.now_ms());
+        // By the wall clock as it is now, however it stepped since.
+        let expires_at = (wall_ms + token.expires_boot_ms - boot_ms) / 1000;
         reply.clear();
         if allowed {
             let encoded = encode(
                 TokenReplyRef {
                     access_token: token.access.expose(),
-                    expires_at: token.expires_at_ms / 1000,
+                    expires_at,
                     instance_url: &shared.auth.instance_url,
                 },
                 reply,
@@ -1106,7 +1256,7 @@ impl Tokens {
                 return None;
             }
         }
-        let (expires_at_ms, obtained_at_ms) = (token.expires_at_ms, token.obtained_at_ms);
+        let (expires_boot_ms, obtained_boot_ms) = (token.expires_boot_ms, token.obtained_boot_ms);
         drop(shared);
         Some(WarmCopy {
             name: name.into(),
@@ -1115,8 +1265,11 @@ impl Tokens {
             generation,
             rules,
             allowed,
-            expires_at_ms,
-            obtained_at_ms,
+            expires_at,
+            expires_boot_ms,
+            obtained_boot_ms,
+            made_boot_ms: boot_ms,
+            wall_minus_boot_ms: wall_ms - boot_ms,
         })
     }
 
@@ -1188,24 +1341,24 @@ impl Tokens {
         let entry = self.entry(name)?;
         let _flight = self.lock_flight(&entry).await?;
         let policy = self.policy();
-        let now = self.now_ms();
+        let now = self.boot_ms();
         {
             let mut shared = entry.lock();
             let Some(token) = shared.token.as_ref() else {
                 return Ok(None);
             };
             if token.access.expose() != refused.expose() {
-                let valid = token.expires_at_ms > now;
-                return Ok(valid.then(|| Entry::reply(&shared, token)));
+                let valid = token.expires_boot_ms > now;
+                return Ok(valid.then(|| entry.reply(&shared, token)));
             }
-            let young = now - token.obtained_at_ms < policy.refused_floor.as_millis() as i64;
+            let young = now - token.obtained_boot_ms < policy.refused_floor.as_millis() as i64;
             let recent = shared
-                .refused_refresh_ms
+                .refused_refresh_boot_ms
                 .is_some_and(|at| now - at < policy.refused_every.as_millis() as i64);
             if young || recent {
                 return Ok(None);
             }
-            shared.refused_refresh_ms = Some(now);
+            shared.refused_refresh_boot_ms = Some(now);
         }
         if let Some(error) = entry.holdoff(name) {
             return Err(error);
@@ -1276,7 +1429,10 @@ impl Tokens {
             .map(|e| {
                 let shared = e.lock();
                 let times = [
-                    shared.token.as_ref().map(|t| t.expires_at_ms / 1000),
+                    shared
+                        .token
+                        .as_ref()
+                        .map(|t| e.wall_of(t.expires_boot_ms) / 1000),
                     shared.refresh_deadline_ms().map(|t| t / 1000),
                     shared.last_refresh_ms.map(|t| t / 1000),
                 ];
@@ -1339,8 +1495,8 @@ impl Tokens {
                     earliest(&mut overview.next_login_deadline, name, deadline);
                 }
             }
-            if let Some(due) = entry.due_ms() {
-                earliest(&mut overview.next_refresh, name, due);
+            if let Some(due) = entry.due_boot_ms() {
+                earliest(&mut overview.next_refresh, name, entry.wall_of(due));
             }
         }
         overview
@@ -1360,9 +1516,12 @@ impl Tokens {
                 break;
             }
             entry.warn_if_due();
-            let warning = entry.lock().warning_due_ms();
-            let refresh = entry.due_ms();
-            let save = entry.save_due_ms();
+            let warning = entry.warning_due_boot_ms();
+            let refresh = entry.due_boot_ms();
+            let save = entry.save_due_boot_ms();
+            // On the boot clock, slept on tokio's timer, which stands still
+            // in a suspend: the clock watch (`Tokens::watch_clocks`) wakes
+            // every scheduler after one, and after a wall-clock step.
             let due = [refresh, warning, save].into_iter().flatten().min();
             let sleep = async {
                 match due {
@@ -1385,13 +1544,13 @@ impl Tokens {
                     };
                     // Someone may have refreshed while we waited for the lock,
                     // or only a warning was due.
-                    if entry.due_ms().is_some_and(|at| at <= self.now_ms()) {
+                    if entry.due_boot_ms().is_some_and(|at| at <= self.boot_ms()) {
                         // The outcome is recorded on the entry and logged.
                         // Boxed: the upstream request's state is large, and
                         // an idle scheduler (one per authentication) should
                         // not carry room for it.
                         let _ = Box::pin(self.fetch(&entry)).await;
-                    } else if entry.save_due_ms().is_some_and(|at| at <= self.now_ms()) {
+                    } else if entry.save_due_boot_ms().is_some_and(|at| at <= self.boot_ms()) {
                         // A refresh would save its tokens too; none is due.
                         // Boxed as the fetch is: rare, and large.
                         Box::pin(self.retry_save(&entry)).await;

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,15 +30,51 @@ const MIN: i64 = 60 * SEC;
 const HOUR: i64 = 60 * MIN;
 const DAY: i64 = 24 * HOUR;
 
-/// Wall-clock time that follows tokio's clock from [`EPOCH_MS`].
-#[derive(Clone, Copy)]
+/// Clocks that follow tokio's timer from [`EPOCH_MS`], each moved on by
+/// its own offset: a suspend moves the wall and boot clocks while tokio's
+/// timer (CLOCK_MONOTONIC) stands still ([`TestClock::suspend`]); a step
+/// moves the wall clock alone ([`TestClock::step_wall`]).
+#[derive(Clone)]
 struct TestClock {
     start: tokio::time::Instant,
+    wall_offset: Arc<AtomicI64>,
+    boot_offset: Arc<AtomicI64>,
+}
+
+impl TestClock {
+    fn new() -> TestClock {
+        TestClock {
+            start: tokio::time::Instant::now(),
+            wall_offset: Arc::default(),
+            boot_offset: Arc::default(),
+        }
+    }
+
+    /// Milliseconds on tokio's timer since the test began.
+    fn timer_ms(&self) -> i64 {
+        self.start.elapsed().as_millis() as i64
+    }
+
+    /// A suspend of `ms`: the wall and boot clocks move on, tokio's timer
+    /// does not.
+    fn suspend(&self, ms: i64) {
+        self.wall_offset.fetch_add(ms, Ordering::SeqCst);
+        self.boot_offset.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// The wall clock stepped by `ms` (back when negative), as NTP does.
+    fn step_wall(&self, ms: i64) {
+        self.wall_offset.fetch_add(ms, Ordering::SeqCst);
+    }
 }
 
 impl Clock for TestClock {
     fn now_ms(&self) -> i64 {
-        EPOCH_MS + self.start.elapsed().as_millis() as i64
+        EPOCH_MS + self.timer_ms() + self.wall_offset.load(Ordering::SeqCst)
+    }
+
+    fn boot_ms(&self) -> i64 {
+        self.timer_ms() + self.boot_offset.load(Ordering::SeqCst)
     }
 }
 
@@ -69,6 +106,8 @@ fn failure(kind: UpstreamKind, status: u16, retry_after: Option<Duration>) -> An
 #[derive(Debug, Clone)]
 struct Asked {
     at_ms: i64,
+    /// When, on the boot clock.
+    boot_ms: i64,
     step: Step,
     /// The refresh token presented, if any.
     refresh: Option<String>,
@@ -131,6 +170,7 @@ impl Upstream for Arc<Script> {
                 let mut asked = lock(&self.asked);
                 asked.push(Asked {
                     at_ms,
+                    boot_ms: self.clock.boot_ms(),
                     step,
                     refresh: refresh.as_ref().map(|r| r.expose().to_string()),
                 });
@@ -302,9 +342,7 @@ impl Bench {
             .without_time()
             .finish();
         let log_guard = tracing::subscriber::set_default(subscriber);
-        let clock = TestClock {
-            start: tokio::time::Instant::now(),
-        };
+        let clock = TestClock::new();
         let dir = tempfile::tempdir().expect("temp dir");
         let key = Arc::new(MasterKey::generate().expect("key").0);
         let mut db = UncheckedDb::open(&dir.path().join(DB_FILE))
@@ -317,11 +355,11 @@ impl Bench {
         // The thread ends once the last handle to the store is dropped.
         let (store, thread): (Store, _) = Store::spawn(db).expect("store thread");
         thread.detach();
-        let script = Arc::new(script(clock));
+        let script = Arc::new(script(clock.clone()));
         let tokens = Tokens::start(
             records,
             store,
-            clock,
+            clock.clone(),
             script.clone(),
             policy,
             LoginPolicy::default(),
@@ -349,7 +387,7 @@ impl Bench {
 
     /// Milliseconds since the test began.
     fn elapsed(&self) -> i64 {
-        self.clock.now_ms() - EPOCH_MS
+        self.clock.timer_ms()
     }
 
     /// Moves time to `at` (ms since the test began) and lets what is due run.
@@ -976,6 +1014,21 @@ async fn a_connections_warm_copy_is_made_again_whenever_what_it_copied_changes()
             )
             .map(|(reply, _)| String::from_utf8(reply.to_vec()).expect("the token"))
     };
+    let expires_at = |warm: &mut super::Warm| {
+        b.tokens
+            .token_now(
+                "a",
+                MinValid::Default(60),
+                2,
+                warm,
+                |_| true,
+                |token, out| {
+                    out.extend_from_slice(token.access_token.as_bytes());
+                    true
+                },
+            )
+            .map(|(_, expires_at)| expires_at)
+    };
     let default = MinValid::Default(60);
     assert_eq!(
         now(&mut warm, 0, true, default).as_deref(),
@@ -1001,10 +1054,20 @@ async fn a_connections_warm_copy_is_made_again_whenever_what_it_copied_changes()
     );
     assert_eq!(rules_read.get(), 3);
 
-    // A refresh replaces the token: the copy is made again.
+    // A wall clock stepped back: the expiry in the answer follows it.
+    let before = expires_at(&mut warm).expect("valid");
+    b.clock.step_wall(-HOUR);
+    assert_eq!(expires_at(&mut warm), Some(before - HOUR / SEC));
+    assert_eq!(
+        now(&mut warm, 2, true, default).as_deref(),
+        Some("access-0")
+    );
+
+    // A refresh replaces the token: the copy is made again. (Its time is
+    // shown by the stepped wall clock.)
     b.advance_to(750 * SEC).await;
     b.until("the refresh is committed", |b| {
-        b.show("a").last_refresh_at == Some((EPOCH_MS + 750 * SEC) / SEC)
+        b.show("a").last_refresh_at == Some((EPOCH_MS + 750 * SEC - HOUR) / SEC)
     })
     .await;
     assert_eq!(
@@ -1021,4 +1084,143 @@ async fn a_connections_warm_copy_is_made_again_whenever_what_it_copied_changes()
         .await
         .expect("removed");
     assert_eq!(now(&mut warm, 2, true, default), None);
+}
+
+/// The instance's view of `name`'s token handed out now: how many
+/// milliseconds it stays valid, by the time that really passed (the boot
+/// clock), not by a wall clock that may have been stepped.
+async fn really_valid_ms(b: &Bench, token: &str) -> i64 {
+    let asked = b.asked();
+    // access-N was issued by request N (access-0 before the test began);
+    // every token here lives as long as the script says.
+    let n: usize = token
+        .trim_start_matches("access-")
+        .parse()
+        .expect("a scripted token");
+    let issued_boot = match n {
+        0 => 0,
+        n => asked[n - 1].boot_ms,
+    };
+    issued_boot + b.script.lifetime_ms - b.clock.boot_ms()
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_suspend_past_the_tokens_life_the_first_caller_gets_a_valid_token_with_one_request()
+{
+    let b = Bench::one(1000 * SEC, policy(), vec![]);
+    b.advance_to(100 * SEC).await;
+    // The lid closes for an hour: the token died meanwhile, and the
+    // scheduler's timer stood still with the process's monotonic clock.
+    b.clock.suspend(HOUR);
+    let token = b.token("a", MinValid::Default(60)).await.unwrap();
+    assert_eq!(token, "access-1", "a refreshed token, never the dead one");
+    assert!(really_valid_ms(&b, &token).await > 60 * SEC);
+    assert_eq!(b.asked().len(), 1);
+    // The schedule catches up without a second request.
+    b.advance_to(130 * SEC).await;
+    assert_eq!(
+        b.asked().len(),
+        1,
+        "one refresh after the resume, not a storm"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_suspend_the_schedule_refreshes_without_waiting_for_its_stopped_timer() {
+    let b = Bench::one(1000 * SEC, policy(), vec![]);
+    b.advance_to(100 * SEC).await;
+    // Suspended past the planned refresh (750 s), not past the expiry.
+    b.clock.suspend(800 * SEC);
+    b.advance_to(130 * SEC).await;
+    b.until("the overdue refresh is made", |b| b.asked().len() == 1)
+        .await;
+    assert_eq!(b.asked().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wall_clock_stepped_back_does_not_make_an_expired_token_look_valid() {
+    let b = Bench::one(1000 * SEC, policy(), vec![]);
+    b.clock.step_wall(-HOUR);
+    b.advance_to(1001 * SEC).await;
+    // By the wall clock the first token is still valid; it is not.
+    let token = b.token("a", MinValid::Default(60)).await.unwrap();
+    assert_ne!(token, "access-0", "the expired token was handed out");
+    assert!(really_valid_ms(&b, &token).await > 60 * SEC);
+    assert_eq!(b.asked().len(), 1, "refreshed on schedule, once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wall_clock_stepped_forward_causes_at_most_one_early_refresh() {
+    let b = Bench::one(1000 * SEC, policy(), vec![]);
+    b.advance_to(100 * SEC).await;
+    b.clock.step_wall(HOUR);
+    for at in (110..740).step_by(10) {
+        b.advance_to(at * SEC).await;
+        let token = b.token("a", MinValid::Default(60)).await.unwrap();
+        assert!(really_valid_ms(&b, &token).await > 60 * SEC);
+    }
+    assert!(b.asked().len() <= 1, "{} refreshes", b.asked().len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_expiry_handed_out_counts_from_the_current_wall_clock() {
+    let b = Bench::one(1000 * SEC, policy(), vec![]);
+    b.advance_to(100 * SEC).await;
+    b.clock.step_wall(-HOUR);
+    let reply = b
+        .tokens
+        .token("a", MinValid::Default(60), |_| Ok(()))
+        .await
+        .unwrap();
+    // 900 s left, counted from what the host's clock says now, so that a
+    // caller comparing it with that clock sees the truth.
+    assert_eq!(reply.expires_at * 1000, b.clock.now_ms() + 900 * SEC);
+    assert_eq!(
+        b.show("a").access_expires_at,
+        Some(reply.expires_at),
+        "show agrees"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_token_obtained_after_the_wall_clock_at_start_is_not_trusted() {
+    // The host starts with its clock an hour behind the one that stamped
+    // the stored token: how much of its life is left cannot be known.
+    let b = Bench::start(
+        vec![(
+            client_credentials("a"),
+            held(EPOCH_MS + HOUR, 1000 * SEC, None),
+        )],
+        policy(),
+        |clock| Script::new(clock, 1000 * SEC, vec![]),
+    );
+    let token = b.token("a", MinValid::Default(60)).await.unwrap();
+    assert_eq!(token, "access-1");
+    assert_eq!(b.asked().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_suspends_and_wall_clock_steps_hand_out_no_expired_token() {
+    let b = Bench::one(1000 * SEC, policy(), vec![]);
+    let mut expired = 0;
+    for i in 0..100i64 {
+        b.advance_to((i + 1) * 10 * SEC).await;
+        let before = b.asked().len();
+        match i % 3 {
+            // Suspended past the token's life, by a different span each time.
+            0 => b.clock.suspend(1000 * SEC + i * MIN),
+            1 => b.clock.step_wall(HOUR + i * SEC),
+            _ => b.clock.step_wall(-2 * HOUR - i * SEC),
+        }
+        let token = b.token("a", MinValid::Default(60)).await.unwrap();
+        if really_valid_ms(&b, &token).await <= 60 * SEC {
+            expired += 1;
+        }
+        let asked = b.asked().len() - before;
+        match i % 3 {
+            0 => assert_eq!(asked, 1, "event {i}: one refresh after a resume"),
+            _ => assert_eq!(asked, 0, "event {i}: a step alone refreshes nothing"),
+        }
+    }
+    assert_eq!(expired, 0);
 }

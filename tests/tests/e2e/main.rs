@@ -6,6 +6,7 @@ mod access;
 mod backup;
 mod canary;
 mod cli;
+mod clocks;
 mod crash;
 mod disk;
 mod doctor;
