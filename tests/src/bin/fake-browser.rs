@@ -42,7 +42,9 @@ fn main() -> ExitCode {
             Ok(()) => "ok".to_owned(),
             Err(e) => format!("{e:#}"),
         };
-        let _ = std::fs::write(report, outcome);
+        // Whole or not at all: the test reads it as soon as it exists.
+        let partial = format!("{report}.partial");
+        let _ = std::fs::write(&partial, outcome).and_then(|()| std::fs::rename(&partial, &report));
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -110,6 +110,9 @@ fn with_browser_report(
     let mut all = vec![("FAKE_BROWSER_REPORT", report_path)];
     all.extend_from_slice(env);
     let out = with_browser_env(socket, args, None, &all);
+    // snctl does not wait for its browser: the browser may still be taking
+    // the callback's answer when snctl is done.
+    wait_until(Duration::from_secs(10), || report.exists());
     let seen = std::fs::read_to_string(&report).unwrap_or_else(|_| "no report".into());
     (out, seen)
 }
