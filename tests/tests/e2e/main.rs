@@ -10,6 +10,7 @@ mod crash;
 mod disk;
 mod doctor;
 mod faults;
+mod hostile;
 mod jwt;
 mod load;
 mod logins;
