@@ -509,15 +509,15 @@ fn key_of(line: &str, before: &str) -> Option<String> {
 /// `text` on one line: control characters (a quoted key or value may
 /// hold a newline) escaped.
 fn one_line(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped = c.is_control().then(|| c.escape_default());
-            escaped
-                .into_iter()
-                .flatten()
-                .chain((!c.is_control()).then_some(c))
-        })
-        .collect()
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
 }
 
 /// The default socket, state directory and configuration file of `mode`;
