@@ -814,6 +814,24 @@ mod tests {
     }
 
     #[test]
+    fn a_log_filter_padded_before_a_wide_character_is_read_not_a_panic() {
+        // Found by the `config` fuzz target (shortened): the filter parser
+        // of tracing-subscriber indexed an untrimmed directive with the
+        // positions of its trimmed form, and panicked inside a character.
+        for text in [
+            "[log]\nfilter = \" iz  \u{f47a}=  ,er r ,,:tj\"\n",
+            "[log]\nfilter = \" \u{e9}t\u{e9}=debug\"\n",
+        ] {
+            match load_text(text) {
+                Ok(config) => assert!(config.broken_invariants().is_empty()),
+                Err(error) => assert!(error.to_string().contains("log.filter"), "{error}"),
+            }
+        }
+        let config = load_text("[log]\nfilter = \" info , snctld=debug,\"\n").unwrap();
+        assert_eq!(config.log.filter.as_deref(), Some("info,snctld=debug"));
+    }
+
+    #[test]
     fn a_syntax_error_names_its_line_and_key() {
         let message = load_text("[server]\nmax_connections = 3\nread_timeout_secs = \"x\"\n")
             .unwrap_err()
