@@ -153,10 +153,10 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
         1 => "debug",
         _ => "trace",
     };
-    // Tidied first: see `tidy_filter` for the panic it keeps away.
+    // Through `parse_filter`: see it and `tidy_filter` for why.
     let filter = from_env
         .as_deref()
-        .and_then(|text| EnvFilter::try_new(snctld::logging::tidy_filter(text)).ok())
+        .and_then(|text| snctld::logging::parse_filter(text).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let journal = snctld::logging::stderr_is_journal();
@@ -212,8 +212,7 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
             return Ok(false);
         }
         let text = configured.unwrap_or("info");
-        let filter = EnvFilter::builder()
-            .parse(snctld::logging::tidy_filter(text))
+        let filter = snctld::logging::parse_filter(text)
             .map_err(|e| LogFilterError::Parse(text.to_string(), e.to_string()))?;
         handle
             .reload(filter)
