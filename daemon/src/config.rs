@@ -827,8 +827,9 @@ mod tests {
         }
         // Also found by the fuzz target: a field value compiled as a
         // regular expression took gigabytes; values are plain text now.
-        let oom = "[log]\nfilter = \"z[{a={{e=e.&pppppppppp......................................\
-                   ...........&.................................={etld::|},[u}]\"\n";
+        let oom = r#"[log]
+filter ="z@oces,,,z@o:ec,,,,,,,,[S ],,iz@oces,,,,,,,,[^d_a={{e=e.&pppppppppp.........................................................&.................................={etld::|},,,,,,[u}],,, iz@[$ ],,,,,,,,,[us],,,,,,,,[Su'],,, i, S,,],[,,,,,,,,,:,[S Su'],,,...............................={etld::|},,,,,,[u}],,, iz@[$ ],,,,,,,,,[us],,,,,,,,[Su'],,, i, S,,],[,,,,,,,,,:,[S Su'],,, i,,,,[S ],,,,,,,,,:1,[S ],$,,,,,,,,[us],,, iz@oces,,g"
+"#;
         let _ = load_text(oom);
         let config = load_text("[log]\nfilter = \" info , snctld=debug,\"\n").unwrap();
         assert_eq!(config.log.filter.as_deref(), Some("info,snctld=debug"));
