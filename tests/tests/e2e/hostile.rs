@@ -91,13 +91,16 @@ fn get(socket: &Path, target: &str) -> Answer {
             break (parsed.code.unwrap(), length, chunked, head[at..].to_vec());
         }
     };
-    let start = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+    // The first bytes of the body, however the reads cut it.
+    let mut start = body[..body.len().min(4096)].to_vec();
     let mut body_bytes = body.len() as u64;
     let mut tail = body.split_off(body.len().saturating_sub(5));
     loop {
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                let room = 4096usize.saturating_sub(start.len()).min(n);
+                start.extend_from_slice(&buf[..room]);
                 body_bytes += n as u64;
                 tail.extend_from_slice(&buf[..n]);
                 tail.drain(..tail.len().saturating_sub(5));
@@ -113,7 +116,7 @@ fn get(socket: &Path, target: &str) -> Answer {
     };
     Answer {
         status,
-        start,
+        start: String::from_utf8_lossy(&start).into_owned(),
         body_bytes,
         complete,
     }
