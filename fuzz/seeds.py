@@ -114,3 +114,61 @@ for name, payload in requests.items():
 for i, payload in enumerate(responses):
     write("corpus/frame", "resp-%d" % i, b"\x03" + frame(hello) + frame(payload))
     write("corpus/frame", "payload-resp-%d" % i, b"\x00" + payload)
+
+# The login listener: a browser's redirect, a favicon request, an error
+# redirect; the first byte is the read size.
+for i, head in enumerate([
+    b"GET /callback?code=c0de%2F1&state=st4te-Xyz HTTP/1.1\r\nHost: 127.0.0.1:8751\r\n"
+    b"Accept: text/html\r\nCookie: a=b\r\n\r\n",
+    b"GET /favicon.ico HTTP/1.1\r\nHost: 127.0.0.1:8751\r\n\r\n",
+    b"GET /callback?error=access_denied&error_description=The+user+denied&state=s HTTP/1.1\r\n\r\n",
+    b"POST /callback HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+]):
+    write("corpus/login_request", "head-%d" % i, bytes([i * 17]) + head)
+
+# The configuration: the README's example, section by section and whole.
+example = b"""[server]
+max_connections = 512
+max_connections_per_user = 64
+idle_timeout_secs = 120
+read_timeout_secs = 10
+
+[refresh]
+ahead = 0.75
+jitter = 0.05
+backoff_min_secs = 2
+backoff_max_secs = 300
+
+[login]
+redirect_port = 8751
+timeout_secs = 600
+
+[http]
+ca_file = "/etc/ssl/private/proxy-ca.pem"
+connect_timeout_secs = 10
+request_timeout_secs = 30
+
+[access]
+admin_group = "snctl-admin"
+socket_group = "snctl"
+
+[master_key]
+file = "/etc/snctld/master.key"
+
+[log]
+filter = "info,snctld::tokens=debug"
+
+[proxy]
+names = ["prod", "dev.eu-1"]
+all = false
+dir = "/run/snctld/proxy"
+on_rate_limit = "hold"
+hold_max_secs = 30
+tcp_port = 8752
+
+[metrics]
+listen = "127.0.0.1:9474"
+"""
+write("corpus/config", "example", example)
+for i, section in enumerate(example.split(b"\n\n")):
+    write("corpus/config", "section-%d" % i, section + b"\n")

@@ -153,7 +153,11 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Through `parse_filter`: see it and `tidy_filter` for why.
+    let filter = from_env
+        .as_deref()
+        .and_then(|text| snctld::logging::parse_filter(text).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let journal = snctld::logging::stderr_is_journal();
     let non_blocking = || {
@@ -208,8 +212,7 @@ fn init_logging(verbose: u8) -> (SetLogFilter, tracing_appender::non_blocking::W
             return Ok(false);
         }
         let text = configured.unwrap_or("info");
-        let filter = EnvFilter::builder()
-            .parse(text)
+        let filter = snctld::logging::parse_filter(text)
             .map_err(|e| LogFilterError::Parse(text.to_string(), e.to_string()))?;
         handle
             .reload(filter)

@@ -99,9 +99,13 @@ impl Limits {
             }
             self.max_per_uid = n;
         }
-        let secs = Duration::from_secs;
-        self.idle_timeout = s.idle_timeout_secs.map(secs).unwrap_or(self.idle_timeout);
-        self.read_timeout = s.read_timeout_secs.map(secs).unwrap_or(self.read_timeout);
+        let seconds = crate::config::seconds;
+        if let Some(idle) = seconds("server.idle_timeout_secs", s.idle_timeout_secs)? {
+            self.idle_timeout = idle;
+        }
+        if let Some(read) = seconds("server.read_timeout_secs", s.read_timeout_secs)? {
+            self.read_timeout = read;
+        }
         Ok(())
     }
 

@@ -34,7 +34,7 @@ use snctl_shared::Secret;
 
 use crate::clock;
 pub use crate::instance::normalize_instance_url;
-use crate::settings::{debug, optional, Applies, Changes};
+use crate::settings::{debug, optional, Applies, Changes, InvalidSetting};
 use crate::store::{Authentication, TokenSet};
 
 /// Token endpoint, relative to the instance URL.
@@ -81,19 +81,18 @@ pub struct HttpSection {
 
 impl HttpConfig {
     /// Reads `[http]` over these settings.
-    pub fn apply(&mut self, h: HttpSection) {
+    pub fn apply(&mut self, h: HttpSection) -> Result<(), InvalidSetting> {
         if h.ca_file.is_some() {
             self.ca_file = h.ca_file;
         }
-        let secs = Duration::from_secs;
-        self.connect_timeout = h
-            .connect_timeout_secs
-            .map(secs)
-            .unwrap_or(self.connect_timeout);
-        self.request_timeout = h
-            .request_timeout_secs
-            .map(secs)
-            .unwrap_or(self.request_timeout);
+        let seconds = crate::config::seconds;
+        if let Some(connect) = seconds("http.connect_timeout_secs", h.connect_timeout_secs)? {
+            self.connect_timeout = connect;
+        }
+        if let Some(request) = seconds("http.request_timeout_secs", h.request_timeout_secs)? {
+            self.request_timeout = request;
+        }
+        Ok(())
     }
 
     /// What differs in `new`: the client is built when the daemon starts.
@@ -395,8 +394,19 @@ pub enum Transport {
     },
     #[error("{0}")]
     Request(#[source] reqwest::Error),
+    /// An answer longer than any token answer: not read past [`MAX_BODY`].
+    #[error("HTTP {status}: {}", too_large(*.expected))]
+    TooLarge { status: u16, expected: Option<u64> },
     #[error("{0}")]
     Other(String),
+}
+
+/// What is said of an answer longer than [`MAX_BODY`].
+fn too_large(expected: Option<u64>) -> String {
+    let length = expected
+        .map(|n| format!(" ({n} by its Content-Length)"))
+        .unwrap_or_default();
+    format!("an answer of more than {MAX_BODY} bytes{length}, not read further")
 }
 
 /// Why the HTTP client for the instances could not be built.
@@ -821,6 +831,16 @@ impl ServiceNow {
             RequestTokenError::Request(Transport::Request(e)) => {
                 classify_transport(&e, self.request_timeout)
             }
+            RequestTokenError::Request(Transport::TooLarge { status, expected }) => {
+                let kind = match status {
+                    200 => UpstreamKind::BadResponse,
+                    401 => UpstreamKind::AccessDenied,
+                    429 => UpstreamKind::RateLimited,
+                    500..=599 => UpstreamKind::ServerError,
+                    _ => UpstreamKind::HttpStatus,
+                };
+                Failure::new(kind, Some(status), too_large(expected))
+            }
             RequestTokenError::Request(Transport::Other(e)) => {
                 Failure::new(UpstreamKind::Connection, None, e)
             }
@@ -899,7 +919,7 @@ fn rustls_cause<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e 
     error.source().and_then(rustls_cause)
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -1096,9 +1116,12 @@ impl ServiceNow {
                 }
             };
             if body.len() + chunk.len() > MAX_BODY {
-                return Err(Transport::Other(format!(
-                    "answer larger than {MAX_BODY} bytes"
-                )));
+                // The instance answered; what it said is too long to be an
+                // answer to this request, whatever its status.
+                return Err(Transport::TooLarge {
+                    status: status.as_u16(),
+                    expected,
+                });
             }
             body.extend_from_slice(&chunk);
         }

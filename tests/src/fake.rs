@@ -55,6 +55,10 @@
 //! - Anything else gets a ServiceNow-style JSON 404.
 //! - A hibernating developer instance ([`FakeInstance::set_hibernating`]) answers every
 //!   request with a 200 HTML page.
+//! - A hostile instance (see [`Hostile`]) answers a chosen path
+//!   ([`FakeInstance::set_hostile`]), or the token endpoint ([`Fault::Hostile`]), with
+//!   headers that never end, a body that never ends (dripping or as fast as it is
+//!   taken), or a huge JSON error page.
 //!
 //! Faults (see [`Fault`]) only ever apply to `POST /oauth_token.do`. So does a hold
 //! ([`FakeInstance::hold_token_requests`]): one client's token requests wait, unanswered,
@@ -137,6 +141,22 @@ pub enum Fault {
     /// answering, so a test can kill the client after the server changed its state but
     /// before the client saw the answer.
     IssueThenDelay(Duration),
+    /// Answer as a hostile instance would, issuing nothing.
+    Hostile(Hostile),
+}
+
+/// What a hostile (or broken) instance sends instead of an answer. Each is generated
+/// as it is sent: the fake holds none of it in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hostile {
+    /// A `200` status line, then header lines without end.
+    EndlessHeaders,
+    /// A `200` JSON head (chunked), then a body without end, one byte per interval.
+    DripBody(Duration),
+    /// A `200` JSON head (chunked), then a body without end, as fast as it is taken.
+    EndlessBody,
+    /// `status` with a JSON error page of `bytes` bytes, by its `Content-Length`.
+    HugeError { status: u16, bytes: u64 },
 }
 
 impl Fault {
@@ -482,6 +502,16 @@ impl FakeInstance {
         }
     }
 
+    /// Requests for `path` (without a query) are answered with `hostile`, or normally
+    /// again with `None`.
+    pub fn set_hostile(&self, path: &str, hostile: Option<Hostile>) {
+        let mut state = self.lock();
+        match hostile {
+            Some(hostile) => state.hostile_paths.insert(path.to_owned(), hostile),
+            None => state.hostile_paths.remove(path),
+        };
+    }
+
     /// Attachment uploads answered, authenticated or not.
     pub fn attachment_requests(&self) -> u64 {
         self.lock().attachment_requests
@@ -648,6 +678,8 @@ struct State {
     held_clients: HashSet<String>,
     /// Token requests waiting for their release right now.
     held_now: u64,
+    /// Paths answered as a hostile instance would.
+    hostile_paths: HashMap<String, Hostile>,
 }
 
 /// Field order matches ServiceNow's answer, which is easier to compare by eye in logs.
@@ -1283,6 +1315,7 @@ enum Reply {
     Slow(Response, Duration),
     Truncated,
     Reset,
+    Hostile(Hostile),
 }
 
 /// The certificates of an HTTPS instance: the one its clients are told to trust, and
@@ -1447,6 +1480,10 @@ async fn serve_connection<S: Connection>(mut stream: S, state: Shared) {
                 stream.reset();
                 return;
             }
+            Reply::Hostile(hostile) => {
+                let _ = send_hostile(&mut stream, hostile).await;
+                return;
+            }
         };
         if delivered.is_err() || close {
             return;
@@ -1467,6 +1504,9 @@ async fn handle(state: &Shared, req: &Request) -> Reply {
         .and_then(|p| p.strip_suffix("/file"))
         .is_some_and(|id| !id.is_empty() && !id.contains('/'));
     lock(state).requests += 1;
+    if let Some(&hostile) = lock(state).hostile_paths.get(path) {
+        return Reply::Hostile(hostile);
+    }
     match (req.method.as_str(), path) {
         ("GET", "/oauth_auth.do") => Reply::Full(lock(state).authorize(req)),
         ("POST", TOKEN_PATH) => token_endpoint(state, req).await,
@@ -1522,6 +1562,62 @@ async fn token_endpoint(state: &Shared, req: &Request) -> Reply {
             let response = issue(state, req);
             tokio::time::sleep(delay).await;
             Reply::Full(response)
+        }
+        Fault::Hostile(hostile) => Reply::Hostile(hostile),
+    }
+}
+
+/// Sends what `hostile` says, until the client goes away (or, for a huge error page,
+/// until it is all sent).
+async fn send_hostile<S: Connection>(stream: &mut S, hostile: Hostile) -> io::Result<()> {
+    const CHUNK: usize = 64 * 1024;
+    let filler = vec![b'x'; CHUNK];
+    let chunked_head =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    match hostile {
+        Hostile::EndlessHeaders => {
+            stream.write_all(b"HTTP/1.1 200 OK\r\n").await?;
+            for n in 0u64.. {
+                let line = format!("X-Hostile-{n}: {}\r\n", "x".repeat(64));
+                stream.write_all(line.as_bytes()).await?;
+            }
+            Ok(())
+        }
+        Hostile::DripBody(interval) => {
+            stream.write_all(chunked_head.as_bytes()).await?;
+            stream.write_all(b"1\r\n[\r\n").await?;
+            loop {
+                tokio::time::sleep(interval).await;
+                stream.write_all(b"1\r\n \r\n").await?;
+            }
+        }
+        Hostile::EndlessBody => {
+            stream.write_all(chunked_head.as_bytes()).await?;
+            let chunk = [format!("{CHUNK:x}\r\n").as_bytes(), &filler, b"\r\n"].concat();
+            loop {
+                stream.write_all(&chunk).await?;
+            }
+        }
+        Hostile::HugeError { status, bytes } => {
+            let (open, close) = (
+                r#"{"error":{"message":""#,
+                r#"","detail":null},"status":"failure"}"#,
+            );
+            let head = format!(
+                "HTTP/1.1 {status} {}\r\nContent-Type: {JSON}\r\nContent-Length: {bytes}\r\n\
+                 Connection: close\r\n\r\n",
+                reason(status)
+            );
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(open.as_bytes()).await?;
+            let mut left = bytes.saturating_sub((open.len() + close.len()) as u64);
+            while left > 0 {
+                let n = left.min(CHUNK as u64) as usize;
+                stream.write_all(&filler[..n]).await?;
+                left -= n as u64;
+            }
+            stream.write_all(close.as_bytes()).await?;
+            stream.flush().await
         }
     }
 }

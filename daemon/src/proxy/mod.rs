@@ -140,13 +140,14 @@ impl ProxyConfig {
     /// Reads `[proxy]` over these settings.
     pub fn apply(&mut self, p: ProxySection) -> Result<(), InvalidSetting> {
         if let Some(names) = p.names {
-            if let Some(bad) = names
-                .iter()
-                .find(|n| n.is_empty() || n.contains('/') || n.starts_with('.'))
-            {
-                return Err(InvalidSetting(format!(
-                    "proxy.names: {bad:?} cannot name a socket file"
-                )));
+            // Only an authentication's name can ever be served; anything
+            // else (a path, a control character) would only fail later.
+            for name in &names {
+                if let Err(why) = snctl_shared::name::validate(name) {
+                    return Err(InvalidSetting(format!(
+                        "proxy.names: {name:?} is not an authentication name ({why})"
+                    )));
+                }
             }
             self.names = names;
         }
@@ -687,6 +688,9 @@ impl Proxy {
                 } else {
                     StatusCode::BAD_GATEWAY
                 };
+                // The causes say what went wrong (a head too large, a
+                // reset), where the error alone says only "error sending".
+                let error = crate::servicenow::error_chain(&error);
                 tracing::warn!(name = %self.name, %error, "proxy: the instance did not answer");
                 return json(
                     status,
@@ -935,7 +939,10 @@ fn retry_at(headers: &HeaderMap, now: SystemTime) -> Option<SystemTime> {
         Some(_) => now + crate::http::retry_after(headers, now)?.min(MAX_HOLD),
         None => {
             let epoch = text("x-ratelimit-reset")?.parse::<u64>().ok()?;
-            UNIX_EPOCH + Duration::from_secs(epoch)
+            // Checked: an instance may name a time the clock cannot hold.
+            UNIX_EPOCH
+                .checked_add(Duration::from_secs(epoch))
+                .unwrap_or(now + MAX_HOLD)
         }
     };
     Some(at.min(now + MAX_HOLD))
@@ -1074,6 +1081,12 @@ mod tests {
             "bounded"
         );
         assert_eq!(at(&[]), None);
+        // A reset beyond what the clock can hold is bounded too, not a
+        // panic in the proxy.
+        assert_eq!(
+            at(&[("x-ratelimit-reset", &u64::MAX.to_string())]),
+            Some(now + MAX_HOLD)
+        );
     }
 
     #[test]

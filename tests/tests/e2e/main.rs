@@ -11,6 +11,7 @@ mod crash;
 mod disk;
 mod doctor;
 mod faults;
+mod hostile;
 mod jwt;
 mod load;
 mod logins;

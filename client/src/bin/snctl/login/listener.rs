@@ -19,9 +19,7 @@ use zeroize::Zeroizing;
 use super::error::CallbackError;
 use super::peer::Senders;
 use super::redirect::{Expected, Params, Verdict};
-
-/// The most of a request head the listener reads.
-pub(super) const MAX_HEAD: usize = 8 * 1024;
+use super::request::{parse_request_line, HeadBuf, Progress, Refusal};
 
 /// The most connections waiting for their request heads at once. A
 /// browser opens one or two (a preconnect, the redirect) and sends its head
@@ -218,10 +216,8 @@ pub(super) const TOO_LARGE: Page = Page {
 
 /// Why a request head could not be read.
 pub(super) enum HeadError {
-    /// Longer than [`MAX_HEAD`].
-    TooLarge,
-    /// Not a request line.
-    Malformed,
+    /// Refused for what it is ([`Refusal`]).
+    Refused(Refusal),
     /// The connection failed, closed, or did not send the head by the
     /// deadline.
     Io,
@@ -243,8 +239,8 @@ pub(super) fn serve(
     drop(slot);
     let (page, verdict) = match head {
         Ok(line) => answer(&line, expected, refused),
-        Err(HeadError::TooLarge) => (&TOO_LARGE, None),
-        Err(HeadError::Malformed) => (&BAD_REQUEST, None),
+        Err(HeadError::Refused(Refusal::TooLarge)) => (&TOO_LARGE, None),
+        Err(HeadError::Refused(Refusal::Malformed)) => (&BAD_REQUEST, None),
         Err(HeadError::Io) => return None,
     };
     respond(&mut stream, page);
@@ -281,42 +277,24 @@ pub(super) fn answer(
 
 /// Reads the whole request head (so that closing does not reset the
 /// connection before the browser has the answer) by `deadline`, and returns
-/// its first line.
+/// its first line. What the bytes make of a head is [`HeadBuf`]'s to say:
+/// at most [`super::request::MAX_HEAD`] of them are read.
 pub(super) fn read_request_line(
     stream: &mut TcpStream,
     deadline: Instant,
 ) -> Result<Zeroizing<String>, HeadError> {
-    let mut head = Zeroizing::new(vec![0; MAX_HEAD]);
-    let mut len = 0;
-    while !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-        if len == MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
+    let mut head = HeadBuf::default();
+    while head.progress() == Progress::More {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
             return Err(HeadError::Io);
         }
-        match stream.read(&mut head[len..]) {
+        match stream.read(head.space()) {
             Ok(0) | Err(_) => return Err(HeadError::Io),
-            Ok(n) => len += n,
-        }
+            Ok(n) => head.filled(n),
+        };
     }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    std::str::from_utf8(line)
-        .map(|line| Zeroizing::new(line.to_owned()))
-        .map_err(|_| HeadError::Malformed)
-}
-
-/// The method, path and query of a request line
-/// (`GET /callback?code=…&state=… HTTP/1.1`).
-pub(super) fn parse_request_line(line: &str) -> Option<(&str, &str, &str)> {
-    let mut parts = line.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || !version.starts_with("HTTP/") {
-        return None;
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Some((method, path, query))
+    head.request_line().map_err(HeadError::Refused)
 }
 
 /// Sends `page` and closes the connection.

@@ -32,7 +32,8 @@
 //! redirect waiting.
 //!
 //! The rooms: [`wait`] is the loop that ends the login, [`listener`] the
-//! loopback HTTP server, [`redirect`] what a redirect must carry, [`peer`]
+//! loopback HTTP server, [`request`] what it makes of a connection's bytes
+//! (pure, fuzzed), [`redirect`] what a redirect must carry, [`peer`]
 //! whose a connection is, [`terminal`] what the person sees, [`browser`]
 //! opening the browser, [`error`] why a login ended without a code.
 
@@ -41,6 +42,7 @@ mod error;
 mod listener;
 mod peer;
 mod redirect;
+mod request;
 mod terminal;
 mod wait;
 

@@ -4,9 +4,9 @@
 
 use snctl::Secret;
 use snctl_shared::secret::equal_in_constant_time;
-use zeroize::Zeroizing;
 
 use super::error::{CallbackError, Login};
+pub(super) use super::request::Params;
 
 /// The port and path of `http://127.0.0.1:PORT/PATH`.
 pub(super) fn parse_redirect(uri: &str) -> Option<(u16, &str)> {
@@ -79,43 +79,6 @@ impl Expected {
                 login: Box::new(self.login.clone()),
             }),
         })
-    }
-}
-
-/// The parameters of a redirect's query that matter; the first of each
-/// counts and empty ones do not.
-#[derive(Default)]
-pub(super) struct Params {
-    pub(super) code: Option<Secret>,
-    pub(super) state: Option<String>,
-    pub(super) error: Option<String>,
-    pub(super) error_description: Option<String>,
-}
-
-impl Params {
-    /// Reads an `application/x-www-form-urlencoded` query.
-    pub(super) fn parse(query: &str) -> Params {
-        let mut params = Params::default();
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            let value = Zeroizing::new(value.into_owned());
-            if value.is_empty() {
-                continue;
-            }
-            let slot = match &*key {
-                "code" => {
-                    if params.code.is_none() {
-                        params.code = Some(Secret::new(value.to_string()));
-                    }
-                    continue;
-                }
-                "state" => &mut params.state,
-                "error" => &mut params.error,
-                "error_description" => &mut params.error_description,
-                _ => continue,
-            };
-            slot.get_or_insert_with(|| value.to_string());
-        }
-        params
     }
 }
 

@@ -222,6 +222,7 @@ pub(super) fn spawn_paste_reader<R: BufRead + Send + 'static>(
 mod tests {
     use super::*;
     use crate::login::listener::MAX_HANDLERS;
+    use crate::login::request::MAX_HEAD;
     use std::io::{Cursor, Read, Write};
     use std::net::{Ipv4Addr, TcpListener, TcpStream};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -380,6 +381,43 @@ mod tests {
         // A connection that sends nothing holds nothing up.
         let _idle = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
         let (status, _) = get(port, "GET", "/callback?state=st4te-Xyz&code=the-code");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(wait(waiting).unwrap().expose(), "the-code");
+    }
+
+    #[test]
+    fn a_head_that_never_ends_gets_431_and_the_wait_goes_on() {
+        let port = free_port();
+        let waiting = start(port, "", Duration::from_secs(10));
+        for start in [&b"GET /callback?code="[..], b"GET /callback HTTP/1.1\r\n"] {
+            // As much as the listener reads, and no end of the head: what
+            // follows would never be read (and closing on unread bytes
+            // would reset the connection under the answer).
+            let mut endless = start.to_vec();
+            let filler: &[u8] = if start.ends_with(b"\n") {
+                b"X-A: b\r\n"
+            } else {
+                b"a"
+            };
+            while endless.len() < MAX_HEAD {
+                endless.extend_from_slice(filler);
+            }
+            endless.truncate(MAX_HEAD);
+            let mut stream = connect(port);
+            stream.write_all(&endless).unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).unwrap();
+            let answer = String::from_utf8(answer).unwrap();
+            assert!(
+                answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+                "{answer}"
+            );
+            assert!(
+                answer.contains("<p>Request header fields too large.</p>"),
+                "{answer}"
+            );
+        }
+        let (status, _) = get(port, "GET", "/callback?code=the-code&state=st4te-Xyz");
         assert_eq!(status, "HTTP/1.1 200 OK");
         assert_eq!(wait(waiting).unwrap().expose(), "the-code");
     }
