@@ -412,14 +412,7 @@ impl FloorProcess {
             .stdin(std::process::Stdio::piped())
             .spawn()?;
         let floor = FloorProcess(child);
-        let began = Instant::now();
-        while UnixStream::connect(path).is_err() {
-            anyhow::ensure!(
-                began.elapsed() < Duration::from_secs(10),
-                "the {kind} floor server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_socket(path, &format!("the {kind} floor server"))?;
         Ok(floor)
     }
 
@@ -434,6 +427,19 @@ impl FloorProcess {
         std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
         Ok(())
     }
+}
+
+/// Waits (10 s at most) until `what` accepts connections on `path`.
+fn wait_for_socket(path: &Path, what: &str) -> anyhow::Result<()> {
+    let began = Instant::now();
+    while UnixStream::connect(path).is_err() {
+        anyhow::ensure!(
+            began.elapsed() < Duration::from_secs(10),
+            "{what} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 impl Drop for FloorProcess {
@@ -1006,14 +1012,7 @@ impl RelayProcess {
             .stdin(std::process::Stdio::piped())
             .spawn()?;
         let relay = RelayProcess(child);
-        let began = Instant::now();
-        while UnixStream::connect(path).is_err() {
-            anyhow::ensure!(
-                began.elapsed() < Duration::from_secs(10),
-                "the relay floor did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_socket(path, "the relay floor")?;
         Ok(relay)
     }
 }
@@ -1174,14 +1173,7 @@ fn proxy(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
         .parent()
         .map(|d| d.join("proxy").join("prod.sock"))
         .ok_or_else(|| anyhow::anyhow!("no socket directory"))?;
-    let began = Instant::now();
-    while UnixStream::connect(&socket).is_err() {
-        anyhow::ensure!(
-            began.elapsed() < Duration::from_secs(10),
-            "the proxy did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_socket(&socket, "the proxy")?;
     let token = snctl::Client::connect(&daemon.socket)?.token("prod")?;
     let direct_request: Arc<[u8]> = format!(
         "GET {TABLE} HTTP/1.1\r\nHost: sn\r\nAuthorization: Bearer {}\r\n\r\n",
