@@ -24,8 +24,9 @@
 //! rotates refresh tokens has already superseded the one on disk, so the
 //! one in memory is the only one left, and presenting the old one again
 //! could end the login. Refreshes due meanwhile present the one in memory.
-//! A restart before the save works loses it; the instance then refuses the
-//! one on disk and the authentication needs a login.
+//! A stop tries the save once more ([`Tokens::shutdown`]); a kill, or a stop
+//! while the disk still fails, loses it: the instance then refuses the one
+//! on disk and the authentication needs a login.
 //!
 //! Refresh tokens keep the expiry of their first issue on ServiceNow: the
 //! scheduler logs a warning 14, 7 and 1 days before the recorded deadline.
@@ -1601,5 +1602,39 @@ impl Tokens {
         self.inner.stop.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        self.save_unsaved_at_stop().await;
+    }
+
+    /// The last try to save tokens the store refused earlier: the disk may
+    /// have come back since the last retry (an admin who frees the space
+    /// and restarts at once), and a stop that skipped it would lose them.
+    /// What still does not save is named in one error line each, with what
+    /// to do: a person's login loses its newest refresh token with the
+    /// process, and the instance has superseded the one on disk.
+    async fn save_unsaved_at_stop(&self) {
+        let entries: Vec<Arc<Entry>> = self.read_entries().values().cloned().collect();
+        for entry in entries {
+            if entry.lock_to_read().unsaved.is_none() {
+                continue;
+            }
+            let _flight = entry.flight.lock().await;
+            self.retry_save(&entry).await;
+            let shared = entry.lock_to_read();
+            let Some(unsaved) = shared.unsaved.as_deref() else {
+                continue;
+            };
+            let name = &shared.auth.name;
+            let reason = &unsaved.reason;
+            if shared.auth.grant.needs_person() {
+                tracing::error!(%name, %reason,
+                    "stopping with {name}'s newest tokens unsaved ({reason}): if the instance \
+                     rotates refresh tokens, the one on disk no longer works; once the disk is \
+                     repaired, run `snctl login {name}`");
+            } else {
+                tracing::warn!(%name, %reason,
+                    "stopping with {name}'s newest token unsaved ({reason}): the next start \
+                     asks the instance for a new one");
+            }
+        }
     }
 }

@@ -987,6 +987,39 @@ async fn a_refresh_due_while_tokens_are_unsaved_presents_the_newest_refresh_toke
     assert_eq!(b.asked().len(), 2);
 }
 
+/// A stop soon after the disk recovers, before the retried save was due
+/// (an admin who frees the space and restarts at once): the stop saves
+/// the tokens in memory, so the next start presents the newest refresh
+/// token. A disk still failing at the stop is named in one error line
+/// with what to do.
+#[tokio::test(start_paused = true)]
+async fn a_stop_saves_the_unsaved_tokens_or_says_they_are_lost() {
+    let b = rotating_login();
+    b.refuse_writes(true).await;
+    b.first_refresh(10_000 * SEC).await;
+    assert_eq!(b.stored("a").await.1.as_deref(), Some("refresh-0"));
+    b.refuse_writes(false).await;
+    b.tokens.shutdown().await;
+    assert_eq!(
+        b.stored("a").await,
+        ("access-1".to_string(), Some("refresh-1".to_string())),
+        "the stop saved what only memory held"
+    );
+    assert_eq!(b.log.lines_with("saved a's new tokens").len(), 1);
+    assert!(b.log.lines_with("stopping with").is_empty());
+
+    let b = rotating_login();
+    b.refuse_writes(true).await;
+    b.first_refresh(10_000 * SEC).await;
+    b.tokens.shutdown().await;
+    assert_eq!(b.stored("a").await.1.as_deref(), Some("refresh-0"));
+    let lost = b.log.lines_with("stopping with a's newest tokens unsaved");
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(lost[0].contains("ERROR"), "{}", lost[0]);
+    assert!(lost[0].contains("snctl login a"), "{}", lost[0]);
+    assert!(lost[0].contains("readonly"), "names the cause: {}", lost[0]);
+}
+
 /// A connection's warm copy ([`super::Warm`]): answered from while nothing
 /// it was made from changed, without asking the rules again; made again
 /// after new rules, a refresh and the authentication's removal, and never
