@@ -24,13 +24,20 @@
 //!   with that same clock sees the truth), and the refresh token's
 //!   lifespan of days, which is the instance's wall-clock deadline.
 //!
-//! Tokens read from the database have only wall-clock times: their
-//! place on the boot clock is reckoned from the wall clock at start
-//! ([`Clock::boot_of_obtained`]). A token obtained, by that clock, in the
-//! future says the wall clock went back (a host that starts with a wrong
-//! clock, or was stepped while the daemon was down): how much of its life
-//! is left cannot be known, so it counts as expired and is refreshed
-//! before it is handed out.
+//! Tokens read from the database carry the boot clock's time at which
+//! they were asked for, and the boot ([`boot_id`]): a restart within the
+//! same boot places them on the boot clock by that, whatever the wall
+//! clock did meanwhile. Tokens of another boot (a reboot, a backup
+//! restored on another host) or stored before schema 7 have only
+//! wall-clock times: their place on the boot clock is reckoned from the
+//! wall clock at start ([`Clock::boot_of_obtained`]). A token obtained,
+//! by that clock, in the future says the wall clock went back (a host that
+//! starts with a wrong clock, or was stepped while the daemon was down):
+//! how much of its life is left cannot be known, so it counts as expired
+//! and is refreshed before it is handed out. One obtained in the past by
+//! a wall clock that was ahead then, and is right now, is trusted for
+//! longer than it lives: the instance refuses it (the proxy refreshes on
+//! that 401), and after a reboot nothing better is known.
 //!
 //! Schedules sleep on tokio's timer, which does not count a suspend: a
 //! sleep of an hour begun before a suspend of a day still has its hour to
@@ -47,6 +54,7 @@
 //! that tests can drive the clocks apart: one that follows tokio's paused
 //! timer, moved on by a suspend or a step.
 
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::store::TokenSet;
@@ -78,6 +86,17 @@ pub fn boot_ms() -> i64 {
     ms
 }
 
+/// The kernel's id of this boot (`/proc/sys/kernel/random/boot_id`), read
+/// once; empty where it cannot be read, which matches no stored stamp.
+pub fn boot_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|id| id.trim().to_string())
+            .unwrap_or_default()
+    })
+}
+
 /// Where the token machinery reads the time.
 pub trait Clock: Send + Sync + 'static {
     /// Now, in milliseconds since the Unix epoch (the wall clock).
@@ -85,6 +104,9 @@ pub trait Clock: Send + Sync + 'static {
 
     /// Now, in milliseconds on the boot clock.
     fn boot_ms(&self) -> i64;
+
+    /// Which boot the boot clock counts from ([`boot_id`]).
+    fn boot_id(&self) -> &str;
 
     /// How long from now until `at_boot_ms` on the boot clock; zero when
     /// it has passed.
@@ -98,12 +120,19 @@ pub trait Clock: Send + Sync + 'static {
             .saturating_add(boot_ms.saturating_sub(self.boot_ms()))
     }
 
-    /// When `tokens` were obtained, on the boot clock, reckoned from their
-    /// wall-clock times as of now. Obtained in the future by the wall
-    /// clock means the clock went back since: they count as obtained a
-    /// whole lifetime ago, so expired now.
+    /// When `tokens` were obtained, on the boot clock: their stamp when it
+    /// is of this boot, else reckoned from their wall-clock times as of
+    /// now. Obtained in the future by the wall clock means the clock went
+    /// back since: they count as obtained a whole lifetime ago, so expired
+    /// now.
     fn boot_of_obtained(&self, tokens: &TokenSet) -> i64 {
         let (now, boot) = (self.now_ms(), self.boot_ms());
+        if let Some(stamp) = &tokens.obtained_boot {
+            if !stamp.boot_id.is_empty() && stamp.boot_id == self.boot_id() && stamp.boot_ms <= boot
+            {
+                return stamp.boot_ms;
+            }
+        }
         let ago = now.saturating_sub(tokens.obtained_at_ms);
         let lifetime = tokens
             .expires_at_ms
@@ -128,5 +157,9 @@ impl Clock for SystemClock {
 
     fn boot_ms(&self) -> i64 {
         boot_ms()
+    }
+
+    fn boot_id(&self) -> &str {
+        boot_id()
     }
 }

@@ -538,6 +538,7 @@ impl ServiceNow {
                 .refresh_token()
                 .map(|t| Secret::new(t.secret().clone())),
             refresh_issued_ms: None,
+            obtained_boot: None,
         })
     }
 

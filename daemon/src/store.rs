@@ -37,7 +37,7 @@ use crate::access::ReaderIds;
 use crate::crypto::{self, CryptoError, MasterKey};
 
 /// The schema this build writes. See [`migrate`] for the history.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 /// The first schema whose settings carry a MAC: rows of an older database
 /// cannot be checked, and are signed as they are when it is migrated.
 pub const SIGNED_SCHEMA: i64 = 5;
@@ -263,6 +263,8 @@ struct StoredRow {
     obtained_ms: Option<i64>,
     refresh_token: Option<Vec<u8>>,
     refresh_issued_ms: Option<i64>,
+    obtained_boot_id: Option<String>,
+    obtained_boot_ms: Option<i64>,
     jwt_key: Option<Vec<u8>>,
     state: String,
     last_error: Option<String>,
@@ -271,7 +273,8 @@ struct StoredRow {
 impl StoredRow {
     /// Selected besides [`SETTINGS_COLUMNS`].
     const COLUMNS: &str = "settings_mac, client_secret, access_token, access_expires_ms, \
-         obtained_ms, refresh_token, refresh_issued_ms, jwt_key, state, last_error";
+         obtained_ms, refresh_token, refresh_issued_ms, obtained_boot_id, obtained_boot_ms, \
+         jwt_key, state, last_error";
 
     /// Every stored row, in name order.
     fn all(conn: &Connection) -> Result<Vec<StoredRow>, StoreError> {
@@ -295,6 +298,8 @@ impl StoredRow {
             obtained_ms: r.get("obtained_ms")?,
             refresh_token: r.get("refresh_token")?,
             refresh_issued_ms: r.get("refresh_issued_ms")?,
+            obtained_boot_id: r.get("obtained_boot_id")?,
+            obtained_boot_ms: r.get("obtained_boot_ms")?,
             jwt_key: r.get("jwt_key")?,
             state: r.get("state")?,
             last_error: r.get("last_error")?,
@@ -469,6 +474,18 @@ pub struct TokenSet {
     /// When `refresh_token` was first issued; a refresh token that comes
     /// back unchanged keeps its first issue time.
     pub refresh_issued_ms: Option<i64>,
+    /// When they were asked for on the boot clock, and in which boot:
+    /// within that boot, a restart judges the stored token by it rather
+    /// than by the wall clock ([`crate::clock::Clock::boot_of_obtained`]).
+    pub obtained_boot: Option<BootStamp>,
+}
+
+/// A time on the boot clock (`CLOCK_BOOTTIME`), which counts from the
+/// boot [`crate::clock::boot_id`] names and means nothing in another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootStamp {
+    pub boot_id: String,
+    pub boot_ms: i64,
 }
 
 /// A stored authentication with its tokens and health.
@@ -669,6 +686,8 @@ impl UncheckedDb {
 ///   `snctld restore` wants an old backup vouched for.
 /// - 6: `proxy`, whether the authentication has a proxy socket of its own;
 ///   off for every existing row, which keeps its MAC ([`Settings::encode`]).
+/// - 7: `obtained_boot_id` and `obtained_boot_ms`, the token's
+///   [`BootStamp`]; none for tokens stored before (judged by the wall clock).
 fn migrate(conn: &mut Connection, key: &MasterKey) -> Result<(), StoreError> {
     migrate_to(conn, key, SCHEMA_VERSION)
 }
@@ -791,6 +810,16 @@ fn migrate_to(conn: &mut Connection, key: &MasterKey, target: i64) -> Result<(),
         )?;
         tx.commit()?;
         migrated(6);
+    }
+    if step(7) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "ALTER TABLE authentications ADD COLUMN obtained_boot_id TEXT;
+            ALTER TABLE authentications ADD COLUMN obtained_boot_ms INTEGER;
+            PRAGMA user_version = 7;",
+        )?;
+        tx.commit()?;
+        migrated(7);
     }
     Ok(())
 }
@@ -1005,6 +1034,8 @@ impl Db {
             obtained_ms,
             refresh_token,
             refresh_issued_ms,
+            obtained_boot_id,
+            obtained_boot_ms,
             jwt_key,
             state,
             last_error,
@@ -1042,6 +1073,10 @@ impl Db {
                     .map(|blob| self.key.open_secret(&name, F_REFRESH_TOKEN, &blob))
                     .transpose()?,
                 refresh_issued_ms,
+                obtained_boot: match (obtained_boot_id, obtained_boot_ms) {
+                    (Some(boot_id), Some(boot_ms)) => Some(BootStamp { boot_id, boot_ms }),
+                    _ => None,
+                },
             }),
             _ => None,
         };
@@ -1231,7 +1266,8 @@ impl Db {
             "UPDATE authentications SET access_token = ?2, access_expires_ms = ?3, obtained_ms = ?4,
                  refresh_token = CASE WHEN ?8 THEN coalesce(?5, refresh_token) ELSE ?5 END,
                  refresh_issued_ms = CASE WHEN ?8 THEN coalesce(?6, refresh_issued_ms) ELSE ?6 END,
-                 state = 'ok', last_error = NULL, updated_ms = ?7
+                 state = 'ok', last_error = NULL, updated_ms = ?7,
+                 obtained_boot_id = ?9, obtained_boot_ms = ?10
              WHERE name = ?1",
             params![
                 name,
@@ -1241,7 +1277,9 @@ impl Db {
                 refresh,
                 issued,
                 now,
-                keep_refresh
+                keep_refresh,
+                tokens.obtained_boot.as_ref().map(|b| b.boot_id.as_str()),
+                tokens.obtained_boot.as_ref().map(|b| b.boot_ms),
             ],
         )?;
         Ok(changed > 0)
@@ -1621,6 +1659,7 @@ mod tests {
                 obtained_at_ms: 1_000,
                 refresh_token: None,
                 refresh_issued_ms: None,
+                obtained_boot: None,
             },
         )
     }
@@ -1649,16 +1688,22 @@ mod tests {
         db.set_health("prod", AuthState::Rejected, Some("denied"))
             .unwrap();
         assert_eq!(db.load_all().unwrap()[0].state, AuthState::Rejected);
+        let stamp = BootStamp {
+            boot_id: "a-boot".into(),
+            boot_ms: 1_234,
+        };
         let newer = TokenSet {
             access_token: Secret::new("second".into()),
             refresh_token: Some(Secret::new("rt".into())),
             refresh_issued_ms: Some(1_500),
+            obtained_boot: Some(stamp.clone()),
             ..tokens.clone()
         };
         assert!(db.save_tokens("prod", &newer).unwrap());
         let r = &db.load_all().unwrap()[0];
         assert_eq!(r.state, AuthState::Ok);
         assert_eq!(r.tokens.as_ref().unwrap().refresh_issued_ms, Some(1_500));
+        assert_eq!(r.tokens.as_ref().unwrap().obtained_boot, Some(stamp));
         assert_eq!(
             r.tokens
                 .as_ref()

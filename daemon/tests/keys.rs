@@ -81,6 +81,7 @@ fn sample(name: &str, with_refresh: bool) -> (Authentication, TokenSet) {
             obtained_at_ms: 1_000,
             refresh_token: with_refresh.then(|| Secret::new(format!("refresh-token-of-{name}"))),
             refresh_issued_ms: with_refresh.then_some(1_000),
+            obtained_boot: None,
         },
     )
 }

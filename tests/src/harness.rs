@@ -518,6 +518,7 @@ pub fn seed_authentications(
                 obtained_at_ms: now_ms,
                 refresh_token: None,
                 refresh_issued_ms: None,
+                obtained_boot: None,
             };
             (auth, tokens)
         })

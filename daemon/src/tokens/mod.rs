@@ -62,7 +62,7 @@ use crate::access::ReaderIds;
 use crate::clock::Clock;
 use crate::metrics::{AuthCounters, AuthSample, DaemonSample, FailureKind};
 use crate::servicenow::{Failure, Proof, Step, Upstream};
-use crate::store::{Authentication, Record, Store, StoreError, TokenSet};
+use crate::store::{Authentication, BootStamp, Record, Store, StoreError, TokenSet};
 
 pub use admin::LoginPolicy;
 pub use sections::{LoginSection, RefreshSection};
@@ -1003,7 +1003,8 @@ impl Tokens {
     }
 
     /// [`Tokens::ask`], saying also when it asked, on the boot clock: the
-    /// token's life counts from then.
+    /// token's life counts from then, and the tokens carry it to the
+    /// store ([`TokenSet::obtained_boot`]).
     async fn ask_at(
         &self,
         auth: &Authentication,
@@ -1016,10 +1017,15 @@ impl Tokens {
             .await
             .map_err(|_| shutting_down())?;
         let asked_boot_ms = self.boot_ms();
-        Ok((
-            asked_boot_ms,
-            self.inner.upstream.request_token(auth, proof).await,
-        ))
+        let answer = self.inner.upstream.request_token(auth, proof).await;
+        let stamped = answer.map(|mut tokens| {
+            tokens.obtained_boot = Some(BootStamp {
+                boot_id: self.inner.clock.boot_id().to_string(),
+                boot_ms: asked_boot_ms,
+            });
+            tokens
+        });
+        Ok((asked_boot_ms, stamped))
     }
 
     /// New tokens the store could not commit: they go into service all the

@@ -21,7 +21,7 @@ use crate::access::ReaderIds;
 use crate::clock::Clock;
 use crate::crypto::MasterKey;
 use crate::servicenow::{Call, Failure, Proof, Seen, Step, Unnamed, Upstream};
-use crate::store::{Authentication, Store, TokenSet, UncheckedDb, DB_FILE};
+use crate::store::{Authentication, BootStamp, Store, TokenSet, UncheckedDb, DB_FILE};
 
 /// Where the tests' wall clock starts (a whole second).
 const EPOCH_MS: i64 = 1_700_000_000_000;
@@ -76,7 +76,14 @@ impl Clock for TestClock {
     fn boot_ms(&self) -> i64 {
         self.timer_ms() + self.boot_offset.load(Ordering::SeqCst)
     }
+
+    fn boot_id(&self) -> &str {
+        TEST_BOOT
+    }
 }
+
+/// The boot the test clock counts in.
+const TEST_BOOT: &str = "test-boot";
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -190,6 +197,7 @@ impl Upstream for Arc<Script> {
                         presented => presented,
                     },
                     refresh_issued_ms: None,
+                    obtained_boot: None,
                 }),
             }
         })
@@ -316,6 +324,7 @@ fn held(at_ms: i64, lifetime_ms: i64, refresh_issued_ms: Option<i64>) -> TokenSe
         obtained_at_ms: at_ms,
         refresh_token: refresh_issued_ms.map(|_| Secret::new("refresh-0".into())),
         refresh_issued_ms,
+        obtained_boot: None,
     }
 }
 
@@ -1230,6 +1239,96 @@ async fn a_stored_token_obtained_after_the_wall_clock_at_start_is_not_trusted() 
     let token = b.token("a", MinValid::Default(60)).await.unwrap();
     assert_eq!(token, "access-1");
     assert_eq!(b.asked().len(), 1);
+}
+
+/// A restart within one boot: the stored token is placed on the boot
+/// clock by its stamp, whatever the wall clock did while snctld was down.
+#[tokio::test(start_paused = true)]
+async fn a_stored_token_of_this_boot_is_judged_by_the_boot_clock() {
+    let stamped = |wall_ms: i64, boot_ms: i64, boot_id: &str| TokenSet {
+        obtained_boot: Some(BootStamp {
+            boot_id: boot_id.into(),
+            boot_ms,
+        }),
+        ..held(wall_ms, 1000 * SEC, None)
+    };
+    // Stored an hour ahead by the wall clock, which was set back since; by
+    // the boot clock it is 10 s old: served, nothing asked.
+    let b = Bench::start(
+        vec![(
+            client_credentials("a"),
+            stamped(EPOCH_MS + HOUR, -10 * SEC, TEST_BOOT),
+        )],
+        policy(),
+        |clock| Script::new(clock, 1000 * SEC, vec![]),
+    );
+    assert_eq!(
+        b.token("a", MinValid::Default(60)).await.unwrap(),
+        "access-0"
+    );
+    assert_eq!(b.asked().len(), 0);
+    // Its refresh is planned at 75 % of its life from the stamp.
+    b.advance_to(739 * SEC).await;
+    assert_eq!(b.asked().len(), 0);
+    b.advance_to(741 * SEC).await;
+    b.until("the planned refresh", |b| b.asked().len() == 1)
+        .await;
+
+    // Stored just now by the wall clock (which was set back by more than
+    // the token's age), 2000 s ago by the boot clock: expired, refreshed
+    // before anyone gets it. The wall clock alone would hand it out.
+    let b = Bench::start(
+        vec![(
+            client_credentials("a"),
+            stamped(EPOCH_MS, -2000 * SEC, TEST_BOOT),
+        )],
+        policy(),
+        |clock| Script::new(clock, 1000 * SEC, vec![]),
+    );
+    assert_eq!(
+        b.token("a", MinValid::Default(60)).await.unwrap(),
+        "access-1"
+    );
+    assert_eq!(b.asked().len(), 1);
+
+    // A stamp of another boot (a reboot, a backup restored elsewhere) or
+    // from the boot clock's future means nothing: the wall clock judges,
+    // and a token from the wall clock's future is refreshed.
+    for stamp in [
+        stamped(EPOCH_MS + HOUR, -10 * SEC, "another-boot"),
+        stamped(EPOCH_MS + HOUR, 3600 * SEC, TEST_BOOT),
+    ] {
+        let b = Bench::start(vec![(client_credentials("a"), stamp)], policy(), |clock| {
+            Script::new(clock, 1000 * SEC, vec![])
+        });
+        assert_eq!(
+            b.token("a", MinValid::Default(60)).await.unwrap(),
+            "access-1"
+        );
+        assert_eq!(b.asked().len(), 1);
+    }
+}
+
+/// Tokens asked for are stored with the boot clock's time of the asking.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_stores_when_it_asked_on_the_boot_clock() {
+    let b = Bench::one(1000 * SEC, policy(), vec![]);
+    b.first_refresh(1000 * SEC).await;
+    let asked = b.asked()[0].boot_ms;
+    let records = b
+        .tokens
+        .inner
+        .store
+        .call(|db| db.load_all())
+        .await
+        .expect("the store answers");
+    assert_eq!(
+        records[0].tokens.as_ref().unwrap().obtained_boot,
+        Some(BootStamp {
+            boot_id: TEST_BOOT.into(),
+            boot_ms: asked,
+        })
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -128,17 +128,31 @@ fn a_database_of_schema_5_keeps_its_signatures_through_the_migration() {
 }
 
 #[test]
+fn a_database_of_schema_6_keeps_its_proxy_through_the_migration() {
+    // Schema 7 added the tokens' boot stamps; tokens stored before have
+    // none and are judged by the wall clock.
+    let (dir, daemon) = serves_as_written(6);
+    assert_proxy_of_prod(dir.path(), &daemon);
+}
+
+#[test]
 fn a_database_of_the_current_schema_serves_as_written() {
     assert_eq!(
         snctld::store::SCHEMA_VERSION,
-        6,
+        7,
         "add a fixture of the new schema"
     );
-    let (dir, daemon) = serves_as_written(6);
+    let (dir, daemon) = serves_as_written(7);
+    assert_proxy_of_prod(dir.path(), &daemon);
+}
+
+/// `prod` of the fixtures of schema 6 on was added with `--proxy`: its
+/// socket is made and accepts.
+fn assert_proxy_of_prod(dir: &Path, daemon: &TestDaemon) {
     let mut client = daemon.client();
     let prod = client.show("prod").unwrap();
     assert!(prod.proxy, "prod was added with --proxy");
-    let socket = dir.path().join("proxy").join("prod.sock");
+    let socket = dir.join("proxy").join("prod.sock");
     assert_eq!(
         prod.proxy_socket.map(|s| (s.path, s.error)),
         Some((socket.display().to_string(), None))
@@ -200,10 +214,12 @@ fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, u32, String)> {
     out
 }
 
-/// The schema-6 fixture under `dir/state`, its version set to `version` as
-/// if a newer snctld had written it; checkpointed, no `-wal` left.
+/// The current schema's fixture under `dir/state`, its version set to
+/// `version` as if a newer snctld had written it; checkpointed, no `-wal`
+/// left.
 fn state_of_future_schema(dir: &Path, version: i64) -> std::path::PathBuf {
-    let state = state_of_schema(dir, 6);
+    let current = u32::try_from(snctld::store::SCHEMA_VERSION).unwrap();
+    let state = state_of_schema(dir, current);
     set_version(&state.join("snctld.db"), version);
     state
 }
@@ -253,11 +269,11 @@ fn assert_refused_for(version: i64, code: Option<i32>, stderr: &str, what: &str)
 }
 
 /// Versions no snctld of today writes: the next one, and far ones.
-const FUTURE: [i64; 3] = [7, 1000, i32::MAX as i64];
+const FUTURE: [i64; 3] = [8, 1000, i32::MAX as i64];
 
 #[test]
 fn a_database_of_a_newer_schema_is_refused_by_start_and_rekey_and_nothing_changes() {
-    assert_eq!(snctld::store::SCHEMA_VERSION, 6, "move FUTURE on");
+    assert_eq!(snctld::store::SCHEMA_VERSION, 7, "move FUTURE on");
     for version in FUTURE {
         let dir = tempfile::tempdir().unwrap();
         let state = state_of_future_schema(dir.path(), version);
@@ -282,7 +298,7 @@ fn a_backup_of_a_newer_schema_is_refused_by_restore_and_nothing_changes() {
         state_of_schema(dir.path(), 6);
         let backup = dir.path().join("newer.db");
         std::fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/schema-6/snctld.db"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/schema-7/snctld.db"),
             &backup,
         )
         .unwrap();
