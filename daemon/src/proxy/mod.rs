@@ -571,10 +571,7 @@ impl Proxy {
         // A dead login is answered here (503 needs_login), not with the
         // instance's 401 for the token still in hand: a caller must be able
         // to tell "log in again" from "the instance refused this request".
-        let needs_login = tokens
-            .show(&self.name, |_| Ok(()))
-            .is_ok_and(|summary| summary.state == snctl_shared::protocol::AuthState::NeedsLogin);
-        if needs_login {
+        if tokens.needs_login(&self.name) {
             return refused(&Error::NeedsLogin {
                 name: self.name.clone(),
             });

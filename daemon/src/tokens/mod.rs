@@ -459,7 +459,7 @@ impl Entry {
     }
 
     fn summary(&self) -> AuthSummary {
-        let shared = self.lock();
+        let shared = self.lock_to_read();
         let auth = &shared.auth;
         let unsaved = shared.unsaved.as_deref().map(Unsaved::describe);
         AuthSummary {
@@ -879,7 +879,7 @@ impl Tokens {
         let guard = entry.flight.lock().await;
         if entry.is_removed() {
             return Err(Error::NotFound {
-                name: entry.lock().auth.name.clone(),
+                name: entry.lock_to_read().auth.name.clone(),
             });
         }
         Ok(guard)
@@ -1390,9 +1390,17 @@ impl Tokens {
         allowed: impl FnOnce(&ReaderIds) -> Result<(), Error>,
     ) -> Result<AuthSummary, Error> {
         let entry = self.entry(name)?;
-        let auth = entry.lock().auth.clone();
+        let auth = entry.lock_to_read().auth.clone();
         allowed(&auth.readers)?;
         Ok(entry.summary())
+    }
+
+    /// Whether `name`'s login has ended (`false` when there is no such
+    /// authentication): what the proxy asks before each request, without
+    /// the whole [`Tokens::show`].
+    pub fn needs_login(&self, name: &str) -> bool {
+        self.entry(name)
+            .is_ok_and(|entry| entry.lock_to_read().state == AuthState::NeedsLogin)
     }
 
     /// The authentications whose readers `visible` accepts, by name.
@@ -1400,7 +1408,7 @@ impl Tokens {
         let entries: Vec<Arc<Entry>> = self.read_entries().values().cloned().collect();
         let mut list: Vec<AuthSummary> = entries
             .iter()
-            .filter(|e| visible(&e.lock().auth.readers))
+            .filter(|e| visible(&e.lock_to_read().auth.readers))
             .map(|e| e.summary())
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1414,7 +1422,7 @@ impl Tokens {
         let mut names: Vec<String> = entries
             .iter()
             .filter_map(|e| {
-                let auth = e.lock().auth.clone();
+                let auth = e.lock_to_read().auth.clone();
                 which(&auth).then(|| auth.name.clone())
             })
             .collect();
@@ -1430,11 +1438,11 @@ impl Tokens {
         visible: impl Fn(&ReaderIds) -> bool,
     ) -> String {
         let mut entries: Vec<Arc<Entry>> = self.read_entries().values().cloned().collect();
-        entries.retain(|e| visible(&e.lock().auth.readers));
+        entries.retain(|e| visible(&e.lock_to_read().auth.readers));
         let seen: Vec<(Arc<Authentication>, AuthState, [Option<i64>; 3])> = entries
             .iter()
             .map(|e| {
-                let shared = e.lock();
+                let shared = e.lock_to_read();
                 let times = [
                     shared
                         .token

@@ -1082,6 +1082,16 @@ async fn a_connections_warm_copy_is_made_again_whenever_what_it_copied_changes()
     );
     assert_eq!(rules_read.get(), 1, "the second answer came from the copy");
 
+    // Reading the state (show, list, the proxy's check) changes nothing.
+    let _ = b.show("a");
+    let _ = b.tokens.list(|_| true);
+    assert!(!b.tokens.needs_login("a"));
+    assert_eq!(
+        now(&mut warm, 0, true, default).as_deref(),
+        Some("access-0")
+    );
+    assert_eq!(rules_read.get(), 1, "still from the copy");
+
     // The rules changed: read again; a refusal is kept in the copy too.
     assert_eq!(now(&mut warm, 1, false, default), None);
     assert_eq!(now(&mut warm, 1, false, default), None);
