@@ -124,24 +124,31 @@ pub trait Clock: Send + Sync + 'static {
     /// is of this boot, else reckoned from their wall-clock times as of
     /// now. Obtained in the future by the wall clock means the clock went
     /// back since: they count as obtained a whole lifetime ago, so expired
-    /// now.
+    /// now, as do tokens older than that (never placed further back, so
+    /// that an edited stamp or time cannot overflow what is reckoned from
+    /// it).
     fn boot_of_obtained(&self, tokens: &TokenSet) -> i64 {
         let (now, boot) = (self.now_ms(), self.boot_ms());
-        if let Some(stamp) = &tokens.obtained_boot {
-            if !stamp.boot_id.is_empty() && stamp.boot_id == self.boot_id() && stamp.boot_ms <= boot
+        let ago = match &tokens.obtained_boot {
+            Some(stamp)
+                if !stamp.boot_id.is_empty()
+                    && stamp.boot_id == self.boot_id()
+                    && stamp.boot_ms <= boot =>
             {
-                return stamp.boot_ms;
+                boot.saturating_sub(stamp.boot_ms)
             }
-        }
-        let ago = now.saturating_sub(tokens.obtained_at_ms);
+            _ => now.saturating_sub(tokens.obtained_at_ms),
+        };
         let lifetime = tokens
             .expires_at_ms
             .saturating_sub(tokens.obtained_at_ms)
             .max(0);
+        // From the future: how much is left cannot be known. Older than its
+        // lifetime is expired however much older.
         if ago < 0 {
             boot.saturating_sub(lifetime)
         } else {
-            boot.saturating_sub(ago)
+            boot.saturating_sub(ago.min(lifetime))
         }
     }
 }

@@ -1307,6 +1307,8 @@ async fn a_stored_token_of_this_boot_is_judged_by_the_boot_clock() {
     for stamp in [
         stamped(EPOCH_MS + HOUR, -10 * SEC, "another-boot"),
         stamped(EPOCH_MS + HOUR, 3600 * SEC, TEST_BOOT),
+        // An edited database: expired, and nothing overflows.
+        stamped(EPOCH_MS, i64::MIN, TEST_BOOT),
     ] {
         let b = Bench::start(vec![(client_credentials("a"), stamp)], policy(), |clock| {
             Script::new(clock, 1000 * SEC, vec![])
