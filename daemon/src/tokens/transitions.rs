@@ -459,8 +459,8 @@ impl Bench {
             .expect("the store answers");
     }
 
-    /// The access and refresh tokens the database holds for `name`.
-    async fn stored(&self, name: &str) -> (String, Option<String>) {
+    /// The tokens the database holds for `name`.
+    async fn stored_set(&self, name: &str) -> TokenSet {
         let name = name.to_string();
         let records = self
             .tokens
@@ -469,11 +469,16 @@ impl Bench {
             .call(|db| db.load_all())
             .await
             .expect("the store answers");
-        let tokens = records
+        records
             .into_iter()
             .find(|r| r.auth.name == name)
             .and_then(|r| r.tokens)
-            .expect("tokens are stored");
+            .expect("tokens are stored")
+    }
+
+    /// The access and refresh tokens the database holds for `name`.
+    async fn stored(&self, name: &str) -> (String, Option<String>) {
+        let tokens = self.stored_set(name).await;
         (
             tokens.access_token.expose().to_string(),
             tokens.refresh_token.map(|r| r.expose().to_string()),
@@ -1262,16 +1267,14 @@ async fn a_stored_token_of_this_boot_is_judged_by_the_boot_clock() {
         }),
         ..held(wall_ms, 1000 * SEC, None)
     };
+    let started_on = |tokens: TokenSet| {
+        Bench::start(vec![(client_credentials("a"), tokens)], policy(), |clock| {
+            Script::new(clock, 1000 * SEC, vec![])
+        })
+    };
     // Stored an hour ahead by the wall clock, which was set back since; by
     // the boot clock it is 10 s old: served, nothing asked.
-    let b = Bench::start(
-        vec![(
-            client_credentials("a"),
-            stamped(EPOCH_MS + HOUR, -10 * SEC, TEST_BOOT),
-        )],
-        policy(),
-        |clock| Script::new(clock, 1000 * SEC, vec![]),
-    );
+    let b = started_on(stamped(EPOCH_MS + HOUR, -10 * SEC, TEST_BOOT));
     assert_eq!(
         b.token("a", MinValid::Default(60)).await.unwrap(),
         "access-0"
@@ -1287,14 +1290,7 @@ async fn a_stored_token_of_this_boot_is_judged_by_the_boot_clock() {
     // Stored just now by the wall clock (which was set back by more than
     // the token's age), 2000 s ago by the boot clock: expired, refreshed
     // before anyone gets it. The wall clock alone would hand it out.
-    let b = Bench::start(
-        vec![(
-            client_credentials("a"),
-            stamped(EPOCH_MS, -2000 * SEC, TEST_BOOT),
-        )],
-        policy(),
-        |clock| Script::new(clock, 1000 * SEC, vec![]),
-    );
+    let b = started_on(stamped(EPOCH_MS, -2000 * SEC, TEST_BOOT));
     assert_eq!(
         b.token("a", MinValid::Default(60)).await.unwrap(),
         "access-1"
@@ -1310,9 +1306,7 @@ async fn a_stored_token_of_this_boot_is_judged_by_the_boot_clock() {
         // An edited database: expired, and nothing overflows.
         stamped(EPOCH_MS, i64::MIN, TEST_BOOT),
     ] {
-        let b = Bench::start(vec![(client_credentials("a"), stamp)], policy(), |clock| {
-            Script::new(clock, 1000 * SEC, vec![])
-        });
+        let b = started_on(stamp);
         assert_eq!(
             b.token("a", MinValid::Default(60)).await.unwrap(),
             "access-1"
@@ -1327,15 +1321,8 @@ async fn a_refresh_stores_when_it_asked_on_the_boot_clock() {
     let b = Bench::one(1000 * SEC, policy(), vec![]);
     b.first_refresh(1000 * SEC).await;
     let asked = b.asked()[0].boot_ms;
-    let records = b
-        .tokens
-        .inner
-        .store
-        .call(|db| db.load_all())
-        .await
-        .expect("the store answers");
     assert_eq!(
-        records[0].tokens.as_ref().unwrap().obtained_boot,
+        b.stored_set("a").await.obtained_boot,
         Some(BootStamp {
             boot_id: TEST_BOOT.into(),
             boot_ms: asked,
