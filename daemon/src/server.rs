@@ -647,14 +647,18 @@ pub async fn serve<H: Handler>(
             let Some(registered) = live.register(&conn.stream) else {
                 return; // stopping
             };
-            let mut session = Some(Session {
+            // Boxed: moved between the task, its thread and the poller
+            // as a pointer, it is held once, where the task's state would
+            // hold a copy per place it passes through (an idle connection
+            // costs the difference: BENCHMARKS.md, "Idle connections").
+            let mut session = Some(Box::new(Session {
                 _registered: registered,
                 conn,
                 peer,
                 audited: Audited::default(),
                 warm: Warm::default(),
                 greeted: false,
-            });
+            }));
             // On a thread until it ends or parks; parked on the poller
             // until its next request.
             while let Some(mut serving) = session.take() {

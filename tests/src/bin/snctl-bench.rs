@@ -5,7 +5,9 @@
 //! Run it with `cargo run --release -p snctl-tests --bin snctl-bench`
 //! (`-- --quick` for a short smoke run; `-- --part round-trips|herd|steady|stored|idle|proxy`
 //! for some parts only; `--clients N` for some round-trip levels only and
-//! `--level-secs S` for the time each runs, to profile one). BENCHMARKS.md explains the method.
+//! `--level-secs S` for the time each runs, to profile one; `--floor-timeouts`
+//! to give the floors' sockets the timeouts the daemon's and the library's
+//! have). BENCHMARKS.md explains the method.
 //!
 //! 1. The floor: a Unix-socket server, a blocking thread per connection,
 //!    that reads a frame the size of a token request and answers with one
@@ -57,6 +59,18 @@ struct Options {
     levels: Vec<usize>,
 }
 
+/// Set in the floor servers' environment by `--floor-timeouts`.
+const FLOOR_TIMEOUTS_VAR: &str = "SNCTL_BENCH_FLOOR_TIMEOUTS";
+
+/// `--floor-timeouts`: the floors' sockets wait with the timeouts the
+/// daemon's connections (a request's wait and a reply's) and the client
+/// library's (an answer's) wait with, so that the ratio shows what the
+/// daemon adds beyond the timers those cost in the kernel (each blocking
+/// wait under a timeout arms one).
+fn floor_timeouts() -> bool {
+    std::env::var_os(FLOOR_TIMEOUTS_VAR).is_some()
+}
+
 impl Options {
     fn parse() -> Options {
         let args: Vec<String> = std::env::args().collect();
@@ -85,6 +99,16 @@ impl Options {
             levels,
             floor_in_process: args.iter().any(|a| a == "--floor-in-process"),
         }
+        .with_floor_timeouts(args.iter().any(|a| a == "--floor-timeouts"))
+    }
+
+    /// Passes `--floor-timeouts` on to the floors, in this process or
+    /// their own, through the environment they inherit.
+    fn with_floor_timeouts(self, on: bool) -> Options {
+        if on {
+            std::env::set_var(FLOOR_TIMEOUTS_VAR, "1");
+        }
+        self
     }
 
     fn runs(&self, part: &str) -> bool {
@@ -329,6 +353,15 @@ fn echo_server(path: &Path, reply_len: usize) -> anyhow::Result<()> {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
+            if floor_timeouts() {
+                let limits = snctld::server::Limits::default();
+                let set = stream
+                    .set_read_timeout(Some(limits.park_after))
+                    .and_then(|()| stream.set_write_timeout(Some(limits.read_timeout)));
+                if set.is_err() {
+                    continue;
+                }
+            }
             let reply = reply.clone();
             std::thread::Builder::new()
                 .stack_size(64 * 1024)
@@ -569,6 +602,11 @@ fn round_trips(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result
             "each its own process, as the daemon is"
         }
     );
+    if floor_timeouts() {
+        println!(
+            "--floor-timeouts: the floors' sockets wait under the daemon's and the client library's timeouts"
+        );
+    }
     println!(
         "each row: the median of {SLICES} alternating slices; ratios: the median of the slices' ratios"
     );
@@ -590,6 +628,11 @@ fn round_trips(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result
                 let (request, hello) = (request.clone(), hello.clone());
                 let open = move |path: &Path| {
                     let mut s = UnixStream::connect(path).expect("connect to the floor");
+                    if floor_timeouts() {
+                        s.set_read_timeout(Some(snctl::DEFAULT_TIMEOUT))
+                            .and_then(|()| s.set_write_timeout(Some(snctl::DEFAULT_TIMEOUT)))
+                            .expect("the floor connection's timeouts");
+                    }
                     let mut buf = Vec::new();
                     // The same handshake the daemon's clients make.
                     echo_once(&mut s, &hello, &mut buf);
