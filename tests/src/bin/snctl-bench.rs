@@ -66,14 +66,20 @@ const FLOOR_TIMEOUTS_VAR: &str = "SNCTL_BENCH_FLOOR_TIMEOUTS";
 /// daemon's connections (a request's wait and a reply's) and the client
 /// library's (an answer's) wait with, so that the ratio shows what the
 /// daemon adds beyond the timers those cost in the kernel (each blocking
-/// wait under a timeout arms one).
+/// wait under a timeout arms one). Read once: a floor client opening a
+/// connection per request does not read the environment each time.
 fn floor_timeouts() -> bool {
-    std::env::var_os(FLOOR_TIMEOUTS_VAR).is_some()
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(FLOOR_TIMEOUTS_VAR).is_some())
 }
 
 impl Options {
     fn parse() -> Options {
         let args: Vec<String> = std::env::args().collect();
+        if args.iter().any(|a| a == "--floor-timeouts") {
+            // Inherited by the floors, in this process or their own.
+            std::env::set_var(FLOOR_TIMEOUTS_VAR, "1");
+        }
         let quick = args.iter().any(|a| a == "--quick");
         let parts = args
             .windows(2)
@@ -99,16 +105,6 @@ impl Options {
             levels,
             floor_in_process: args.iter().any(|a| a == "--floor-in-process"),
         }
-        .with_floor_timeouts(args.iter().any(|a| a == "--floor-timeouts"))
-    }
-
-    /// Passes `--floor-timeouts` on to the floors, in this process or
-    /// their own, through the environment they inherit.
-    fn with_floor_timeouts(self, on: bool) -> Options {
-        if on {
-            std::env::set_var(FLOOR_TIMEOUTS_VAR, "1");
-        }
-        self
     }
 
     fn runs(&self, part: &str) -> bool {
@@ -358,7 +354,8 @@ fn echo_server(path: &Path, reply_len: usize) -> anyhow::Result<()> {
                 let set = stream
                     .set_read_timeout(Some(limits.park_after))
                     .and_then(|()| stream.set_write_timeout(Some(limits.read_timeout)));
-                if set.is_err() {
+                if let Err(error) = set {
+                    eprintln!("floor: cannot set a connection's timeouts: {error}");
                     continue;
                 }
             }
