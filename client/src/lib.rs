@@ -27,8 +27,9 @@ use interprocess::local_socket::{GenericFilePath, Stream};
 use snctl_shared::frame::{self, FrameBuf, FrameError, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 use snctl_shared::protocol::{
     AddRequest, AuthSummary, BackupRequest, DaemonStatus, Diagnosis, Hello, HelloReply,
-    LoginChallenge, LoginRequest, NameRequest, RemoveReply, RemoveRequest, Reply, Request,
-    RequestRef, Response, StartLoginRequest, TokenRequestRef, UpdateRequest,
+    LoginChallenge, LoginRequest, NameRequest, RemoveReply, RemoveRequest, Reply, ReplyRef,
+    Request, RequestRef, Response, StartLoginRequest, TokenRequestRef, TokenResponseRef,
+    UpdateRequest,
 };
 
 /// The protocol types, for callers that build admin requests.
@@ -346,6 +347,15 @@ impl Client {
         &mut self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), FrameError>,
     ) -> Result<Reply, ClientError> {
+        self.exchange_read(encode, frame::decode_response)
+    }
+
+    /// [`Client::exchange`], the answer's payload read by `decode`.
+    fn exchange_read(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), FrameError>,
+        decode: impl Fn(&[u8]) -> Result<Response, FrameError>,
+    ) -> Result<Reply, ClientError> {
         let mut out = std::mem::take(&mut self.out);
         let written = encode(&mut out).and_then(|()| self.send(&out));
         // Kept for the next request unless a large one (an add with a
@@ -356,9 +366,9 @@ impl Client {
         // A refused handshake explains a failed write better than the write.
         self.finish_hello()?;
         written.map_err(|e| self.lost(e))?;
-        let response: Response = self
+        let response = self
             .frames
-            .read_frame(&mut self.stream, frame::decode_response)
+            .read_frame(&mut self.stream, decode)
             .map_err(|e| self.lost(e))?;
         response.map_err(ClientError::Daemon)
     }
@@ -412,9 +422,22 @@ impl Client {
     /// [`Client::token_with`], [`MinValid::Default`] bends to a short
     /// lifetime as [`Client::token`] does.
     pub fn token_valid(&mut self, name: &str, min_valid: MinValid) -> Result<Token, ClientError> {
-        // The borrowed form: the same bytes, without copying the name.
+        // The borrowed forms: the same bytes, without copying the name,
+        // and the answer read in place, where the owned decoding would
+        // allocate each string zeroed before copying it in (glibc's calloc
+        // takes its arena's lock: threads asking at once wait on each
+        // other).
         let request = RequestRef::Token(TokenRequestRef { name, min_valid });
-        match self.exchange(|out| frame::encode_into(&request, MAX_REQUEST_FRAME, out))? {
+        let read_token = |payload: &[u8]| match frame::decode_response_ref(payload) {
+            Ok(TokenResponseRef::Ok(ReplyRef::Token(token))) => {
+                Ok(Ok(Reply::Token(token.to_reply())))
+            }
+            Err(_) => frame::decode_response(payload),
+        };
+        match self.exchange_read(
+            |out| frame::encode_into(&request, MAX_REQUEST_FRAME, out),
+            read_token,
+        )? {
             Reply::Token(token) => Ok(token),
             other => Err(self.unexpected(other)),
         }

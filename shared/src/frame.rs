@@ -133,23 +133,20 @@ pub fn decode_response<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameEr
 /// it (its strings read in place, nothing allocated), such as
 /// [`crate::protocol::RequestRef`].
 pub fn decode_request_ref<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, FrameError> {
-    let (message, used) =
-        bincode::serde::borrow_decode_from_slice(payload, config::<MAX_REQUEST_FRAME>())
-            .map_err(|e| FrameError::Decode(e.to_string()))?;
-    if used != payload.len() {
-        return Err(FrameError::Decode(format!(
-            "{} trailing bytes after the message",
-            payload.len() - used
-        )));
-    }
-    Ok(message)
+    decode_with(payload, config::<MAX_REQUEST_FRAME>())
 }
 
-fn decode_with<T: DeserializeOwned, const N: usize>(
-    payload: &[u8],
+/// Decodes a response-direction payload into a message that borrows from
+/// it, such as [`crate::protocol::TokenResponseRef`].
+pub fn decode_response_ref<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, FrameError> {
+    decode_with(payload, config::<MAX_RESPONSE_FRAME>())
+}
+
+fn decode_with<'a, T: Deserialize<'a>, const N: usize>(
+    payload: &'a [u8],
     config: Config<N>,
 ) -> Result<T, FrameError> {
-    let (message, used) = bincode::serde::decode_from_slice(payload, config)
+    let (message, used) = bincode::serde::borrow_decode_from_slice(payload, config)
         .map_err(|e| FrameError::Decode(e.to_string()))?;
     if used != payload.len() {
         return Err(FrameError::Decode(format!(
@@ -466,6 +463,20 @@ mod tests {
             encode_into(&borrowed, MAX_RESPONSE_FRAME, &mut frame).unwrap();
             assert_eq!(frame, encode(&owned, MAX_RESPONSE_FRAME).unwrap());
             assert!(!format!("{borrowed:?}").contains(token) || token.is_empty());
+            // Read back in place, and copied out, it is the owned reply.
+            let TokenResponseRef::Ok(ReplyRef::Token(read)) =
+                decode_response_ref(&frame[HEADER_LEN..]).unwrap();
+            assert_eq!(Ok(Reply::Token(read.to_reply())), owned);
+        }
+        // Any other answer is not a token, and is read whole.
+        for other in [
+            Ok(Reply::List(Vec::new())),
+            Err(Error::NotFound {
+                name: "prod".into(),
+            }),
+        ] {
+            let frame = encode::<Response>(&other, MAX_RESPONSE_FRAME).unwrap();
+            assert!(decode_response_ref::<TokenResponseRef<'_>>(&frame[HEADER_LEN..]).is_err());
         }
         // Any other request is not a token request, and is read whole.
         let list = encode(&Request::List, MAX_REQUEST_FRAME).unwrap();

@@ -175,7 +175,8 @@ pub struct TokenReply {
 /// The token exchange with its strings borrowed, for the path every warm
 /// token takes: the daemon reads a token request in place from its frame
 /// and writes the answer straight from where the token is kept, and the
-/// client library writes its request without copying the name. Each type
+/// client library writes its request without copying the name and reads
+/// the answer in place, copying out only the two strings it returns. Each type
 /// encodes exactly as its owned twin does: [`Request::Token`] and
 /// [`Reply::Token`] are the first variants of their enums (index 0), and
 /// `Ok` is the first of a `Result`'s. Other requests do not decode as a
@@ -196,23 +197,26 @@ pub struct TokenRequestRef<'a> {
     pub min_valid: MinValid,
 }
 
-/// `Ok(Reply::Token(…))`, the answer to [`RequestRef::Token`], written from
-/// borrowed strings (see [`RequestRef`]).
-#[derive(Debug, Clone, Copy, Serialize)]
+/// `Ok(Reply::Token(…))`, the answer to [`RequestRef::Token`], with
+/// borrowed strings (see [`RequestRef`]). Any other answer does not decode
+/// as one: the client library then reads it as a [`Response`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub enum TokenResponseRef<'a> {
     /// `Result::Ok`.
+    #[serde(borrow)]
     Ok(ReplyRef<'a>),
 }
 
 /// [`Reply::Token`], borrowed.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub enum ReplyRef<'a> {
     /// [`Reply::Token`].
+    #[serde(borrow)]
     Token(TokenReplyRef<'a>),
 }
 
 /// [`TokenReply`], its strings borrowed.
-#[derive(Clone, Copy, Serialize)]
+#[derive(Clone, Copy, Serialize, Deserialize)]
 pub struct TokenReplyRef<'a> {
     /// The bearer token.
     pub access_token: &'a str,
@@ -220,6 +224,17 @@ pub struct TokenReplyRef<'a> {
     pub expires_at: i64,
     /// The instance the token is for.
     pub instance_url: &'a str,
+}
+
+impl TokenReplyRef<'_> {
+    /// The owned reply: the two strings copied.
+    pub fn to_reply(self) -> TokenReply {
+        TokenReply {
+            access_token: Secret::new(self.access_token.to_string()),
+            expires_at: self.expires_at,
+            instance_url: self.instance_url.to_string(),
+        }
+    }
 }
 
 impl fmt::Debug for TokenReplyRef<'_> {
