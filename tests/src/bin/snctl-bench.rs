@@ -7,7 +7,8 @@
 //! for some parts only; `--clients N` for some round-trip levels only and
 //! `--level-secs S` for the time each runs, to profile one; `--floor-timeouts`
 //! to give the floors' sockets the timeouts the daemon's and the library's
-//! have). BENCHMARKS.md explains the method.
+//! have; `--slices` to print every slice of a row beside the medians).
+//! BENCHMARKS.md explains the method.
 //!
 //! 1. The floor: a Unix-socket server, a blocking thread per connection,
 //!    that reads a frame the size of a token request and answers with one
@@ -57,6 +58,9 @@ struct Options {
     /// The round-trip levels to run (`--clients N`, repeatable): all when
     /// empty.
     levels: Vec<usize>,
+    /// Print every slice of a round-trip row, not only their medians
+    /// (`--slices`).
+    slices: bool,
 }
 
 /// Set in the floor servers' environment by `--floor-timeouts`.
@@ -104,6 +108,7 @@ impl Options {
             parts,
             levels,
             floor_in_process: args.iter().any(|a| a == "--floor-in-process"),
+            slices: args.iter().any(|a| a == "--slices"),
         }
     }
 
@@ -319,6 +324,34 @@ impl Row {
                 .map(|s| figure(s.last().expect("the daemon's run")) / figure(&s[i]))
                 .collect(),
         )
+    }
+
+    /// Each slice's throughput and CPU per round trip, side by side, in
+    /// the order they ran (`--slices`).
+    fn print_slices(&self) {
+        let cpu = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| format!("{:.2}", d.as_secs_f64() * 1e6))
+        };
+        for (n, slice) in self.slices.iter().enumerate() {
+            let sides: Vec<String> = slice
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{:>7.0}/s {:>5} + {:>5} µs",
+                        r.per_sec,
+                        cpu(Some(r.client_cpu)),
+                        cpu(r.server_cpu)
+                    )
+                })
+                .collect();
+            let token = slice.last().expect("the daemon's run");
+            println!(
+                "  slice {} | {} | token / floor {:.0} %",
+                n + 1,
+                sides.join(" | "),
+                token.per_sec / slice[0].per_sec * 100.0
+            );
+        }
     }
 
     /// Side `i`'s median run, figure by figure.
@@ -699,6 +732,9 @@ fn round_trips(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result
             micros(async_floor.p50), micros(async_floor.p99), async_floor.per_sec,
             micros(token.p50), micros(token.p99), token.per_sec,
         );
+        if options.slices {
+            row.print_slices();
+        }
         cpu_rows.push((clients, [floor, async_floor, token]));
         match clients {
             1 => verdicts.push(verdict(
