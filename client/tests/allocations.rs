@@ -5,10 +5,10 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixListener;
 
-use snctl_shared::frame::{self, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
+use snctl_shared::frame::{self, FrameBuf, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 use snctl_shared::protocol::{
     Error, Hello, HelloReply, Reply, Request, Response, TokenReply, PROTOCOL_VERSION,
 };
@@ -16,7 +16,7 @@ use snctl_shared::Secret;
 
 struct Counting;
 
-#[derive(Clone, Copy, Default, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Counts {
     alloc: u64,
     zeroed: u64,
@@ -68,15 +68,6 @@ fn this_threads_counts() -> Counts {
     COUNTS.with(Cell::get)
 }
 
-fn read_frame(stream: &mut impl Read) -> Option<Vec<u8>> {
-    let mut header = [0; frame::HEADER_LEN];
-    stream.read_exact(&mut header).ok()?;
-    let len = frame::payload_len(header, MAX_REQUEST_FRAME).ok()?;
-    let mut payload = vec![0; len];
-    stream.read_exact(&mut payload).ok()?;
-    Some(payload)
-}
-
 fn token() -> TokenReply {
     TokenReply {
         access_token: Secret::new("a".repeat(86)),
@@ -85,11 +76,15 @@ fn token() -> TokenReply {
     }
 }
 
-/// Answers the hello, then every token request: `prod`'s token, or
+/// Answers the hello, then every token request: `prod`'s token; for
+/// `lying`, a token answer with a byte after it (a frame no daemon sends);
 /// not-found for any other name.
 fn serve(listener: UnixListener) {
     let (mut stream, _) = listener.accept().expect("accept");
-    let hello: Hello = frame::decode_request(&read_frame(&mut stream).expect("hello")).unwrap();
+    let mut frames = FrameBuf::new(MAX_REQUEST_FRAME);
+    let hello: Hello = frames
+        .read_frame(&mut stream, frame::decode_request)
+        .unwrap();
     assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
     let reply = HelloReply {
         protocol_version: PROTOCOL_VERSION,
@@ -98,17 +93,22 @@ fn serve(listener: UnixListener) {
     stream
         .write_all(&frame::encode(&reply, MAX_RESPONSE_FRAME).unwrap())
         .unwrap();
-    while let Some(payload) = read_frame(&mut stream) {
-        let Request::Token(request) = frame::decode_request(&payload).unwrap() else {
+    // Until the client closes the connection.
+    while let Ok(request) = frames.read_frame(&mut stream, frame::decode_request) {
+        let Request::Token(request) = request else {
             panic!("only token requests are sent here");
         };
         let response: Response = match request.name.as_str() {
-            "prod" => Ok(Reply::Token(token())),
+            "prod" | "lying" => Ok(Reply::Token(token())),
             name => Err(Error::NotFound { name: name.into() }),
         };
-        stream
-            .write_all(&frame::encode(&response, MAX_RESPONSE_FRAME).unwrap())
-            .unwrap();
+        let mut answer = frame::encode(&response, MAX_RESPONSE_FRAME).unwrap();
+        if request.name == "lying" {
+            answer.push(0);
+            let len = (answer.len() - frame::HEADER_LEN) as u32;
+            answer[..frame::HEADER_LEN].copy_from_slice(&len.to_le_bytes());
+        }
+        stream.write_all(&answer).unwrap();
     }
 }
 
@@ -153,6 +153,11 @@ fn a_warm_token_allocates_only_the_two_strings_it_returns() {
         "{error}"
     );
     assert_eq!(client.token("prod").unwrap(), token());
+
+    // A token answer that is not exactly one is refused, with the reason.
+    let error = client.token("lying").unwrap_err().to_string();
+    assert!(error.contains("1 trailing bytes"), "{error}");
+    assert!(!error.contains(token().access_token.expose()), "{error}");
     drop(client);
     server.join().unwrap();
 }
