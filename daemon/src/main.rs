@@ -413,7 +413,6 @@ fn start(args: Args, passed: Option<PassedSocket>, service: &Service) -> anyhow:
     }
     let state = snctld::open_state(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(snctld::server::blocking_threads(&config.limits))
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {

@@ -587,16 +587,28 @@ impl Drop for Open<'_> {
 /// requests in flight to be answered. `started` hears once the accept loop
 /// runs.
 ///
-/// Each connection is served by a thread of its own from the runtime's
-/// blocking pool (reused once idle: a new connection costs no new thread),
-/// which reads its frames, answers a warm token itself and drives the
-/// (async) request handlers on the runtime's handle for the rest. A
-/// connection that waits longer than [`Limits::park_after`] for its next
-/// request gives its thread back and waits on the runtime's poller, its
-/// buffers released ([`Session`]): an idle connection costs a few KiB, not
-/// a thread (BENCHMARKS.md); its next request takes a thread again. The
-/// pool must have room for `max_connections` + [`ADMIN_RESERVE`] besides
-/// its other work ([`blocking_threads`]). Served as tasks on the runtime's
+/// Each connection is served by a thread started for it, which reads its
+/// frames, answers a warm token itself and drives the (async) request
+/// handlers on the runtime's handle for the rest. A connection that waits
+/// longer than [`Limits::park_after`] for its next request ends its thread
+/// and waits on the runtime's poller, its buffers released ([`Session`]):
+/// an idle connection costs a few KiB, not a thread (BENCHMARKS.md); its
+/// next request starts a thread again. At most `max_connections` +
+/// [`ADMIN_RESERVE`] such threads run at once.
+///
+/// A thread started for the connection, not one of the runtime's blocking
+/// pool: with busy callers on two cores, connections served by the pool's
+/// threads fell below 80 % of the thread floor in three to five times as
+/// many slices (BENCHMARKS.md, "Threads of their own"). Where the kernel
+/// first puts the connection's thread decides it: a connection moved to a
+/// new thread once already busy did worse than the pool. A new thread
+/// costs about 70 µs at a connection's start (and at its next request
+/// after parking) on a 2-core VM, where a pool thread cost none: a
+/// one-shot `snctl token` pays it. Detached at once, so that its stack is
+/// given back as it ends (kept joinable until then, a thousand ended
+/// threads kept 12 MiB of stacks).
+///
+/// Served as tasks on the runtime's
 /// workers instead, a burst of callers woke one task each on two workers,
 /// and the kernel, which shares the CPU per thread, gave those two the
 /// share of two callers: at 64 callers one request in a hundred waited
@@ -663,13 +675,21 @@ pub async fn serve<H: Handler>(
             // until its next request.
             while let Some(mut serving) = session.take() {
                 let (daemon, runtime) = (daemon.clone(), runtime.clone());
-                let served = tokio::task::spawn_blocking(move || {
-                    let result = connection(&mut serving, &*daemon, &runtime);
-                    (serving, result)
-                })
-                .await;
+                let (done, served) = tokio::sync::oneshot::channel();
+                let started = std::thread::Builder::new()
+                    .name("snctld-conn".into())
+                    .stack_size(CONNECTION_STACK)
+                    .spawn(move || {
+                        let result = connection(&mut serving, &*daemon, &runtime);
+                        let _ = done.send((serving, result));
+                    });
+                // Detached now (see above).
+                if let Err(error) = started.map(drop) {
+                    tracing::warn!(%error, "cannot start a thread for a connection; closing it (is the daemon's task limit too low?)");
+                    break;
+                }
                 // A thread that panicked took the session with it.
-                let Ok((back, result)) = served else { break };
+                let Ok((back, result)) = served.await else { break };
                 match result {
                     Err(ConnError::Park(left)) => {
                         let mut parked = back;
@@ -698,12 +718,11 @@ pub async fn serve<H: Handler>(
     tracker.wait().await;
 }
 
-/// How many blocking threads the runtime that serves `limits` needs: one
-/// per connection, and tokio's default 512 for the rest (name lookups of
-/// the HTTP client among them).
-pub fn blocking_threads(limits: &Limits) -> usize {
-    limits.max_connections + ADMIN_RESERVE + 512
-}
+/// The stack of a connection's thread: as a thread of the runtime's
+/// blocking pool has. The requests other than a warm token run their
+/// handlers on it (`Handle::block_on`), a refresh's HTTP exchange among
+/// them. Only the pages it touches take memory.
+const CONNECTION_STACK: usize = 2 * 1024 * 1024;
 
 /// The accepted stream as a blocking socket, off the runtime's poller.
 fn blocking(stream: Stream) -> io::Result<UnixStream> {

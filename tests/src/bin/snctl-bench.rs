@@ -7,7 +7,8 @@
 //! for some parts only; `--clients N` for some round-trip levels only and
 //! `--level-secs S` for the time each runs, to profile one; `--floor-timeouts`
 //! to give the floors' sockets the timeouts the daemon's and the library's
-//! have; `--slices` to print every slice of a row beside the medians).
+//! have; `--slices` to print every slice of a row beside the medians;
+//! `--slice-count N` for more slices per row).
 //! BENCHMARKS.md explains the method.
 //!
 //! 1. The floor: a Unix-socket server, a blocking thread per connection,
@@ -61,6 +62,9 @@ struct Options {
     /// Print every slice of a round-trip row, not only their medians
     /// (`--slices`).
     slices: bool,
+    /// Alternating slices per row (`--slice-count N`, at least
+    /// [`SLICES`]).
+    slice_count: u32,
 }
 
 /// Set in the floor servers' environment by `--floor-timeouts`.
@@ -109,6 +113,11 @@ impl Options {
             levels,
             floor_in_process: args.iter().any(|a| a == "--floor-in-process"),
             slices: args.iter().any(|a| a == "--slices"),
+            slice_count: args
+                .windows(2)
+                .find(|w| w[0] == "--slice-count")
+                .and_then(|w| w[1].parse().ok())
+                .map_or(SLICES, |n: u32| n.max(SLICES)),
         }
     }
 
@@ -279,7 +288,7 @@ fn sample<C: 'static>(clients: usize, time: Duration, side: &Side<C>) -> Run {
     run
 }
 
-/// Slices per row of [`side_by_side`].
+/// Slices per row of [`side_by_side`] unless `--slice-count` asks for more.
 const SLICES: u32 = 5;
 
 /// The floors and the daemon at the same concurrency, in alternating
@@ -290,12 +299,13 @@ const SLICES: u32 = 5;
 fn side_by_side<F: 'static, D: 'static>(
     clients: usize,
     time: Duration,
+    count: u32,
     floors: &[Side<F>],
     daemon: &Side<D>,
 ) -> Row {
-    let slice = time / SLICES;
+    let slice = time / count;
     let mut slices = Vec::new();
-    for _ in 0..SLICES {
+    for _ in 0..count {
         let mut runs: Vec<Run> = floors.iter().map(|f| sample(clients, slice, f)).collect();
         runs.push(sample(clients, slice, daemon));
         slices.push(runs);
@@ -638,7 +648,8 @@ fn round_trips(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result
         );
     }
     println!(
-        "each row: the median of {SLICES} alternating slices; ratios: the median of the slices' ratios"
+        "each row: the median of {} alternating slices; ratios: the median of the slices' ratios",
+        options.slice_count
     );
     println!(
         "{:>7} | {:>9} {:>9} {:>7} | {:>9} {:>9} {:>7} | {:>9} {:>9} {:>7} | {:>5} {:>5} {:>4} | {:>5} {:>5} {:>4}",
@@ -714,6 +725,7 @@ fn round_trips(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result
         let row = side_by_side(
             clients,
             options.level_time,
+            options.slice_count,
             &floor_sides(false),
             &daemon_side(false),
         );
@@ -786,6 +798,7 @@ fn round_trips(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result
     let row = side_by_side(
         1,
         options.level_time,
+        options.slice_count,
         &floor_sides(true),
         &daemon_side(true),
     );
@@ -1315,6 +1328,7 @@ fn proxy(options: &Options, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
         let row = side_by_side(
             clients,
             options.level_time,
+            options.slice_count,
             &[direct.clone(), relayed.clone()],
             &proxied,
         );
