@@ -608,8 +608,7 @@ impl Drop for Open<'_> {
 /// given back as it ends (kept joinable until then, a thousand ended
 /// threads kept 12 MiB of stacks).
 ///
-/// Served as tasks on the runtime's
-/// workers instead, a burst of callers woke one task each on two workers,
+/// Served as tasks on the runtime's workers instead, a burst of callers woke one task each on two workers,
 /// and the kernel, which shares the CPU per thread, gave those two the
 /// share of two callers: at 64 callers one request in a hundred waited
 /// milliseconds (BENCHMARKS.md). A thread per connection gets the CPU as its
@@ -685,7 +684,7 @@ pub async fn serve<H: Handler>(
                     });
                 // Detached now (see above).
                 if let Err(error) = started.map(drop) {
-                    tracing::warn!(%error, "cannot start a thread for a connection; closing it (is the daemon's task limit too low?)");
+                    tracing::warn!(%error, "cannot start a thread for a connection; closing it (raise the unit's TasksMax= or lower [server] max_connections)");
                     break;
                 }
                 // A thread that panicked took the session with it.
