@@ -63,7 +63,7 @@ struct Options {
     /// (`--slices`).
     slices: bool,
     /// Alternating slices per row (`--slice-count N`, at least
-    /// [`SLICES`]).
+    /// [`MIN_SLICES`]; [`SLICES`] unless given).
     slice_count: u32,
 }
 
@@ -117,7 +117,7 @@ impl Options {
                 .windows(2)
                 .find(|w| w[0] == "--slice-count")
                 .and_then(|w| w[1].parse().ok())
-                .map_or(SLICES, |n: u32| n.max(SLICES)),
+                .map_or(SLICES, |n: u32| n.max(MIN_SLICES)),
         }
     }
 
@@ -288,8 +288,14 @@ fn sample<C: 'static>(clients: usize, time: Duration, side: &Side<C>) -> Run {
     run
 }
 
-/// Slices per row of [`side_by_side`] unless `--slice-count` asks for more.
-const SLICES: u32 = 5;
+/// Slices per row of [`side_by_side`] unless `--slice-count` says
+/// otherwise. Each slice starts its clients and their connections afresh,
+/// and on two cores each slice settles in a fast or a slow mode by where
+/// the kernel puts each client's and server's threads (BENCHMARKS.md):
+/// nine draws make the median the common mode far more surely than five.
+const SLICES: u32 = 9;
+/// The fewest slices a row may have.
+const MIN_SLICES: u32 = 5;
 
 /// The floors and the daemon at the same concurrency, in alternating
 /// slices of `time / SLICES` each, so that whatever else the machine does
